@@ -1,0 +1,3 @@
+from mindvideo.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The ``mindvideo`` command: one module per subcommand, registered in :mod:`mindvideo.cli.main`."""

@@ -1,0 +1,69 @@
+"""Entry point of the ``mindvideo`` command.
+
+Each subcommand lives in its own module with ``register(subparsers)`` (adds its parser and sets
+``func``) and keeps heavy imports inside its command function, so ``mindvideo --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from mindvideo import __version__
+from mindvideo.utils import UserError
+
+# Subcommands in pipeline order; a stage is listed here only once it really works.
+SUBCOMMANDS = ["env", "simulate"]
+
+log = logging.getLogger("mindvideo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mindvideo",
+        description="MinD-Video: reconstruct the video a person watched from fMRI recordings.",
+        epilog="Every stage: mindvideo STAGE --config FILE --out DIR [key=value ...]",
+    )
+    parser.add_argument("--version", action="version", version=f"mindvideo {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks and debug logging"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"mindvideo.cli.{name.replace('-', '_')}")
+        module.register(sub)
+    return parser
+
+
+def setup_logging(debug: bool = False, quiet: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(show_path=debug, show_time=False, markup=False, rich_tracebacks=False)
+    root = logging.getLogger("mindvideo")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    setup_logging(args.debug, args.quiet)
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"mindvideo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mindvideo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
