@@ -1,0 +1,313 @@
+"""The metric runner: reconstructions + ground truth → every score of Table 1 (section 4.3, 5).
+
+``compute_metrics`` returns a dict with stable keys ``{level}_{N}way_top{K}_{mode}`` (level is
+``frame`` or ``video``, mode ``compat`` or ``strict``; e.g. ``video_50way_top1_strict``) plus
+``ssim`` and ``psnr``; each value is ``{"mean", "se", "chance", "n", "ci_low", "ci_high"}``.
+
+The sample unit is the clip (one test window of F frames) for every metric: frame-level scores are
+computed per frame and averaged within the clip, so the mean equals the authors' mean over all
+frames, while the standard error, the bootstrap interval and the t-tests of ``compare`` treat the
+F frames of a window — which are not independent — as one sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mindvideo.evaluation.classifiers import ProbabilityModel
+from mindvideo.evaluation.nway import COMPAT_GT_CLASSES, MODES, nway_topk
+from mindvideo.evaluation.pixel import clip_psnr, clip_ssim, resize_frames
+from mindvideo.evaluation.stats import Score
+from mindvideo.utils import UserError
+
+logger = logging.getLogger(__name__)
+
+LEVELS = ("video", "frame")
+PIXEL_METRICS = ("ssim", "psnr")
+
+
+def metric_key(level: str, n_way: int, top_k: int, mode: str) -> str:
+    """The stable key of an identification score, e.g. ``video_50way_top1_strict``."""
+    return f"{level}_{n_way}way_top{top_k}_{mode}"
+
+
+def metric_rng(seed: int, key: str, stream: int = 0) -> np.random.Generator:
+    """A generator for one metric, fixed by ``seed`` and the metric's key alone.
+
+    Adding or removing other metrics never changes a metric's draws.
+    """
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(key.encode()), stream]))
+
+
+@dataclass(frozen=True)
+class MetricSamples:
+    """Per-sample values of one metric: ``per_sample: [S]`` (one per clip) and its chance level."""
+
+    per_sample: np.ndarray
+    chance: float | None
+
+
+def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+    return (int(x),) if isinstance(x, (int, np.integer)) else tuple(int(v) for v in x)
+
+
+def _check_clips(pred: np.ndarray, gt: np.ndarray) -> None:
+    for name, arr in (("reconstructions", pred), ("ground truth", gt)):
+        if arr.ndim != 5 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise UserError(
+                f"The {name} must be uint8 clips [S, F, H, W, 3], got {arr.dtype} {arr.shape}."
+            )
+    if pred.shape[:2] != gt.shape[:2]:
+        raise UserError(
+            f"There are {pred.shape[0]}×{pred.shape[1]} reconstructed clips×frames but "
+            f"{gt.shape[0]}×{gt.shape[1]} ground-truth ones; pair every reconstruction with "
+            "its ground-truth window."
+        )
+
+
+def _probabilities(model: ProbabilityModel, batch: np.ndarray, level: str) -> np.ndarray:
+    probs = np.asarray(model.predict_proba(batch), dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != batch.shape[0]:
+        raise UserError(
+            f"The {level} classifier returned shape {probs.shape} for {batch.shape[0]} inputs; "
+            "predict_proba must return [N, classes]."
+        )
+    if not np.isfinite(probs).all() or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        raise UserError(
+            f"The {level} classifier's predict_proba did not return probabilities (rows must "
+            "sum to 1); apply a softmax to its logits."
+        )
+    return probs
+
+
+def _identification(
+    level: str,
+    pred_probs: np.ndarray,
+    gt_probs: np.ndarray,
+    frames_per_sample: int,
+    n_ways: tuple[int, ...],
+    top_ks: tuple[int, ...],
+    trials: int,
+    modes: tuple[str, ...],
+    seed: int,
+) -> dict[str, MetricSamples]:
+    """N-way top-K scores of one level; rows of the probabilities are grouped per clip."""
+    n_classes = pred_probs.shape[1]
+    out: dict[str, MetricSamples] = {}
+    for mode in modes:
+        n_gt = COMPAT_GT_CLASSES if mode == "compat" else 1
+        for n_way in n_ways:
+            for top_k in top_ks:
+                key = metric_key(level, n_way, top_k, mode)
+                if n_way - 1 > n_classes - n_gt:
+                    logger.warning(
+                        "Skipping %s: %d-way needs %d distractor classes but the %s classifier "
+                        "has only %d classes outside the %d ground-truth classes.",
+                        key,
+                        n_way,
+                        n_way - 1,
+                        level,
+                        n_classes - n_gt,
+                        n_gt,
+                    )
+                    continue
+                if not 1 <= top_k < n_way:
+                    logger.warning(
+                        "Skipping %s: top-%d of %d classes is not a test.", key, top_k, n_way
+                    )
+                    continue
+                res = nway_topk(
+                    pred_probs,
+                    gt_probs,
+                    n_way,
+                    top_k,
+                    trials,
+                    mode,  # type: ignore[arg-type]
+                    rng=metric_rng(seed, key),
+                )
+                per_clip = res.per_sample.reshape(-1, frames_per_sample).mean(axis=1)
+                out[key] = MetricSamples(per_sample=per_clip, chance=res.chance)
+    return out
+
+
+def compute_metric_samples(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    frame_model: ProbabilityModel | None = None,
+    video_model: ProbabilityModel | None = None,
+    *,
+    n_ways: Sequence[int] = (2, 50),
+    top_k: int | Sequence[int] = 1,
+    trials: int = 100,
+    modes: Sequence[str] = MODES,
+    seed: int = 0,
+    resize_to: tuple[int, int] | None = None,
+    pixel: bool = True,
+    progress: bool = True,
+) -> dict[str, MetricSamples]:
+    """Per-clip values of every metric (what :func:`compute_metrics` summarises).
+
+    Args: as :func:`compute_metrics`.
+
+    Returns:
+        ``{key: MetricSamples}``, each ``per_sample: [S]``; keys in the order video identification,
+        frame identification, ``ssim``, ``psnr``.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    _check_clips(pred, gt)
+    modes_t = tuple(modes)
+    for mode in modes_t:
+        if mode not in MODES:
+            raise UserError(f"Unknown N-way mode {mode!r}; use 'compat' and/or 'strict'.")
+    n_ways_t, top_ks_t = _as_tuple(n_ways), _as_tuple(top_k)
+    if any(n < 2 for n in n_ways_t) or any(k < 1 for k in top_ks_t) or trials < 1:
+        raise UserError(
+            f"n_ways={n_ways_t}, top_k={top_ks_t}, trials={trials} must be N >= 2, K >= 1 and at "
+            "least one trial (the paper: N = 2 and 50, K = 1, 100 trials)."
+        )
+    if resize_to is not None:
+        pred, gt = resize_frames(pred, resize_to), resize_frames(gt, resize_to)
+    s, f = pred.shape[:2]
+
+    out: dict[str, MetricSamples] = {}
+    if video_model is not None:
+        logger.info("Video identification: classifying %d reconstructed and ground-truth clips", s)
+        pv = _probabilities(video_model, pred, "video")
+        gv = _probabilities(video_model, gt, "video")
+        out.update(_identification("video", pv, gv, 1, n_ways_t, top_ks_t, trials, modes_t, seed))
+    if frame_model is not None:
+        logger.info(
+            "Frame identification: classifying %d reconstructed and ground-truth frames", s * f
+        )
+        frames_pred = pred.reshape(s * f, *pred.shape[2:])
+        frames_gt = gt.reshape(s * f, *gt.shape[2:])
+        pf = _probabilities(frame_model, frames_pred, "frame")
+        gf = _probabilities(frame_model, frames_gt, "frame")
+        out.update(_identification("frame", pf, gf, f, n_ways_t, top_ks_t, trials, modes_t, seed))
+    if pixel:
+        out["ssim"] = MetricSamples(per_sample=clip_ssim(pred, gt, progress=progress), chance=None)
+        out["psnr"] = MetricSamples(per_sample=clip_psnr(pred, gt), chance=None)
+    return out
+
+
+def summarise_metrics(
+    samples: dict[str, MetricSamples], *, seed: int = 0, n_resamples: int = 10_000
+) -> dict[str, dict]:
+    """``{key: Score.to_dict()}``: mean, SE, chance, n and a bootstrap 95% CI per metric."""
+    out: dict[str, dict] = {}
+    for key, ms in samples.items():
+        score = Score.from_samples(
+            ms.per_sample,
+            chance=ms.chance,
+            rng=metric_rng(seed, key, stream=1),
+            n_resamples=n_resamples,
+        )
+        out[key] = score.to_dict()
+        chance = "" if ms.chance is None else f" (chance {ms.chance:.3f})"
+        logger.info("%s = %.4f ± %.4f%s, n=%d", key, score.mean, score.se, chance, score.n)
+    return out
+
+
+def compute_metrics(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    frame_model: ProbabilityModel | None = None,
+    video_model: ProbabilityModel | None = None,
+    *,
+    n_ways: Sequence[int] = (2, 50),
+    top_k: int | Sequence[int] = 1,
+    trials: int = 100,
+    modes: Sequence[str] = MODES,
+    seed: int = 0,
+    resize_to: tuple[int, int] | None = None,
+    pixel: bool = True,
+    n_resamples: int = 10_000,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Every metric of Table 1 for reconstructions against their ground truth.
+
+    Args:
+        pred: ``[S, F, H, W, 3]`` uint8 reconstructed clips (S test windows of F frames).
+        gt: ``[S, F, H', W', 3]`` uint8 ground-truth clips; H', W' may differ from H, W only when
+            ``resize_to`` is given.
+        frame_model: classifier of single frames (ViT in the paper) or None to skip frame-level
+            identification.
+        video_model: classifier of whole clips (VideoMAE in the paper) or None to skip video-level
+            identification.
+        n_ways: the N of the N-way tests (Table 1: 2 and 50). An N needing more distractors than
+            the classifier has classes outside the ground-truth ones is skipped with a warning.
+        top_k: K, or several.
+        trials: distractor draws per sample (100 in the paper).
+        modes: ``"compat"`` (top-3 ground truth, the authors' rule) and/or ``"strict"`` (top-1).
+        seed: seeds every metric's own generator (:func:`metric_rng`).
+        resize_to: ``(H, W)`` to resize both reconstructions and ground truth to before scoring
+            (the authors scored at the reconstruction's resolution).
+        pixel: compute SSIM and PSNR.
+        n_resamples: bootstrap resamples for the confidence intervals.
+        progress: progress bars for the slow parts.
+
+    Returns:
+        ``{key: {"mean", "se", "chance", "n", "ci_low", "ci_high"}}`` with keys
+        ``{level}_{N}way_top{K}_{mode}``, ``ssim``, ``psnr`` (chance None for the last two).
+    """
+    samples = compute_metric_samples(
+        pred,
+        gt,
+        frame_model,
+        video_model,
+        n_ways=n_ways,
+        top_k=top_k,
+        trials=trials,
+        modes=modes,
+        seed=seed,
+        resize_to=resize_to,
+        pixel=pixel,
+        progress=progress,
+    )
+    return summarise_metrics(samples, seed=seed, n_resamples=n_resamples)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None or not math.isfinite(v):
+        return "—"
+    if round(v, digits) == 0:
+        v = 0.0  # print "0.000", not "-0.000"
+    return f"{v:.{digits}f}"
+
+
+def format_markdown_table(metrics: dict[str, dict]) -> str:
+    """A markdown table of ``compute_metrics`` output, chance printed next to every score.
+
+    Columns: metric, mean ± SE, 95% CI, chance, n. Pixel metrics have no chance level ("—").
+    """
+    lines = [
+        "| metric | mean ± SE | 95% CI | chance | n |",
+        "|---|---|---|---|---|",
+    ]
+    for key, m in metrics.items():
+        digits = 2 if key == "psnr" else 3
+        name = "psnr (dB)" if key == "psnr" else key
+        score = f"{_fmt(m.get('mean'), digits)} ± {_fmt(m.get('se'), digits)}"
+        lo, hi = m.get("ci_low"), m.get("ci_high")
+        ci = "—" if lo is None or hi is None else f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+        lines.append(f"| {name} | {score} | {ci} | {_fmt(m.get('chance'))} | {m.get('n')} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_metric_key(key: str) -> tuple[str, int, int, str] | None:
+    """``(level, N, K, mode)`` of an identification key; None for ``ssim``, ``psnr`` and others."""
+    parts = key.split("_")
+    if len(parts) != 4 or parts[0] not in LEVELS or parts[3] not in MODES:
+        return None
+    if not (parts[1].endswith("way") and parts[2].startswith("top")):
+        return None
+    try:
+        return parts[0], int(parts[1][: -len("way")]), int(parts[2][len("top") :]), parts[3]
+    except ValueError:
+        return None

@@ -1,0 +1,220 @@
+"""Statistics for reporting and comparing runs (paper section 5, Table 1).
+
+A score is a mean over samples with its standard error, a percentile bootstrap confidence interval
+and the chance level; runs are compared with two-sample (Welch) or paired t-tests, as Table 1
+colours its ablations by significance against the full model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mindvideo.utils import UserError
+
+# Table 1's colour bands: p < 0.0001, p < 0.01, p < 0.05, otherwise not significant.
+SIGNIFICANCE_BANDS: tuple[tuple[float, str], ...] = (
+    (1e-4, "p<0.0001"),
+    (1e-2, "p<0.01"),
+    (5e-2, "p<0.05"),
+)
+NOT_SIGNIFICANT = "p>0.05"
+
+# Resampled means computed per chunk when bootstrapping (bounds memory to ~32 MB of indices).
+_BOOTSTRAP_CHUNK_ELEMENTS = 1 << 22
+
+
+def _as_samples(x: np.ndarray | list[float], name: str = "samples") -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise UserError(f"{name} must be a 1-D array of per-sample scores, got shape {arr.shape}.")
+    if arr.size == 0:
+        raise UserError(f"{name} is empty; a score needs at least one sample.")
+    if not np.isfinite(arr).all():
+        raise UserError(f"{name} contains NaN or inf; check the per-sample scores.")
+    return arr
+
+
+def mean_se(x: np.ndarray | list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean of per-sample scores ``x: [S]``.
+
+    The standard error is ``std(x, ddof=1) / sqrt(S)``; NaN when S < 2.
+    """
+    arr = _as_samples(x)
+    if arr.size < 2:
+        return float(arr.mean()), float("nan")
+    return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+def bootstrap_ci(
+    x: np.ndarray | list[float],
+    *,
+    rng: np.random.Generator,
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``x: [S]``.
+
+    Resamples S values with replacement ``n_resamples`` times with the explicit ``rng`` and returns
+    the ``(1 − confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the resampled means.
+    """
+    arr = _as_samples(x)
+    if n_resamples < 1:
+        raise UserError(f"n_resamples={n_resamples} must be at least 1 (10000 is usual).")
+    if not 0.0 < confidence < 1.0:
+        raise UserError(f"confidence={confidence} must be between 0 and 1 (e.g. 0.95).")
+    s = arr.size
+    means = np.empty(n_resamples)
+    chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // s)
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        idx = rng.integers(0, s, size=(stop - start, s))
+        means[start:stop] = arr[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _json_float(v: float | None) -> float | None:
+    """Floats for JSON: NaN / inf (undefined statistics) become None (null)."""
+    if v is None or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A reported metric: mean over samples, its standard error and bootstrap CI, chance level.
+
+    ``chance`` is None for metrics without one (SSIM, PSNR).
+    """
+
+    mean: float
+    se: float
+    chance: float | None
+    n: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    @classmethod
+    def from_samples(
+        cls,
+        x: np.ndarray | list[float],
+        *,
+        chance: float | None = None,
+        rng: np.random.Generator | None = None,
+        n_resamples: int = 10_000,
+        confidence: float = 0.95,
+    ) -> Score:
+        """Summarise per-sample scores ``x: [S]``; a bootstrap CI is added when ``rng`` is given."""
+        arr = _as_samples(x)
+        mean, se = mean_se(arr)
+        low = high = None
+        if rng is not None and arr.size >= 2:
+            low, high = bootstrap_ci(arr, rng=rng, n_resamples=n_resamples, confidence=confidence)
+        return cls(mean=mean, se=se, chance=chance, n=int(arr.size), ci_low=low, ci_high=high)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"mean", "se", "chance", "n", "ci_low", "ci_high"}``; undefined → None."""
+        return {
+            "mean": _json_float(self.mean),
+            "se": _json_float(self.se),
+            "chance": _json_float(self.chance),
+            "n": int(self.n),
+            "ci_low": _json_float(self.ci_low),
+            "ci_high": _json_float(self.ci_high),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Score:
+        """Inverse of :meth:`to_dict` (None mean/se read back as NaN)."""
+        nan = float("nan")
+        return cls(
+            mean=nan if d.get("mean") is None else float(d["mean"]),
+            se=nan if d.get("se") is None else float(d["se"]),
+            chance=None if d.get("chance") is None else float(d["chance"]),
+            n=int(d["n"]),
+            ci_low=None if d.get("ci_low") is None else float(d["ci_low"]),
+            ci_high=None if d.get("ci_high") is None else float(d["ci_high"]),
+        )
+
+
+@dataclass(frozen=True)
+class TTest:
+    """A t-test of run ``a`` against run ``b``: statistic, two-sided p-value, degrees of freedom."""
+
+    statistic: float
+    pvalue: float
+    df: float
+    test: str
+    mean_difference: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "statistic": _json_float(self.statistic),
+            "pvalue": _json_float(self.pvalue),
+            "df": _json_float(self.df),
+            "test": self.test,
+            "mean_difference": _json_float(self.mean_difference),
+            "significance": significance_label(self.pvalue),
+        }
+
+
+def welch_ttest(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> TTest:
+    """Two-sample t-test without assuming equal variances (Welch), for runs on different samples.
+
+    Table 1 marks each ablation by such a test against the full model. Args: per-sample scores
+    ``a: [Sa]``, ``b: [Sb]``.
+    """
+    from scipy import stats
+
+    x, y = _as_samples(a, "a"), _as_samples(b, "b")
+    if x.size < 2 or y.size < 2:
+        raise UserError("A t-test needs at least 2 samples in each run.")
+    res = stats.ttest_ind(x, y, equal_var=False)
+    return TTest(
+        statistic=float(res.statistic),
+        pvalue=float(res.pvalue),
+        df=float(res.df),
+        test="welch",
+        mean_difference=float(x.mean() - y.mean()),
+    )
+
+
+def paired_ttest(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> TTest:
+    """Paired t-test for two runs scored on the same samples in the same order (``[S]`` each).
+
+    Ablations of one subject reconstruct the same test windows, so pairing removes the
+    between-window variance; use :func:`welch_ttest` across subjects.
+    """
+    from scipy import stats
+
+    x, y = _as_samples(a, "a"), _as_samples(b, "b")
+    if x.size != y.size:
+        raise UserError(
+            f"A paired t-test needs the same samples in both runs, got {x.size} and {y.size}; "
+            "use the two-sample (Welch) test instead."
+        )
+    if x.size < 2:
+        raise UserError("A t-test needs at least 2 samples in each run.")
+    res = stats.ttest_rel(x, y)
+    return TTest(
+        statistic=float(res.statistic),
+        pvalue=float(res.pvalue),
+        df=float(res.df),
+        test="paired",
+        mean_difference=float(x.mean() - y.mean()),
+    )
+
+
+def significance_label(pvalue: float) -> str:
+    """Table 1's band of a p-value: ``p<0.0001``, ``p<0.01``, ``p<0.05`` or ``p>0.05``."""
+    if not math.isfinite(pvalue):
+        return NOT_SIGNIFICANT
+    for threshold, label in SIGNIFICANCE_BANDS:
+        if pvalue < threshold:
+            return label
+    return NOT_SIGNIFICANT

@@ -1,0 +1,199 @@
+"""The metric runner: stable keys, chance levels, per-clip samples, skips, table."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    VideoMAEConfig,
+    VideoMAEForVideoClassification,
+    VideoMAEImageProcessorPil,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+)
+
+from mindvideo.evaluation import (
+    ImageClassifier,
+    VideoClassifier,
+    compute_metric_samples,
+    compute_metrics,
+    format_markdown_table,
+    metric_rng,
+    nway_topk,
+    parse_metric_key,
+)
+from mindvideo.utils import UserError
+
+S, F, H, W = 4, 6, 32, 32
+TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+
+def _vit(path, num_labels):
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, num_labels=num_labels, **TINY)
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
+    return ImageClassifier.from_pretrained(path, device="cpu", batch_size=16)
+
+
+def _videomae(path, num_labels):
+    torch.manual_seed(0)
+    config = VideoMAEConfig(
+        image_size=32, patch_size=8, num_frames=F, tubelet_size=2, num_labels=num_labels, **TINY
+    )
+    VideoMAEForVideoClassification(config).save_pretrained(path)
+    VideoMAEImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(path)
+    return VideoClassifier.from_pretrained(path, device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def models100(tmp_path_factory):
+    return (
+        _vit(tmp_path_factory.mktemp("vit100"), 100),
+        _videomae(tmp_path_factory.mktemp("vmae100"), 100),
+    )
+
+
+def _clips(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (S, F, H, W, 3), dtype=np.uint8)
+
+
+EXPECTED_CHANCE = {
+    "2way_top1_strict": 0.5,
+    "50way_top1_strict": 0.02,
+    "2way_top1_compat": 0.75,
+    "50way_top1_compat": 3 / 52,
+}
+
+
+def test_all_keys_with_chance_levels(models100):
+    frame_model, video_model = models100
+    metrics = compute_metrics(
+        _clips(1), _clips(2), frame_model, video_model, n_resamples=200, progress=False
+    )
+    expected = [f"{lvl}_{k}" for lvl in ("video", "frame") for k in EXPECTED_CHANCE]
+    assert sorted(metrics) == sorted([*expected, "ssim", "psnr"])
+    for key, m in metrics.items():
+        assert {"mean", "se", "chance", "n"} <= set(m)
+        assert m["n"] == S
+        if key in ("ssim", "psnr"):
+            assert m["chance"] is None
+        else:
+            assert m["chance"] == pytest.approx(EXPECTED_CHANCE[key.split("_", 1)[1]])
+            assert 0.0 <= m["mean"] <= 1.0
+    json.dumps(metrics, allow_nan=False)
+
+
+def test_perfect_reconstructions_score_one(models100):
+    frame_model, video_model = models100
+    x = _clips(3)
+    metrics = compute_metrics(x, x, frame_model, video_model, n_resamples=100, progress=False)
+    for key, m in metrics.items():
+        if key == "psnr":
+            assert m["mean"] == 100.0
+        else:
+            assert m["mean"] == pytest.approx(1.0), key
+
+
+def test_frame_level_mean_is_over_all_frames_and_n_counts_clips(models100):
+    frame_model, _ = models100
+    pred, gt = _clips(4), _clips(5)
+    samples = compute_metric_samples(
+        pred, gt, frame_model, None, n_ways=(5,), modes=("compat",), seed=3, pixel=False
+    )
+    assert list(samples) == ["frame_5way_top1_compat"]
+    per_clip = samples["frame_5way_top1_compat"].per_sample
+    assert per_clip.shape == (S,)
+    pf = frame_model.predict_proba(pred.reshape(-1, H, W, 3))
+    gf = frame_model.predict_proba(gt.reshape(-1, H, W, 3))
+    direct = nway_topk(pf, gf, 5, rng=metric_rng(3, "frame_5way_top1_compat"))
+    np.testing.assert_allclose(per_clip, direct.per_sample.reshape(S, F).mean(axis=1))
+    assert per_clip.mean() == pytest.approx(direct.mean)
+
+
+class PixelProjection:
+    """A plain ProbabilityModel: softmax of a fixed random projection of the pixels."""
+
+    def __init__(self, n_pixels: int, n_classes: int = 100, seed: int = 0):
+        self.weight = np.random.default_rng(seed).normal(size=(n_pixels, n_classes))
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        logits = (batch.reshape(batch.shape[0], -1) / 255.0 - 0.5) @ self.weight
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def test_seeded_results_reproduce_and_seeds_differ():
+    # An untrained ViT rates the same classes highest on every input, so it "identifies" random
+    # frames perfectly; an input-dependent classifier shows the draws.
+    frame_model = PixelProjection(H * W * 3)
+    pred, gt = _clips(6), _clips(7)
+    kw = dict(n_ways=(20,), modes=("compat",), pixel=False, n_resamples=100, progress=False)
+    a = compute_metrics(pred, gt, frame_model, seed=0, **kw)
+    b = compute_metrics(pred, gt, frame_model, seed=0, **kw)
+    c = compute_metrics(pred, gt, frame_model, seed=1, **kw)
+    assert a == b
+    assert a["frame_20way_top1_compat"]["mean"] != c["frame_20way_top1_compat"]["mean"]
+
+
+def test_too_large_n_is_skipped_with_a_warning(tmp_path, caplog):
+    frame_model = _vit(tmp_path / "vit10", 10)
+    with caplog.at_level(logging.WARNING, logger="mindvideo.evaluation.metrics"):
+        metrics = compute_metrics(
+            _clips(1), _clips(2), frame_model, pixel=False, n_resamples=50, progress=False
+        )
+    assert sorted(metrics) == ["frame_2way_top1_compat", "frame_2way_top1_strict"]
+    assert "Skipping frame_50way_top1_compat" in caplog.text
+    assert "Skipping frame_50way_top1_strict" in caplog.text
+
+
+def test_input_errors_and_resize(models100):
+    frame_model, _ = models100
+    pred = _clips(1)
+    with pytest.raises(UserError, match="pair every reconstruction"):
+        compute_metrics(pred, _clips(2)[:3], progress=False)
+    big_gt = np.repeat(np.repeat(_clips(2), 2, axis=2), 2, axis=3)
+    with pytest.raises(UserError, match="resize_to"):
+        compute_metrics(pred, big_gt, progress=False)
+    metrics = compute_metrics(pred, big_gt, resize_to=(H, W), n_resamples=50, progress=False)
+    assert sorted(metrics) == ["psnr", "ssim"]
+
+    class NotProbabilities:
+        def predict_proba(self, batch):
+            return np.ones((batch.shape[0], 7))
+
+    with pytest.raises(UserError, match="softmax"):
+        compute_metrics(pred, pred, NotProbabilities(), pixel=False, progress=False)
+    with pytest.raises(UserError, match="N >= 2"):
+        compute_metrics(pred, pred, frame_model, n_ways=(1,), progress=False)
+
+
+def test_markdown_table_prints_chance_next_to_every_score():
+    metrics = {
+        "video_2way_top1_compat": {
+            "mean": 0.853,
+            "se": 0.03,
+            "chance": 0.75,
+            "n": 1200,
+            "ci_low": 0.8,
+            "ci_high": 0.9,
+        },
+        "ssim": {"mean": 0.171, "se": 0.004, "chance": None, "n": 1200},
+    }
+    table = format_markdown_table(metrics)
+    lines = table.strip().splitlines()
+    assert lines[0] == "| metric | mean ± SE | 95% CI | chance | n |"
+    assert lines[2] == "| video_2way_top1_compat | 0.853 ± 0.030 | [0.800, 0.900] | 0.750 | 1200 |"
+    assert lines[3] == "| ssim | 0.171 ± 0.004 | — | — | 1200 |"
+
+
+def test_parse_metric_key():
+    assert parse_metric_key("video_50way_top1_strict") == ("video", 50, 1, "strict")
+    assert parse_metric_key("frame_2way_top5_compat") == ("frame", 2, 5, "compat")
+    assert parse_metric_key("ssim") is None
+    assert parse_metric_key("frame_xway_top1_compat") is None
