@@ -25,6 +25,54 @@ T = TypeVar("T")
 
 
 @dataclass
+class TrainConfig:
+    """Optimisation, precision, checkpointing and logging settings shared by all training stages."""
+
+    max_steps: int = 1000
+    """Optimiser steps to train for; one step consumes ``gradient_accumulation_steps`` batches on
+    each process. Epochs repeat until this many steps are done."""
+    batch_size: int = 8
+    """Samples per batch on each process. The global batch of one optimiser step is
+    ``batch_size × processes × gradient_accumulation_steps``."""
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    """Peak learning rate, reached at the end of the warm-up."""
+    weight_decay: float = 0.05
+    """AdamW weight decay; never applied to biases, normalisation layers, embeddings or tokens."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas (MAE: 0.9, 0.95)."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear learning-rate warm-up."""
+    lr_schedule: str = "cosine"
+    """After warm-up: ``cosine`` (decay to ``min_lr`` at ``max_steps``) or ``constant``."""
+    min_lr: float = 0.0
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value before each optimiser step; 0 disables."""
+    mixed_precision: str = "no"
+    """``no``, ``bf16`` (autocast; works on CPU and recent GPUs) or ``fp16`` (CUDA only)."""
+    cpu: bool = False
+    """Train on the CPU even when a CUDA GPU is present (without one the CPU is always used)."""
+    gradient_checkpointing: bool = False
+    """Ask the model to recompute activations in the backward pass (saves memory, costs time)."""
+    find_unused_parameters: bool = False
+    """DDP only: set when some trainable parameters get no gradient in a step (ablations)."""
+    checkpoint_every: int = 500
+    """Save a resumable checkpoint every this many optimiser steps and at the end; 0 disables."""
+    keep_checkpoints: int = 2
+    """Keep only the newest this many checkpoints; 0 keeps all."""
+    log_every: int = 10
+    """Log the mean loss (and the loss function's logs) over this many optimiser steps."""
+    eval_every: int = 0
+    """Call the stage's evaluation function every this many steps (0: only at the end)."""
+    seed: int = 0
+    num_workers: int = 0
+    """DataLoader worker processes (0: load in the training process)."""
+    trackers: list[str] = field(default_factory=list)
+    """Extra experiment trackers: ``tensorboard`` and/or ``wandb`` (optional packages). Metrics
+    always go to ``logs/metrics.jsonl`` as well."""
+
+
+@dataclass
 class RestConfig:
     """The HCP-style resting-state corpus written by ``mindvideo simulate --rest``."""
 
