@@ -1,0 +1,287 @@
+"""The video UNet: Stable Diffusion's 2D UNet inflated for video (paper 3.4 and B).
+
+``VideoUNet`` *is* a ``diffusers.UNet2DConditionModel`` — same constructor, same config, same
+2D weights and parameter names — whose every ``BasicTransformerBlock`` is a
+:class:`~mindvideo.generator.attention.VideoTransformerBlock` (sparse causal ``attn1`` plus a
+zero-initialised temporal attention ``attn_temp``/``norm_temp``). Its ``forward`` takes video
+latents ``[B, C, F, H, W]``, folds the frames into the batch for the 2D layers, gives every
+frame the same condition tokens, and passes ``num_frames`` to the attention processors.
+
+Build one from Stable Diffusion 1.5 weights on disk::
+
+    unet = VideoUNet.from_pretrained_2d("path/to/stable-diffusion-v1-5", subfolder="unet")
+
+or from a 2D model in memory with :meth:`VideoUNet.from_unet2d`; a trained one saves and loads
+with ``save_pretrained`` / ``from_pretrained`` like any diffusers model.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from mindvideo.generator.attention import VideoTransformerBlock
+from mindvideo.utils import UserError
+
+__all__ = [
+    "TEMPORAL_MODULES",
+    "TRAINABLE_MODULES",
+    "VideoUNet",
+    "VideoUNetOutput",
+    "trainable_parameters",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Modules added by the inflation; everything else comes from the 2D UNet.
+TEMPORAL_MODULES = ("attn_temp", "norm_temp")
+#: What the paper tunes in video tuning and co-training (B: "attn1", "attn2", "attn_temp").
+TRAINABLE_MODULES = ("attn1", "attn2", "attn_temp")
+
+
+@dataclass
+class VideoUNetOutput(BaseOutput):
+    """The output of :class:`VideoUNet`.
+
+    sample: ``[B, C, F, H, W]`` — the predicted noise (or v / x0, per the scheduler) per frame.
+    """
+
+    sample: torch.Tensor = None
+
+
+def is_temporal_key(name: str) -> bool:
+    """Whether a parameter/state-dict key belongs to the layers the inflation adds."""
+    return any(f".{m}." in f".{name}" for m in TEMPORAL_MODULES)
+
+
+def _video_block_like(
+    transformer: Transformer2DModel, block: BasicTransformerBlock
+) -> VideoTransformerBlock:
+    """A ``VideoTransformerBlock`` holding ``block``'s own 2D weights and fresh temporal layers.
+
+    The constructor arguments are the ones ``Transformer2DModel`` passes for continuous (UNet)
+    inputs; the state-dict layout check catches a diffusers release that changes them. The 2D
+    part is built on the meta device and takes over ``block``'s tensors, so inflating costs no
+    second random initialisation (seconds at Stable Diffusion size).
+    """
+    c = transformer.config
+    with torch.device("meta"):
+        video_block = VideoTransformerBlock(
+            transformer.inner_dim,
+            c.num_attention_heads,
+            c.attention_head_dim,
+            dropout=c.dropout,
+            cross_attention_dim=c.cross_attention_dim,
+            activation_fn=c.activation_fn,
+            num_embeds_ada_norm=c.num_embeds_ada_norm,
+            attention_bias=c.attention_bias,
+            only_cross_attention=c.only_cross_attention,
+            double_self_attention=c.double_self_attention,
+            upcast_attention=c.upcast_attention,
+            norm_type=block.norm_type,
+            norm_elementwise_affine=c.norm_elementwise_affine,
+            norm_eps=c.norm_eps,
+            attention_type=c.attention_type,
+        )
+    old = {k: tuple(v.shape) for k, v in block.state_dict().items()}
+    new = {k: tuple(v.shape) for k, v in video_block.state_dict().items() if not is_temporal_key(k)}
+    if old != new:
+        raise RuntimeError(
+            "this diffusers release builds BasicTransformerBlock differently from what VideoUNet "
+            f"expects (keys differ: {sorted(set(old) ^ set(new))[:5]})."
+        )
+    video_block.load_state_dict(block.state_dict(), strict=False, assign=True)
+    video_block.reset_temporal_attention()  # real tensors, on the ambient default device
+    if any(t.is_meta for t in video_block.state_dict().values()) and not any(
+        t.is_meta for t in block.state_dict().values()
+    ):
+        raise RuntimeError("inflating a transformer block left tensors on the meta device.")
+    video_block.set_chunk_feed_forward(block._chunk_size, block._chunk_dim)
+    return video_block
+
+
+class VideoUNet(UNet2DConditionModel):
+    """Stable Diffusion's UNet inflated for video (paper 3.4, B), built like diffusers'
+    ``UNetMotionModel.from_unet2d``: the 2D config and weights, plus fresh temporal layers.
+
+    The constructor takes exactly ``UNet2DConditionModel``'s arguments (the config records the
+    2D architecture; the temporal layers follow from it). The number of frames is a run-time
+    property of the input, not part of the config: any F ≥ 1 works with the same weights.
+    """
+
+    @functools.wraps(UNet2DConditionModel.__init__, assigned=(), updated=())
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # ``wraps`` only sets __wrapped__, so diffusers' ConfigMixin (which reads the __init__
+        # signature to build and check configs) sees UNet2DConditionModel's arguments.
+        super().__init__(*args, **kwargs)
+        for transformer in [m for m in self.modules() if isinstance(m, Transformer2DModel)]:
+            transformer.transformer_blocks = nn.ModuleList(
+                _video_block_like(transformer, block) for block in transformer.transformer_blocks
+            )
+
+    @classmethod
+    def from_unet2d(cls, unet: UNet2DConditionModel) -> VideoUNet:
+        """Inflate a 2D UNet: same config, its weights copied, temporal layers fresh (identity)."""
+        model = cls.from_config(unet.config)
+        missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
+        if unexpected or not all(is_temporal_key(k) for k in missing):
+            missing_2d = [k for k in missing if not is_temporal_key(k)]
+            raise RuntimeError(
+                "the 2D UNet's weights do not fit the inflated UNet "
+                f"(unexpected {unexpected[:5]}, missing {missing_2d[:5]})."
+            )
+        logger.info(
+            "inflated a 2D UNet: %d new temporal parameters",
+            sum(p.numel() for n, p in model.named_parameters() if is_temporal_key(n)),
+        )
+        model.to(unet.device)
+        if unet.dtype != model.dtype:
+            model.to(unet.dtype)
+        return model
+
+    @classmethod
+    def from_pretrained_2d(
+        cls, path: str | os.PathLike, subfolder: str | None = None, **kwargs: Any
+    ) -> VideoUNet:
+        """Inflate a 2D UNet saved with ``save_pretrained`` (e.g. a local Stable Diffusion 1.5
+        folder with ``subfolder="unet"``); ``kwargs`` go to
+        ``UNet2DConditionModel.from_pretrained``.
+        """
+        return cls.from_unet2d(
+            UNet2DConditionModel.from_pretrained(path, subfolder=subfolder, **kwargs)
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """diffusers' ``from_pretrained``. A folder holding a 2D UNet (no temporal weights, e.g.
+        Stable Diffusion's ``unet/``) is inflated: its temporal layers start as the identity."""
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        fresh = 0
+        for block in model.modules():
+            if isinstance(block, VideoTransformerBlock) and any(
+                p.is_meta for p in (*block.norm_temp.parameters(), *block.attn_temp.parameters())
+            ):
+                # Not in the checkpoint, so the fast loader left them unallocated.
+                like = block.attn1.to_q.weight
+                block.reset_temporal_attention()
+                block.norm_temp.to(like.device, like.dtype)
+                block.attn_temp.to(like.device, like.dtype)
+                fresh += 1
+        if fresh:
+            logger.info(
+                "%s has no temporal weights: inflated %d transformer blocks with identity "
+                "temporal layers.",
+                pretrained_model_name_or_path,
+                fresh,
+            )
+        return model
+
+    def set_default_attn_processor(self) -> None:
+        """Restore the video attention processors (SC ``attn1``, per-frame ``attn2``, SDPA
+        ``attn_temp``); diffusers' 2D defaults would drop sparse causal attention."""
+        for module in self.modules():
+            if isinstance(module, VideoTransformerBlock):
+                module.set_video_attn_processors()
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        return_dict: bool = True,
+    ) -> VideoUNetOutput | tuple[torch.Tensor]:
+        """Denoise video latents.
+
+        Args:
+            sample: ``[B, C, F, H, W]`` noisy latents.
+            timestep: a number, ``[]`` or ``[B]`` (one timestep per video).
+            encoder_hidden_states: ``[B, 77, d]`` condition tokens shared by all frames (the
+                paper), or ``[B, F, 77, d]`` for one condition per frame.
+            encoder_attention_mask: ``[B, 77]`` (1 = keep) or ``None``.
+            cross_attention_kwargs: extra arguments for the attention processors; ``num_frames``
+                is set here.
+            return_dict: return a :class:`VideoUNetOutput` rather than a tuple.
+
+        Returns: ``sample: [B, C_out, F, H, W]``.
+        """
+        if sample.ndim != 5:
+            raise ValueError(
+                f"VideoUNet expects latents [B, C, F, H, W], got {tuple(sample.shape)}."
+            )
+        batch, channels, frames, height, width = sample.shape
+        latents = sample.transpose(1, 2).reshape(batch * frames, channels, height, width)
+
+        if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] > 1:
+            if timestep.shape[0] != batch:
+                raise ValueError(
+                    f"timestep must be a number or one per video [B={batch}], "
+                    f"got shape {tuple(timestep.shape)}."
+                )
+            timestep = timestep.repeat_interleave(frames)  # [B] → [B·F]
+        if encoder_hidden_states.ndim == 4:
+            if encoder_hidden_states.shape[:2] != (batch, frames):
+                raise ValueError(
+                    "per-frame encoder_hidden_states must be [B, F, L, d] with the latents' B, F, "
+                    f"got {tuple(encoder_hidden_states.shape)} for latents {tuple(sample.shape)}."
+                )
+            encoder_hidden_states = encoder_hidden_states.flatten(0, 1)
+        else:
+            encoder_hidden_states = encoder_hidden_states.repeat_interleave(frames, dim=0)
+        if encoder_attention_mask is not None:
+            encoder_attention_mask = encoder_attention_mask.repeat_interleave(frames, dim=0)
+        cross_attention_kwargs = {**(cross_attention_kwargs or {}), "num_frames": frames}
+
+        out = super().forward(
+            latents,  # [B·F, C, H, W]
+            timestep,
+            encoder_hidden_states,  # [B·F, 77, d]
+            encoder_attention_mask=encoder_attention_mask,
+            cross_attention_kwargs=cross_attention_kwargs,
+            return_dict=False,
+        )[0]
+        out = out.unflatten(0, (batch, frames)).transpose(1, 2)  # [B, C_out, F, H, W]
+        if not return_dict:
+            return (out,)
+        return VideoUNetOutput(sample=out)
+
+
+def trainable_parameters(
+    unet: nn.Module, modules: Iterable[str] = TRAINABLE_MODULES
+) -> list[nn.Parameter]:
+    """Freeze the UNet except the named modules (paper B); return the parameters left trainable.
+
+    ``modules`` are dotted module names matched as whole path components: ``"attn1"`` selects
+    every ``...transformer_blocks.N.attn1.*`` parameter, ``"attn1.to_q"`` only the query
+    projections (Tune-A-Video's choice). The default is the paper's self-, cross- and temporal
+    attention; ``norm_temp`` stays at its identity initialisation unless named, as in the
+    authors' training.
+    """
+    modules = tuple(modules)
+    selected: list[nn.Parameter] = []
+    used: set[str] = set()
+    for name, param in unet.named_parameters():
+        hits = [m for m in modules if f".{m}." in f".{name}."]
+        param.requires_grad_(bool(hits))
+        if hits:
+            selected.append(param)
+            used.update(hits)
+    unused = [m for m in modules if m not in used]
+    if unused:
+        raise UserError(
+            f"trainable module name(s) {unused} match no parameter of the UNet; use module names "
+            f"such as {', '.join((*TRAINABLE_MODULES, 'norm_temp'))}."
+        )
+    return selected
