@@ -143,6 +143,256 @@ def simulate_preset(name: str) -> SimulateConfig:
     raise UserError(f"Unknown simulate preset {name!r}; choose one of: tiny, demo, full.")
 
 
+@dataclass
+class PretrainedPaths:
+    """Pretrained models, as local folders (or hub ids for users who are online).
+
+    Nothing downloads in the tests or the demo: there these stay unset and the stage uses the
+    small stand-ins it trained, or says which key to set."""
+
+    stable_diffusion: str | None = None
+    """Stable Diffusion 1.5 pipeline folder (``unet/``, ``vae/``, ``text_encoder/``, ...)."""
+    clip: str | None = None
+    """CLIP model folder for contrastive learning (paper: openai/clip-vit-large-patch14)."""
+    blip: str | None = None
+    """BLIP captioning model folder (paper: Salesforce BLIP)."""
+    image_classifier: str | None = None
+    """Frame classifier for evaluation (paper: google/vit-base-patch16-224)."""
+    video_classifier: str | None = None
+    """Video classifier for evaluation (paper: MCG-NJU/videomae-base-finetuned-kinetics)."""
+
+
+@dataclass
+class RoiConfig:
+    """Reproducibility ROI (paper 3.2): rep-1 vs rep-2 correlation, t-test across segments."""
+
+    alpha: float = 0.01
+    """Significance level, Bonferroni-corrected over vertices."""
+    top_fraction: float = 0.5
+    """Keep this fraction of the significant vertices, the most significant first."""
+    correction: str = "bonferroni"
+    """Multiple-comparison correction over vertices: ``bonferroni`` (the paper) or ``none``
+    (for small simulated sets, where 3 degrees of freedom make Bonferroni keep almost nothing)."""
+    alternative: str = "greater"
+    """``greater`` (reproducible = positively correlated across viewings) or ``two-sided``."""
+
+
+@dataclass
+class CaptionConfig:
+    """Frame captions (paper 3.3): BLIP (``pretrained.blip``) on every 3 FPS frame; without a
+    BLIP folder the captions the dataset ships are used (the simulator's ground truth, the
+    authors' ``text_*.npy``)."""
+
+    batch_size: int = 32
+    max_new_tokens: int = 20
+    num_beams: int = 1
+    prompt: str | None = None
+    dtype: str | None = None
+    cache: str = "captions.jsonl"
+    """Cache file (relative to the output directory) that makes captioning resumable."""
+
+
+@dataclass
+class HcpConfig:
+    """The HCP pre-training corpus: Glasser V1-V4 of resting-state runs (paper 3.3, 4.1)."""
+
+    areas: list[str] = field(default_factory=lambda: ["V1", "V2", "V3", "V4"])
+    """Glasser areas kept, in this order along the visual hierarchy (as MinD-Vis)."""
+    shard_frames: int = 16384
+    """fMRI frames per memory-mapped shard."""
+    detrend_order: int = 4
+
+
+@dataclass
+class PrepareConfig:
+    """Stage 1: raw data → a prepared subject (or, for HCP, a sharded pre-training corpus)."""
+
+    dataset: str = "wen2018"
+    """``wen2018`` (raw CIFTI + mp4), ``wen2018-preprocessed`` (the authors' arrays) or
+    ``hcp`` (resting-state corpus for MBM pre-training)."""
+    root: str | None = None
+    """Folder of the raw dataset."""
+    subject: int = 1
+    fps: float = 3.0
+    """Frame rate the videos are resampled to (paper: 3 FPS, 6 frames per 2 s TR)."""
+    frame_size: int = 256
+    """Frames are resized (short side) and centre-cropped to this size."""
+    test_repetitions: str = "average"
+    """``average`` the test repetitions (as the paper) or ``keep`` each one."""
+    detrend_order: int = 4
+    nan_policy: str = "raise"
+    """Vertices with NaN/Inf: ``raise`` an error naming the file, or ``zero`` them (logged)."""
+    roi: RoiConfig = field(default_factory=RoiConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    hcp: HcpConfig = field(default_factory=HcpConfig)
+    pretrained: PretrainedPaths = field(default_factory=PretrainedPaths)
+
+
+@dataclass
+class EncoderSizeConfig:
+    """Size of the MBM autoencoder / fMRI encoder (paper B, Table B.1)."""
+
+    preset: str = "paper"
+    """``paper`` (ViT-L: 24 x 1024, 16 heads, MLP ratio 1.0; decoder 8 x 512), ``demo`` or
+    ``tiny``; the keys below override single values of the preset when set."""
+    patch_size: int = 16
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    decoder_embed_dim: int | None = None
+    decoder_depth: int | None = None
+    decoder_num_heads: int | None = None
+    mlp_ratio: float | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 2: masked brain modeling (paper 3.3, B) on HCP, then on the target's training fMRI."""
+
+    data: str | None = None
+    """Pre-training corpus (``mindvideo prepare --dataset hcp``); unset: skip to fine-tuning."""
+    finetune_data: str | None = None
+    """Prepared target subject; only its *training* fMRI is used. Unset: no fine-tuning."""
+    init: str | None = None
+    """An MBM folder to start from (e.g. an earlier pre-training) instead of random weights."""
+    encoder: EncoderSizeConfig = field(default_factory=EncoderSizeConfig)
+    mask_ratio: float = 0.75
+    pad_mode: str = "zero"
+    """Padding of V to a multiple of the patch size: ``zero`` or ``wrap_compat`` (the authors')."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=20000,
+            batch_size=500,
+            learning_rate=2.5e-4,
+            weight_decay=0.05,
+            warmup_steps=1600,
+            max_grad_norm=0.8,
+        )
+    )
+    """Pre-training on the corpus (paper: 500 epochs of ~600k frames, batch 500, lr 2.5e-4,
+    40 warm-up epochs, clip 0.8, weight decay 0.05)."""
+    finetune: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=2000, batch_size=16, learning_rate=5e-5, warmup_steps=100, max_grad_norm=0.8
+        )
+    )
+    """Fine-tuning on the target's training fMRI ("a small learning rate and epochs")."""
+
+
+@dataclass
+class CaptionAugConfig:
+    """Caption augmentation for contrastive training (paper B): synonyms and word swaps."""
+
+    p_synonym: float = 0.3
+    p_swap: float = 0.1
+    lexicon: str | None = None
+    """A JSON synonym lexicon; unset: the one shipped with mindvideo."""
+
+
+@dataclass
+class ContrastConfig:
+    """Stage 3: spatiotemporal encoder + multimodal contrastive learning (paper 3.3, eq. 3)."""
+
+    data: str | None = None
+    """Prepared target subject (training split for training, test split for retrieval)."""
+    encoder: str | None = None
+    """MBM folder written by ``mindvideo pretrain``."""
+    pretrained: PretrainedPaths = field(default_factory=PretrainedPaths)
+    """``pretrained.clip``: the frozen CLIP text and image towers."""
+    window: int = 2
+    mode: str = "both"
+    """``both`` (eq. 3), ``text`` or ``image`` (Table 1 ablations)."""
+    out_tokens: int = 77
+    dropout: float = 0.6
+    drop_path: float = 0.0
+    sparsify: float = 0.2
+    """Fraction of voxels randomly set to zero per sample (fMRI augmentation)."""
+    crop_p: float = 0.5
+    """Probability of a random crop of the frame (image augmentation)."""
+    caption_aug: CaptionAugConfig = field(default_factory=CaptionAugConfig)
+    pad_mode: str = "zero"
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=12000, batch_size=20, learning_rate=2e-5, weight_decay=0.05, warmup_steps=200
+        )
+    )
+
+
+@dataclass
+class TuneVideoConfig:
+    """Stage 4: tune the inflated Stable Diffusion on the training videos (paper 3.4, B)."""
+
+    data: str | None = None
+    """Prepared target subject (training videos and captions)."""
+    pretrained: PretrainedPaths = field(default_factory=PretrainedPaths)
+    """``pretrained.stable_diffusion``: the SD-1.5 folder (``unet/``, ``vae/``,
+    ``text_encoder/``, ``tokenizer/``, ``scheduler/``)."""
+    frames: int = 6
+    size: int = 256
+    trainable: list[str] = field(default_factory=lambda: ["attn1", "attn2", "attn_temp"])
+    gradient_checkpointing: bool = False
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=800, batch_size=14, learning_rate=2e-5, weight_decay=0.01, warmup_steps=0
+        )
+    )
+
+
+@dataclass
+class CotrainConfig:
+    """Stage 5: encoder + UNet attention trained together on fMRI-video pairs (paper 3.4)."""
+
+    data: str | None = None
+    encoder: str | None = None
+    """fMRI encoder folder written by ``mindvideo contrast``."""
+    generator: str | None = None
+    """Folder written by ``mindvideo tune-video`` (``unet/``, ``vae/``, ``scheduler/``)."""
+    window: int = 2
+    frames: int = 6
+    size: int = 256
+    trainable: list[str] = field(default_factory=lambda: ["attn1", "attn2", "attn_temp"])
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=15000, batch_size=9, learning_rate=3e-5, weight_decay=0.01, warmup_steps=0
+        )
+    )
+
+
+@dataclass
+class ReconstructConfig:
+    """Stage 6: fMRI windows → videos with DDIM and adversarial guidance (paper 3.4, eq. 6)."""
+
+    checkpoint: str | None = None
+    """Pipeline folder (``model_index.json``, ``fmri_encoder/``, ``unet/``, ``vae/``,
+    ``scheduler/``), e.g. the output of ``mindvideo cotrain``."""
+    data: str | None = None
+    """Prepared subject directory (``mindvideo prepare``)."""
+    split: str = "test"
+    window: int = 2
+    """fMRI frames per window (TRs t..t+w-1); a longer window than trained gives 6 frames per
+    extra TR."""
+    frames_per_tr: int = 6
+    scheduler: str = "ddim"
+    """``ddim`` (the paper), ``dpm-solver++``, ``euler``, or a diffusers scheduler class name."""
+    num_inference_steps: int = 200
+    guidance_scale: float = 12.5
+    negative: str = "mean-test"
+    """Negative condition c̄: ``mean-test`` (encoder output of the mean test fMRI, the paper),
+    ``mean-train``, or ``null`` (plain classifier-free guidance with a zero condition)."""
+    seed: int = 0
+    batch_size: int = 1
+    limit: int | None = None
+    """Only the first ``limit`` windows (a quick look); unset: the whole split."""
+    tr_stride: int = 1
+    """Reconstruct every ``tr_stride``-th TR."""
+    dtype: str = "float32"
+    """``float32``, ``bfloat16`` or ``float16`` (GPU)."""
+    device: str | None = None
+    gif: bool = True
+    """Also write a GIF beside each mp4."""
+    fps: int = 3
+
+
 # --------------------------------------------------------------------------------------------
 # Loading, merging and saving
 # --------------------------------------------------------------------------------------------
@@ -274,7 +524,15 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return path
 
 
-STAGE_CONFIGS: dict[str, type] = {"simulate": SimulateConfig}
+STAGE_CONFIGS: dict[str, type] = {
+    "simulate": SimulateConfig,
+    "prepare": PrepareConfig,
+    "pretrain": PretrainConfig,
+    "contrast": ContrastConfig,
+    "tune-video": TuneVideoConfig,
+    "cotrain": CotrainConfig,
+    "reconstruct": ReconstructConfig,
+}
 """Stage name → config class; the CLI and the recipe tests use this table."""
 
 PRESETS: dict[str, Callable[[str], Any]] = {"simulate": simulate_preset}

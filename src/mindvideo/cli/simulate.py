@@ -50,9 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from mindvideo.data.simulate import simulate_hcp_rest, simulate_wen2018
 
     if args.rest:
-        out = simulate_hcp_rest(cfg, args.out)
+        simulate_hcp_rest(cfg, args.out)
     else:
-        out = simulate_wen2018(cfg, args.out)
+        simulate_wen2018(cfg, args.out)
     save_resolved(cfg, args.out)
-    log.info("wrote %s", out)
     return 0

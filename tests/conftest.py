@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny simulated datasets every data-path test reads.
+
+The fixtures are session-scoped (built once per test run, ~10 s for both) and read-only by
+convention: a test that modifies files copies them first.
+"""
+
+import os
+import tempfile
+
+# Before anything imports nilearn or matplotlib: nothing may touch the user's home or a display.
+os.environ["NILEARN_DATA"] = tempfile.mkdtemp(prefix="mindvideo-nilearn-")
+os.environ["MPLBACKEND"] = "Agg"
+
+import pytest
+
+from mindvideo.config import SimulateConfig, simulate_preset
+
+
+@pytest.fixture(scope="session")
+def sim_config() -> SimulateConfig:
+    """The ``tiny`` simulate preset (seed 0), as the simulated fixtures use it."""
+    return simulate_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def simulated_dataset(tmp_path_factory, sim_config):
+    """A tiny simulated Wen 2018 dataset (seed 0); returns its root folder (a Path)."""
+    from mindvideo.data.simulate import simulate_wen2018
+
+    return simulate_wen2018(sim_config, tmp_path_factory.mktemp("sim") / "wen2018")
+
+
+@pytest.fixture(scope="session")
+def simulated_rest(tmp_path_factory, sim_config):
+    """The tiny HCP-style resting-state corpus (seed 0); returns its root folder (a Path)."""
+    from mindvideo.data.simulate import simulate_hcp_rest
+
+    return simulate_hcp_rest(sim_config, tmp_path_factory.mktemp("sim") / "hcp_rest")

@@ -1,0 +1,203 @@
+"""The simulated Wen 2018 dataset and HCP rest corpus: layout, formats, determinism, signal."""
+
+import dataclasses
+import itertools
+import json
+
+import av
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel import cifti2
+
+from mindvideo.data import atlas
+from mindvideo.data.cifti import cortex_indices, read_dtseries
+from mindvideo.data.simulate import simulate_hcp_rest, simulate_wen2018, wen2018_segments
+from mindvideo.utils import UserError
+
+
+def _runs(root, cfg):
+    for seg in wen2018_segments(cfg):
+        for r in range(1, seg.repetitions + 1):
+            yield (
+                seg,
+                root
+                / "subject1"
+                / "fmri"
+                / seg.name
+                / "cifti"
+                / f"{seg.name}_{r}_Atlas.dtseries.nii",
+            )
+
+
+def _packets(path):
+    """The encoded video stream (demuxed, not decoded)."""
+    with av.open(str(path)) as container:
+        return b"".join(bytes(p) for p in container.demux(video=0) if p.size)
+
+
+def _prepare(x, drop_start, drop_end=4):
+    """The authors' preprocessing: drop volumes, 4th-order detrend, z-score per vertex."""
+    x = x[drop_start : len(x) - drop_end].astype(np.float64)
+    q, _ = np.linalg.qr(np.polynomial.legendre.legvander(np.linspace(-1, 1, len(x)), 4))
+    x = x - q @ (q.T @ x)
+    return (x - x.mean(0)) / x.std(0)
+
+
+def test_layout_and_every_run_reads_with_nibabel(simulated_dataset, sim_config):
+    root = simulated_dataset
+    names = sorted(p.name for p in (root / "stimuli").iterdir())
+    assert names == ["seg1.mp4", "seg2.mp4", "seg3.mp4", "seg4.mp4", "test1.mp4", "test2.mp4"]
+    assert not (root / "subject2").exists()
+    runs = list(_runs(root, sim_config))
+    assert len(runs) == 4 * 2 + 2 * 3
+    n_files = len(list((root / "subject1").rglob("*.dtseries.nii")))
+    assert n_files == len(runs)
+    for seg, path in runs:
+        img = nib.load(path)
+        series, models = img.header.get_axis(0), img.header.get_axis(1)
+        assert isinstance(series, cifti2.SeriesAxis) and series.step == 2.0
+        assert isinstance(models, cifti2.BrainModelAxis)
+        assert img.shape == (seg.n_volumes, len(models))
+        structures = {str(n) for n, _, _ in models.iter_structures()}
+        assert structures == {atlas.CORTEX_LEFT, atlas.CORTEX_RIGHT}
+    assert nib.load(root / "subject1/fmri/test2/cifti/test2_3_Atlas.dtseries.nii").shape[0] == 246
+    assert nib.load(root / "subject1/fmri/test1/cifti/test1_1_Atlas.dtseries.nii").shape[0] == 245
+    assert nib.load(root / "subject1/fmri/seg4/cifti/seg4_2_Atlas.dtseries.nii").shape[0] == 245
+
+
+def test_fast_reader_agrees_with_nibabel(simulated_dataset):
+    path = simulated_dataset / "subject1/fmri/test1/cifti/test1_1_Atlas.dtseries.nii"
+    data, models, tr = read_dtseries(path)
+    img = nib.load(path)
+    np.testing.assert_array_equal(data, img.get_fdata(dtype=np.float32))
+    assert tr == 2.0 and models == img.header.get_axis(1)
+    assert len(cortex_indices(models)) == len(models) == 2300  # 2000 visual + 300 other
+
+
+def test_stimulus_is_480_s_at_30_fps(simulated_dataset, sim_config):
+    with av.open(str(simulated_dataset / "stimuli" / "test1.mp4")) as container:
+        stream = container.streams.video[0]
+        assert float(stream.average_rate) == 30.0
+        assert (stream.codec_context.width, stream.codec_context.height) == (32, 32)
+        n = sum(1 for _ in container.decode(stream))
+    assert n == 480 * 30
+
+
+def test_ground_truth_and_scenes(simulated_dataset, sim_config):
+    gt = np.load(simulated_dataset / "ground_truth.npz")
+    g = 2300
+    for key in ("responsive", "hrf_peak_s", "role", "area", "grayordinate_index"):
+        assert gt[key].shape == (g,), key
+    np.testing.assert_array_equal(gt["responsive"], gt["subject1/responsive"])
+    assert gt["responsive"].dtype == bool and 0 < gt["responsive"].sum() < g
+    assert not gt["responsive"][gt["role"] == 0].any()  # only visual areas respond
+    assert list(gt["role_names"]) == ["none", "early", "motion", "class"]
+    peaks = gt["hrf_peak_s"]
+    assert peaks.min() >= sim_config.hrf_peak_min_s and peaks.max() <= sim_config.hrf_peak_max_s
+    assert peaks.std() > 0.1  # varies by voxel
+    early = gt["responsive"] & (gt["role"] == 1)
+    assert np.isfinite(gt["subject1/rf_x"][early]).all()
+
+    meta = json.loads((simulated_dataset / "scenes.json").read_text())
+    assert len(meta["classes"]) >= 50 and meta["tr_s"] == 2.0
+    test2 = meta["timing"]["test2"]
+    assert (test2["n_volumes"], test2["drop_start"], test2["drop_end"]) == (246, 2, 4)
+    assert test2["movie_onset_s"] == 4.0 and test2["repetitions"] == sim_config.test_repetitions
+    for name, scenes in meta["segments"].items():
+        assert scenes[0]["start_s"] == 0 and scenes[-1]["end_s"] == pytest.approx(480)
+        for a, b in itertools.pairwise(scenes):
+            assert a["end_s"] == b["start_s"], name
+        for s in scenes:
+            assert meta["classes"][s["class_id"]] == s["class"] and s["caption"] and s["motion"]
+
+
+def test_signal_is_really_there(simulated_dataset, sim_config):
+    """Repetition 1 vs 2 of each training segment, after the authors' preprocessing: responsive
+    voxels correlate at ~0.47 on average (SNR 1), the other voxels at ~0.00."""
+    gt = np.load(simulated_dataset / "ground_truth.npz")
+    responsive = gt["responsive"]
+    corr = []
+    for k in range(1, sim_config.train_segments + 1):
+        cifti = simulated_dataset / "subject1" / "fmri" / f"seg{k}" / "cifti"
+        a = _prepare(read_dtseries(cifti / f"seg{k}_1_Atlas.dtseries.nii")[0], 1)
+        b = _prepare(read_dtseries(cifti / f"seg{k}_2_Atlas.dtseries.nii")[0], 1)
+        corr.append((a * b).mean(axis=0))
+    corr = np.mean(corr, axis=0)
+    assert corr[responsive].mean() > 0.35
+    assert abs(corr[~responsive].mean()) < 0.03
+    assert np.percentile(corr[responsive], 5) > np.percentile(corr[~responsive], 95)
+    for role in (1, 2, 3):  # every kind of responsive voxel really responds
+        assert corr[responsive & (gt["role"] == role)].mean() > 0.25
+
+
+def test_deterministic_and_order_independent(simulated_dataset, sim_config, tmp_path):
+    """Same seed → identical data, even with fewer segments (every segment and run has its own
+    random stream); another seed → different data."""
+    small = dataclasses.replace(sim_config, train_segments=1, test_segments=1)
+    same = simulate_wen2018(small, tmp_path / "same")
+    for run in (
+        "subject1/fmri/seg1/cifti/seg1_2_Atlas.dtseries.nii",
+        "subject1/fmri/test1/cifti/test1_3_Atlas.dtseries.nii",
+    ):
+        reference = read_dtseries(simulated_dataset / run)[0]
+        np.testing.assert_array_equal(read_dtseries(same / run)[0], reference)
+    # The container's header holds a timestamp: compare the encoded stream.
+    for mp4 in ("stimuli/seg1.mp4", "stimuli/test1.mp4"):
+        assert _packets(same / mp4) == _packets(simulated_dataset / mp4)
+
+    other = simulate_wen2018(
+        dataclasses.replace(small, seed=1, test_segments=0), tmp_path / "other"
+    )
+    run = "subject1/fmri/seg1/cifti/seg1_2_Atlas.dtseries.nii"
+    different, reference = read_dtseries(other / run)[0], read_dtseries(same / run)[0]
+    assert different.shape != reference.shape or not np.allclose(different, reference)
+    assert _packets(other / "stimuli/seg1.mp4") != _packets(same / "stimuli/seg1.mp4")
+
+
+def test_tiny_is_small(simulated_dataset):
+    size = sum(p.stat().st_size for p in simulated_dataset.rglob("*") if p.is_file())
+    assert size < 50e6
+    assert not list(simulated_dataset.parent.glob(".*tmp")), "temporary directory left behind"
+
+
+def test_refuses_a_non_empty_out(tmp_path, sim_config):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty; choose another --out or delete it"):
+        simulate_wen2018(sim_config, tmp_path / "x")
+    with pytest.raises(UserError, match="not empty"):
+        simulate_hcp_rest(sim_config, tmp_path / "x")
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_rest_corpus_in_hcp_layout(simulated_rest, simulated_dataset, sim_config):
+    rest = sim_config.rest
+    subjects = sorted(p.name for p in simulated_rest.iterdir() if p.is_dir())
+    assert len(subjects) == rest.subjects and all(len(s) == 6 and s.isdigit() for s in subjects)
+    wen_models = nib.load(
+        simulated_dataset / "subject1/fmri/seg1/cifti/seg1_1_Atlas.dtseries.nii"
+    ).header.get_axis(1)
+    for run in rest.runs:
+        path = simulated_rest / subjects[0] / f"MNINonLinear/Results/rfMRI_{run}"
+        path = path / f"rfMRI_{run}_Atlas.dtseries.nii"
+        img = nib.load(path)
+        assert img.shape == (rest.volumes, len(wen_models))
+        assert img.header.get_axis(0).step == pytest.approx(rest.tr_s)
+        assert img.header.get_axis(1) == wen_models
+    # Spontaneous activity is shared within a Yeo-17 network.
+    data = _prepare(read_dtseries(path)[0], 0, 0)
+    net = np.load(simulated_rest / "ground_truth.npz")["yeo17"]
+    c = np.corrcoef(data.T)
+    a, b = net == 1, net == 7
+    assert c[np.ix_(a, a)].mean() > c[np.ix_(a, b)].mean() + 0.2
+
+
+def test_rest_is_deterministic(simulated_rest, sim_config, tmp_path):
+    again = simulate_hcp_rest(sim_config, tmp_path / "again")
+    files = sorted(p.relative_to(simulated_rest) for p in simulated_rest.rglob("*.nii"))
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*.nii"))
+    for rel in files:
+        assert (simulated_rest / rel).read_bytes() == (again / rel).read_bytes(), rel
+    a, b = np.load(simulated_rest / "ground_truth.npz"), np.load(again / "ground_truth.npz")
+    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
