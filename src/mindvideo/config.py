@@ -105,8 +105,13 @@ class SimulateConfig:
     grayordinates: str = "visual"
     """Which grayordinates the CIFTI files keep: ``visual`` (visual cortex plus a sample of the
     rest of cortex), ``cortex`` (all 59,412 cortical vertices) or ``all`` (all 91,282)."""
+    visual_vertices: int | None = None
+    """With ``grayordinates: visual``: keep this many of the ~8,200 visual-area vertices (a
+    random subset); unset: all of them."""
     other_vertices: int = 2000
     """With ``grayordinates: visual``: how many non-visual cortical vertices to keep as well."""
+    responsive_fraction: float = 0.8
+    """Fraction of visual-area voxels that respond to the stimulus (the rest: noise only)."""
     snr: float = 1.0
     """Standard deviation of the stimulus-driven signal over that of the noise, per voxel."""
     scene_min_s: float = 2.0
@@ -126,6 +131,7 @@ def simulate_preset(name: str) -> SimulateConfig:
             test_segments=2,
             test_repetitions=3,
             frame_size=32,
+            visual_vertices=2000,
             other_vertices=300,
             rest=RestConfig(subjects=1, runs=["REST1_LR", "REST1_RL"], volumes=300),
         )
@@ -135,6 +141,7 @@ def simulate_preset(name: str) -> SimulateConfig:
             test_segments=5,
             test_repetitions=4,
             frame_size=64,
+            visual_vertices=2000,
             other_vertices=1000,
             rest=RestConfig(subjects=4, volumes=1200),
         )
