@@ -11,9 +11,13 @@ import tempfile
 os.environ["NILEARN_DATA"] = tempfile.mkdtemp(prefix="mindvideo-nilearn-")
 os.environ["MPLBACKEND"] = "Agg"
 
+from pathlib import Path
+
 import pytest
 
-from mindvideo.config import SimulateConfig, simulate_preset
+from mindvideo.config import PrepareConfig, SimulateConfig, load_config, simulate_preset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +40,21 @@ def simulated_rest(tmp_path_factory, sim_config):
     from mindvideo.data.simulate import simulate_hcp_rest
 
     return simulate_hcp_rest(sim_config, tmp_path_factory.mktemp("sim") / "hcp_rest")
+
+
+@pytest.fixture(scope="session")
+def prepare_config(simulated_dataset) -> PrepareConfig:
+    """``configs/tiny/prepare.yaml`` pointed at the tiny simulated dataset, subject 1."""
+    return load_config(
+        PrepareConfig,
+        CONFIGS / "tiny" / "prepare.yaml",
+        [f"root={simulated_dataset}", "subject=1"],
+    )
+
+
+@pytest.fixture(scope="session")
+def prepared_dataset(prepare_config, tmp_path_factory):
+    """The tiny simulated subject 1 prepared with the tiny recipe; returns its folder."""
+    from mindvideo.data.wen2018 import prepare_wen2018
+
+    return prepare_wen2018(prepare_config, tmp_path_factory.mktemp("prepared") / "subject1")

@@ -11,6 +11,8 @@ A prepared subject is a directory::
     captions_test.json    [S_test][T][F] strings
     roi_mask.npy          bool    [G]                        the ROI over the subject's
                                                              grayordinates, in file order
+    voxel_grayordinates.npy int32 [V]                        optional: index into the 91,282
+                                                             HCP grayordinates of each voxel
     scene_ids_train.npy   int32   [S_train, T, F]            optional: scene of every frame,
     scene_ids_test.npy    int32   [S_test, T, F]             unique within a split
     test_seg_id.npy       int     [S_test, T]                optional (the authors' arrays)
@@ -49,7 +51,13 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "test")
 REQUIRED_ARRAYS = ("fmri_train", "fmri_test", "frames_train", "frames_test")
-OPTIONAL_ARRAYS = ("roi_mask", "scene_ids_train", "scene_ids_test", "test_seg_id")
+OPTIONAL_ARRAYS = (
+    "roi_mask",
+    "voxel_grayordinates",
+    "scene_ids_train",
+    "scene_ids_test",
+    "test_seg_id",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +290,7 @@ class PreparedData:
     captions_train: list[list[list[str]]] | None = None
     captions_test: list[list[list[str]]] | None = None
     roi_mask: np.ndarray | None = None
+    voxel_grayordinates: np.ndarray | None = None
     scene_ids_train: np.ndarray | None = None
     scene_ids_test: np.ndarray | None = None
     test_seg_id: np.ndarray | None = None
@@ -479,6 +488,14 @@ def _validate(data: PreparedData, where: str) -> None:
                 f"roi_mask must be a boolean [grayordinates] array with {ftr.shape[-1]} True "
                 f"values (one per voxel), got {m.dtype} {list(m.shape)} with {int(m.sum())}"
             )
+    vg = data.voxel_grayordinates
+    if vg is not None and (
+        vg.ndim != 1 or vg.shape[0] != ftr.shape[-1] or not np.issubdtype(vg.dtype, np.integer)
+    ):
+        raise bad(
+            f"voxel_grayordinates must be an integer [{ftr.shape[-1]}] array (one grayordinate "
+            f"per voxel), got {vg.dtype} {list(vg.shape)}"
+        )
     if data.test_seg_id is not None and list(data.test_seg_id.shape) != [
         fte.shape[0],
         fte.shape[-2],

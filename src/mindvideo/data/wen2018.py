@@ -1,0 +1,751 @@
+"""Stage 1 for Wen 2018: raw CIFTI runs + mp4 stimuli → a prepared subject (paper 3.2, 4.1, 4.2).
+
+:func:`prepare_wen2018` reads the raw Purdue "video_fmri_dataset" layout (the real data or the
+simulator's, DESIGN.md "The real datasets")::
+
+    ROOT/subjectN/fmri/seg{k}/cifti/seg{k}_{r}_Atlas.dtseries.nii    training, r = 1..2
+    ROOT/subjectN/fmri/test{k}/cifti/test{k}_{r}_Atlas.dtseries.nii  testing, r = 1..10
+    ROOT/stimuli/seg{k}.mp4, ROOT/stimuli/test{k}.mp4                 8 min at 30 FPS
+    ROOT/scenes.json                                                  only in simulated data
+
+and writes the prepared directory of :mod:`mindvideo.data.prepared`. Per run: the authors'
+volume drop, the cortical grayordinates, 4th-order detrending and z-scoring
+(:func:`mindvideo.data.preprocess.preprocess_run`). The reproducibility ROI
+(:class:`mindvideo.data.roi.ReproducibilityROI`) is fitted on the training segments only — the
+test runs are read after the fit and only pass through ``transform``. The repetitions of a
+segment are averaged: the paper's 18 training segments give "4,320 paired training examples"
+(18 × 240), and its 1,200 test fMRIs are the 5 test segments' averaged repetitions
+(``test_repetitions: keep`` keeps each test repetition instead).
+
+Frames: each stimulus decoded with PyAV at ``fps`` (3) and ``frame_size`` (256, short side
+resized, centre-cropped); TR ``t`` is paired with the frames shown during ``[t·TR, (t+1)·TR)``
+(:func:`mindvideo.data.pairing.frames_for_tr`: frames 6t..6t+5 at 3 FPS and TR 2 s).
+
+Captions: BLIP (``pretrained.blip``) on every frame with a resumable cache in the output folder;
+without BLIP, the ground-truth captions of a simulated dataset's ``scenes.json``. Real data
+without a BLIP folder is refused (the authors' arrays, ``wen2018-preprocessed``, carry theirs).
+
+:func:`prepare_wen2018_preprocessed` copies the authors' preprocessed arrays into the same
+format instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mindvideo.utils import UserError
+
+if TYPE_CHECKING:
+    from nibabel.cifti2 import BrainModelAxis
+
+    from mindvideo.config import PrepareConfig
+    from mindvideo.data.roi import ReproducibilityROI
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "VOXEL_GRAYORDINATES",
+    "Wen2018Layout",
+    "find_wen2018_runs",
+    "hash_inputs",
+    "prepare_wen2018",
+    "prepare_wen2018_preprocessed",
+    "relative_key",
+]
+
+PREPARE_VERSION = 1
+"""Bumped when the preparation changes what it writes: older directories are then re-prepared."""
+VOXEL_GRAYORDINATES = "voxel_grayordinates"
+"""Extra array: int32 ``[V]``, the 91k-grayordinate index of each ROI voxel, in voxel order."""
+
+_RUN_RE = re.compile(r"^(seg|test)(\d+)_(\d+)_Atlas\.dtseries\.nii$")
+_SEGMENT_RE = re.compile(r"^(seg|test)(\d+)$")
+
+_LAYOUT_HELP = (
+    "ROOT/subjectN/fmri/seg{k}/cifti/seg{k}_{r}_Atlas.dtseries.nii (training), "
+    "ROOT/subjectN/fmri/test{k}/cifti/test{k}_{r}_Atlas.dtseries.nii (testing) and "
+    "ROOT/stimuli/seg{k}.mp4, ROOT/stimuli/test{k}.mp4"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the files
+
+
+@dataclass(frozen=True)
+class Wen2018Layout:
+    """The files of one subject of a Wen 2018 dataset, as :func:`find_wen2018_runs` found them.
+
+    ``train`` / ``test``: segment name (``"seg1"``, ``"test3"``) → its repetition files, in
+    repetition order; segments in numeric order. ``stimuli``: segment name → mp4. ``scenes``:
+    the simulator's ``scenes.json`` when present (real data has none).
+    """
+
+    root: Path
+    subject: int
+    train: dict[str, tuple[Path, ...]]
+    test: dict[str, tuple[Path, ...]]
+    stimuli: dict[str, Path]
+    scenes: Path | None = None
+    segments: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", (*self.train, *self.test))
+
+    def runs(self) -> list[Path]:
+        """Every CIFTI run: training segments then test segments, repetitions in order."""
+        return [p for split in (self.train, self.test) for reps in split.values() for p in reps]
+
+    def sources(self) -> list[Path]:
+        """Every input file: the runs, the stimuli and ``scenes.json`` when present."""
+        extra = [self.scenes] if self.scenes is not None else []
+        return [*self.runs(), *self.stimuli.values(), *extra]
+
+
+def find_wen2018_runs(root: str | os.PathLike, subject: int) -> Wen2018Layout:
+    """Find one subject's runs and the stimuli in the raw Wen 2018 layout.
+
+    Segments are the ``seg{k}`` / ``test{k}`` folders present (k = 1..K, no gaps); every segment
+    of a split must have the same repetitions ``1..R`` (R = the most found in that split).
+    Raises one :class:`UserError` naming the first missing run or stimulus file (and how many
+    more are missing), or describing the expected layout when nothing is found.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"Wen 2018 root {root} does not exist; pass the dataset folder as --root.")
+    subject_dir = root / f"subject{int(subject)}"
+    fmri = subject_dir / "fmri"
+    if not fmri.is_dir():
+        found = sorted(p.name for p in root.glob("subject*") if (p / "fmri").is_dir())
+        have = f" (it has {', '.join(found)})" if found else ""
+        raise UserError(
+            f"{fmri} does not exist{have}; --root must be a Wen 2018 dataset folder laid out as "
+            f"{_LAYOUT_HELP}, and --subject one of its subjects."
+        )
+    found_runs: dict[str, dict[int, dict[int, Path]]] = {"seg": {}, "test": {}}
+    for seg_dir in fmri.iterdir():
+        m = _SEGMENT_RE.match(seg_dir.name)
+        if not m or not seg_dir.is_dir():
+            continue
+        reps = found_runs[m[1]].setdefault(int(m[2]), {})
+        for path in (seg_dir / "cifti").glob(f"{seg_dir.name}_*_Atlas.dtseries.nii"):
+            rm = _RUN_RE.match(path.name)
+            if rm and rm[1] == m[1] and int(rm[2]) == int(m[2]):
+                reps[int(rm[3])] = path
+    if not any(found_runs["seg"].values()):
+        raise UserError(
+            f"No training runs (seg{{k}}/cifti/seg{{k}}_{{r}}_Atlas.dtseries.nii) under {fmri}; "
+            f"expected the Wen 2018 layout {_LAYOUT_HELP}."
+        )
+
+    missing: list[Path] = []
+    splits: dict[str, dict[str, tuple[Path, ...]]] = {}
+    for kind in ("seg", "test"):
+        segs = found_runs[kind]
+        n_seg = max(segs, default=0)
+        n_rep = max((max(r) for r in segs.values() if r), default=0)
+        out: dict[str, tuple[Path, ...]] = {}
+        for k in range(1, n_seg + 1):
+            name = f"{kind}{k}"
+            reps = segs.get(k, {})
+            for r in range(1, n_rep + 1):
+                if r not in reps:
+                    missing.append(fmri / name / "cifti" / f"{name}_{r}_Atlas.dtseries.nii")
+            out[name] = tuple(reps[r] for r in sorted(reps))
+        splits[kind] = out
+    stimuli = {}
+    for name in (*splits["seg"], *splits["test"]):
+        mp4 = root / "stimuli" / f"{name}.mp4"
+        if not mp4.is_file():
+            missing.append(mp4)
+        stimuli[name] = mp4
+    if missing:
+        more = f" (and {len(missing) - 1} more files)" if len(missing) > 1 else ""
+        raise UserError(
+            f"{missing[0]} is missing{more}; every segment needs all its repetitions and its "
+            f"stimulus ({_LAYOUT_HELP}): restore the file or re-download the dataset."
+        )
+    if not splits["test"]:
+        raise UserError(
+            f"No test runs (test{{k}}/cifti/test{{k}}_{{r}}_Atlas.dtseries.nii) under {fmri}; "
+            f"expected the Wen 2018 layout {_LAYOUT_HELP}."
+        )
+    scenes = root / "scenes.json"
+    return Wen2018Layout(
+        root=root,
+        subject=int(subject),
+        train=splits["seg"],
+        test=splits["test"],
+        stimuli=stimuli,
+        scenes=scenes if scenes.is_file() else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# fMRI
+
+
+@dataclass
+class _RunReader:
+    """Reads and preprocesses runs that must share one brain-model axis and TR.
+
+    The first run fixes the axis (its XML is parsed once: :mod:`mindvideo.data.cifti` caches
+    it), the cortical grayordinates and the TR; every other run is checked against them.
+    """
+
+    order: int
+    nan_policy: str
+    root: Path
+    axis: BrainModelAxis | None = None
+    tr_s: float = 0.0
+    cortex: np.ndarray | slice | None = None
+    n_cortex: int = 0
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "preprocess": 0.0})
+    _first: Path | None = None
+
+    def __call__(self, path: Path) -> np.ndarray:
+        """One run → float32 ``[240, Vc]`` (dropped, cortex, detrended, z-scored)."""
+        from mindvideo.data.cifti import cortex_indices, read_dtseries
+        from mindvideo.data.preprocess import preprocess_run, volumes_to_drop
+
+        t0 = time.perf_counter()
+        data, axis, tr_s = read_dtseries(path)  # [T, G]
+        t1 = time.perf_counter()
+        if self.axis is None:
+            self.axis, self.tr_s, self._first = axis, tr_s, path
+            idx = cortex_indices(axis)
+            if idx.size == 0:
+                raise UserError(
+                    f"{path} has no cortical grayordinates (CIFTI_STRUCTURE_CORTEX_LEFT/RIGHT); "
+                    "give the *_Atlas.dtseries.nii runs on the fsLR-32k grayordinates."
+                )
+            contiguous = idx[-1] - idx[0] + 1 == idx.size
+            self.cortex = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx
+            self.n_cortex = int(idx.size)
+        elif axis is not self.axis:  # the parsed-XML cache returns the same object when equal
+            if len(axis) != len(self.axis):
+                raise UserError(
+                    f"{path} has {len(axis)} grayordinates but {self._first} has "
+                    f"{len(self.axis)}; all runs of a subject must be on the same grayordinates "
+                    "(use the *_Atlas.dtseries.nii files of one subject)."
+                )
+            if axis != self.axis:
+                raise UserError(
+                    f"{path} has other grayordinates than {self._first} (same count, different "
+                    "brain models); all runs of a subject must share one brain-model axis."
+                )
+        if not math.isclose(tr_s, self.tr_s, rel_tol=1e-6):
+            raise UserError(
+                f"{path} has a TR of {tr_s} s but {self._first} has {self.tr_s} s; all runs of a "
+                "subject must have the same TR."
+            )
+        first, last = volumes_to_drop(data.shape[0], source=str(path))
+        x = preprocess_run(
+            data,
+            self.cortex,
+            drop=(first, last),
+            order=self.order,
+            nan_policy=self.nan_policy,  # type: ignore[arg-type]
+            source=str(path),
+        )
+        self.dropped[relative_key(path, self.root)] = [data.shape[0], first, last]
+        self.timings["read"] += t1 - t0
+        self.timings["preprocess"] += time.perf_counter() - t1
+        return x
+
+
+def relative_key(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` (posix), as the manifests name input files."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def _prepare_fmri(
+    layout: Wen2018Layout, cfg: PrepareConfig, reader: _RunReader
+) -> tuple[np.ndarray, np.ndarray, ReproducibilityROI]:
+    """Training runs → ROI fit → (fmri_train ``[S, T, V]``, fmri_test ``[S, T, V]`` or
+    ``[S, R, T, V]``, the fitted ROI). Test runs are read only after the ROI is fitted."""
+    from tqdm.auto import tqdm
+
+    from mindvideo.data.roi import ReproducibilityROI
+
+    with tqdm(total=len(layout.runs()), desc="fMRI runs", unit="run", disable=None) as bar:
+
+        def read(path: Path) -> np.ndarray:
+            x = reader(path)
+            bar.update()
+            return x
+
+        # The ROI needs every training run at once (~2 GB at full scale: 18 × 2 × 240 × 59,412).
+        train_runs = [(name, [read(p) for p in reps]) for name, reps in layout.train.items()]
+        _check_lengths(train_runs, layout.train)
+        t0 = time.perf_counter()
+        roi = ReproducibilityROI(
+            alpha=cfg.roi.alpha,
+            top_fraction=cfg.roi.top_fraction,
+            correction=cfg.roi.correction,  # type: ignore[arg-type]
+            alternative=cfg.roi.alternative,  # type: ignore[arg-type]
+        ).fit(reps for _, reps in train_runs)
+        # Training repetitions averaged: 18 segments x 240 TRs = the paper's 4,320 pairs.
+        fmri_train = np.stack(
+            [
+                np.mean([roi.transform(r) for r in reps], axis=0, dtype=np.float32)
+                for _, reps in train_runs
+            ]
+        )
+        reader.timings["roi"] = time.perf_counter() - t0
+        n_trs = fmri_train.shape[1]
+        del train_runs
+
+        keep = cfg.test_repetitions == "keep"
+        test: list[np.ndarray] = []
+        for reps in layout.test.values():
+            selected = []
+            for path in reps:
+                x = roi.transform(read(path))  # [T, V]: transform only, nothing is fitted here
+                if x.shape[0] != n_trs:
+                    raise UserError(
+                        f"{path} has {x.shape[0]} volumes after dropping but the training runs "
+                        f"have {n_trs}; every run must cover the same movie length."
+                    )
+                selected.append(x)
+            seg = np.stack(selected)  # [R, T, V]
+            test.append(seg if keep else seg.mean(axis=0, dtype=np.float32))
+    return fmri_train, np.stack(test).astype(np.float32, copy=False), roi
+
+
+def _check_lengths(train_runs: list, files: dict[str, tuple[Path, ...]]) -> None:
+    lengths = {name: [r.shape[0] for r in reps] for name, reps in train_runs}
+    first_name = next(iter(lengths))
+    n = lengths[first_name][0]
+    for name, ns in lengths.items():
+        for path, m in zip(files[name], ns, strict=True):
+            if m != n:
+                raise UserError(
+                    f"{path} has {m} volumes after dropping but {files[first_name][0]} has {n}; "
+                    "every run must cover the same movie length."
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# Frames, scenes and captions
+
+
+def _frame_index(n_trs: int, fps: float, tr_s: float) -> np.ndarray:
+    """``[T, F]`` indices of the frames (at ``fps``) shown during each TR."""
+    from mindvideo.data.pairing import frames_for_tr, frames_per_tr
+
+    n_f = frames_per_tr(fps, tr_s)
+    idx = np.stack([frames_for_tr(t, fps, tr_s) for t in range(n_trs)])
+    if idx.shape != (n_trs, n_f):
+        raise UserError(f"fps {fps} does not give {n_f} frames in every TR of {tr_s} s.")
+    return idx
+
+
+def _check_stimuli(layout: Wen2018Layout, n_trs: int, tr_s: float) -> None:
+    """Every stimulus covers the 240 TRs (checked from the container header: no decoding)."""
+    from mindvideo.data.video import video_info
+
+    need = n_trs * tr_s
+    for name, path in layout.stimuli.items():
+        info = video_info(path)
+        if info.duration_s < need - 0.5 / max(info.fps, 1.0):
+            raise UserError(
+                f"{path} lasts {info.duration_s:.2f} s but the fMRI of {name} covers {n_trs} TRs "
+                f"of {tr_s:g} s = {need:g} s; use the stimulus that was shown with these runs."
+            )
+
+
+def _decode_segment(
+    path: Path, index: np.ndarray, fps: float, size: int, tr_s: float
+) -> np.ndarray:
+    """``[T, F, size, size, 3]`` uint8: the frames of every TR of one stimulus."""
+    from mindvideo.data.video import read_video
+
+    duration = index.shape[0] * tr_s
+    clip = read_video(path, fps=fps, size=size, duration_s=duration)  # [N, H, W, 3]
+    if clip.shape[0] <= index.max():
+        raise UserError(
+            f"{path} decoded to {clip.shape[0]} frames at {fps:g} FPS, fewer than the "
+            f"{index.max() + 1} the {index.shape[0]} TRs need; the file is truncated: re-create "
+            "or re-download it."
+        )
+    return clip[index]
+
+
+def _scenes_meta(layout: Wen2018Layout) -> dict[str, Any] | None:
+    if layout.scenes is None:
+        return None
+    try:
+        meta = json.loads(layout.scenes.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{layout.scenes} is not valid JSON ({exc}); re-simulate.") from exc
+    segments = meta.get("segments") if isinstance(meta, dict) else None
+    if not isinstance(segments, dict):
+        raise UserError(f"{layout.scenes} has no 'segments' entry; it is not a simulator's file.")
+    for name in layout.segments:
+        if not segments.get(name):
+            raise UserError(
+                f"{layout.scenes} has no scenes for segment {name}; it belongs to another "
+                "dataset: re-simulate, or remove it and caption with BLIP (pretrained.blip)."
+            )
+    return meta
+
+
+def _scene_table(
+    meta: dict[str, Any], names: list[str], n_trs: int, fps: float, tr_s: float
+) -> tuple[np.ndarray, list[list[list[str]]]]:
+    """(scene ids ``[S, T, F]`` int32 unique within the split, ground-truth captions
+    ``[S][T][F]``) from ``scenes.json``: each frame gets the scene on screen at its time."""
+    from mindvideo.data.pairing import scene_ids_from_times
+
+    ids, captions, next_id = [], [], 0
+    source_fps = meta.get("fps")
+    for name in names:
+        scenes = meta["segments"][name]
+        local = scene_ids_from_times(
+            [s["start_s"] for s in scenes], n_trs, fps=fps, tr_s=tr_s, source_fps=source_fps
+        )  # [T, F] index into this segment's scenes
+        texts = np.array([str(s.get("caption", "")) for s in scenes], dtype=object)
+        captions.append(texts[local].tolist())
+        ids.append(local + next_id)
+        next_id += len(scenes)
+    return np.stack(ids).astype(np.int32), captions
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def _inputs_config(cfg: PrepareConfig) -> dict[str, Any]:
+    """The parts of the config that decide what prepare writes (compared on a re-run)."""
+    out = {
+        "prepare_version": PREPARE_VERSION,
+        "dataset": cfg.dataset,
+        "subject": int(cfg.subject),
+        "fps": float(cfg.fps),
+        "frame_size": int(cfg.frame_size),
+        "test_repetitions": cfg.test_repetitions,
+        "detrend_order": int(cfg.detrend_order),
+        "nan_policy": cfg.nan_policy,
+        "roi": dataclasses.asdict(cfg.roi),
+        "blip": cfg.pretrained.blip,
+    }
+    if cfg.pretrained.blip:
+        c = cfg.captions
+        out["captions"] = {
+            "max_new_tokens": c.max_new_tokens,
+            "num_beams": c.num_beams,
+            "prompt": c.prompt,
+            "dtype": c.dtype,
+        }
+    return out
+
+
+def _check_config(cfg: PrepareConfig) -> None:
+    problems = []
+    if not cfg.root:
+        problems.append("no dataset folder: pass --root (or set the key root)")
+    if cfg.test_repetitions not in ("average", "keep"):
+        problems.append(
+            f"test_repetitions must be 'average' or 'keep', not {cfg.test_repetitions!r}"
+        )
+    if cfg.nan_policy not in ("raise", "zero"):
+        problems.append(f"nan_policy must be 'raise' or 'zero', not {cfg.nan_policy!r}")
+    if not cfg.fps > 0:
+        problems.append(f"fps must be positive, not {cfg.fps}")
+    if cfg.frame_size < 1:
+        problems.append(f"frame_size must be at least 1, not {cfg.frame_size}")
+    if cfg.subject < 1:
+        problems.append(f"subject must be at least 1, not {cfg.subject}")
+    if problems:
+        raise UserError(f"Invalid prepare config: {problems[0]}.")
+
+
+def hash_inputs(paths: list[Path], root: Path) -> dict[str, str]:
+    """``{relative_key(path): sha256}`` of every input, hashed two files at a time (hashlib
+    releases the GIL on large blocks, so both cores work)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from mindvideo.data.prepared import sha256_file
+
+    paths = sorted(paths)
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        digests = list(
+            tqdm(
+                pool.map(sha256_file, paths),
+                total=len(paths),
+                desc="hashing inputs",
+                unit="file",
+                disable=None if len(paths) >= 8 else True,
+            )
+        )
+    return dict(sorted((relative_key(p, root), d) for p, d in zip(paths, digests, strict=True)))
+
+
+def _make_captioner(cfg: PrepareConfig) -> Any:
+    """The BLIP captioner when ``pretrained.blip`` is set; None to use ``scenes.json``."""
+    if not cfg.pretrained.blip:
+        return None
+    from mindvideo.data.captions import BlipCaptioner
+
+    c = cfg.captions
+    return BlipCaptioner.from_pretrained(
+        cfg.pretrained.blip,
+        dtype=c.dtype,
+        batch_size=c.batch_size,
+        max_new_tokens=c.max_new_tokens,
+        prompt=c.prompt,
+        num_beams=c.num_beams,
+    )
+
+
+def prepare_wen2018(
+    cfg: PrepareConfig, out: str | os.PathLike, *, timings: dict[str, float] | None = None
+) -> Path:
+    """Prepare one subject of a raw Wen 2018 dataset (real or simulated) into ``out``.
+
+    Writes (see :mod:`mindvideo.data.prepared`): ``fmri_{train,test}.npy`` (float32
+    ``[S, 240, V]``; test ``[S, R, 240, V]`` with ``test_repetitions: keep``),
+    ``frames_{train,test}.npy`` (uint8 ``[S, 240, 6, H, W, 3]``), ``captions_{train,test}.json``,
+    ``roi_mask.npy`` (bool ``[G]`` over the file's grayordinates), ``voxel_grayordinates.npy``
+    (int32 ``[V]``), ``scene_ids_{train,test}.npy`` (simulated data only) and ``manifest.json``
+    (last). Returns ``out``. If ``out`` already holds a subject prepared from the same files
+    (sha256) and the same settings, nothing is done. ``timings``, when given, receives the
+    seconds spent per step (hash, read, preprocess, roi, frames, captions, write).
+
+    Every check that can fail on the inputs (missing files, captions source, stimulus length,
+    volume counts, NaN voxels, grayordinates) runs before anything is written, so a failed run
+    leaves no new ``manifest.json``.
+    """
+    from tqdm.auto import tqdm
+
+    from mindvideo.data import atlas
+    from mindvideo.data.prepared import PreparedWriter, is_up_to_date
+
+    _check_config(cfg)
+    times = timings if timings is not None else {}
+    start = time.perf_counter()
+    out = Path(out)
+    layout = find_wen2018_runs(cfg.root, cfg.subject)  # type: ignore[arg-type]
+    scenes = _scenes_meta(layout)  # None for real data
+    if scenes is None and not cfg.pretrained.blip:
+        raise UserError(
+            f"{layout.root} has no frame captions (real Wen 2018 data ships none); set "
+            "pretrained.blip to a local BLIP captioning model folder, or use --dataset "
+            "wen2018-preprocessed with the authors' arrays and their captions."
+        )
+
+    t0 = time.perf_counter()
+    inputs = {
+        "sources": hash_inputs(layout.sources(), layout.root),
+        "config": _inputs_config(cfg),
+    }
+    times["hash"] = time.perf_counter() - t0
+    if is_up_to_date(out, inputs):
+        log.info("%s is up to date (same inputs and config): nothing to do", out)
+        times["total"] = time.perf_counter() - start
+        return out
+
+    captioner = _make_captioner(cfg)  # a bad BLIP folder fails here, before the long part
+    reader = _RunReader(order=cfg.detrend_order, nan_policy=cfg.nan_policy, root=layout.root)
+    fmri_train, fmri_test, roi = _prepare_fmri(layout, cfg, reader)
+    times.update(reader.timings)
+    n_trs, tr_s = fmri_train.shape[1], reader.tr_s
+    index = _frame_index(n_trs, cfg.fps, tr_s)  # [T, F]
+    _check_stimuli(layout, n_trs, tr_s)
+
+    assert reader.axis is not None
+    cortex = np.arange(len(reader.axis))[reader.cortex]  # cortical positions in the file
+    roi_positions = cortex[roi.indices_]  # [V] file positions of the ROI voxels (increasing)
+    roi_mask = np.zeros(len(reader.axis), dtype=bool)
+    roi_mask[roi_positions] = True
+    voxel_gray = atlas.grayordinate_index(reader.axis)[roi_positions].astype(np.int32)
+
+    writer = PreparedWriter(out)
+    t0 = time.perf_counter()
+    splits = {"train": list(layout.train), "test": list(layout.test)}
+    size = int(cfg.frame_size)
+    with tqdm(total=len(layout.stimuli), desc="stimuli", unit="video", disable=None) as bar:
+        for split, names in splits.items():
+            shape = (len(names), n_trs, index.shape[1], size, size, 3)
+            with writer.open_array(f"frames_{split}", shape, np.uint8) as frames:
+                for s, name in enumerate(names):
+                    frames[s] = _decode_segment(layout.stimuli[name], index, cfg.fps, size, tr_s)
+                    bar.update()
+    times["frames"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scene_summary: dict[str, Any] = {}
+    for split, names in splits.items():
+        if scenes is not None:
+            ids, truth_captions = _scene_table(scenes, names, n_trs, cfg.fps, tr_s)
+            writer.write_array(f"scene_ids_{split}", ids)
+            scene_summary[split] = int(ids.max() - ids.min() + 1)
+        if captioner is None:
+            captions = truth_captions
+        else:
+            from mindvideo.data.captions import caption_frames
+
+            frames = np.load(out / f"frames_{split}.npy", mmap_mode="r")
+            flat = caption_frames(frames, captioner, out / cfg.captions.cache)
+            captions = np.asarray(flat, dtype=object).reshape(frames.shape[:3]).tolist()
+        writer.write_captions(split, captions)
+    times["captions"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    writer.write_array("fmri_train", fmri_train)
+    writer.write_array("fmri_test", fmri_test)
+    writer.write_array("roi_mask", roi_mask)
+    writer.write_array("voxel_grayordinates", voxel_gray)
+    n_sig = int(roi.significant_.sum())
+    manifest = writer.finish(
+        inputs,
+        source="wen2018",
+        subject=int(cfg.subject),
+        tr_s=tr_s,
+        fps=float(cfg.fps),
+        frames_per_tr=int(index.shape[1]),
+        frame_size=size,
+        grayordinates=len(reader.axis),
+        cortex_vertices=reader.n_cortex,
+        segments={split: names for split, names in splits.items()},
+        repetitions={
+            "train": [len(r) for r in layout.train.values()],
+            "test": [len(r) for r in layout.test.values()],
+        },
+        test_repetitions=cfg.test_repetitions,
+        volumes_dropped={
+            k: {"volumes": v[0], "start": v[1], "end": v[2]} for k, v in reader.dropped.items()
+        },
+        roi={
+            "n_vertices": int(roi.n_features_in_),
+            "n_segments": int(roi.n_segments_),
+            "n_significant": n_sig,
+            "n_kept": int(roi.n_voxels_),
+            "threshold_p": float(roi.threshold_p_),
+            "alpha": roi.alpha,
+            "correction": roi.correction,
+            "alternative": roi.alternative,
+            "top_fraction": roi.top_fraction,
+            "max_t_rejected": _max_t_rejected(roi),
+        },
+        captions_source="blip" if captioner is not None else "scenes.json",
+        n_scenes=scene_summary or None,
+        prepare_config=_config_dict(cfg),
+    )
+    times["write"] = time.perf_counter() - t0
+    times["total"] = time.perf_counter() - start
+    log.info(
+        "prepared subject %d: %d of %d cortical vertices kept (%d significant), train %s, test "
+        "%s, in %.1f s",
+        cfg.subject,
+        manifest["n_voxels"],
+        reader.n_cortex,
+        n_sig,
+        list(fmri_train.shape),
+        list(fmri_test.shape),
+        times["total"],
+    )
+    return out
+
+
+def _max_t_rejected(roi: ReproducibilityROI) -> float | None:
+    """Largest t among the vertices not kept (the effective threshold on t), or None."""
+    rejected = roi.t_[~roi.mask_]
+    return float(rejected.max()) if rejected.size else None
+
+
+def _config_dict(cfg: PrepareConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# The authors' arrays
+
+
+def _authors_files(root: Path, subject: int, fps: int, size: int) -> list[Path]:
+    names = [
+        *(f"video_{s}_{size}_{fps}hz.npy" for s in ("train", "test")),
+        *(f"text_{s}_{size}_{fps}hz.npy" for s in ("train", "test")),
+        *(f"fmri_{s}_subject{subject}.npy" for s in ("train", "test")),
+        f"test_seg_id_{fps}hz.npy",
+    ]
+    out = []
+    for name in names:
+        for folder in (root, root / "preprocessed"):
+            if (folder / name).is_file():
+                out.append(folder / name)
+                break
+    return out
+
+
+def prepare_wen2018_preprocessed(
+    cfg: PrepareConfig, out: str | os.PathLike, *, timings: dict[str, float] | None = None
+) -> Path:
+    """Copy the authors' preprocessed arrays of ``cfg.subject`` (in ``cfg.root`` or
+    ``cfg.root/preprocessed``) into a prepared directory; returns ``out``.
+
+    Files: ``video_{train,test}_{frame_size}_{fps}hz.npy``, ``text_...``,
+    ``fmri_{train,test}_subjectN.npy``, ``test_seg_id_{fps}hz.npy`` (see
+    :func:`mindvideo.data.prepared.load_authors_arrays`). The arrays carry no grayordinate
+    information, so there is no ``roi_mask.npy`` and no ``voxel_grayordinates.npy`` (attention
+    maps cannot be projected onto the brain), and no scene ids (the datasets estimate them from
+    the frames). Idempotent like :func:`prepare_wen2018`.
+    """
+    from mindvideo.data.prepared import is_up_to_date, load_authors_arrays, write_prepared
+
+    _check_config(cfg)
+    times = timings if timings is not None else {}
+    start = time.perf_counter()
+    root = Path(cfg.root).expanduser()  # type: ignore[arg-type]
+    if not root.is_dir():
+        raise UserError(f"{root} does not exist; pass the folder of the authors' arrays as --root.")
+    if not float(cfg.fps).is_integer():
+        raise UserError(f"The authors' arrays are named by a whole fps (3hz), not {cfg.fps}.")
+    fps = int(cfg.fps)
+    data = load_authors_arrays(root, cfg.subject, fps=fps, size=int(cfg.frame_size))
+    files = _authors_files(root, int(cfg.subject), fps, int(cfg.frame_size))
+    t0 = time.perf_counter()
+    config = {
+        "prepare_version": PREPARE_VERSION,
+        "dataset": cfg.dataset,
+        "subject": int(cfg.subject),
+        "fps": fps,
+        "frame_size": int(cfg.frame_size),
+    }
+    inputs = {"sources": hash_inputs(files, root), "config": config}
+    times["hash"] = time.perf_counter() - t0
+    if is_up_to_date(out, inputs):
+        log.info("%s is up to date (same inputs and config): nothing to do", out)
+        return Path(out)
+    t0 = time.perf_counter()
+    write_prepared(
+        data,
+        out,
+        inputs,
+        source="wen2018-preprocessed",
+        root=str(root),
+        subject=int(cfg.subject),
+        prepare_config=_config_dict(cfg),
+    )
+    times["write"] = time.perf_counter() - t0
+    times["total"] = time.perf_counter() - start
+    log.info("copied the authors' arrays of subject %d to %s", cfg.subject, out)
+    return Path(out)
