@@ -20,6 +20,17 @@ from mindvideo.config import PrepareConfig, SimulateConfig, load_config, simulat
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (and two test workers never fight for cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def sim_config() -> SimulateConfig:
     """The ``tiny`` simulate preset (seed 0), as the simulated fixtures use it."""

@@ -1,0 +1,552 @@
+"""MinD-Video's reconstruction pipeline: fMRI windows → videos (paper 3.4, B "Inference").
+
+A diffusers ``DiffusionPipeline`` with four components — ``vae`` (Stable Diffusion's
+``AutoencoderKL``), ``unet`` (:class:`~mindvideo.generator.VideoUNet`), ``fmri_encoder``
+(:class:`~mindvideo.encoder.SpatiotemporalEncoder`) and ``scheduler`` (any diffusers scheduler) —
+saved as a pipeline folder (``model_index.json``, ``vae/``, ``unet/``, ``fmri_encoder/``,
+``scheduler/``)::
+
+    pipe = MindVideoPipeline.from_pretrained("runs/cotrain/pipeline")
+    video = pipe(fmri, negative_fmri=mean_test_window, generator=torch.Generator().manual_seed(0))
+    video.frames                       # uint8 [N, 6, 256, 256, 3]
+
+``__call__`` reads as numbered steps: check inputs, encode the condition (positive and negative),
+prepare timesteps, prepare latents, denoise with adversarial guidance (eq. 6) — both branches in
+one batched UNet call — decode, return.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from mindvideo.encoder.spatiotemporal import SpatiotemporalEncoder
+from mindvideo.generator.unet import VideoUNet
+from mindvideo.pipeline.guidance import adversarial_guidance, null_condition
+from mindvideo.pipeline.output import MindVideoPipelineOutput
+from mindvideo.utils import UserError
+
+__all__ = ["MindVideoPipeline"]
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("np", "pt", "latent")
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if torch.is_tensor(x):
+        return x
+    raise UserError(f"{name} must be a torch tensor or numpy array, not {type(x).__name__}.")
+
+
+class MindVideoPipeline(DiffusionPipeline):
+    """Reconstruct videos from fMRI windows with adversarial guidance (paper 3.4, eq. 6).
+
+    Args:
+        vae: Stable Diffusion's ``AutoencoderKL`` (frozen in training).
+        unet: the inflated video UNet.
+        fmri_encoder: the spatiotemporal fMRI encoder; its ``[N, 77, d]`` tokens replace the text
+            embedding.
+        scheduler: any diffusers scheduler (the paper: DDIM, 200 steps; see
+            :func:`~mindvideo.pipeline.make_scheduler`).
+        frames_per_tr: frames generated per fMRI condition (6: 3 FPS × 2 s TR).
+        fmri_pad_mode: how the fMRI voxels were padded to the encoder's patch size in training
+            (``"zero"``; ``"wrap_compat"`` for the authors' checkpoints). The pipeline takes
+            padded fMRI; this records how to pad (``mindvideo.data.pairing.pad_voxels``).
+        fmri_normalize: the fMRI normalisation used in training (``FMRINormalizer`` mode).
+
+    The three settings are stored in ``model_index.json`` with the components.
+    """
+
+    model_cpu_offload_seq = "fmri_encoder->unet->vae"
+    _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "noise_pred"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: VideoUNet,
+        fmri_encoder: SpatiotemporalEncoder,
+        scheduler: SchedulerMixin,
+        frames_per_tr: int = 6,
+        fmri_pad_mode: str = "zero",
+        fmri_normalize: str = "train",
+    ):
+        super().__init__()
+        cond_dim, cross_dim = fmri_encoder.config.cond_dim, unet.config.cross_attention_dim
+        if cond_dim != cross_dim:
+            raise UserError(
+                f"The fMRI encoder's conditioning width (cond_dim = {cond_dim}) differs from the "
+                f"UNet's cross_attention_dim ({cross_dim}); "
+                "build the encoder with cond_dim equal to the UNet's cross_attention_dim."
+            )
+        self.register_modules(vae=vae, unet=unet, fmri_encoder=fmri_encoder, scheduler=scheduler)
+        self.register_to_config(
+            frames_per_tr=frames_per_tr, fmri_pad_mode=fmri_pad_mode, fmri_normalize=fmri_normalize
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> MindVideoPipeline:
+        """Load a pipeline folder written by :meth:`save_pretrained`.
+
+        ``model_index.json`` names ``unet`` and ``fmri_encoder`` by their defining modules
+        (``mindvideo.generator.unet``, ``mindvideo.encoder.spatiotemporal``), which diffusers'
+        generic loader only accepts from modules exposing a diffusers base class. The components
+        are therefore loaded here, each with its own ``from_pretrained`` (safetensors, no remote
+        code, no network for a local folder); a hub id is downloaded first.
+
+        Keyword arguments: ``torch_dtype`` (for the models), a component to use instead of the
+        saved one (``scheduler=...``), or a pipeline setting (``frames_per_tr=...``); anything
+        else goes to ``DiffusionPipeline.download`` for hub ids.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        components = {k: kwargs.pop(k) for k in cls._component_names() if k in kwargs}
+        settings = {k: kwargs.pop(k) for k in cls._setting_names() if k in kwargs}
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        if not os.path.isdir(path):
+            path = cls.download(path, **kwargs)
+        index_file = os.path.join(path, "model_index.json")
+        if not os.path.isfile(index_file):
+            raise UserError(
+                f"{path} has no model_index.json, so it is not a pipeline folder; pass the folder "
+                "written by `mindvideo cotrain` or `mindvideo convert`."
+            )
+        with open(index_file, encoding="utf-8") as f:
+            index = json.load(f)
+        for name in cls._component_names():
+            if name in components:
+                continue
+            entry = index.get(name)
+            if not (isinstance(entry, list) and len(entry) == 2 and entry[1]):
+                raise UserError(
+                    f"{index_file} names no {name} component; the folder is incomplete."
+                )
+            component_cls = cls.component_class(name, entry[1], index_file)
+            load_kwargs = {}
+            if torch_dtype is not None and issubclass(component_cls, torch.nn.Module):
+                load_kwargs["torch_dtype"] = torch_dtype
+            if not os.path.isdir(os.path.join(path, name)):
+                raise UserError(
+                    f"The pipeline folder {path} has no {name}/ folder; it is incomplete."
+                )
+            components[name] = component_cls.from_pretrained(path, subfolder=name, **load_kwargs)
+        for key in cls._setting_names():
+            if key not in settings and key in index:
+                settings[key] = index[key]
+        for name in ("vae", "unet", "fmri_encoder"):
+            components[name].eval()
+        return cls(**components, **settings)
+
+    @staticmethod
+    def _component_names() -> tuple[str, ...]:
+        return ("vae", "unet", "fmri_encoder", "scheduler")
+
+    @classmethod
+    def _setting_names(cls) -> tuple[str, ...]:
+        params = inspect.signature(cls.__init__).parameters
+        return tuple(k for k in params if k not in ("self", *cls._component_names()))
+
+    @staticmethod
+    def component_class(name: str, class_name: str, index_file: str) -> type:
+        """The class a ``model_index.json`` entry names: ours, or a diffusers model/scheduler."""
+        import diffusers
+
+        ours = {"unet": VideoUNet, "fmri_encoder": SpatiotemporalEncoder}
+        if name in ours:
+            if class_name != ours[name].__name__:
+                raise UserError(
+                    f"{index_file} has a {class_name} as {name}, not a {ours[name].__name__}: this "
+                    "looks like the authors' released pipeline; convert it first with "
+                    "`mindvideo convert --authors DIR --out NEW_DIR`."
+                )
+            return ours[name]
+        component_cls = getattr(diffusers, class_name, None)
+        base = SchedulerMixin if name == "scheduler" else diffusers.ModelMixin
+        if not (isinstance(component_cls, type) and issubclass(component_cls, base)):
+            raise UserError(
+                f"{index_file} names {class_name!r} as {name}, which is not a diffusers "
+                f"{base.__name__}; fix model_index.json."
+            )
+        return component_cls
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_voxels(self) -> int:
+        """V, the (padded) voxels per TR the fMRI encoder takes."""
+        return int(self.fmri_encoder.config.num_voxels)
+
+    @property
+    def window(self) -> int:
+        """w, the TRs per fMRI window the encoder's head was trained on (paper: 2)."""
+        return int(self.fmri_encoder.config.window)
+
+    @property
+    def default_size(self) -> int:
+        """Default height and width: the UNet's ``sample_size`` × the VAE scale factor."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    # ------------------------------------------------------------------ step 1
+    def check_inputs(
+        self,
+        fmri: Any,
+        negative_fmri: Any,
+        negative_embeddings: Any,
+        num_frames: int | None,
+        height: int,
+        width: int,
+        output_type: str,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
+        """Validate the inputs; return ``fmri [N, W, V]``, the negative as ``[1|N, w', V]`` or
+        embeddings ``[1|N, 77, d]``, and the number of frames. Mistakes are :class:`UserError`."""
+        fmri = self._check_fmri(_as_tensor(fmri, "fmri"), "fmri")
+        n, w_in = fmri.shape[:2]
+        max_window = int(self.fmri_encoder.config.max_window)
+        if not self.window <= w_in <= max_window:
+            raise UserError(
+                f"The fMRI windows have {w_in} TRs, but this encoder takes windows of "
+                f"{self.window} TRs (6 frames) up to max_window = {max_window} TRs (longer "
+                f"videos); pass fMRI of shape [N, {self.window}..{max_window}, {self.num_voxels}]."
+            )
+        conditions = w_in - self.window + 1
+        if num_frames is None:
+            num_frames = self.config.frames_per_tr * conditions
+        if num_frames < conditions or num_frames % conditions:
+            raise UserError(
+                f"num_frames = {num_frames} must be a positive multiple of the {conditions} "
+                f"conditions a {w_in}-TR window gives (one per sub-window of {self.window} TRs)."
+            )
+        if negative_fmri is not None and negative_embeddings is not None:
+            raise UserError("Pass negative_fmri or negative_embeddings, not both.")
+        if negative_fmri is not None:
+            negative_fmri = self._check_fmri(
+                _as_tensor(negative_fmri, "negative_fmri"), "negative_fmri"
+            )
+            if negative_fmri.shape[0] not in (1, n) or negative_fmri.shape[1] not in (
+                self.window,
+                w_in,
+            ):
+                raise UserError(
+                    f"negative_fmri must be [{self.window}, V], [1, {self.window}, V] or "
+                    f"[{n}, {self.window} or {w_in}, V] for fMRI of shape {list(fmri.shape)}; got "
+                    f"{list(negative_fmri.shape)}."
+                )
+        if negative_embeddings is not None:
+            negative_embeddings = _as_tensor(negative_embeddings, "negative_embeddings")
+            if negative_embeddings.ndim == 2:
+                negative_embeddings = negative_embeddings[None]
+            tokens, dim = self.fmri_encoder.config.out_tokens, self.fmri_encoder.config.cond_dim
+            if negative_embeddings.ndim != 3 or tuple(negative_embeddings.shape) not in (
+                (1, tokens, dim),
+                (n, tokens, dim),
+            ):
+                raise UserError(
+                    f"negative_embeddings must be [{tokens}, {dim}], [1, {tokens}, {dim}] or "
+                    f"[{n}, {tokens}, {dim}]; got {list(negative_embeddings.shape)}."
+                )
+        multiple = self.vae_scale_factor
+        if height < multiple or width < multiple or height % multiple or width % multiple:
+            raise UserError(
+                f"height and width must be positive multiples of the VAE scale factor {multiple}; "
+                f"got {height} x {width}."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise UserError(f"output_type must be one of {OUTPUT_TYPES}, not {output_type!r}.")
+        if isinstance(generator, list) and len(generator) != n:
+            raise UserError(
+                f"A list of generators needs one per fMRI window: got {len(generator)} for {n}."
+            )
+        return fmri, negative_fmri, negative_embeddings, num_frames
+
+    def _check_fmri(self, fmri: torch.Tensor, name: str) -> torch.Tensor:
+        """``[W, V]`` or ``[N, W, V]`` → float ``[N, W, V]``; V and finiteness checked."""
+        if fmri.ndim == 2:
+            fmri = fmri[None]
+        if fmri.ndim != 3 or fmri.shape[0] < 1:
+            raise UserError(
+                f"{name} must be fMRI windows [N, w, V] (or one window [w, V]); got shape "
+                f"{list(fmri.shape)}."
+            )
+        if fmri.shape[-1] != self.num_voxels:
+            raise UserError(
+                f"{name} has {fmri.shape[-1]} voxels per TR but the pipeline's fMRI encoder "
+                f"expects {self.num_voxels} (num_voxels in fmri_encoder/config.json); pad the ROI "
+                f"voxels with mindvideo.data.pairing.pad_voxels(fmri, "
+                f"{self.fmri_encoder.config.patch_size}, {self.config.fmri_pad_mode!r}), or use "
+                "the checkpoint trained on this subject's ROI."
+            )
+        if not fmri.dtype.is_floating_point:
+            fmri = fmri.float()
+        bad = int((~torch.isfinite(fmri)).sum())
+        if bad:
+            raise UserError(
+                f"{name} contains {bad} NaN or infinite values; fix the fMRI (e.g. re-run "
+                "`mindvideo prepare` with nan_policy=zero)."
+            )
+        return fmri
+
+    # ------------------------------------------------------------------ step 2
+    def encode_fmri(self, fmri: torch.Tensor) -> torch.Tensor:
+        """fMRI windows ``[N, W, V]`` → conditions ``[N, W − w + 1, 77, d]``.
+
+        A window of the trained size ``w`` gives one condition; a longer window gives one per
+        sub-window of ``w`` TRs (:meth:`SpatiotemporalEncoder.forward_sliding`), temporal attention
+        seeing all ``W`` TRs.
+        """
+        encoder = self.fmri_encoder
+        fmri = fmri.to(self._execution_device, encoder.dtype)
+        if fmri.shape[1] == self.window:
+            return encoder(fmri).embeddings[:, None]  # [N, 1, 77, d]
+        return encoder.forward_sliding(fmri)  # [N, S, 77, d]
+
+    def encode_negative(
+        self,
+        batch: int,
+        negative_fmri: torch.Tensor | None = None,
+        negative_embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The negative condition c̄ ``[batch, S', 77, d]`` (``S'`` = 1, or one per sub-window).
+
+        ``negative_fmri`` is encoded like the fMRI; ``negative_embeddings`` is used as is;
+        neither gives the null condition (zeros, eq. 5). One negative is shared by the batch.
+        """
+        c = self.fmri_encoder.config
+        device, dtype = self._execution_device, self.fmri_encoder.dtype
+        if negative_fmri is not None:
+            negative = self.encode_fmri(negative_fmri)
+        elif negative_embeddings is not None:
+            negative = negative_embeddings.to(device, dtype)[:, None]
+        else:
+            negative = null_condition(1, c.out_tokens, c.cond_dim, dtype, device)[:, None]
+        return negative.expand(batch, *negative.shape[1:])
+
+    @staticmethod
+    def condition_per_frame(condition: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """``[N, S, 77, d]`` → the UNet's ``encoder_hidden_states``: ``[N, 77, d]`` when S = 1
+        (every frame shares it), else ``[N, F, 77, d]`` with frames ``s·F/S … (s+1)·F/S − 1``
+        conditioned on sub-window ``s``."""
+        if condition.shape[1] == 1:
+            return condition[:, 0]
+        return condition.repeat_interleave(num_frames // condition.shape[1], dim=1)
+
+    # ------------------------------------------------------------------ step 4
+    def prepare_latents(
+        self,
+        batch: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Initial noise ``[N, C, F, h, w]`` scaled by the scheduler's ``init_noise_sigma``.
+
+        With a list of generators, window ``i``'s noise comes from ``generator[i]`` alone, so a
+        window's video does not depend on the other windows in the batch.
+        """
+        shape = (
+            batch,
+            self.unet.config.in_channels,
+            num_frames,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise UserError(f"latents must have shape {list(shape)}, got {list(latents.shape)}.")
+        else:
+            latents = latents.to(device, dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def _extra_step_kwargs(
+        self, generator: torch.Generator | list[torch.Generator] | None, eta: float
+    ) -> dict[str, Any]:
+        """``eta`` (DDIM) and ``generator`` for schedulers whose ``step`` takes them."""
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        extra: dict[str, Any] = {}
+        if "eta" in params:
+            extra["eta"] = eta
+        if "generator" in params:
+            extra["generator"] = generator
+        return extra
+
+    # ------------------------------------------------------------------ step 5
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        condition: torch.Tensor,
+        negative: torch.Tensor | None,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """The guided noise estimate ε̂ (eq. 6) for one denoising step.
+
+        latents: ``[N, C, F, h, w]``; condition / negative: ``[N, 77, d]`` or ``[N, F, 77, d]``.
+        With a negative, both branches run in ONE UNet call on the batch ``[c̄; c]`` (``2N``
+        videos) and are combined by :func:`adversarial_guidance`; with ``negative=None``, one
+        conditional call. Returns ``[N, C, F, h, w]`` in the latents' dtype.
+        """
+        unet_dtype = self.unet.dtype
+        if negative is None:
+            model_input = self.scheduler.scale_model_input(latents, t).to(unet_dtype)
+            noise = self.unet(model_input, t, condition.to(unet_dtype)).sample
+            return noise.to(latents.dtype)
+        model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        states = torch.cat([negative, condition]).to(unet_dtype)  # [2N, ...]
+        noise = self.unet(model_input.to(unet_dtype), t, states).sample.to(latents.dtype)
+        noise_neg, noise_pos = noise.chunk(2)
+        return adversarial_guidance(noise_pos, noise_neg, guidance_scale)
+
+    # ------------------------------------------------------------------ step 6
+    def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
+        """Latents ``[N, C, F, h, w]`` → frames ``[N, F, 3, H, W]`` float32 in ``[0, 1]``.
+
+        Frames are decoded ``chunk_size`` at a time (the VAE decoder is the memory peak at
+        256² and above).
+        """
+        n, _, f = latents.shape[:3]
+        flat = (
+            latents.transpose(1, 2).flatten(0, 1) / self.vae.config.scaling_factor
+        )  # [N·F, C, h, w]
+        flat = flat.to(self.vae.dtype)
+        images = [
+            self.vae.decode(flat[i : i + chunk_size]).sample.float()
+            for i in range(0, flat.shape[0], max(1, chunk_size))
+        ]
+        video = torch.cat(images).unflatten(0, (n, f))  # [N, F, 3, H, W]
+        return (video / 2 + 0.5).clamp(0, 1)
+
+    @staticmethod
+    def to_uint8(video: torch.Tensor) -> np.ndarray:
+        """``[N, F, 3, H, W]`` in ``[0, 1]`` → uint8 ``[N, F, H, W, 3]``."""
+        return (video.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).cpu().numpy()
+
+    # ------------------------------------------------------------------ __call__
+    @torch.no_grad()
+    def __call__(
+        self,
+        fmri: torch.Tensor | np.ndarray,
+        negative_fmri: torch.Tensor | np.ndarray | None = None,
+        negative_embeddings: torch.Tensor | None = None,
+        guidance_scale: float = 12.5,
+        num_inference_steps: int = 200,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        decode_chunk_size: int = 8,
+    ) -> MindVideoPipelineOutput | tuple:
+        """Reconstruct one video per fMRI window.
+
+        Args:
+            fmri: ``[N, W, V]`` fMRI windows (or one ``[W, V]``), normalised and padded as in
+                training (``V`` = the encoder's ``num_voxels``). ``W = w`` (the trained window)
+                gives ``frames_per_tr`` frames; a longer window (``w < W ≤ max_window``) gives
+                ``frames_per_tr`` frames for each of its ``W − w + 1`` sub-windows, in one video.
+            negative_fmri: the negative condition c̄ as fMRI: ``[w, V]``, ``[1, w, V]`` or
+                ``[N, w or W, V]`` — the paper uses the mean test fMRI
+                (:func:`~mindvideo.pipeline.mean_fmri_window`).
+            negative_embeddings: c̄ as encoder tokens ``[77, d]`` or ``[1 or N, 77, d]``.
+                Neither: the null condition (zeros) — plain classifier-free guidance (eq. 5).
+            guidance_scale: s in eq. 6 (paper 12.5); ``≤ 1`` disables guidance (one UNet branch,
+                the negative is ignored).
+            num_inference_steps: sampler steps (paper: 200 DDIM steps).
+            num_frames: frames per video; default ``frames_per_tr × (W − w + 1)``.
+            height, width: output size; default the UNet's ``sample_size`` × VAE scale factor.
+            eta: DDIM's η (0: deterministic).
+            generator: a ``torch.Generator`` or one per window (window ``i`` then depends only on
+                ``generator[i]``).
+            latents: initial noise ``[N, 4, F, h, w]`` instead of drawing it.
+            output_type: ``"np"`` (uint8 ``[N, F, H, W, 3]``), ``"pt"`` (float ``[N, F, 3, H, W]``
+                in [0, 1]) or ``"latent"`` (``[N, 4, F, h, w]``).
+            return_dict: return a :class:`MindVideoPipelineOutput`, else ``(frames,)``.
+            callback_on_step_end: ``f(pipe, i, t, {"latents", "noise_pred"}) → dict`` after each
+                step; a returned ``"latents"`` replaces the latents.
+            decode_chunk_size: frames per VAE decoder call.
+        """
+        # 1. Check inputs
+        height = height or self.default_size
+        width = width or self.default_size
+        fmri, negative_fmri, negative_embeddings, num_frames = self.check_inputs(
+            fmri,
+            negative_fmri,
+            negative_embeddings,
+            num_frames,
+            height,
+            width,
+            output_type,
+            generator,
+        )
+        batch = fmri.shape[0]
+        device = self._execution_device
+        do_guidance = guidance_scale > 1.0
+
+        # 2. Encode the condition c and the negative condition c̄
+        condition = self.encode_fmri(fmri)  # [N, S, 77, d]
+        negative = None
+        if do_guidance:
+            negative = self.encode_negative(batch, negative_fmri, negative_embeddings)
+            if negative.shape[1] != condition.shape[1]:  # one c̄ for every sub-window
+                negative = negative[:, :1].expand_as(condition)
+            negative = self.condition_per_frame(negative, num_frames)
+        condition = self.condition_per_frame(condition, num_frames)  # [N, (F,) 77, d]
+
+        # 3. Prepare timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 4. Prepare latents [N, 4, F, h, w]
+        latents_dtype = self.unet.dtype if self.unet.dtype != torch.float64 else torch.float32
+        latents = self.prepare_latents(
+            batch, num_frames, height, width, latents_dtype, device, generator, latents
+        )
+        extra_step_kwargs = self._extra_step_kwargs(generator, eta)
+
+        # 5. Denoising loop with adversarial guidance (eq. 6)
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                noise_pred = self.predict_noise(latents, t, condition, negative, guidance_scale)
+                latents = self.scheduler.step(
+                    noise_pred, t, latents, **extra_step_kwargs, return_dict=False
+                )[0]
+                if callback_on_step_end is not None:
+                    out = callback_on_step_end(
+                        self, i, t, {"latents": latents, "noise_pred": noise_pred}
+                    )
+                    latents = (out or {}).get("latents", latents)
+                progress.update()
+
+        # 6. Decode with the VAE
+        if output_type == "latent":
+            frames: torch.Tensor | np.ndarray = latents
+        else:
+            video = self.decode_latents(latents, decode_chunk_size)  # [N, F, 3, H, W]
+            frames = self.to_uint8(video) if output_type == "np" else video
+
+        # 7. Return
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return MindVideoPipelineOutput(frames=frames)

@@ -1,0 +1,132 @@
+"""Tiny real components for pipeline tests (and later stages): seconds on a CPU, fixed seeds.
+
+Sizes: fMRI windows ``[N, 2, 64]`` (4 patches of 16 voxels); conditioning ``[N, 77, 32]``; video
+latents ``[N, 4, F, 8, 8]``; frames ``[N, F, 16, 16, 3]`` (VAE scale factor 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler
+
+from mindvideo.encoder import SpatiotemporalEncoder, mbm_tiny
+from mindvideo.generator import VideoUNet
+
+NUM_VOXELS = 64
+WINDOW = 2
+COND_DIM = 32
+LATENT_SIZE = 8
+VAE_SCALE = 2
+IMAGE_SIZE = LATENT_SIZE * VAE_SCALE  # 16
+
+UNET_CONFIG = dict(
+    sample_size=LATENT_SIZE,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(16, 32),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=COND_DIM,
+    attention_head_dim=4,
+    norm_num_groups=8,
+)
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=IMAGE_SIZE,
+)
+#: Stable Diffusion 1.5's scheduler settings (its scheduler_config.json, as DDIM).
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run tiny models on one thread: for tensors this small, a second intra-op thread only adds
+    synchronisation (the tests run ~5x faster, more on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _perturb(module: torch.nn.Module, names: tuple[str, ...], seed: int, scale: float = 0.2):
+    """Give zero-initialised layers non-zero weights, as training would (so tests see them)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in module.named_parameters():
+        if any(n in name for n in names):
+            param.data = scale * torch.randn(param.shape, generator=generator)
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(**VAE_CONFIG).eval()
+
+
+def tiny_unet(seed: int = 0, trained: bool = True) -> VideoUNet:
+    """A tiny inflated UNet; ``trained`` gives the temporal layers non-zero outputs."""
+    torch.manual_seed(seed)
+    unet = VideoUNet(**UNET_CONFIG).eval()
+    if trained:
+        _perturb(unet, (".attn_temp.to_out.",), seed + 1)
+    return unet
+
+
+def tiny_encoder(
+    seed: int = 0, trained: bool = True, use_cls_token: bool = True, **overrides
+) -> SpatiotemporalEncoder:
+    """A tiny spatiotemporal encoder from ``mbm_tiny(64)``: ``[N, 2, 64]`` → ``[N, 77, 32]``."""
+    torch.manual_seed(seed)
+    mbm = mbm_tiny(NUM_VOXELS, use_cls_token=use_cls_token)
+    kwargs = dict(window=WINDOW, cond_dim=COND_DIM, max_window=4)
+    encoder = SpatiotemporalEncoder.from_mbm(mbm, **{**kwargs, **overrides}).eval()
+    if trained:
+        _perturb(encoder, (".attn_temp.proj.", "temporal_pos_embed"), seed + 2)
+    return encoder
+
+
+def tiny_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(**SCHEDULER_CONFIG)
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """``vae``, ``unet``, ``fmri_encoder``, ``scheduler`` for ``MindVideoPipeline(**...)``."""
+    return dict(
+        vae=tiny_vae(seed),
+        unet=tiny_unet(seed),
+        fmri_encoder=tiny_encoder(seed),
+        scheduler=tiny_scheduler(),
+    )
+
+
+def tiny_pipeline(seed: int = 0, **config):
+    """A tiny :class:`~mindvideo.pipeline.MindVideoPipeline` (progress bars off)."""
+    from mindvideo.pipeline import MindVideoPipeline
+
+    pipe = MindVideoPipeline(**tiny_components(seed), **config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def random_fmri(n: int = 2, window: int = WINDOW, seed: int = 0) -> torch.Tensor:
+    """fMRI windows ``[n, window, 64]``, standard normal like z-scored voxels."""
+    return torch.randn(n, window, NUM_VOXELS, generator=torch.Generator().manual_seed(seed))
