@@ -400,6 +400,51 @@ class ReconstructConfig:
     fps: int = 3
 
 
+@dataclass
+class EvaluateConfig:
+    """Stage 7: reconstructions vs ground truth (paper 4.3, 5; DESIGN.md "Evaluation, exactly")."""
+
+    reconstructions: str | None = None
+    """Output folder of ``mindvideo reconstruct``."""
+    pretrained: PretrainedPaths = field(default_factory=PretrainedPaths)
+    """``pretrained.image_classifier`` (ViT ImageNet) and ``pretrained.video_classifier``
+    (VideoMAE Kinetics-400); without them only SSIM and PSNR are computed. ``pretrained.clip``
+    adds the CLIP image similarity."""
+    n_ways: list[int] = field(default_factory=lambda: [2, 50])
+    top_k: int = 1
+    trials: int = 100
+    modes: list[str] = field(default_factory=lambda: ["compat", "strict"])
+    """``compat``: the authors' top-3 ground-truth rule; ``strict``: top-1 ground truth."""
+    seed: int = 0
+    resize_to: int | None = None
+    """Resize reconstructions and ground truth to this size before every metric; unset: they
+    must already have the same size."""
+    bootstrap: int = 10000
+    """Bootstrap resamples for the confidence intervals."""
+    batch_size: int = 32
+    device: str | None = None
+
+
+@dataclass
+class ExplainConfig:
+    """Stage 8: encoder attention per layer and stage → voxel, network and flat maps (paper 3.5)."""
+
+    data: str | None = None
+    """Prepared subject (its test windows are averaged over, as in the paper)."""
+    mbm: str | None = None
+    """MBM folder (after pre-training / fine-tuning on the subject)."""
+    contrast: str | None = None
+    """fMRI encoder folder after contrastive learning."""
+    cotrain: str | None = None
+    """Pipeline folder (or its ``fmri_encoder/``) after co-training."""
+    layers: list[str] = field(default_factory=lambda: ["first", "middle", "last"])
+    window: int = 2
+    batch_size: int = 32
+    limit: int | None = None
+    """Only the first ``limit`` test windows; unset: all of them."""
+    device: str | None = None
+
+
 # --------------------------------------------------------------------------------------------
 # Loading, merging and saving
 # --------------------------------------------------------------------------------------------
@@ -539,6 +584,8 @@ STAGE_CONFIGS: dict[str, type] = {
     "tune-video": TuneVideoConfig,
     "cotrain": CotrainConfig,
     "reconstruct": ReconstructConfig,
+    "evaluate": EvaluateConfig,
+    "explain": ExplainConfig,
 }
 """Stage name → config class; the CLI and the recipe tests use this table."""
 
