@@ -340,9 +340,15 @@ class TuneVideoConfig:
     gradient_checkpointing: bool = False
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            max_steps=800, batch_size=14, learning_rate=2e-5, weight_decay=0.01, warmup_steps=0
+            max_steps=800,
+            batch_size=14,
+            learning_rate=2e-5,
+            weight_decay=0.01,
+            betas=[0.9, 0.999],
+            lr_schedule="constant",
         )
     )
+    """Paper B: 800 steps, batch 14, lr 2e-5 (Tune-A-Video's AdamW, constant rate)."""
 
 
 @dataclass
@@ -358,11 +364,19 @@ class CotrainConfig:
     frames: int = 6
     size: int = 256
     trainable: list[str] = field(default_factory=lambda: ["attn1", "attn2", "attn_temp"])
+    pad_mode: str | None = None
+    """Voxel padding; unset: the one the encoder was trained with (read beside it)."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            max_steps=15000, batch_size=9, learning_rate=3e-5, weight_decay=0.01, warmup_steps=0
+            max_steps=15000,
+            batch_size=9,
+            learning_rate=3e-5,
+            weight_decay=0.01,
+            betas=[0.9, 0.999],
+            lr_schedule="constant",
         )
     )
+    """Paper B: 15,000 steps, batch 9, lr 3e-5."""
 
 
 @dataclass

@@ -15,7 +15,15 @@ from mindvideo import __version__
 from mindvideo.utils import UserError
 
 # Subcommands in pipeline order; a stage is listed here only once it really works.
-SUBCOMMANDS = ["env", "simulate", "prepare", "reconstruct", "convert"]
+SUBCOMMANDS = [
+    "env",
+    "simulate",
+    "prepare",
+    "tune-video",
+    "cotrain",
+    "reconstruct",
+    "convert",
+]
 
 log = logging.getLogger("mindvideo")
 

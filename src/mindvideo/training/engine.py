@@ -395,7 +395,7 @@ class Trainer:
             return self._train(accelerator, resume)
         finally:
             accelerator.end_training()
-            _reset_accelerate_state()
+            reset_accelerate_state()
 
     def _make_accelerator(self) -> Any:
         from accelerate import Accelerator
@@ -780,7 +780,7 @@ def _enable_gradient_checkpointing(model: nn.Module) -> None:
     )
 
 
-def _reset_accelerate_state() -> None:
+def reset_accelerate_state() -> None:
     """Forget accelerate's process-wide state so a later stage in this process starts clean.
 
     Accelerate keeps one shared state per process and refuses a second ``Accelerator`` with,

@@ -1,0 +1,392 @@
+"""Stage 5, co-training: the fMRI encoder and the video UNet trained together (paper 3.4, B).
+
+Paper 3.4, "Divide and Refine": after the encoder (contrastive learning) and the generator
+(video tuning) are trained separately, "two modules are tuned together with fMRI-video pairs,
+where the encoder and part of the generative model are trained" — the whole fMRI encoder plus
+the UNet's self-, cross- and temporal attention (B: batch 9, lr 3e-5, 15,000 steps). The
+encoder's ``[77, d]`` output takes the place of the text embedding; the loss is the denoising
+loss on the latents of the clip shown during the window's first TR
+(:class:`~mindvideo.training.diffusion.VideoDenoiser`).
+
+Inputs: the prepared subject's *training* split as fMRI windows
+(:class:`~mindvideo.data.datasets.FMRIWindowDataset`), the encoder folder written by
+``mindvideo contrast`` (or an MBM folder written by ``mindvideo pretrain``: it is inflated with
+:meth:`SpatiotemporalEncoder.from_mbm` — Table 1's "without contrastive learning" ablation), and
+the generator folder written by ``mindvideo tune-video`` (a Stable Diffusion folder works too: its
+UNet is inflated with identity temporal layers — training without video tuning).
+
+Output folder::
+
+    OUT/
+      pipeline/      the reconstruction pipeline: model_index.json, fmri_encoder/, unet/, vae/,
+                     scheduler/ (DDIM, from the training noise schedule) — pass it to
+                     `mindvideo reconstruct --checkpoint OUT/pipeline`
+      config.yaml    the resolved configuration
+      cache/         the VAE latents of the training clips (unless video tuning's are reused)
+      checkpoints/   resumable training state; logs/metrics.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mindvideo.config import CotrainConfig, save_config
+from mindvideo.encoder import MBMAutoencoder, SpatiotemporalEncoder
+from mindvideo.generator import VideoUNet, trainable_parameters
+from mindvideo.training.diffusion import (
+    CACHE_DIR,
+    DenoisingProbe,
+    LatentCache,
+    VideoDenoiser,
+    build_latent_cache,
+    check_model_folder,
+    latent_loss_fn,
+    load_noise_scheduler,
+    probe_eval_fn,
+)
+from mindvideo.training.engine import Trainer, check_engine_config, reset_accelerate_state
+from mindvideo.training.tune_video import (
+    check_fresh_output,
+    check_generator_size,
+    record_trained_size,
+)
+from mindvideo.utils import UserError, atomic_dir
+
+__all__ = [
+    "PIPELINE_DIR",
+    "CotrainDataset",
+    "GeneratorParts",
+    "check_condition_width",
+    "cotrain",
+    "find_encoder_folder",
+    "load_fmri_encoder",
+    "load_generator",
+]
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_DIR = "pipeline"
+"""Sub-folder of co-training's output holding the pipeline (``mindvideo reconstruct`` reads it)."""
+GENERATOR_SUBFOLDERS = ("unet", "vae", "scheduler")
+_ENCODER_CLASSES = ("SpatiotemporalEncoder", "MBMAutoencoder")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading the two modules
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GeneratorParts:
+    """What co-training takes from video tuning's folder: the video UNet, the VAE, the training
+    noise schedule (``DDPMScheduler``) and the folder's scheduler config as stored."""
+
+    unet: VideoUNet
+    vae: Any
+    noise_scheduler: Any
+    scheduler_config: dict[str, Any]
+
+
+def load_generator(path: str | os.PathLike) -> GeneratorParts:
+    """Load the folder written by ``mindvideo tune-video`` (``unet/``, ``vae/``, ``scheduler/``).
+
+    A Stable Diffusion folder (2D ``unet/``) is accepted too; its UNet is inflated with identity
+    temporal layers.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    check_model_folder(
+        path,
+        GENERATOR_SUBFOLDERS,
+        "The generator folder",
+        "pass the folder written by `mindvideo tune-video` (--generator DIR).",
+    )
+    path = str(path)
+    unet = VideoUNet.from_pretrained(path, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").requires_grad_(False).eval()
+    scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler"))
+    return GeneratorParts(unet, vae, load_noise_scheduler(path), scheduler_config)
+
+
+def _class_name(folder: Path) -> str | None:
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("_class_name")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def find_encoder_folder(path: str | os.PathLike) -> tuple[Path, str]:
+    """The encoder model folder in ``path`` and its class name.
+
+    ``path`` may be the model folder itself (``config.json`` naming ``SpatiotemporalEncoder``
+    or ``MBMAutoencoder``), or a stage's output folder holding one in a sub-folder (e.g.
+    contrast's ``fmri_encoder/``, a pipeline folder). A spatiotemporal encoder is preferred
+    over an MBM when both are there.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(
+            f"The encoder folder {root} does not exist; pass the folder written by `mindvideo "
+            "contrast` (or `mindvideo pretrain`) with --encoder DIR."
+        )
+    found = []
+    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        name = _class_name(folder)
+        if name in _ENCODER_CLASSES:
+            found.append((folder, name))
+    for wanted in _ENCODER_CLASSES:
+        for folder, name in found:
+            if name == wanted:
+                return folder, name
+    raise UserError(
+        f"{root} holds no fMRI encoder (a config.json naming SpatiotemporalEncoder or "
+        "MBMAutoencoder, there or in a sub-folder); pass the folder written by `mindvideo "
+        "contrast` (or `mindvideo pretrain`) with --encoder DIR."
+    )
+
+
+def load_fmri_encoder(
+    path: str | os.PathLike, window: int, cond_dim: int
+) -> tuple[SpatiotemporalEncoder, Path, str]:
+    """Load the fMRI encoder for co-training; returns ``(encoder, folder, class name)``.
+
+    A :class:`SpatiotemporalEncoder` (contrast's output) is loaded as saved; an
+    :class:`MBMAutoencoder` (pretrain's output, contrast skipped) is inflated to ``window`` TRs
+    with ``cond_dim`` conditioning width.
+    """
+    folder, name = find_encoder_folder(path)
+    if name == "MBMAutoencoder":
+        mbm = MBMAutoencoder.from_pretrained(str(folder))
+        encoder = SpatiotemporalEncoder.from_mbm(mbm, window=window, cond_dim=cond_dim)
+        logger.info("Inflated the MBM encoder in %s (contrastive learning skipped).", folder)
+    else:
+        encoder = SpatiotemporalEncoder.from_pretrained(str(folder))
+        if encoder.config.window != window:
+            raise UserError(
+                f"The fMRI encoder in {folder} was trained on windows of "
+                f"{encoder.config.window} TRs but the config has window={window}; set window="
+                f"{encoder.config.window}."
+            )
+    return encoder, folder, name
+
+
+def check_condition_width(encoder: nn.Module, unet: nn.Module, encoder_path: Any, unet_path: Any):
+    """The encoder's ``cond_dim`` must equal the UNet's ``cross_attention_dim``."""
+    cond_dim = int(encoder.config.cond_dim)
+    cross = int(unet.config.cross_attention_dim)
+    if cond_dim != cross:
+        raise UserError(
+            f"The fMRI encoder in {encoder_path} has cond_dim {cond_dim} but the UNet in "
+            f"{unet_path} has cross_attention_dim {cross}; train the encoder (contrast) with "
+            "the text encoder of the same Stable Diffusion, so both widths agree."
+        )
+
+
+def _pad_mode_for(encoder_folder: Path, n_voxels: int, encoder: SpatiotemporalEncoder) -> str:
+    """How the stage that trained the encoder padded the voxels: its ``config.yaml``'s
+    ``pad_mode`` when found beside the encoder, else the mode that gives its ``num_voxels``."""
+    from mindvideo.config import ContrastConfig, PretrainConfig, load_config
+    from mindvideo.data.pairing import padded_size
+
+    patch, num_voxels = int(encoder.config.patch_size), int(encoder.config.num_voxels)
+    for folder in (encoder_folder, encoder_folder.parent):
+        recipe = folder / "config.yaml"
+        if not recipe.is_file():
+            continue
+        for cls in (ContrastConfig, PretrainConfig):
+            try:
+                mode = load_config(cls, recipe).pad_mode
+            except UserError:
+                continue
+            if padded_size(n_voxels, patch, mode) == num_voxels:
+                return mode
+    for mode in ("zero", "wrap_compat"):
+        if padded_size(n_voxels, patch, mode) == num_voxels:
+            return mode
+    raise UserError(
+        f"The fMRI encoder in {encoder_folder} takes {num_voxels} voxels but the prepared data "
+        f"has {n_voxels} ROI voxels (padded to {padded_size(n_voxels, patch, 'zero')}); use the "
+        "encoder trained on this subject's prepared data."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+class CotrainDataset(Dataset):
+    """fMRI-video pairs of the training split: the window of TR ``t`` and the latents of the clip
+    shown during TR ``t`` (paper 3.3–3.4).
+
+    Item: ``fmri`` float32 ``[w, V_padded]`` (normalised with training statistics, padded);
+    ``latents_mean``, ``latents_std`` float32 ``[C, F, h, w]``; ``index`` int.
+    """
+
+    def __init__(self, windows: Any, latents: LatentCache) -> None:
+        if len(windows) != len(latents):
+            raise ValueError(f"{len(windows)} fMRI windows but {len(latents)} cached clips")
+        self.windows = windows
+        self.latents = latents
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        segment, repetition, t = self.windows.locate(index)  # index = segment · T + t
+        mean, std = self.latents.item(index)
+        return {
+            "fmri": torch.from_numpy(self.windows.fmri_window(segment, t, repetition)),
+            "latents_mean": mean,
+            "latents_std": std,
+            "index": index,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+
+
+def _encoder_parameters(encoder: SpatiotemporalEncoder) -> list[nn.Parameter]:
+    """Every encoder parameter that reaches the ``[77, d]`` condition ("the whole encoder");
+    ``pool_proj`` (contrastive pooling only) gets no gradient here and stays as it is."""
+    return [p for n, p in encoder.named_parameters() if not n.startswith("pool_proj")]
+
+
+def cotrain(
+    cfg: CotrainConfig, out_dir: str | os.PathLike, resume: str | os.PathLike | None = None
+) -> Path:
+    """Run co-training (stage 5); returns the pipeline folder ``OUT/pipeline``.
+
+    ``resume``: ``None`` (a fresh run), ``"latest"`` or a ``checkpoints/step_N`` folder.
+    """
+    from accelerate import PartialState
+
+    from mindvideo.data.datasets import FMRIWindowDataset
+    from mindvideo.data.prepared import PreparedData
+    from mindvideo.pipeline import MindVideoPipeline, make_scheduler
+
+    for key, flag, stage in (
+        ("data", "--data", "mindvideo prepare"),
+        ("encoder", "--encoder", "mindvideo contrast"),
+        ("generator", "--generator", "mindvideo tune-video"),
+    ):
+        if not getattr(cfg, key):
+            raise UserError(
+                f"cotrain needs the folder written by `{stage}`: pass {flag} DIR or set {key} "
+                "in the config."
+            )
+    check_engine_config(cfg.train)
+    if cfg.frames < 1 or cfg.window < 1:
+        raise UserError(
+            f"Config keys 'frames' and 'window' must be at least 1, not {cfg.frames} and "
+            f"{cfg.window}."
+        )
+    out = Path(out_dir)
+    prepared = PreparedData.open(cfg.data)
+    check_fresh_output(out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    state = PartialState(cpu=cfg.train.cpu or not torch.cuda.is_available())
+    try:
+        generator = load_generator(cfg.generator)
+        unet = generator.unet
+        encoder, encoder_folder, _ = load_fmri_encoder(
+            cfg.encoder, cfg.window, int(unet.config.cross_attention_dim)
+        )
+        check_condition_width(encoder, unet, encoder_folder, Path(cfg.generator) / "unet")
+        latent_size = check_generator_size(cfg.size, unet, generator.vae)
+        pad_mode = cfg.pad_mode or _pad_mode_for(encoder_folder, prepared.n_voxels, encoder)
+        windows = FMRIWindowDataset(
+            prepared,
+            "train",
+            window=cfg.window,
+            patch_size=int(encoder.config.patch_size),
+            pad_mode=pad_mode,
+            with_captions=False,
+        )
+
+        # Video tuning's cache is used as it is when it was made from the same clips and VAE.
+        latents = None
+        for turn in ("main", "others"):
+            if (turn == "main") == state.is_main_process:
+                latents = build_latent_cache(
+                    generator.vae,
+                    prepared,
+                    out / CACHE_DIR,
+                    size=cfg.size,
+                    frames=cfg.frames,
+                    device=state.device,
+                    reuse=[Path(cfg.generator) / CACHE_DIR],
+                )
+            state.wait_for_everyone()
+        assert latents is not None
+        generator.vae.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+        dataset = CotrainDataset(windows, latents)
+        model = VideoDenoiser(unet, generator.noise_scheduler, fmri_encoder=encoder)
+        params = _encoder_parameters(encoder) + trainable_parameters(unet, cfg.trainable)
+        probe = DenoisingProbe.from_dataset(
+            dataset,
+            latents.scaling_factor,
+            latents.shift_factor,
+            seed=cfg.train.seed,
+            num_train_timesteps=model.num_train_timesteps,
+        )
+        if state.is_main_process and resume is None:
+            model.to(state.device).eval()
+            logger.info("probe denoising loss before training: %.5f", probe.loss(model))
+            model.train()
+
+        def save(trained: nn.Module, folder: Path) -> None:
+            record_trained_size(trained.unet, latent_size)
+            # DDIM for inference (paper B) on the training noise schedule; latents must not be
+            # clipped to [-1, 1] (DDIM's default), which SD-1.5's PNDM config leaves unsaid.
+            overrides = (
+                {} if "clip_sample" in generator.scheduler_config else {"clip_sample": False}
+            )
+            scheduler = make_scheduler("ddim", generator.scheduler_config, **overrides)
+            pipe = MindVideoPipeline(
+                vae=generator.vae,
+                unet=trained.unet,
+                fmri_encoder=trained.fmri_encoder,
+                scheduler=scheduler,
+                frames_per_tr=cfg.frames,
+                fmri_pad_mode=pad_mode,
+                fmri_normalize=windows.normalizer.mode,
+            )
+            with atomic_dir(folder / PIPELINE_DIR) as tmp:
+                pipe.save_pretrained(tmp)
+            logger.info("wrote the co-trained pipeline to %s", folder / PIPELINE_DIR)
+
+        trainer = Trainer(
+            model,
+            dataset,
+            latent_loss_fn(latents),
+            cfg.train,
+            out,
+            trainable_params=params,
+            eval_fn=probe_eval_fn(probe, cfg.train.batch_size),
+            save_fn=save,
+            project_name="cotrain",
+        )
+        trainer.train(resume=resume)
+    finally:
+        reset_accelerate_state()
+    return out / PIPELINE_DIR
