@@ -204,16 +204,10 @@ class VaeEncodeCounter:
 
 
 def run_cli(argv: list[str]) -> int:
-    """``mindvideo.cli.main.main(argv)`` with the generator stages registered."""
-    import pytest
-
+    """``mindvideo.cli.main.main(argv)`` in-process."""
     from mindvideo.cli import main as cli_main
 
-    names = list(cli_main.SUBCOMMANDS)
-    extra = [n for n in ("tune-video", "cotrain") if n not in names]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli_main, "SUBCOMMANDS", [*names, *extra])
-        return cli_main.main(argv)
+    return cli_main.main(argv)
 
 
 def train_args(**overrides) -> list[str]:

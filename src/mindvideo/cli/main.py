@@ -22,6 +22,10 @@ SUBCOMMANDS = [
     "tune-video",
     "cotrain",
     "reconstruct",
+    "evaluate",
+    "explain",
+    "compare",
+    "report",
     "convert",
 ]
 
@@ -47,10 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(debug: bool = False, quiet: bool = False) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    handler = RichHandler(show_path=debug, show_time=False, markup=False, rich_tracebacks=False)
+    # Logs go to stderr so that tables and paths printed on stdout stay clean for pipes.
+    handler = RichHandler(
+        console=Console(stderr=True),
+        show_path=debug,
+        show_time=False,
+        markup=False,
+        rich_tracebacks=False,
+    )
     root = logging.getLogger("mindvideo")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,0 +1,47 @@
+"""``mindvideo compare``: evaluated runs side by side with t-tests against a reference."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "compare",
+        help="put evaluated runs side by side (ablations) with t-tests against a reference",
+        description=(
+            "Compare the metrics of two or more runs, as the paper's Table 1 compares ablations "
+            "with the full model: every score with its standard error and 95% bootstrap "
+            "interval, and a t-test of every run against the reference (paired when both runs "
+            "scored the same windows, Welch's two-sample test otherwise) with its significance "
+            "band. A RUN is an evaluate output folder or a run directory containing evaluate/. "
+            "Writes OUT/comparison.json and OUT/comparison.md."
+        ),
+    )
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="runs to compare")
+    parser.add_argument(
+        "--reference", help="the run the others are tested against (default: the first RUN)"
+    )
+    parser.add_argument(
+        "--name",
+        action="append",
+        dest="names",
+        metavar="NAME",
+        help="display name of each RUN, in order (repeat once per RUN; default: folder names)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mindvideo.evaluation.compare import compare_runs, write_comparison
+
+    comparison = compare_runs(args.runs, reference=args.reference, names=args.names)
+    paths = write_comparison(comparison, args.out)
+    print(comparison.to_markdown(), end="")
+    log.info("Wrote %s", paths["json"])
+    return 0

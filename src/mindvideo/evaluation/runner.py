@@ -1,0 +1,487 @@
+"""Stage 7, ``mindvideo evaluate``: a reconstruction folder → metrics.json, metrics.md, samples.
+
+Reads the output of ``mindvideo reconstruct`` (``index.json``, ``reconstructions.npy``
+``[n, F, H, W, 3]``, ``ground_truth.npy`` ``[n, F, H0, W0, 3]``), loads the classifiers once,
+computes every metric of Table 1 (paper 4.3, 5) with :func:`compute_metric_samples`, and writes::
+
+    OUT/
+      config.yaml      the resolved EvaluateConfig
+      metrics.json     {key: {"mean", "se", "chance", "n", "ci_low", "ci_high"}, ..., "meta": {...}}
+      metrics.md       the same as a markdown table, chance next to every score
+      samples.json     per-window values of every metric (for the t-tests of ``compare``)
+
+Resolution: the authors scored at the reconstruction's resolution, so when the ground truth was
+stored at another size it is resized to the reconstruction's (``resize_to`` resizes both).
+
+Stand-in classifiers: a model folder holding ``standin.json`` (the marker the stand-in trainer,
+``mindvideo.training.standins``, writes) or ``mindvideo_standin.json``, or whose ``config.json``
+has a ``mindvideo_standin`` key, is one of the small models trained on the simulator's labels.
+``meta`` records it and ``metrics.md`` (and the report) say so, so nobody
+mistakes such numbers for ImageNet / Kinetics scores.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mindvideo.config import EvaluateConfig, save_config
+from mindvideo.evaluation.classifiers import ImageClassifier, ProbabilityModel, VideoClassifier
+from mindvideo.evaluation.clip_similarity import (
+    CLIP_KEY,
+    CLIPImageEmbedder,
+    clip_similarity_samples,
+)
+from mindvideo.evaluation.metrics import (
+    MetricSamples,
+    compute_metric_samples,
+    format_markdown_table,
+    summarise_metrics,
+)
+from mindvideo.evaluation.pixel import resize_frames
+from mindvideo.utils import UserError, atomic_write_text
+
+__all__ = [
+    "METRICS_FILE",
+    "SAMPLES_FILE",
+    "STANDIN_FILE",
+    "STANDIN_FILES",
+    "STANDIN_KEY",
+    "EvaluationResult",
+    "ReconstructionSet",
+    "classifier_identity",
+    "evaluate_reconstructions",
+    "find_evaluation",
+    "load_evaluation",
+    "load_reconstructions",
+]
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+METRICS_MD = "metrics.md"
+SAMPLES_FILE = "samples.json"
+SAMPLES_VERSION = 1
+#: config.json key that marks a model folder as a simulator stand-in.
+STANDIN_KEY = "mindvideo_standin"
+#: Marker files of a stand-in folder: the stand-in trainer's, and a generic one.
+STANDIN_FILES = ("standin.json", f"{STANDIN_KEY}.json")
+STANDIN_FILE = STANDIN_FILES[1]
+
+STANDIN_NOTE = (
+    "The classifiers are small stand-ins trained on the simulated dataset's own labels (frame: "
+    "scene class; video: class × motion), not ImageNet ViT / Kinetics VideoMAE: these "
+    "identification scores are not comparable with the paper's."
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a reconstruction folder
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReconstructionSet:
+    """A finished ``mindvideo reconstruct`` folder, arrays memory-mapped.
+
+    ``pred: uint8 [n, F, H, W, 3]``, ``gt: uint8 [n, F, H0, W0, 3]``; ``windows``: the
+    ``index.json`` entries in row order (``segment``, ``tr``, ...).
+    """
+
+    folder: Path
+    index: dict[str, Any]
+    pred: np.ndarray
+    gt: np.ndarray
+
+    @property
+    def windows(self) -> list[dict[str, Any]]:
+        return list(self.index.get("windows", []))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg}); {what}.") from exc
+
+
+def load_reconstructions(folder: str | os.PathLike) -> ReconstructionSet:
+    """Open the output of ``mindvideo reconstruct`` (or a run directory holding ``reconstruct/``).
+
+    Raises :class:`UserError` when the folder, ``index.json`` or a stacked array is missing, the
+    reconstruction is unfinished, or the arrays do not pair up.
+    """
+    root = Path(folder)
+    if not (root / "index.json").is_file() and (root / "reconstruct" / "index.json").is_file():
+        root = root / "reconstruct"
+    if not root.is_dir():
+        raise UserError(
+            f"Reconstruction folder {root} does not exist; pass the --out folder of "
+            "`mindvideo reconstruct` with --reconstructions."
+        )
+    index_path = root / "index.json"
+    if not index_path.is_file():
+        raise UserError(
+            f"{root} has no index.json; pass the --out folder of `mindvideo reconstruct` with "
+            "--reconstructions."
+        )
+    index = _read_json(index_path, "re-run `mindvideo reconstruct` into it")
+    if not index.get("complete"):
+        raise UserError(
+            f"The reconstruction in {root} is unfinished (index.json says complete: false); "
+            "re-run the same `mindvideo reconstruct` command to finish it."
+        )
+    arrays = {}
+    for name in ("reconstructions", "ground_truth"):
+        path = root / f"{name}.npy"
+        if not path.is_file():
+            raise UserError(
+                f"{path} is missing; re-run the same `mindvideo reconstruct` command to write it."
+            )
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.dtype != np.uint8 or arr.ndim != 5 or arr.shape[-1] != 3:
+            raise UserError(
+                f"{path} must hold uint8 clips [n, F, H, W, 3], not {arr.dtype} {list(arr.shape)}."
+            )
+        arrays[name] = arr
+    pred, gt = arrays["reconstructions"], arrays["ground_truth"]
+    n_windows = len(index.get("windows", []))
+    if pred.shape[:2] != gt.shape[:2] or pred.shape[0] != n_windows:
+        raise UserError(
+            f"{root}: reconstructions.npy {list(pred.shape)}, ground_truth.npy "
+            f"{list(gt.shape)} and the {n_windows} windows of index.json do not pair up; "
+            "re-run `mindvideo reconstruct` into a fresh folder."
+        )
+    return ReconstructionSet(folder=root, index=index, pred=pred, gt=gt)
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier identities and stand-ins
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def classifier_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """What a classifier folder is: path, ``config.json`` hash, architecture, stand-in marker.
+
+    Returns ``{"path", "config_sha256", "architecture", "num_labels", "standin",
+    "standin_info"}``. ``standin`` is True when ``config.json`` has a ``mindvideo_standin`` key
+    (any value but false / null) or the folder holds ``standin.json`` / ``mindvideo_standin.json``;
+    ``standin_info`` is that value or file's content (what it was trained on).
+    """
+    folder = Path(path).expanduser()
+    config_path = folder / "config.json"
+    info: dict[str, Any] = {
+        "path": str(folder.resolve()) if folder.exists() else str(path),
+        "config_sha256": None,
+        "architecture": None,
+        "num_labels": None,
+        "standin": False,
+        "standin_info": None,
+    }
+    config: dict[str, Any] = {}
+    if config_path.is_file():
+        info["config_sha256"] = _sha256(config_path)
+        config = _read_json(config_path, "the classifier folder is damaged")
+        archs = config.get("architectures") or []
+        info["architecture"] = archs[0] if archs else config.get("model_type")
+        labels = config.get("id2label")
+        info["num_labels"] = len(labels) if isinstance(labels, dict) else config.get("num_labels")
+    markers = [folder / name for name in STANDIN_FILES if (folder / name).is_file()]
+    if config.get(STANDIN_KEY):
+        info["standin"], info["standin_info"] = True, config[STANDIN_KEY]
+    elif markers:
+        info["standin"] = True
+        info["standin_info"] = _read_json(markers[0], "the stand-in marker is damaged")
+    return info
+
+
+def _model_identity(model: Any) -> dict[str, Any]:
+    """Identity of a classifier given as an object (not a folder)."""
+    inner = getattr(model, "model", model)
+    config = getattr(inner, "config", None)
+    marker = getattr(config, STANDIN_KEY, None) if config is not None else None
+    return {
+        "path": None,
+        "config_sha256": None,
+        "architecture": type(inner).__name__,
+        "num_labels": getattr(config, "num_labels", None),
+        "standin": bool(marker),
+        "standin_info": marker if marker else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationResult:
+    """An evaluate output: ``metrics`` ``{key: score dict}`` (no ``meta``), ``meta``, and the
+    per-window values ``samples`` ``{key: [S]}`` with their ``windows`` (``[(segment, tr)]``)."""
+
+    folder: Path
+    metrics: dict[str, dict[str, Any]]
+    meta: dict[str, Any]
+    samples: dict[str, np.ndarray]
+    windows: list[tuple[int, int]]
+    ground_truth_sha256: str | None
+
+    @property
+    def uses_standins(self) -> bool:
+        return bool(self.meta.get("standin_classifiers"))
+
+
+def _ground_truth_hash(gt: np.ndarray) -> str:
+    """sha256 of the compared ground-truth pixels (two runs scored the same windows iff equal)."""
+    h = hashlib.sha256(str(list(gt.shape)).encode())
+    for row in gt:  # one window at a time: the array may be memory-mapped and large
+        h.update(np.ascontiguousarray(row).tobytes())
+    return h.hexdigest()
+
+
+def _load_models(
+    cfg: EvaluateConfig,
+    num_frames: int,
+    frame_model: ProbabilityModel | None,
+    video_model: ProbabilityModel | None,
+    clip_model: CLIPImageEmbedder | None,
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The three models (each loaded once) and their identities for ``meta``."""
+    identities: dict[str, Any] = {"frame": None, "video": None, "clip": None}
+    paths = cfg.pretrained
+    if frame_model is None and paths.image_classifier:
+        identities["frame"] = classifier_identity(paths.image_classifier)
+        frame_model = ImageClassifier.from_pretrained(
+            paths.image_classifier, device=cfg.device, batch_size=cfg.batch_size
+        )
+    elif frame_model is not None:
+        identities["frame"] = _model_identity(frame_model)
+    if video_model is None and paths.video_classifier:
+        identities["video"] = classifier_identity(paths.video_classifier)
+        # As the authors: the Kinetics VideoMAE loaded for the clips' frame count (6).
+        video_model = VideoClassifier.from_pretrained(
+            paths.video_classifier,
+            num_frames=num_frames,
+            device=cfg.device,
+            batch_size=max(1, cfg.batch_size // num_frames),
+        )
+    elif video_model is not None:
+        identities["video"] = _model_identity(video_model)
+    if clip_model is None and paths.clip:
+        identities["clip"] = classifier_identity(paths.clip)
+        clip_model = CLIPImageEmbedder.from_pretrained(
+            paths.clip, device=cfg.device, batch_size=cfg.batch_size
+        )
+    elif clip_model is not None:
+        identities["clip"] = _model_identity(clip_model)
+    return frame_model, video_model, clip_model, identities
+
+
+def _check_config(cfg: EvaluateConfig) -> None:
+    if cfg.reconstructions is None:
+        raise UserError(
+            "evaluate needs reconstructions: pass --reconstructions DIR (the --out folder of "
+            "`mindvideo reconstruct`) or set reconstructions in the config."
+        )
+    if cfg.resize_to is not None and cfg.resize_to < 7:
+        raise UserError(
+            f"resize_to={cfg.resize_to} is too small: SSIM needs frames of at least 7 pixels."
+        )
+    if cfg.bootstrap < 1:
+        raise UserError(f"Config key bootstrap must be at least 1, not {cfg.bootstrap}.")
+    if cfg.batch_size < 1:
+        raise UserError(f"Config key batch_size must be at least 1, not {cfg.batch_size}.")
+
+
+def _markdown(metrics: dict[str, dict], meta: dict[str, Any]) -> str:
+    lines = [f"# Evaluation: {meta['n_windows']} reconstructed windows", ""]
+    h, w = meta["compared_at"]
+    size = f"Compared at {h}×{w} pixels, {meta['frames_per_window']} frames per window"
+    if meta.get("resized"):
+        h0, w0 = meta["ground_truth_size"]
+        size += f" ({meta['resized']} resized; the ground truth was stored at {h0}×{w0})"
+    lines += [size + ".", ""]
+    if meta.get("standin_classifiers"):
+        lines += [f"> **Note.** {STANDIN_NOTE}", ""]
+    lines.append(format_markdown_table(metrics))
+    lines.append(
+        "Mean ± standard error over windows, 95% bootstrap interval, chance level of the same "
+        "test (compat: the authors' top-3 ground-truth rule; strict: top-1). "
+        + (
+            "clip_similarity's chance is the mean similarity with the other windows' ground truth."
+            if CLIP_KEY in metrics
+            else ""
+        )
+    )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def evaluate_reconstructions(
+    cfg: EvaluateConfig,
+    out: str | os.PathLike,
+    *,
+    frame_model: ProbabilityModel | None = None,
+    video_model: ProbabilityModel | None = None,
+    clip_model: CLIPImageEmbedder | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate the reconstruction folder ``cfg.reconstructions`` into ``out`` (see module doc).
+
+    Classifiers come from ``cfg.pretrained.image_classifier`` / ``video_classifier`` /
+    ``clip`` (loaded once), or are passed in already loaded; without any, only SSIM and PSNR
+    are computed. Returns the written :class:`EvaluationResult`.
+    """
+    from mindvideo import __version__
+
+    _check_config(cfg)
+    recon = load_reconstructions(cfg.reconstructions)  # type: ignore[arg-type]
+    pred, gt = recon.pred, recon.gt
+    n, f, h, w = pred.shape[:4]
+    h0, w0 = gt.shape[2:4]
+    if cfg.resize_to is not None:
+        size, resized = (cfg.resize_to, cfg.resize_to), "both"
+    elif (h0, w0) != (h, w):
+        size, resized = (h, w), "ground truth"
+        logger.info(
+            "Resizing the ground truth from %d×%d to the reconstructions' %d×%d.", h0, w0, h, w
+        )
+    else:
+        size, resized = (h, w), None
+    pred_c, gt_c = resize_frames(pred, size), resize_frames(gt, size)
+
+    frame_model, video_model, clip_model, identities = _load_models(
+        cfg, f, frame_model, video_model, clip_model
+    )
+    if frame_model is None and video_model is None:
+        logger.warning(
+            "No classifiers configured (pretrained.image_classifier, "
+            "pretrained.video_classifier): computing SSIM and PSNR only."
+        )
+    samples: dict[str, MetricSamples] = compute_metric_samples(
+        pred_c,
+        gt_c,
+        frame_model,
+        video_model,
+        n_ways=cfg.n_ways,
+        top_k=cfg.top_k,
+        trials=cfg.trials,
+        modes=cfg.modes,
+        seed=cfg.seed,
+        progress=progress,
+    )
+    if clip_model is not None:
+        samples[CLIP_KEY] = clip_similarity_samples(pred_c, gt_c, clip_model)
+    metrics = summarise_metrics(samples, seed=cfg.seed, n_resamples=cfg.bootstrap)
+
+    # The note is about the identification scores: the frame and video classifiers.
+    standin = any(bool(identities[r] and identities[r]["standin"]) for r in ("frame", "video"))
+    gt_hash = _ground_truth_hash(gt_c)
+    windows = [(int(wi["segment"]), int(wi["tr"])) for wi in recon.windows]
+    meta = {
+        "mindvideo_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "reconstructions": str(recon.folder.resolve()),
+        "split": recon.index.get("split"),
+        "data": (recon.index.get("settings") or {}).get("data"),
+        "n_windows": int(n),
+        "frames_per_window": int(f),
+        "compared_at": [int(size[0]), int(size[1])],
+        "ground_truth_size": [int(h0), int(w0)],
+        "resized": resized,
+        "seed": cfg.seed,
+        "trials": cfg.trials,
+        "n_ways": list(cfg.n_ways),
+        "top_k": cfg.top_k,
+        "modes": list(cfg.modes),
+        "bootstrap": cfg.bootstrap,
+        "classifiers": identities,
+        "standin_classifiers": standin,
+        "ground_truth_sha256": gt_hash,
+    }
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    sample_doc = {
+        "format_version": SAMPLES_VERSION,
+        "windows": [{"segment": s, "tr": t} for s, t in windows],
+        "ground_truth_sha256": gt_hash,
+        "metrics": {
+            key: {"chance": ms.chance, "values": [float(v) for v in ms.per_sample]}
+            for key, ms in samples.items()
+        },
+    }
+    atomic_write_text(out / SAMPLES_FILE, json.dumps(sample_doc) + "\n")
+    atomic_write_text(out / METRICS_MD, _markdown(metrics, meta))
+    # metrics.json last: its presence marks a finished evaluation.
+    atomic_write_text(out / METRICS_FILE, json.dumps({**metrics, "meta": meta}, indent=2) + "\n")
+    logger.info("Wrote %d metrics for %d windows to %s", len(metrics), n, out)
+    return EvaluationResult(
+        folder=out,
+        metrics=metrics,
+        meta=meta,
+        samples={k: np.asarray(ms.per_sample, dtype=np.float64) for k, ms in samples.items()},
+        windows=windows,
+        ground_truth_sha256=gt_hash,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading an evaluate output back
+# --------------------------------------------------------------------------------------------
+
+
+def find_evaluation(path: str | os.PathLike) -> Path:
+    """The evaluate output folder of ``path``: itself, or ``path/evaluate`` for a run directory."""
+    root = Path(path)
+    for folder in (root, root / "evaluate"):
+        if (folder / METRICS_FILE).is_file():
+            return folder
+    raise UserError(
+        f"{root} holds no {METRICS_FILE} (nor evaluate/{METRICS_FILE}); pass the --out folder "
+        "of `mindvideo evaluate` or a run directory containing evaluate/."
+    )
+
+
+def load_evaluation(path: str | os.PathLike) -> EvaluationResult:
+    """Read an evaluate output (``metrics.json`` and, when present, ``samples.json``).
+
+    ``path`` is the evaluate output folder or a run directory holding ``evaluate/``. Without
+    ``samples.json`` the per-window values are empty (no t-tests possible).
+    """
+    folder = find_evaluation(path)
+    doc = _read_json(folder / METRICS_FILE, "re-run `mindvideo evaluate`")
+    if not isinstance(doc, dict):
+        raise UserError(f"{folder / METRICS_FILE} must hold a JSON object; re-run evaluate.")
+    meta = doc.pop("meta", {}) or {}
+    samples: dict[str, np.ndarray] = {}
+    windows: list[tuple[int, int]] = []
+    gt_hash = meta.get("ground_truth_sha256")
+    samples_path = folder / SAMPLES_FILE
+    if samples_path.is_file():
+        sdoc = _read_json(samples_path, "re-run `mindvideo evaluate`")
+        windows = [(int(w["segment"]), int(w["tr"])) for w in sdoc.get("windows", [])]
+        gt_hash = sdoc.get("ground_truth_sha256", gt_hash)
+        for key, entry in (sdoc.get("metrics") or {}).items():
+            samples[key] = np.asarray(entry["values"], dtype=np.float64)
+    return EvaluationResult(
+        folder=folder,
+        metrics=doc,
+        meta=meta,
+        samples=samples,
+        windows=windows,
+        ground_truth_sha256=gt_hash,
+    )

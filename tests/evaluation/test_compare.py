@@ -1,0 +1,94 @@
+"""`compare_runs`: runs side by side, paired or Welch t-tests against the reference."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mindvideo.config import EvaluateConfig
+from mindvideo.evaluation import significance_label
+from mindvideo.evaluation.compare import compare_runs, write_comparison
+from mindvideo.evaluation.runner import evaluate_reconstructions
+from mindvideo.utils import UserError
+
+from .test_runner import clips, write_reconstruction
+
+
+def evaluate(root, name, pred, gt):
+    recon = write_reconstruction(root / f"{name}-recon", pred, gt)
+    cfg = EvaluateConfig(reconstructions=str(recon), bootstrap=200)
+    return evaluate_reconstructions(cfg, root / name / "evaluate", progress=False)
+
+
+def noisy(gt, scale, seed):
+    noise = np.random.default_rng(seed).normal(0, scale, gt.shape)
+    return np.clip(gt + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """full (slightly noisy), ablation (very noisy) on the same 8 windows; other (other windows)."""
+    root = tmp_path_factory.mktemp("runs")
+    gt = clips(8, seed=10)
+    full = evaluate(root, "full", noisy(gt, 10, 1), gt)
+    ablation = evaluate(root, "ablation", noisy(gt, 60, 2), gt)
+    gt2 = clips(7, seed=11)
+    other = evaluate(root, "other", noisy(gt2, 30, 3), gt2)
+    return root, full, ablation, other
+
+
+def test_same_windows_give_paired_tests(runs):
+    root, full, ablation, _ = runs
+    comp = compare_runs([root / "full", root / "ablation"])  # run directories holding evaluate/
+    assert comp.reference == "full"
+    assert [r["name"] for r in comp.runs] == ["full", "ablation"]
+    assert comp.runs[1]["paired_with_reference"] is True
+    for key in ("ssim", "psnr"):
+        test = comp.metrics[key]["tests"]["ablation"]
+        ref = stats.ttest_rel(ablation.samples[key], full.samples[key])
+        assert test["test"] == "paired"
+        assert test["pvalue"] == pytest.approx(ref.pvalue)
+        assert test["statistic"] == pytest.approx(ref.statistic)
+        assert test["significance"] == significance_label(ref.pvalue)
+        assert test["mean_difference"] < 0  # more noise, lower SSIM and PSNR
+        assert comp.metrics[key]["scores"]["full"] == full.metrics[key]
+        assert "full" not in comp.metrics[key]["tests"]
+    assert comp.metrics["ssim"]["tests"]["ablation"]["significance"] != "p>0.05"
+
+
+def test_other_windows_give_welch_tests_and_reference_choice(runs):
+    root, full, _, other = runs
+    comp = compare_runs([root / "full" / "evaluate", root / "other"], reference="other")
+    assert comp.reference == "other"
+    assert comp.runs[0]["paired_with_reference"] is False
+    test = comp.metrics["ssim"]["tests"]["full"]
+    ref = stats.ttest_ind(full.samples["ssim"], other.samples["ssim"], equal_var=False)
+    assert test["test"] == "welch" and test["pvalue"] == pytest.approx(ref.pvalue)
+    assert test["df"] == pytest.approx(ref.df)
+    by_path = compare_runs([root / "full", root / "other"], reference=root / "other")
+    assert by_path.reference == "other"
+
+
+def test_written_tables(runs, tmp_path):
+    root = runs[0]
+    comp = compare_runs([root / "full", root / "ablation", root / "other"], names=["A", "B", "C"])
+    paths = write_comparison(comp, tmp_path / "cmp")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["reference"] == "A" and set(doc["metrics"]) == {"ssim", "psnr"}
+    assert doc["metrics"]["ssim"]["chance"] is None
+    md = paths["markdown"].read_text()
+    assert md.splitlines()[0] == "| metric | chance | A (reference) | B | C |"
+    label = doc["metrics"]["ssim"]["tests"]["B"]["significance"]
+    assert f", {label})" in md
+    assert "B vs A: paired t-tests; C vs A: Welch two-sample t-tests" in md
+
+
+def test_errors(runs, tmp_path):
+    root = runs[0]
+    with pytest.raises(UserError, match="at least two runs"):
+        compare_runs([root / "full"])
+    with pytest.raises(UserError, match="not one of the compared runs"):
+        compare_runs([root / "full", root / "other"], reference="nope")
+    with pytest.raises(UserError, match=r"metrics\.json"):
+        compare_runs([root / "full", tmp_path])

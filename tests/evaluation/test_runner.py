@@ -1,0 +1,262 @@
+"""`evaluate_reconstructions`: a reconstruct folder → metrics.json / metrics.md / samples.json."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    VideoMAEConfig,
+    VideoMAEForVideoClassification,
+    VideoMAEImageProcessorPil,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+)
+
+from mindvideo.config import EvaluateConfig, PretrainedPaths
+from mindvideo.evaluation import (
+    ImageClassifier,
+    VideoClassifier,
+    chance_level,
+    compute_metrics,
+)
+from mindvideo.evaluation.runner import (
+    classifier_identity,
+    evaluate_reconstructions,
+    load_evaluation,
+    load_reconstructions,
+)
+from mindvideo.utils import UserError
+
+F = 6
+
+
+def write_reconstruction(folder, pred, gt, complete=True):
+    """A folder in the documented layout of `mindvideo reconstruct` (docs/pipeline.md)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = pred.shape[0]
+    windows = [
+        {
+            "row": i,
+            "segment": i // 3,
+            "tr": i % 3,
+            "frames": f"clips/seg{i // 3:02d}_tr{i % 3:03d}.npy",
+        }
+        for i in range(n)
+    ]
+    index = {
+        "format_version": 1,
+        "split": "test",
+        "settings": {"data": "/data/prepared", "seed": 0},
+        "num_frames": pred.shape[1],
+        "height": pred.shape[2],
+        "width": pred.shape[3],
+        "fps": 3,
+        "complete": complete,
+        "windows": windows,
+    }
+    (folder / "index.json").write_text(json.dumps(index))
+    np.save(folder / "reconstructions.npy", pred)
+    np.save(folder / "ground_truth.npy", gt)
+    return folder
+
+
+def clips(n, size=16, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, F, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def classifier_dirs(tmp_path_factory):
+    """A tiny ViT (10 classes, marked a stand-in in config.json) and a tiny VideoMAE
+    (12 classes, marked with a standin.json file, as the stand-in trainer writes)."""
+    root = tmp_path_factory.mktemp("classifiers")
+    torch.manual_seed(0)
+    vit = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=10,
+        mindvideo_standin={"trained_on": "simulated scene classes"},
+    )
+    ViTForImageClassification(vit).save_pretrained(root / "vit")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
+    mae = VideoMAEConfig(
+        image_size=32,
+        patch_size=8,
+        num_frames=F,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=12,
+    )
+    VideoMAEForVideoClassification(mae).save_pretrained(root / "videomae")
+    VideoMAEImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(root / "videomae")
+    (root / "videomae" / "standin.json").write_text(json.dumps({"trained_on": "class x motion"}))
+    clip = CLIPConfig(
+        text_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=100,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    CLIPModel(clip).save_pretrained(root / "clip")
+    CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(root / "clip")
+    return root
+
+
+def test_identical_clips_pixel_metrics_only(tmp_path):
+    gt = clips(5)
+    recon = write_reconstruction(tmp_path / "recon", gt.copy(), gt)
+    cfg = EvaluateConfig(reconstructions=str(recon), bootstrap=200)
+    result = evaluate_reconstructions(cfg, tmp_path / "eval", progress=False)
+    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(doc) == {"ssim", "psnr", "meta"}
+    assert doc["ssim"]["mean"] == pytest.approx(1.0) and doc["ssim"]["chance"] is None
+    assert doc["psnr"]["mean"] == pytest.approx(100.0)  # PSNR_CAP_DB for identical frames
+    assert set(doc["ssim"]) == {"mean", "se", "chance", "n", "ci_low", "ci_high"}
+    assert doc["ssim"]["n"] == 5
+    meta = doc["meta"]
+    assert meta["n_windows"] == 5 and meta["frames_per_window"] == F
+    assert meta["standin_classifiers"] is False and meta["resized"] is None
+    assert meta["classifiers"] == {"frame": None, "video": None, "clip": None}
+    assert (tmp_path / "eval" / "config.yaml").is_file()
+    md = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| metric | mean ± SE | 95% CI | chance | n |" in md and "| ssim | 1.000" in md
+    samples = json.loads((tmp_path / "eval" / "samples.json").read_text())
+    assert samples["windows"][4] == {"segment": 1, "tr": 1}
+    assert samples["metrics"]["ssim"]["values"] == pytest.approx([1.0] * 5)
+    back = load_evaluation(tmp_path / "eval")
+    assert back.metrics == result.metrics and back.windows == result.windows
+    np.testing.assert_array_equal(back.samples["psnr"], result.samples["psnr"])
+
+
+def test_identification_scores_match_compute_metrics_and_carry_chance(tmp_path, classifier_dirs):
+    gt, pred = clips(6, seed=1), clips(6, seed=2)
+    recon = write_reconstruction(tmp_path / "recon", pred, gt)
+    cfg = EvaluateConfig(
+        reconstructions=str(recon),
+        pretrained=PretrainedPaths(
+            image_classifier=str(classifier_dirs / "vit"),
+            video_classifier=str(classifier_dirs / "videomae"),
+            clip=str(classifier_dirs / "clip"),
+        ),
+        n_ways=[2, 5, 50],  # 50-way needs more classes than the tiny classifiers have: skipped
+        trials=20,
+        bootstrap=300,
+        seed=7,
+        device="cpu",
+    )
+    result = evaluate_reconstructions(cfg, tmp_path / "eval", progress=False)
+    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    expected = [
+        f"{level}_{n}way_top1_{mode}"
+        for level in ("video", "frame")
+        for mode in ("compat", "strict")
+        for n in (2, 5)
+    ]
+    assert list(doc) == [*expected, "ssim", "psnr", "clip_similarity", "meta"]
+    for key in expected:
+        n_way, mode = int(key.split("_")[1][:-3]), key.split("_")[3]
+        assert doc[key]["chance"] == pytest.approx(chance_level(n_way, 1, mode))
+        assert 0.0 <= doc[key]["mean"] <= 1.0 and doc[key]["n"] == 6
+    assert doc["frame_2way_top1_compat"]["chance"] == pytest.approx(0.75)
+    assert doc["video_5way_top1_strict"]["chance"] == pytest.approx(0.2)
+    # The same numbers as compute_metrics with the same classifiers on the same arrays.
+    frame = ImageClassifier.from_pretrained(classifier_dirs / "vit", device="cpu")
+    video = VideoClassifier.from_pretrained(
+        classifier_dirs / "videomae", num_frames=F, device="cpu"
+    )
+    ref = compute_metrics(
+        pred,
+        gt,
+        frame,
+        video,
+        n_ways=(2, 5, 50),
+        trials=20,
+        seed=7,
+        n_resamples=300,
+        progress=False,
+    )
+    for key, value in ref.items():
+        assert doc[key] == pytest.approx(value), key
+    # CLIP: an empirical reference level next to the score.
+    assert -1.0 <= doc["clip_similarity"]["mean"] <= 1.0
+    assert doc["clip_similarity"]["chance"] is not None
+
+    meta = doc["meta"]
+    assert meta["standin_classifiers"] is True
+    vit = meta["classifiers"]["frame"]
+    assert vit["standin"] and vit["standin_info"] == {"trained_on": "simulated scene classes"}
+    sha = hashlib.sha256((classifier_dirs / "vit" / "config.json").read_bytes()).hexdigest()
+    assert vit["config_sha256"] == sha and vit["num_labels"] == 10
+    assert meta["classifiers"]["video"]["standin_info"] == {"trained_on": "class x motion"}
+    assert meta["classifiers"]["clip"]["standin"] is False
+    assert (
+        "stand-ins trained on the simulated dataset"
+        in (tmp_path / "eval" / "metrics.md").read_text()
+    )
+    assert set(result.samples) == set(expected) | {"ssim", "psnr", "clip_similarity"}
+
+
+def test_ground_truth_is_resized_to_the_reconstruction(tmp_path):
+    gt = clips(3, size=32, seed=3)
+    pred = clips(3, size=16, seed=4)
+    recon = write_reconstruction(tmp_path / "recon", pred, gt)
+    result = evaluate_reconstructions(
+        EvaluateConfig(reconstructions=str(recon), bootstrap=100), tmp_path / "a", progress=False
+    )
+    assert result.meta["compared_at"] == [16, 16] and result.meta["ground_truth_size"] == [32, 32]
+    assert result.meta["resized"] == "ground truth"
+    both = evaluate_reconstructions(
+        EvaluateConfig(reconstructions=str(recon), bootstrap=100, resize_to=24),
+        tmp_path / "b",
+        progress=False,
+    )
+    assert both.meta["compared_at"] == [24, 24] and both.meta["resized"] == "both"
+    assert "ground truth resized" in (tmp_path / "a" / "metrics.md").read_text()
+
+
+def test_bad_inputs_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="--reconstructions"):
+        evaluate_reconstructions(EvaluateConfig(), tmp_path / "out")
+    with pytest.raises(UserError, match="does not exist"):
+        load_reconstructions(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no index\.json"):
+        load_reconstructions(tmp_path / "empty")
+    gt = clips(2)
+    write_reconstruction(tmp_path / "half", gt, gt, complete=False)
+    with pytest.raises(UserError, match="unfinished"):
+        load_reconstructions(tmp_path / "half")
+    write_reconstruction(tmp_path / "odd", gt, clips(3))
+    with pytest.raises(UserError, match="do not pair up"):
+        load_reconstructions(tmp_path / "odd")
+    with pytest.raises(UserError, match=r"metrics\.json"):
+        load_evaluation(tmp_path / "empty")
+    assert classifier_identity(tmp_path / "empty")["standin"] is False
