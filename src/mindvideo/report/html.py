@@ -135,7 +135,7 @@ def _missing(text: str) -> str:
 def _header(run: Path, info: dict[str, Any] | None, command: str | None) -> str:
     from mindvideo import __version__
 
-    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = [("run directory", run.resolve().name)]
     if info:
         rows += [

@@ -71,7 +71,7 @@ def write_run_info(
     text = command if isinstance(command, str) else shlex.join([str(c) for c in command])
     info = {
         "mindvideo_version": __version__,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": text,
         **extra,
     }
