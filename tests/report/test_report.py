@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mindvideo.cli.explain import explain
 from mindvideo.config import EvaluateConfig, ExplainConfig, ReconstructConfig, load_config
 from mindvideo.evaluation.compare import compare_runs, write_comparison
 from mindvideo.evaluation.runner import evaluate_reconstructions
+from mindvideo.interpretation.run import explain
 from mindvideo.pipeline import reconstruct
 from mindvideo.report import build_report, write_run_info
 from mindvideo.report.figures import clip_data_uri, sample_rows
