@@ -10,15 +10,6 @@ from mindvideo.utils import UserError
 V = 128  # 8 patches of 16 voxels
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _public(config) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 

@@ -11,15 +11,6 @@ V = 128  # L = 8 patches
 COND = 24  # a small stand-in for the text encoder's 768
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _public(config) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 

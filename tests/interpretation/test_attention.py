@@ -13,15 +13,6 @@ V = 64  # L = 4 patches of 16
 W = 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _perturbed(module: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
     """Move weights off their init so attention differs across tokens, layers and TRs."""
     with torch.no_grad():

@@ -128,7 +128,6 @@ def test_stage_grid_has_a_panel_per_stage_and_layer(tmp_path, v1):
 
 def test_write_explanation_end_to_end(tmp_path):
     """Tiny encoders on the V1–V4 ROI → summaries → networks.json, bar charts, flat maps."""
-    torch.set_num_threads(1)
     roi = np.flatnonzero(atlas.area_mask(list(atlas.VISUAL_HIERARCHY)))
     roi = roi[atlas.order_by_visual_hierarchy(roi)]
     V = padded_size(len(roi), 16)

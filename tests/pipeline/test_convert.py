@@ -14,7 +14,6 @@ from mindvideo.utils import UserError
 
 from .tiny import (
     IMAGE_SIZE,
-    one_torch_thread,
     random_fmri,
     tiny_encoder,
     tiny_scheduler,
@@ -29,12 +28,6 @@ BLOCKS_3D = {
     "UpBlock2D": "UpBlock3D",
     "UNetMidBlock2DCrossAttn": "UNetMidBlock3DCrossAttn",
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 class NotATensor:

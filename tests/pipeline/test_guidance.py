@@ -15,14 +15,6 @@ from mindvideo.pipeline import (
 )
 from mindvideo.utils import UserError
 
-from .tiny import one_torch_thread
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
-
 
 def test_adversarial_guidance_is_eq_6():
     pos = torch.tensor([1.0, 2.0, -1.0])

@@ -14,19 +14,12 @@ from .tiny import (
     COND_DIM,
     IMAGE_SIZE,
     NUM_VOXELS,
-    one_torch_thread,
     random_fmri,
     tiny_components,
     tiny_pipeline,
 )
 
 STEPS = 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -15,15 +15,9 @@ from mindvideo.data.video import video_info
 from mindvideo.pipeline import MindVideoPipeline, reconstruct, window_seed
 from mindvideo.utils import UserError
 
-from .tiny import IMAGE_SIZE, one_torch_thread, tiny_pipeline
+from .tiny import IMAGE_SIZE, tiny_pipeline
 
 N_TRS = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 def write_prepared(root, n_voxels=60, seed=0):

@@ -6,9 +6,6 @@ latents ``[N, 4, F, 8, 8]``; frames ``[N, F, 16, 16, 3]`` (VAE scale factor 2).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 
@@ -55,18 +52,6 @@ SCHEDULER_CONFIG = dict(
     set_alpha_to_one=False,
     steps_offset=1,
 )
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run tiny models on one thread: for tensors this small, a second intra-op thread only adds
-    synchronisation (the tests run ~5x faster, more on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _perturb(module: torch.nn.Module, names: tuple[str, ...], seed: int, scale: float = 0.2):

@@ -19,6 +19,8 @@ SUBCOMMANDS = [
     "env",
     "simulate",
     "prepare",
+    "pretrain",
+    "contrast",
     "tune-video",
     "cotrain",
     "reconstruct",
