@@ -460,6 +460,131 @@ class ExplainConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# CPU presets of the training and inference stages (``configs/tiny``, ``configs/demo``)
+# --------------------------------------------------------------------------------------------
+
+# The simulator's hemodynamic responses peak 4-7 s after the stimulus, so the frames of TR t
+# are best seen in TRs t+2..t+3: the demo's window covers them (w = 2 sees only 0-4 s of lag).
+DEMO_WINDOW = 4
+
+
+def _cpu(**kwargs: Any) -> TrainConfig:
+    """A TrainConfig for CPU presets: constant schedule unless given, no extra trackers."""
+    return TrainConfig(**{"cpu": True, "log_every": 10, **kwargs})
+
+
+def pretrain_preset(name: str) -> PretrainConfig:
+    if name not in ("tiny", "demo"):
+        raise UserError(f"Unknown pretrain preset {name!r}; choose one of: tiny, demo.")
+    tiny = name == "tiny"
+    return PretrainConfig(
+        encoder=EncoderSizeConfig(preset=name),
+        train=_cpu(
+            max_steps=120 if tiny else 300,
+            batch_size=32 if tiny else 64,
+            learning_rate=2e-3 if tiny else 1e-3,
+            warmup_steps=10 if tiny else 30,
+            max_grad_norm=0.8,
+            checkpoint_every=60 if tiny else 150,
+        ),
+        finetune=_cpu(
+            max_steps=200,
+            batch_size=32,
+            learning_rate=1e-3 if tiny else 5e-4,
+            warmup_steps=10 if tiny else 20,
+            max_grad_norm=0.8,
+            checkpoint_every=100,
+            eval_every=100,
+        ),
+    )
+
+
+def contrast_preset(name: str) -> ContrastConfig:
+    if name not in ("tiny", "demo"):
+        raise UserError(f"Unknown contrast preset {name!r}; choose one of: tiny, demo.")
+    tiny = name == "tiny"
+    return ContrastConfig(
+        window=2 if tiny else DEMO_WINDOW,
+        dropout=0.1 if tiny else 0.3,
+        train=_cpu(
+            max_steps=200 if tiny else 300,
+            batch_size=16 if tiny else 32,
+            learning_rate=2e-3 if tiny else 1e-3,
+            warmup_steps=10 if tiny else 30,
+            checkpoint_every=100 if tiny else 150,
+            eval_every=100 if tiny else 150,
+        ),
+    )
+
+
+def tune_video_preset(name: str) -> TuneVideoConfig:
+    if name not in ("tiny", "demo"):
+        raise UserError(f"Unknown tune-video preset {name!r}; choose one of: tiny, demo.")
+    tiny = name == "tiny"
+    return TuneVideoConfig(
+        size=32 if tiny else 64,
+        train=_cpu(
+            max_steps=20 if tiny else 200,
+            batch_size=4 if tiny else 8,
+            learning_rate=1e-3 if tiny else 3e-4,
+            betas=[0.9, 0.999],
+            weight_decay=0.01,
+            lr_schedule="constant",
+            checkpoint_every=0 if tiny else 100,
+        ),
+    )
+
+
+def cotrain_preset(name: str) -> CotrainConfig:
+    if name not in ("tiny", "demo"):
+        raise UserError(f"Unknown cotrain preset {name!r}; choose one of: tiny, demo.")
+    tiny = name == "tiny"
+    return CotrainConfig(
+        window=2 if tiny else DEMO_WINDOW,
+        size=32 if tiny else 64,
+        train=_cpu(
+            max_steps=20 if tiny else 300,
+            batch_size=4 if tiny else 8,
+            learning_rate=1e-3 if tiny else 3e-4,
+            betas=[0.9, 0.999],
+            weight_decay=0.01,
+            lr_schedule="constant",
+            checkpoint_every=0 if tiny else 150,
+        ),
+    )
+
+
+def reconstruct_preset(name: str) -> ReconstructConfig:
+    if name not in ("tiny", "demo"):
+        raise UserError(f"Unknown reconstruct preset {name!r}; choose one of: tiny, demo.")
+    tiny = name == "tiny"
+    return ReconstructConfig(
+        window=2 if tiny else DEMO_WINDOW,
+        scheduler="ddim",
+        num_inference_steps=2 if tiny else 25,
+        guidance_scale=12.5,
+        negative="mean-test",
+        batch_size=4 if tiny else 8,
+        limit=4 if tiny else None,
+        tr_stride=1 if tiny else 8,
+        gif=not tiny,
+    )
+
+
+def evaluate_preset(name: str) -> EvaluateConfig:
+    if name not in ("tiny", "demo"):
+        raise UserError(f"Unknown evaluate preset {name!r}; choose one of: tiny, demo.")
+    return EvaluateConfig(bootstrap=1000 if name == "tiny" else 10000)
+
+
+def explain_preset(name: str) -> ExplainConfig:
+    if name not in ("tiny", "demo"):
+        raise UserError(f"Unknown explain preset {name!r}; choose one of: tiny, demo.")
+    tiny = name == "tiny"
+    return ExplainConfig(window=2 if tiny else DEMO_WINDOW, limit=16 if tiny else 240)
+
+
+# --------------------------------------------------------------------------------------------
 # Loading, merging and saving
 # --------------------------------------------------------------------------------------------
 
@@ -603,4 +728,15 @@ STAGE_CONFIGS: dict[str, type] = {
 }
 """Stage name → config class; the CLI and the recipe tests use this table."""
 
-PRESETS: dict[str, Callable[[str], Any]] = {"simulate": simulate_preset}
+PRESETS: dict[str, Callable[[str], Any]] = {
+    "simulate": simulate_preset,
+    "pretrain": pretrain_preset,
+    "contrast": contrast_preset,
+    "tune-video": tune_video_preset,
+    "cotrain": cotrain_preset,
+    "reconstruct": reconstruct_preset,
+    "evaluate": evaluate_preset,
+    "explain": explain_preset,
+}
+"""Stage name → its CPU presets (``tiny``, ``demo``); ``configs/{tiny,demo}/STAGE.yaml`` spell
+them out."""

@@ -16,6 +16,7 @@ from mindvideo.utils import UserError
 
 # Subcommands in pipeline order; a stage is listed here only once it really works.
 SUBCOMMANDS = [
+    "demo",
     "env",
     "simulate",
     "prepare",

@@ -1,0 +1,273 @@
+"""``mindvideo demo``: the whole pipeline, stages 0 → 8, on the simulated dataset, on a CPU.
+
+simulate → prepare → train the stand-ins for the pretrained models a GPU user loads (CLIP, Stable
+Diffusion, evaluation classifiers) → pretrain (MBM) → contrast → tune-video → cotrain →
+reconstruct → evaluate → explain → report. Every stage writes into ``RUN/<stage>/`` (the run
+directory of docs/report.md) with its ``config.yaml``, through the same functions the stage
+commands call. A stage that finished with the same configuration is reused on a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DONE = ".mindvideo-stage.json"
+"""Marker written last into a finished stage folder: the hash of the configuration it ran."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="run every stage on the simulated dataset (CPU, minutes) and write a report",
+        description=(
+            "Simulate a Wen 2018-style dataset, prepare it, train small stand-ins for the "
+            "pretrained models (CLIP, Stable Diffusion, classifiers), then pretrain, contrast, "
+            "tune-video, cotrain, reconstruct, evaluate, explain and write an HTML report. "
+            "Finished stages are reused when the command is run again."
+        ),
+    )
+    parser.add_argument(
+        "--preset",
+        choices=["tiny", "demo"],
+        default="demo",
+        help="tiny (about a minute; numbers are meaningless) or demo (the default, minutes)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated dataset")
+    parser.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: one configuration per stage, all from the presets in mindvideo.config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    config: Any
+    run: Callable[[Path], Any]
+    """Runs the stage into its (fresh) folder."""
+
+
+def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
+    """The stages of a demo run, each with its resolved configuration."""
+    from mindvideo import config as C
+
+    r = run_dir.resolve()
+    sim = dataclasses.replace(C.simulate_preset(preset), seed=seed)
+    frame = sim.frame_size
+    prepare = C.PrepareConfig(
+        dataset="wen2018",
+        root=str(r / "simulate"),
+        subject=1,
+        frame_size=frame,
+        # 4 training segments (tiny) leave 3 degrees of freedom: Bonferroni keeps ~6 voxels.
+        roi=C.RoiConfig(correction="none" if preset == "tiny" else "bonferroni"),
+    )
+    prepare_hcp = C.PrepareConfig(dataset="hcp", root=str(r / "simulate-rest"))
+    prepared = str(r / "prepare")
+    standins = r / "standins"
+    pretrain = dataclasses.replace(
+        C.pretrain_preset(preset), data=str(r / "prepare-hcp"), finetune_data=prepared
+    )
+    contrast = dataclasses.replace(
+        C.contrast_preset(preset),
+        data=prepared,
+        encoder=str(r / "pretrain"),
+        pretrained=C.PretrainedPaths(clip=str(standins / "clip")),
+    )
+    tune = dataclasses.replace(
+        C.tune_video_preset(preset),
+        data=prepared,
+        pretrained=C.PretrainedPaths(stable_diffusion=str(standins / "stable_diffusion")),
+    )
+    cotrain = dataclasses.replace(
+        C.cotrain_preset(preset),
+        data=prepared,
+        encoder=str(r / "contrast"),
+        generator=str(r / "tune-video"),
+    )
+    recon = dataclasses.replace(
+        C.reconstruct_preset(preset), checkpoint=str(r / "cotrain" / "pipeline"), data=prepared
+    )
+    evaluate = dataclasses.replace(
+        C.evaluate_preset(preset),
+        reconstructions=str(r / "reconstruct"),
+        pretrained=C.PretrainedPaths(
+            image_classifier=str(standins / "image_classifier"),
+            video_classifier=str(standins / "video_classifier"),
+        ),
+    )
+    explain = dataclasses.replace(
+        C.explain_preset(preset),
+        data=prepared,
+        mbm=str(r / "pretrain"),
+        contrast=str(r / "contrast"),
+        cotrain=str(r / "cotrain"),
+    )
+    standin_cfg = {"preset": preset, "seed": seed, "prepared": prepared}
+
+    def _simulate(out: Path) -> None:
+        from mindvideo.data.simulate import simulate_wen2018
+
+        simulate_wen2018(sim, out)
+
+    def _simulate_rest(out: Path) -> None:
+        from mindvideo.data.simulate import simulate_hcp_rest
+
+        simulate_hcp_rest(sim, out)
+
+    def _prepare(cfg: Any) -> Callable[[Path], Any]:
+        def go(out: Path) -> None:
+            from mindvideo.cli.prepare import prepare as prepare_any
+
+            prepare_any(cfg, out)
+
+        return go
+
+    def _standins(out: Path) -> None:
+        from mindvideo.training.standins import train_standins
+
+        train_standins(prepared, out, r / "simulate" / "scenes.json", preset=preset, seed=seed)
+
+    def _pretrain(out: Path) -> None:
+        from mindvideo.training.pretrain import pretrain as run_pretrain
+
+        run_pretrain(pretrain, out)
+
+    def _contrast(out: Path) -> None:
+        from mindvideo.training.contrast import contrast as run_contrast
+
+        run_contrast(contrast, out)
+
+    def _tune(out: Path) -> None:
+        from mindvideo.training.tune_video import tune_video
+
+        tune_video(tune, out)
+
+    def _cotrain(out: Path) -> None:
+        from mindvideo.training.cotrain import cotrain as run_cotrain
+
+        run_cotrain(cotrain, out)
+
+    def _reconstruct(out: Path) -> None:
+        from mindvideo.pipeline.reconstruct import reconstruct
+
+        reconstruct(recon, out)
+
+    def _evaluate(out: Path) -> None:
+        from mindvideo.evaluation.runner import evaluate_reconstructions
+
+        evaluate_reconstructions(evaluate, out)
+
+    def _explain(out: Path) -> None:
+        from mindvideo.interpretation.run import explain as run_explain
+
+        run_explain(explain, out)
+
+    return [
+        Stage("simulate", sim, _simulate),
+        Stage("simulate-rest", sim.rest, _simulate_rest),
+        Stage("prepare", prepare, _prepare(prepare)),
+        Stage("prepare-hcp", prepare_hcp, _prepare(prepare_hcp)),
+        Stage("standins", standin_cfg, _standins),
+        Stage("pretrain", pretrain, _pretrain),
+        Stage("contrast", contrast, _contrast),
+        Stage("tune-video", tune, _tune),
+        Stage("cotrain", cotrain, _cotrain),
+        Stage("reconstruct", recon, _reconstruct),
+        Stage("evaluate", evaluate, _evaluate),
+        Stage("explain", explain, _explain),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------------
+
+
+def _fingerprint(cfg: Any) -> str:
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _done(folder: Path, fingerprint: str) -> bool:
+    marker = folder / DONE
+    try:
+        return json.loads(marker.read_text())["config_sha256"] == fingerprint
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def run_stage(stage: Stage, run_dir: Path, upstream_changed: bool) -> tuple[bool, float]:
+    """Run one stage into ``RUN/<name>`` unless it already finished with the same config and
+    nothing upstream ran again. Returns (ran, seconds)."""
+    from mindvideo.config import save_config
+    from mindvideo.utils import atomic_write_text
+
+    folder = run_dir / stage.name
+    fingerprint = _fingerprint(stage.config)
+    if not upstream_changed and _done(folder, fingerprint):
+        return False, 0.0
+    # A half-finished or outdated stage starts afresh: its checkpoints belong to other settings.
+    if folder.exists():
+        shutil.rmtree(folder)
+    start = time.perf_counter()
+    stage.run(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if dataclasses.is_dataclass(stage.config) and not (folder / "config.yaml").exists():
+        save_config(stage.config, folder / "config.yaml")
+    seconds = time.perf_counter() - start
+    atomic_write_text(
+        folder / DONE, json.dumps({"config_sha256": fingerprint, "seconds": seconds}) + "\n"
+    )
+    return True, seconds
+
+
+def run_demo(preset: str, out: Path, seed: int = 0, argv: list[str] | None = None) -> Path:
+    """Run every stage into ``out``; returns the path of the HTML report."""
+    from rich.console import Console
+
+    from mindvideo.report import build_report, write_run_info
+
+    console = Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = plan(preset, out, seed)
+    total = time.perf_counter()
+    changed = False
+    for i, stage in enumerate(stages, 1):
+        label = f"[{i:>2}/{len(stages)}] {stage.name:<13}"
+        with console.status(f"{label} running…"):
+            ran, seconds = run_stage(stage, out, upstream_changed=changed)
+        changed = changed or ran
+        status = f"done in {seconds:6.1f} s" if ran else "reused"
+        console.print(f"{label} {status}")
+    command = ["mindvideo", "demo", *(argv or [])]
+    write_run_info(out, command, preset=preset, seed=seed)
+    report = build_report(out, out / "report.html", command=" ".join(command))
+    console.print(f"[{len(stages) + 1:>2}/{len(stages) + 1}] report        written")
+    console.print(f"total {time.perf_counter() - total:.1f} s")
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = ["--preset", args.preset, "--out", str(args.out), "--seed", str(args.seed)]
+    report = run_demo(args.preset, args.out, args.seed, argv)
+    metrics = args.out / "evaluate" / "metrics.md"
+    if metrics.is_file():
+        sys.stdout.write("\n" + metrics.read_text(encoding="utf-8") + "\n")
+    sys.stdout.write(f"Report: {report}\n")
+    return 0
