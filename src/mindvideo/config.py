@@ -703,8 +703,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_to_yaml(cfg: Any) -> str:
+    """YAML of a config dataclass (or of a plain mapping of settings)."""
     from omegaconf import OmegaConf
 
+    if isinstance(cfg, Mapping):
+        return OmegaConf.to_yaml(OmegaConf.create(dict(cfg)))
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 

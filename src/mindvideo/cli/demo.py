@@ -228,7 +228,7 @@ def run_stage(stage: Stage, run_dir: Path, upstream_changed: bool) -> tuple[bool
     start = time.perf_counter()
     stage.run(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if dataclasses.is_dataclass(stage.config) and not (folder / "config.yaml").exists():
+    if not (folder / "config.yaml").exists():
         save_config(stage.config, folder / "config.yaml")
     seconds = time.perf_counter() - start
     atomic_write_text(

@@ -1,0 +1,872 @@
+"""Small stand-ins for the pretrained models, trained on the simulated stimuli.
+
+A GPU user points every stage at local folders of the real models (DESIGN.md, "Real weights
+from local folders only"): Stable Diffusion 1.5, CLIP ViT-L/14, an ImageNet ViT and a
+Kinetics-400 VideoMAE. The CPU demo has none of them, so :func:`train_standins` trains small
+models of the same classes on the simulated dataset and saves them **in exactly those folder
+formats**; every stage then runs the code it runs on a GPU, with another folder::
+
+    OUT/
+      clip/                  CLIPModel + CLIPProcessor (tokenizer, CLIPImageProcessor), like
+                             openai/clip-vit-large-patch14            → pretrained.clip
+      stable_diffusion/      a StableDiffusionPipeline folder, like runwayml/stable-diffusion-v1-5
+        model_index.json     (safety_checker and feature_extractor null)
+        unet/ vae/ text_encoder/ tokenizer/ scheduler/                → pretrained.stable_diffusion
+      image_classifier/      ViTForImageClassification + ViTImageProcessor over the simulator's
+                             73 scene classes                         → pretrained.image_classifier
+      video_classifier/      VideoMAEForVideoClassification + VideoMAEImageProcessor over
+                             class × motion (657 labels), 6 frames    → pretrained.video_classifier
+      README.md              what these are (simulator labels, not ImageNet/Kinetics)
+      standins.json          preset, seed, sizes, training times and measured quality
+      logs/{model}/logs/metrics.jsonl   training curves
+
+The parts (paper section of the model each one replaces):
+
+- **tokenizer**: a CLIP byte-level BPE (``vocab.json`` + ``merges.txt``) whose merges are
+  learned from the captions, so every caption word is one token; 77 tokens (3.3).
+- **CLIP** (3.3, eq. 3): text and vision towers trained with CLIP's contrastive loss on
+  (frame, caption) pairs of the training segments.
+- **Stable Diffusion** (3.4): an ``AutoencoderKL`` (4 latent channels, downsampling factor 4)
+  trained to reconstruct training frames, and a text-conditioned ``UNet2DConditionModel``
+  trained as an image diffusion model on its latents with the CLIP stand-in's frozen text
+  tower (10 % empty captions, for classifier-free guidance); SD-1.5's PNDM scheduler config.
+- **classifiers** (4.3): frame → scene class and clip → class × motion, trained on the training
+  segments' ground truth from the simulator's ``scenes.json``.
+
+Each folder is written atomically with a ``standin.json`` marker (written last) holding the
+preset, seed and a fingerprint of the prepared data; a re-run reuses every folder whose marker
+matches and trains only what is missing. Everything is deterministic for a seed (on one
+device and thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mindvideo.data.prepared import PreparedData, sha256_file
+from mindvideo.utils import UserError, atomic_write_text
+
+__all__ = [
+    "MARKER",
+    "PRESETS",
+    "ClassifierPreset",
+    "ClipPreset",
+    "SceneLabels",
+    "StandinPaths",
+    "StandinPreset",
+    "TrainBudget",
+    "UnetPreset",
+    "VaePreset",
+    "build_clip_tokenizer",
+    "caption_words",
+    "load_scene_labels",
+    "standin_preset",
+    "train_standins",
+]
+
+logger = logging.getLogger(__name__)
+
+STANDINS_VERSION = 1
+MARKER = "standin.json"
+"""Written last into every finished stand-in folder: what made it and how well it does."""
+MAX_TOKENS = 77
+"""CLIP's context length, the text condition's length in Stable Diffusion (``[77, d]``)."""
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """Optimiser steps, batch size and peak learning rate of one stand-in's training."""
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    """After warm-up: ``cosine`` (to 1/20 of the peak) or ``constant`` (for a model that is
+    still improving fast when its budget ends, like the VAE)."""
+    mixed_precision: str = "no"
+    """``no`` or ``bf16`` (autocast); chosen per model by measured speed on a CPU."""
+
+
+@dataclass(frozen=True)
+class ClipPreset:
+    """CLIP stand-in: both towers ``layers`` × ``width``, ``grid`` × ``grid`` image patches."""
+
+    width: int
+    layers: int
+    heads: int
+    projection_dim: int
+    grid: int
+    train: TrainBudget
+
+
+@dataclass(frozen=True)
+class VaePreset:
+    """AutoencoderKL stand-in: ``len(channels)`` blocks (factor ``2 ** (len - 1)``), trained on
+    random ``crop`` × ``crop`` crops (it is convolutional; whole frames at test time)."""
+
+    channels: tuple[int, ...]
+    crop: int
+    kl_weight: float
+    train: TrainBudget
+    layers_per_block: int = 0
+    """ResNet layers per encoder block (the decoder has one more): 0 trains several times
+    faster on these simple frames than SD's 2 (measured: PSNR after a few hundred steps)."""
+
+
+@dataclass(frozen=True)
+class UnetPreset:
+    """UNet2DConditionModel stand-in: cross-attention blocks of ``channels``."""
+
+    channels: tuple[int, ...]
+    heads: int
+    caption_dropout: float
+    train: TrainBudget
+    frame_stride: int = 1
+    """Train on every n-th of the ``frames_per_tr`` training frames (2: one per TR)."""
+
+
+@dataclass(frozen=True)
+class ClassifierPreset:
+    """ViT / VideoMAE stand-in: ``layers`` × ``width``, ``grid`` × ``grid`` patches."""
+
+    width: int
+    layers: int
+    heads: int
+    grid: int
+    train: TrainBudget
+
+
+@dataclass(frozen=True)
+class StandinPreset:
+    """Sizes and budgets of all stand-ins (``tiny``: tests; ``demo``: the CPU demo).
+
+    ``frames_per_tr``: which of the 6 frames of every training TR the image models see (the
+    frames of one TR are nearly alike, so a subsample loses little and saves time).
+    """
+
+    name: str
+    frames_per_tr: tuple[int, ...]
+    clip: ClipPreset
+    vae: VaePreset
+    unet: UnetPreset
+    image_classifier: ClassifierPreset
+    video_classifier: ClassifierPreset
+    eval_frames: int = 512
+    """Held-out test frames (clips) each quality number is measured on, at most."""
+
+
+PRESETS: dict[str, StandinPreset] = {
+    # Tests: the tiny simulated subject (4 training segments, 32 × 32 frames); ≈ 40 s on one
+    # CPU thread.
+    "tiny": StandinPreset(
+        name="tiny",
+        frames_per_tr=(0, 3),
+        clip=ClipPreset(
+            width=64, layers=2, heads=4, projection_dim=64, grid=4,
+            train=TrainBudget(steps=120, batch_size=64, learning_rate=2e-3),
+        ),
+        vae=VaePreset(
+            channels=(32, 32, 32), crop=16, kl_weight=1e-6,
+            train=TrainBudget(steps=400, batch_size=32, learning_rate=2e-3, schedule="constant"),
+        ),
+        unet=UnetPreset(
+            channels=(32, 64), heads=4, caption_dropout=0.1, frame_stride=1,
+            train=TrainBudget(steps=200, batch_size=32, learning_rate=2e-3),
+        ),
+        image_classifier=ClassifierPreset(
+            width=64, layers=2, heads=4, grid=4,
+            train=TrainBudget(steps=200, batch_size=64, learning_rate=2e-3),
+        ),
+        video_classifier=ClassifierPreset(
+            width=64, layers=2, heads=4, grid=4,
+            train=TrainBudget(steps=200, batch_size=32, learning_rate=2e-3),
+        ),
+        eval_frames=480,
+    ),
+    # The CPU demo: the demo simulated subject (18 training segments, 64 × 64 frames);
+    # ≈ 3–4 minutes on one CPU thread.
+    "demo": StandinPreset(
+        name="demo",
+        frames_per_tr=(0, 3),
+        clip=ClipPreset(
+            width=64, layers=2, heads=4, projection_dim=64, grid=4,
+            train=TrainBudget(steps=300, batch_size=64, learning_rate=2e-3),
+        ),
+        vae=VaePreset(
+            channels=(32, 32, 32), crop=32, kl_weight=1e-6,
+            train=TrainBudget(steps=600, batch_size=32, learning_rate=2e-3, schedule="constant"),
+        ),
+        unet=UnetPreset(
+            channels=(32, 64), heads=4, caption_dropout=0.1, frame_stride=2,
+            train=TrainBudget(steps=500, batch_size=32, learning_rate=2e-3),
+        ),
+        image_classifier=ClassifierPreset(
+            width=64, layers=2, heads=4, grid=4,
+            train=TrainBudget(steps=800, batch_size=64, learning_rate=2e-3),
+        ),
+        video_classifier=ClassifierPreset(
+            width=64, layers=2, heads=4, grid=4,
+            train=TrainBudget(steps=500, batch_size=32, learning_rate=2e-3),
+        ),
+        eval_frames=1024,
+    ),
+}  # fmt: skip
+
+
+def standin_preset(name: str) -> StandinPreset:
+    """The preset called ``name`` (``tiny`` or ``demo``); a :class:`UserError` otherwise."""
+    if name not in PRESETS:
+        raise UserError(f"Unknown stand-in preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Output folders
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StandinPaths:
+    """Where :func:`train_standins` put each stand-in (each a folder a real model could fill).
+
+    ``pretrained`` maps the config keys a GPU user sets to the real models' folders onto these.
+    """
+
+    root: Path
+    clip: Path
+    stable_diffusion: Path
+    image_classifier: Path
+    video_classifier: Path
+    summary: Path
+
+    @classmethod
+    def under(cls, root: str | os.PathLike) -> StandinPaths:
+        root = Path(root)
+        return cls(
+            root=root,
+            clip=root / "clip",
+            stable_diffusion=root / "stable_diffusion",
+            image_classifier=root / "image_classifier",
+            video_classifier=root / "video_classifier",
+            summary=root / "standins.json",
+        )
+
+    @property
+    def pretrained(self) -> dict[str, str]:
+        """``{"pretrained.clip": ".../clip", ...}``: config overrides for every stage."""
+        return {
+            "pretrained.clip": str(self.clip),
+            "pretrained.stable_diffusion": str(self.stable_diffusion),
+            "pretrained.image_classifier": str(self.image_classifier),
+            "pretrained.video_classifier": str(self.video_classifier),
+        }
+
+
+def read_marker(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``standin.json`` of a finished stand-in folder, or ``None`` if there is none."""
+    path = Path(folder) / MARKER
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(folder: str | os.PathLike, key: Mapping[str, Any]) -> bool:
+    """Whether ``folder`` holds a finished stand-in made with ``key`` (preset, seed, data)."""
+    marker = read_marker(folder)
+    return marker is not None and marker.get("key") == dict(key)
+
+
+def write_marker(folder: Path, key: Mapping[str, Any], **info: Any) -> dict[str, Any]:
+    """Write ``folder/standin.json`` (last, atomically); returns what it wrote."""
+    marker = {"key": dict(key), **info}
+    atomic_write_text(folder / MARKER, json.dumps(marker, indent=2, default=_json_default) + "\n")
+    return marker
+
+
+def weights_digest(folder: str | os.PathLike, subfolder: str | None = None) -> str | None:
+    """sha256 of a saved model's ``*.safetensors`` files (``None`` when there are none): what
+    a model trained on its outputs depends on."""
+    root = Path(folder) / subfolder if subfolder else Path(folder)
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (Path, os.PathLike)):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+# --------------------------------------------------------------------------------------------
+# Ground-truth labels from the simulator's scenes.json
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SceneLabels:
+    """The simulator's labels of every prepared frame (docs/simulator.md, ``scenes.json``).
+
+    ``class_id``, ``motion_id``: int64 ``[S, T, F]`` per split (index into ``classes`` /
+    ``motions``). ``classes``: the 73 scene classes in id order; ``motions``: the 9 motions.
+    """
+
+    classes: list[str]
+    motions: list[str]
+    class_id: dict[str, np.ndarray]
+    motion_id: dict[str, np.ndarray]
+
+    def video_label(self, split: str) -> np.ndarray:
+        """Class × motion label ``class_id * len(motions) + motion_id``, int64 ``[S, T, F]``."""
+        return self.class_id[split] * len(self.motions) + self.motion_id[split]
+
+    @property
+    def video_labels(self) -> list[str]:
+        """Names of the class × motion labels in index order (``"red circle, zoom-fast"``)."""
+        return [f"{c}, {m}" for c in self.classes for m in self.motions]
+
+
+def find_scenes_json(prepared: PreparedData) -> Path:
+    """The simulator's ``scenes.json`` a prepared subject was made from (its manifest records
+    the dataset root and the file's sha256); a :class:`UserError` when it cannot be found."""
+    manifest = prepared.manifest
+    root = (manifest.get("prepare_config") or manifest.get("config") or {}).get("root")
+    if root and (Path(root) / "scenes.json").is_file():
+        return Path(root) / "scenes.json"
+    raise UserError(
+        f"Cannot find the simulator's scenes.json for {prepared.root} (its manifest records the "
+        f"dataset root {root!r}); pass scenes_json= (--scenes-json) with the file from the "
+        "simulated dataset's folder."
+    )
+
+
+def load_scene_labels(
+    prepared: PreparedData, scenes_json: str | os.PathLike | None = None
+) -> SceneLabels:
+    """Label every prepared frame with the scene on screen, from the simulator's ``scenes.json``.
+
+    Frame ``j`` of TR ``t`` is shown at movie time ``2t + j/3`` s; the prepared
+    ``scene_ids_{split}`` number the scenes of the split's segments (``manifest["segments"]``)
+    in order. Both are checked against the file: a ``scenes.json`` of another dataset is a
+    :class:`UserError` (its sha256 differs from the one the manifest records, or its scene
+    times do not give the prepared scene ids).
+    """
+    from mindvideo.data.pairing import scene_ids_from_times
+
+    path = Path(scenes_json) if scenes_json is not None else find_scenes_json(prepared)
+    if not path.is_file():
+        raise UserError(f"scenes.json {path} does not exist; pass the simulated dataset's file.")
+    manifest = prepared.manifest
+    recorded = (manifest.get("sources") or {}).get("scenes.json")
+    if recorded is not None and sha256_file(path) != recorded:
+        raise UserError(
+            f"{path} is not the scenes.json {prepared.root} was prepared from (its sha256 "
+            "differs from the manifest's); pass the file of the same simulated dataset."
+        )
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or "segments" not in meta or "classes" not in meta:
+        raise UserError(f"{path} has no 'segments'/'classes'; it is not a simulator's scenes.json.")
+    classes = [str(c) for c in meta["classes"]]
+    motions = [str(m) for m in meta["motions"]]
+    motion_index = {m: i for i, m in enumerate(motions)}
+    names = manifest.get("segments") or {}
+    fps = float(manifest.get("fps", 3.0))
+    tr_s = float(manifest.get("tr_s", 2.0))
+    class_id, motion_id = {}, {}
+    for split in ("train", "test"):
+        frames = prepared.frames(split)
+        n_seg, n_tr = frames.shape[:2]
+        segments = names.get(split)
+        if not segments or len(segments) != n_seg:
+            raise UserError(
+                f"{prepared.root}/manifest.json does not name the {n_seg} {split} segments; "
+                "re-run `mindvideo prepare` on the simulated dataset."
+            )
+        ids, cls, mot, offset = [], [], [], 0
+        for name in segments:
+            scenes = meta["segments"].get(name)
+            if not scenes:
+                raise UserError(f"{path} has no scenes for segment {name}; pass the right file.")
+            local = scene_ids_from_times(
+                [s["start_s"] for s in scenes], n_tr, fps=fps, tr_s=tr_s, source_fps=meta.get("fps")
+            )  # [T, F] index into this segment's scenes
+            cls.append(np.array([int(s["class_id"]) for s in scenes])[local])
+            mot.append(np.array([motion_index[s["motion"]] for s in scenes])[local])
+            ids.append(local + offset)
+            offset += len(scenes)
+        stored = prepared.scene_ids(split)
+        if stored is not None and not np.array_equal(np.asarray(stored), np.stack(ids)):
+            raise UserError(
+                f"The scene times in {path} do not give the scene ids of {prepared.root} "
+                f"({split}); pass the scenes.json of the dataset it was prepared from."
+            )
+        class_id[split] = np.stack(cls).astype(np.int64)
+        motion_id[split] = np.stack(mot).astype(np.int64)
+    return SceneLabels(classes, motions, class_id, motion_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _clip_backend() -> Any:
+    """A blank CLIP tokenizer backend: CLIP's normaliser and pre-tokeniser, no vocabulary."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer().backend_tokenizer
+
+
+def caption_words(texts: Sequence[str]) -> list[str]:
+    """CLIP's pre-tokenisation of ``texts`` (lower case, words and punctuation, byte-level
+    characters), concatenated: what each caption's tokens must spell, one word per token."""
+    backend = _clip_backend()
+    words = []
+    for text in texts:
+        normal = backend.normalizer.normalize_str(text)
+        words += [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normal)]
+    return words
+
+
+def build_clip_tokenizer(texts: Sequence[str], folder: str | os.PathLike | None = None) -> Any:
+    """A CLIP byte-level BPE tokenizer whose merges make every word of ``texts`` one token.
+
+    The vocabulary is laid out as CLIP's: the 256 byte characters, the same with the end-of-word
+    mark ``</w>``, one entry per merge (learned from ``texts`` by the ``tokenizers`` BPE trainer
+    until every word is whole), then ``<|startoftext|>`` and ``<|endoftext|>`` (also the padding
+    token, as in Stable Diffusion 1.5). A word not in ``texts`` falls back to smaller pieces,
+    never to an unknown token. Captions pad to ``model_max_length`` = 77.
+
+    With ``folder``, ``vocab.json`` + ``merges.txt`` (Stable Diffusion's ``tokenizer/`` files)
+    and the tokenizer's own files are written there. Returns the ``CLIPTokenizer``.
+    """
+    from tokenizers import pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    backend = CLIPTokenizer().backend_tokenizer
+    trainer = BpeTrainer(
+        vocab_size=1_000_000,  # never the limit: merging stops when every word is one token
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    backend.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    merges = [tuple(m) for m in json.loads(backend.to_str())["model"]["merges"]]
+    base = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for token in [*base, *(b + "</w>" for b in base), *("".join(m) for m in merges)]:
+        vocab.setdefault(token, len(vocab))
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    if folder is not None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(folder)
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+        lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+        (folder / "merges.txt").write_text("\n".join(lines) + "\n", "utf-8")
+    return tokenizer
+
+
+def check_tokenizer(tokenizer: Any, texts: Sequence[str]) -> None:
+    """Every caption must tokenize to whole words that fit 77 tokens (a ValueError otherwise)."""
+    for text in dict.fromkeys(texts):
+        ids = tokenizer(text)["input_ids"]
+        tokens = tokenizer.convert_ids_to_tokens(ids[1:-1])
+        if tokens != [w + "</w>" for w in caption_words([text])] or len(ids) > MAX_TOKENS:
+            raise ValueError(f"the stand-in tokenizer splits or truncates {text!r}: {tokens}")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StandinData:
+    """What the stand-ins train and are measured on, drawn once from the prepared subject.
+
+    ``train_frames``: uint8 ``[N, H, W, 3]``, frames ``frames_per_tr`` of every training TR,
+    with ``train_class`` ``[N]`` and ``train_caption`` ``[N]`` (index into ``captions``);
+    ``test_frames`` / ``test_class`` / ``test_caption``: up to ``eval_frames`` test frames (one
+    per TR, the middle one, evenly spread). ``captions``: the unique captions, training first.
+    """
+
+    prepared: PreparedData
+    labels: SceneLabels
+    frame_size: int
+    captions: list[str]
+    train_frames: np.ndarray
+    train_class: np.ndarray
+    train_caption: np.ndarray
+    test_frames: np.ndarray
+    test_class: np.ndarray
+    test_caption: np.ndarray
+    n_train_captions: int = field(default=0)
+
+    @classmethod
+    def build(
+        cls, prepared: PreparedData, labels: SceneLabels, preset: StandinPreset
+    ) -> StandinData:
+        for split in ("train", "test"):
+            if prepared.captions(split) is None:
+                raise UserError(
+                    f"{prepared.root} has no captions_{split}.json; the stand-ins train on "
+                    "(frame, caption) pairs: re-run `mindvideo prepare`."
+                )
+        frames = prepared.frames("train")
+        size = int(frames.shape[3])
+        if frames.shape[3] != frames.shape[4]:
+            raise UserError(
+                f"The stand-ins need square frames; {prepared.root} has {frames.shape[3]} × "
+                f"{frames.shape[4]}: re-run `mindvideo prepare` with frame_size set."
+            )
+        n_frames = frames.shape[2]
+        picks = [j for j in preset.frames_per_tr if j < n_frames] or [0]
+        train = np.asarray(frames[:, :, picks])  # [S, T, k, H, W, 3]
+        caps_train = prepared.captions("train")
+        caps_test = prepared.captions("test")
+        flat_train = [c for seg in caps_train for tr in seg for c in tr]
+        flat_test = [c for seg in caps_test for tr in seg for c in tr]
+        captions = list(dict.fromkeys(flat_train))
+        n_train_captions = len(captions)
+        seen = set(captions)
+        captions += [c for c in dict.fromkeys(flat_test) if c not in seen]
+        index = {c: i for i, c in enumerate(captions)}
+        cap_train = np.array(
+            [[[index[seg[t][j]] for j in picks] for t in range(len(seg))] for seg in caps_train]
+        )
+        test = prepared.frames("test")
+        n_test = test.shape[0] * test.shape[1]
+        rows = np.unique(np.linspace(0, n_test - 1, min(preset.eval_frames, n_test)).round())
+        seg, tr = np.divmod(rows.astype(np.int64), test.shape[1])
+        mid = n_frames // 2
+        return cls(
+            prepared=prepared,
+            labels=labels,
+            frame_size=size,
+            captions=captions,
+            train_frames=train.reshape(-1, size, size, 3),
+            train_class=labels.class_id["train"][:, :, picks].reshape(-1),
+            train_caption=cap_train.reshape(-1),
+            test_frames=np.stack(
+                [np.asarray(test[s, t, mid]) for s, t in zip(seg, tr, strict=True)]
+            ),
+            test_class=labels.class_id["test"][seg, tr, mid],
+            test_caption=np.array(
+                [index[caps_test[s][t][mid]] for s, t in zip(seg, tr, strict=True)]
+            ),
+            n_train_captions=n_train_captions,
+        )
+
+
+def data_fingerprint(prepared: PreparedData) -> str:
+    """sha256 of a prepared subject's manifest (shapes and the sha256 of every source file)."""
+    text = json.dumps(prepared.manifest, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Training helpers shared by the stand-ins
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → CUDA when available, else the CPU; a CUDA request without CUDA is an error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device='cuda' was asked for but no CUDA GPU is available; use 'cpu'.")
+    return device
+
+
+def fit(
+    name: str,
+    model: torch.nn.Module,
+    dataset: torch.utils.data.Dataset,
+    loss_fn: Any,
+    budget: TrainBudget,
+    log_dir: Path,
+    seed: int,
+    device: torch.device,
+    trainable_params: Any = None,
+) -> torch.nn.Module:
+    """Train ``model`` with the shared engine (AdamW, warm-up + cosine, clipping, progress bar,
+    ``log_dir/logs/metrics.jsonl``); no checkpoints: a stand-in trains in seconds to a minute,
+    and an interrupted one is simply trained again."""
+    import shutil
+
+    from mindvideo.config import TrainConfig
+    from mindvideo.training.engine import Trainer
+
+    shutil.rmtree(log_dir, ignore_errors=True)
+    mixed = budget.mixed_precision
+    if mixed == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        mixed = "fp16"
+    config = TrainConfig(
+        max_steps=budget.steps,
+        batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
+        weight_decay=budget.weight_decay,
+        betas=[0.9, 0.999],
+        warmup_steps=budget.warmup_steps,
+        lr_schedule=budget.schedule,
+        min_lr=budget.learning_rate / 20,
+        max_grad_norm=1.0,
+        mixed_precision=mixed,
+        cpu=device.type == "cpu",
+        checkpoint_every=0,
+        log_every=max(1, budget.steps // 10),
+        seed=seed,
+    )
+    trainer = Trainer(
+        model,
+        dataset,
+        loss_fn,
+        config,
+        log_dir,
+        trainable_params=trainable_params,
+        project_name=f"{name} stand-in",
+    )
+    return trainer.train()
+
+
+def final_loss(log_dir: Path) -> float | None:
+    """The last logged training loss in ``log_dir/logs/metrics.jsonl``."""
+    path = log_dir / "logs" / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return float(lines[-1]["loss"]) if lines else None
+
+
+def epoch_rng(seed: int, epoch: int, index: int, purpose: int) -> np.random.Generator:
+    """A generator that depends only on (seed, epoch, index, purpose): data augmentation that
+    the engine's exact-order contract allows."""
+    return np.random.default_rng([seed, epoch, index, purpose])
+
+
+class EpochDataset(torch.utils.data.Dataset):
+    """Base for the stand-ins' datasets: remembers the epoch the engine announces."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Use ``num_threads`` intra-op threads inside the block (``None``: leave torch's choice)."""
+    if num_threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def seeded(seed: int, purpose: int) -> None:
+    """Seed torch's global RNG for one model's initialisation."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0]))
+
+
+# --------------------------------------------------------------------------------------------
+# The whole set
+# --------------------------------------------------------------------------------------------
+
+
+README = """# Stand-in models (trained on the simulator's labels)
+
+These folders are **small stand-ins** for the pretrained models of the paper, trained by
+`mindvideo` in minutes on the *simulated* dataset, so that the CPU demo runs every stage with
+the code a GPU user runs with the real models. Each is in exactly the real model's folder
+format and loads with the same calls:
+
+- `clip/` replaces openai/clip-vit-large-patch14 (config key `pretrained.clip`): trained with
+  CLIP's loss on (frame, caption) pairs of the training segments.
+- `stable_diffusion/` replaces runwayml/stable-diffusion-v1-5 (`pretrained.stable_diffusion`):
+  the VAE trained on training frames, the UNet on their latents with their captions, the text
+  encoder is `clip/`'s text tower.
+- `image_classifier/` replaces google/vit-base-patch16-224 (`pretrained.image_classifier`):
+  training frames → the simulator's {n_classes} scene classes.
+- `video_classifier/` replaces MCG-NJU/videomae-base-finetuned-kinetics
+  (`pretrained.video_classifier`): training clips → {n_video} class × motion labels.
+
+**The classifiers' labels are the simulator's scene classes (colour × shape, or the source of a
+real scene) and motions, not ImageNet or Kinetics classes.** N-way identification scores
+computed with them measure how well reconstructions keep the simulated scenes' class and
+motion; they are not comparable with the paper's ImageNet/Kinetics numbers.
+
+Preset `{preset}`, seed {seed}. Quality on the held-out test segments (`standins.json` has
+all numbers and the training time of each model):
+
+{quality}
+
+To use the real models instead, set the config keys above to local folders of the real models.
+"""
+
+
+def _quality_lines(summary: Mapping[str, Any]) -> str:
+    m = summary["models"]
+    lines = []
+    if "clip" in m:
+        q = m["clip"]["metrics"]
+        lines.append(
+            f"- CLIP: test frame → caption of its class, top-1 {q['retrieval_class_top1']:.3f} "
+            f"over {q['retrieval_class_n']} classes (chance {q['retrieval_class_chance']:.3f})"
+        )
+    if "stable_diffusion" in m:
+        q = m["stable_diffusion"]["metrics"]
+        lines.append(
+            f"- VAE: test PSNR {q['vae_psnr_db']:.1f} dB; UNet: probe denoising loss "
+            f"{q['unet_probe_loss_before']:.3f} → {q['unet_probe_loss_after']:.3f}; "
+            f"text-to-image colour match {q['t2i_colour_accuracy']:.2f} "
+            f"(chance {q['t2i_colour_chance']:.2f})"
+        )
+    for name in ("image_classifier", "video_classifier"):
+        if name in m:
+            q = m[name]["metrics"]
+            lines.append(
+                f"- {name.replace('_', ' ')}: test top-1 {q['test_top1']:.3f} "
+                f"(chance {q['chance_top1']:.4f}), top-5 {q['test_top5']:.3f} "
+                f"(chance {q['chance_top5']:.4f}), {q['n_classes']} labels"
+            )
+    return "\n".join(lines)
+
+
+def train_standins(
+    prepared_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    scenes_json: str | os.PathLike | None = None,
+    preset: str = "demo",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    num_threads: int | None = None,
+) -> StandinPaths:
+    """Train every stand-in on a prepared simulated subject; returns where each one is.
+
+    Args:
+        prepared_dir: a folder written by ``mindvideo prepare`` from a simulated dataset.
+        out_dir: where the stand-ins go (the layout is in the module docstring).
+        scenes_json: the simulator's ``scenes.json`` (the ground-truth labels); default: found
+            through the prepared manifest's dataset root.
+        preset: ``demo`` (the CPU demo, a few minutes) or ``tiny`` (tests, well under a minute).
+        seed: the same seed gives the same models (on the same device and thread count).
+        device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
+        num_threads: torch intra-op threads while training (``None``: torch's default).
+
+    A folder whose ``standin.json`` records the same preset, seed and prepared data is reused;
+    only the missing ones are trained.
+    """
+    from mindvideo.training import standins_classifiers, standins_clip, standins_sd
+
+    spec = standin_preset(preset)
+    prepared = PreparedData.open(prepared_dir)
+    paths = StandinPaths.under(out_dir)
+    dev = resolve_device(device)
+    key = {
+        "version": STANDINS_VERSION,
+        "preset": preset,
+        "seed": int(seed),
+        "data": data_fingerprint(prepared),
+    }
+    steps = [
+        ("clip", paths.clip, standins_clip.train_clip_standin),
+        ("stable_diffusion", paths.stable_diffusion, standins_sd.train_sd_standin),
+        ("image_classifier", paths.image_classifier, standins_classifiers.train_image_standin),
+        ("video_classifier", paths.video_classifier, standins_classifiers.train_video_standin),
+    ]
+
+    def step_key(name: str) -> dict[str, Any]:
+        # Stable Diffusion's text encoder is CLIP's text tower: a new CLIP makes it stale.
+        if name == "stable_diffusion":
+            return {**key, "clip": weights_digest(paths.clip)}
+        return key
+
+    summary_ok = paths.summary.is_file() and (paths.root / "README.md").is_file()
+    if summary_ok and all(is_complete(folder, step_key(name)) for name, folder, _ in steps):
+        logger.info("All stand-ins in %s are up to date; reusing them.", paths.root)
+        return paths
+    labels = load_scene_labels(prepared, scenes_json)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    data = None
+    with torch_threads(num_threads):
+        for name, folder, train in steps:
+            if is_complete(folder, step_key(name)):
+                logger.info("Reusing the %s stand-in in %s.", name, folder)
+                continue
+            if data is None:
+                data = StandinData.build(prepared, labels, spec)
+            start = time.perf_counter()
+            logger.info("Training the %s stand-in (preset %s) ...", name, preset)
+            train(
+                data=data,
+                folder=folder,
+                paths=paths,
+                spec=spec,
+                key=step_key(name),
+                seed=seed,
+                device=dev,
+                log_dir=paths.root / "logs" / name,
+            )
+            logger.info("%s stand-in done in %.1f s.", name, time.perf_counter() - start)
+    summary = {
+        "what": "stand-ins trained on the simulator's labels; not the paper's pretrained models",
+        "preset": preset,
+        "seed": int(seed),
+        "prepared": str(prepared.root),
+        "pretrained": paths.pretrained,
+        "models": {name: read_marker(folder) for name, folder, _ in steps},
+    }
+    atomic_write_text(paths.summary, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    readme = README.format(
+        n_classes=len(labels.classes),
+        n_video=len(labels.video_labels),
+        preset=preset,
+        seed=seed,
+        quality=_quality_lines(summary),
+    )
+    atomic_write_text(paths.root / "README.md", readme)
+    return paths

@@ -1,0 +1,419 @@
+"""The evaluation classifiers' stand-ins: frame → scene class, clip → class × motion (paper 4.3).
+
+The paper's N-way top-K tests score frames with an ImageNet ViT (google/vit-base-patch16-224) and
+clips with a Kinetics-400 VideoMAE (MCG-NJU/videomae-base-finetuned-kinetics). On the simulated
+dataset the meaningful classes are the simulator's own, so the stand-ins are classifiers of the
+same transformers classes trained on the training segments' ground truth (``scenes.json``):
+
+- ``image_classifier/``: ``ViTForImageClassification`` over the 73 scene classes
+  (``id2label`` = the class names) + a ``ViTImageProcessor`` (input = the frame size, the real
+  model's mean/std 0.5);
+- ``video_classifier/``: ``VideoMAEForVideoClassification`` over class × motion (73 × 9 = 657
+  labels ``"red circle, zoom-fast"``), 6 frames, tubelets of 2 frames, + a
+  ``VideoMAEImageProcessor`` (ImageNet mean/std, as the Kinetics model).
+
+Both load with ``ImageClassifier.from_pretrained`` / ``VideoClassifier.from_pretrained(...,
+num_frames=6)`` (``mindvideo.evaluation``) like the real folders. Their scores are not ImageNet
+or Kinetics scores; ``standin.json`` says so.
+
+The video classifier's head is trained factorised — ``logit(c, m) = a_c · h + b_m · h`` with a
+class head and a motion head, i.e. cross-entropy on class plus cross-entropy on motion — and
+saved as the one linear layer over the 657 labels it equals (``W[c·9 + m] = A[c] + B[m]``), so
+combinations rare in training still get sensible scores; its softmax is the product of the
+class and motion softmaxes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mindvideo.training.standins import (
+    ClassifierPreset,
+    EpochDataset,
+    StandinData,
+    epoch_rng,
+    final_loss,
+    fit,
+    seeded,
+    write_marker,
+)
+from mindvideo.training.standins_clip import normalise
+from mindvideo.utils import atomic_dir
+
+__all__ = [
+    "FactorisedVideoClassifier",
+    "build_image_classifier",
+    "build_video_classifier",
+    "topk_accuracy",
+    "train_image_standin",
+    "train_video_standin",
+    "video_clips",
+]
+
+logger = logging.getLogger(__name__)
+
+VIT_MEAN = VIT_STD = (0.5, 0.5, 0.5)  # google/vit-base-patch16-224's preprocessor_config.json
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the Kinetics VideoMAE's
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NUM_FRAMES = 6
+TUBELET = 2
+#: Kept in ``config.json`` (transformers keeps extra keys): the evaluation recognises a stand-in
+#: by it even when only the model files are copied, and says its scores are not ImageNet's.
+STANDIN_NOTE = {
+    "image": "stand-in trained on the simulator's scene classes, not ImageNet",
+    "video": "stand-in trained on the simulator's class x motion labels, not Kinetics-400",
+}
+
+
+def _tower(spec: ClassifierPreset, size: int) -> dict[str, Any]:
+    if size % spec.grid:
+        raise ValueError(f"frame size {size} is not a multiple of {spec.grid} patches")
+    return dict(
+        image_size=size,
+        patch_size=size // spec.grid,
+        hidden_size=spec.width,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        intermediate_size=4 * spec.width,
+    )
+
+
+def build_image_classifier(spec: ClassifierPreset, size: int, labels: list[str]) -> Any:
+    """A randomly initialised ``ViTForImageClassification`` over ``labels``."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        **_tower(spec, size),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        mindvideo_standin=STANDIN_NOTE["image"],
+    )
+    return ViTForImageClassification(config)
+
+
+def build_video_classifier(spec: ClassifierPreset, size: int, labels: list[str]) -> Any:
+    """A randomly initialised ``VideoMAEForVideoClassification`` over ``labels`` (6 frames,
+    tubelets of 2, mean pooling as the Kinetics model)."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    config = VideoMAEConfig(
+        **_tower(spec, size),
+        num_frames=NUM_FRAMES,
+        tubelet_size=TUBELET,
+        use_mean_pooling=True,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        mindvideo_standin=STANDIN_NOTE["video"],
+    )
+    return VideoMAEForVideoClassification(config)
+
+
+class FactorisedVideoClassifier(nn.Module):
+    """VideoMAE with a class head and a motion head (see the module docstring).
+
+    ``forward(pixel_values: [N, 6, 3, H, W]) -> (class logits [N, C], motion logits [N, M])``.
+    """
+
+    def __init__(self, model: Any, n_classes: int, n_motions: int) -> None:
+        super().__init__()
+        self.model = model
+        hidden = model.config.hidden_size
+        self.class_head = nn.Linear(hidden, n_classes)
+        self.motion_head = nn.Linear(hidden, n_motions)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model.videomae(pixel_values).last_hidden_state  # [N, L, D]
+        if self.model.fc_norm is not None:
+            pooled = self.model.fc_norm(tokens.mean(1))
+        else:
+            pooled = tokens[:, 0]
+        return self.class_head(pooled), self.motion_head(pooled)
+
+    @torch.no_grad()
+    def fold(self) -> Any:
+        """Write the two heads into the model's classifier (label ``c·M + m``); returns it."""
+        w = self.class_head.weight[:, None, :] + self.motion_head.weight[None, :, :]  # [C,M,D]
+        b = self.class_head.bias[:, None] + self.motion_head.bias[None, :]
+        self.model.classifier.weight.copy_(w.reshape(-1, w.shape[-1]))
+        self.model.classifier.bias.copy_(b.reshape(-1))
+        return self.model
+
+
+class LabelledFrames(EpochDataset):
+    """Frames (uint8 ``[H, W, 3]``, flipped left-right at random: a class does not depend on
+    it) with their class."""
+
+    def __init__(self, frames: np.ndarray, labels: np.ndarray, seed: int) -> None:
+        self.frames = frames
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        frame = self.frames[index]
+        if epoch_rng(self.seed, self.epoch, index, 4).random() < 0.5:
+            frame = frame[:, ::-1]
+        return {
+            "frames": torch.from_numpy(np.ascontiguousarray(frame)),
+            "label": self.labels[index],
+        }
+
+
+class LabelledClips(EpochDataset):
+    """Clips (uint8 ``[6, H, W, 3]``) with their class and motion (no flips: a direction is
+    part of a motion's look)."""
+
+    def __init__(self, clips: np.ndarray, classes: np.ndarray, motions: np.ndarray) -> None:
+        self.clips = clips
+        self.classes = torch.from_numpy(np.asarray(classes, dtype=np.int64))
+        self.motions = torch.from_numpy(np.asarray(motions, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        clip = torch.from_numpy(np.ascontiguousarray(self.clips[index]))
+        return {"clips": clip, "class": self.classes[index], "motion": self.motions[index]}
+
+
+def video_clips(
+    data: StandinData, split: str, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The clips of one split whose 6 frames show one scene (a TR with a cut has no single
+    label): uint8 ``[N, 6, H, W, 3]``, class ``[N]``, motion ``[N]``; ``limit`` keeps that many,
+    evenly spread."""
+    labels = data.labels
+    cls, mot = labels.class_id[split], labels.motion_id[split]  # [S, T, F]
+    one_scene = (cls == cls[..., :1]).all(-1) & (mot == mot[..., :1]).all(-1)
+    seg, tr = np.nonzero(one_scene)
+    if limit is not None and len(seg) > limit:
+        keep = np.unique(np.linspace(0, len(seg) - 1, limit).round().astype(np.int64))
+        seg, tr = seg[keep], tr[keep]
+    frames = data.prepared.frames(split)
+    clips = np.stack([np.asarray(frames[s, t]) for s, t in zip(seg, tr, strict=True)])
+    return clips, cls[seg, tr, 0], mot[seg, tr, 0]
+
+
+def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows of ``probs [N, C]`` whose ``labels [N]`` is among the k largest."""
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(1).mean())
+
+
+@torch.no_grad()
+def _saved_probabilities(folder: Path, inputs: np.ndarray, video: bool) -> np.ndarray:
+    """Class probabilities from a saved folder through the evaluation loaders' own calls
+    (transformers auto classes; the PIL image-processor backend)."""
+    import transformers
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        AutoModelForVideoClassification,
+    )
+
+    auto = AutoModelForVideoClassification if video else AutoModelForImageClassification
+    model = auto.from_pretrained(folder).eval()
+    major = int(transformers.__version__.split(".")[0])
+    kwargs = {"backend": "pil"} if major >= 5 else {"use_fast": False}
+    processor = AutoImageProcessor.from_pretrained(folder, **kwargs)
+    out = []
+    for start in range(0, len(inputs), 64):
+        batch = inputs[start : start + 64]
+        if video:
+            pixels = processor([list(c) for c in batch], return_tensors="pt")["pixel_values"]
+        else:
+            pixels = processor(images=list(batch), return_tensors="pt")["pixel_values"]
+        out.append(torch.softmax(model(pixel_values=pixels).logits.double(), -1).numpy())
+    return np.concatenate(out)
+
+
+def _scores(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, Any]:
+    return {
+        "test_top1": topk_accuracy(probs, labels, 1),
+        "test_top5": topk_accuracy(probs, labels, 5),
+        "chance_top1": 1.0 / n_classes,
+        "chance_top5": min(1.0, 5.0 / n_classes),
+        "n_classes": n_classes,
+        "n_test": len(labels),
+    }
+
+
+def _image_loss_fn(mean: Any, std: Any):
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]):
+        logits = model(pixel_values=normalise(batch["frames"], mean, std)).logits
+        loss = F.cross_entropy(logits.float(), batch["label"])
+        acc = (logits.argmax(-1) == batch["label"]).float().mean()
+        return loss, {"accuracy": acc}
+
+    return loss_fn
+
+
+def _video_loss_fn(mean: Any, std: Any):
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]):
+        clips = batch["clips"]  # [N, F, H, W, 3]
+        n, f = clips.shape[:2]
+        pixels = normalise(clips.flatten(0, 1), mean, std).unflatten(0, (n, f))
+        class_logits, motion_logits = model(pixels)
+        loss = F.cross_entropy(class_logits.float(), batch["class"]) + F.cross_entropy(
+            motion_logits.float(), batch["motion"]
+        )
+        return loss, {"class_accuracy": (class_logits.argmax(-1) == batch["class"]).float().mean()}
+
+    return loss_fn
+
+
+def train_image_standin(
+    *,
+    data: StandinData,
+    folder: Path,
+    spec: Any,
+    key: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    log_dir: Path,
+    **_: Any,
+) -> dict[str, Any]:
+    """Train the frame classifier (scene class) and write ``folder``; returns its marker with
+    the held-out test accuracy measured through the saved folder."""
+    from transformers import ViTImageProcessorPil
+
+    start = time.perf_counter()
+    preset: ClassifierPreset = spec.image_classifier
+    labels = data.labels.classes
+    seeded(seed, 4)
+    model = build_image_classifier(preset, data.frame_size, labels)
+    processor = ViTImageProcessorPil(
+        size={"height": data.frame_size, "width": data.frame_size},
+        image_mean=list(VIT_MEAN),
+        image_std=list(VIT_STD),
+    )
+    model = fit(
+        "image classifier",
+        model,
+        LabelledFrames(data.train_frames, data.train_class, seed),
+        _image_loss_fn(VIT_MEAN, VIT_STD),
+        preset.train,
+        log_dir,
+        seed,
+        device,
+    )
+    train_s = time.perf_counter() - start
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        probs = _saved_probabilities(tmp, data.test_frames, video=False)
+        metrics = {**_scores(probs, data.test_class, len(labels))}
+        metrics["final_train_loss"] = final_loss(log_dir)
+        marker = write_marker(
+            tmp,
+            key,
+            model="ViTForImageClassification",
+            replaces="google/vit-base-patch16-224",
+            labels="the simulator's scene classes (scenes.json), not ImageNet classes",
+            parameters=sum(p.numel() for p in model.parameters()),
+            image_size=data.frame_size,
+            train=preset.train,
+            train_examples=len(data.train_frames),
+            train_seconds=round(train_s, 2),
+            seconds=round(time.perf_counter() - start, 2),
+            metrics=metrics,
+        )
+    logger.info(
+        "Image classifier stand-in: test top-1 %.3f (chance %.4f), top-5 %.3f.",
+        metrics["test_top1"],
+        metrics["chance_top1"],
+        metrics["test_top5"],
+    )
+    return marker
+
+
+def train_video_standin(
+    *,
+    data: StandinData,
+    folder: Path,
+    spec: Any,
+    key: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    log_dir: Path,
+    **_: Any,
+) -> dict[str, Any]:
+    """Train the clip classifier (class × motion) and write ``folder``; returns its marker with
+    the held-out test accuracy (joint label, and class / motion alone)."""
+    from transformers import VideoMAEImageProcessorPil
+
+    start = time.perf_counter()
+    preset: ClassifierPreset = spec.video_classifier
+    labels = data.labels.video_labels
+    n_classes, n_motions = len(data.labels.classes), len(data.labels.motions)
+    clips, cls, mot = video_clips(data, "train")
+    seeded(seed, 5)
+    model = build_video_classifier(preset, data.frame_size, labels)
+    processor = VideoMAEImageProcessorPil(
+        size={"shortest_edge": data.frame_size},
+        crop_size={"height": data.frame_size, "width": data.frame_size},
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+    )
+    trained = fit(
+        "video classifier",
+        FactorisedVideoClassifier(model, n_classes, n_motions),
+        LabelledClips(clips, cls, mot),
+        _video_loss_fn(IMAGENET_MEAN, IMAGENET_STD),
+        preset.train,
+        log_dir,
+        seed,
+        device,
+    )
+    model = trained.fold()
+    train_s = time.perf_counter() - start
+    test_clips, test_cls, test_mot = video_clips(data, "test", limit=data.test_frames.shape[0])
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        probs = _saved_probabilities(tmp, test_clips, video=True)  # [N, C·M]
+        joint = test_cls * n_motions + test_mot
+        metrics = _scores(probs, joint, len(labels))
+        by = probs.reshape(len(probs), n_classes, n_motions)
+        metrics["test_class_top1"] = topk_accuracy(by.sum(2), test_cls, 1)
+        metrics["test_motion_top1"] = topk_accuracy(by.sum(1), test_mot, 1)
+        metrics["chance_class_top1"] = 1.0 / n_classes
+        metrics["chance_motion_top1"] = 1.0 / n_motions
+        metrics["final_train_loss"] = final_loss(log_dir)
+        marker = write_marker(
+            tmp,
+            key,
+            model="VideoMAEForVideoClassification",
+            replaces="MCG-NJU/videomae-base-finetuned-kinetics",
+            labels="class × motion of the simulator (scenes.json), not Kinetics-400 classes",
+            parameters=sum(p.numel() for p in model.parameters()),
+            image_size=data.frame_size,
+            num_frames=NUM_FRAMES,
+            train=preset.train,
+            train_examples=len(clips),
+            train_seconds=round(train_s, 2),
+            seconds=round(time.perf_counter() - start, 2),
+            metrics=metrics,
+        )
+    logger.info(
+        "Video classifier stand-in: test top-1 %.3f (chance %.4f), top-5 %.3f; class %.3f, "
+        "motion %.3f.",
+        metrics["test_top1"],
+        metrics["chance_top1"],
+        metrics["test_top5"],
+        metrics["test_class_top1"],
+        metrics["test_motion_top1"],
+    )
+    return marker

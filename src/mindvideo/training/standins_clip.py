@@ -1,0 +1,282 @@
+"""The CLIP stand-in: a small ``CLIPModel`` trained contrastively on the simulated stimuli.
+
+Replaces openai/clip-vit-large-patch14 (paper 3.3: the frozen CLIP text and image encoders the
+fMRI embeddings are contrasted against, and Stable Diffusion 1.5's text encoder). The folder
+holds what the real one holds — ``config.json`` + ``model.safetensors``, the tokenizer
+(``vocab.json``, ``merges.txt``, ``tokenizer.json``, ``tokenizer_config.json``) and
+``preprocessor_config.json`` (a ``CLIPImageProcessor``) — so ``CLIPModel.from_pretrained``,
+``CLIPProcessor.from_pretrained``, ``AutoTokenizer`` and ``AutoImageProcessor`` load it.
+
+Training: CLIP's symmetric contrastive loss over a batch of training frames and the unique
+captions among them (frames of one scene share a caption, so a caption's column is the target
+of all its frames: the loss is CLIP's with soft targets).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mindvideo.training.standins import (
+    MAX_TOKENS,
+    ClipPreset,
+    EpochDataset,
+    StandinData,
+    build_clip_tokenizer,
+    check_tokenizer,
+    final_loss,
+    fit,
+    seeded,
+    write_marker,
+)
+from mindvideo.utils import atomic_dir
+
+__all__ = [
+    "ClipFrames",
+    "build_clip",
+    "clip_contrastive_loss",
+    "evaluate_retrieval",
+    "text_encoder_from_clip",
+    "train_clip_standin",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def build_clip(spec: ClipPreset, tokenizer: Any, image_size: int) -> Any:
+    """A randomly initialised ``CLIPModel`` of the preset's size for ``tokenizer``'s vocabulary
+    and ``image_size`` × ``image_size`` images (``spec.grid`` × ``spec.grid`` patches)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    if image_size % spec.grid:
+        raise ValueError(f"frame size {image_size} is not a multiple of {spec.grid} patches")
+    vocab = tokenizer.get_vocab()
+    tower = dict(
+        hidden_size=spec.width,
+        intermediate_size=4 * spec.width,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+    )
+    config = CLIPConfig(
+        text_config=dict(
+            **tower,
+            vocab_size=len(vocab),
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        ),
+        vision_config=dict(**tower, image_size=image_size, patch_size=image_size // spec.grid),
+        projection_dim=spec.projection_dim,
+    )
+    return CLIPModel(config)
+
+
+def image_processor_for(image_size: int) -> Any:
+    """CLIP's image processor (resize, centre crop, CLIP's mean/std) at ``image_size``; saved
+    as a ``CLIPImageProcessor`` (the PIL backend: no torchvision needed)."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+
+
+def normalise(frames: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` → float ``[N, 3, H, W]``: ``(x / 255 − mean) / std`` per channel,
+    what an image processor does to a frame already at its input size."""
+    x = frames.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class ClipFrames(EpochDataset):
+    """(frame, caption) pairs: item ``i`` = training frame ``i`` (uint8 ``[H, W, 3]``) and the
+    index of its caption."""
+
+    def __init__(self, frames: np.ndarray, captions: np.ndarray) -> None:
+        self.frames = torch.from_numpy(np.ascontiguousarray(frames))
+        self.captions = torch.from_numpy(np.asarray(captions, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"frames": self.frames[index], "caption": self.captions[index]}
+
+
+def clip_contrastive_loss(logits_per_image: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss when several images share a caption (paper 3.3's CLIP, eq. 3 style).
+
+    ``logits_per_image``: ``[B, U]`` scaled cosine similarities of B images and U unique
+    captions; ``column``: ``[B]`` the caption of each image. Image → text is cross-entropy to
+    the image's caption; text → image is cross-entropy to the uniform distribution over the
+    caption's images. With one image per caption this is CLIP's loss exactly.
+    """
+    target = F.one_hot(column, logits_per_image.shape[1]).to(logits_per_image.dtype)  # [B, U]
+    i2t = F.cross_entropy(logits_per_image, column)
+    per_text = target.t() / target.sum(0, keepdim=True).t()  # [U, B] rows sum to 1
+    t2i = -(per_text * logits_per_image.t().log_softmax(dim=1)).sum(1).mean()
+    return 0.5 * (i2t + t2i)
+
+
+def _loss_fn(tokens: torch.Tensor, mean: Any, std: Any):
+    """``loss_fn(model, batch)`` for the engine; ``tokens``: ``[C, L]`` ids of every caption."""
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        unique, column = torch.unique(batch["caption"], return_inverse=True)
+        ids = tokens[unique.cpu()].to(batch["frames"].device)
+        pixels = normalise(batch["frames"], mean, std)
+        out = model(input_ids=ids, pixel_values=pixels)
+        loss = clip_contrastive_loss(out.logits_per_image.float(), column)
+        return loss, {"captions_per_batch": float(len(unique))}
+
+    return loss_fn
+
+
+def text_encoder_from_clip(model: Any) -> Any:
+    """The text tower of a ``CLIPModel`` as a ``CLIPTextModel`` (Stable Diffusion's
+    ``text_encoder/``), sharing no tensors with it."""
+    from transformers import CLIPTextModel
+
+    text = CLIPTextModel(model.config.text_config)
+    # transformers 5: CLIPModel.text_model is a CLIPTextModel; 4.x: the inner transformer.
+    getattr(text, "text_model", text).load_state_dict(model.text_model.state_dict())
+    return text.eval()
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    model: Any,
+    tokenizer: Any,
+    image_processor: Any,
+    frames: np.ndarray,
+    frame_class: np.ndarray,
+    frame_caption: np.ndarray,
+    captions: list[str],
+    device: torch.device,
+) -> dict[str, float]:
+    """Image → text retrieval of held-out frames with the saved model's own preprocessing.
+
+    ``frames``: uint8 ``[N, H, W, 3]``, ``frame_class`` / ``frame_caption``: ``[N]`` (index into
+    ``captions``). Two tests: among one caption per class present (the first frame's caption of
+    that class), is the top-1 caption of the frame's class (chance 1/K); among all unique
+    captions of the frames, is the top-1 the frame's own caption (chance 1/U).
+    """
+    model = model.to(device).eval()
+    used = list(dict.fromkeys(frame_caption.tolist()))
+    tokens = tokenizer(
+        [captions[c] for c in used],
+        padding="max_length",
+        max_length=MAX_TOKENS,
+        truncation=True,
+        return_tensors="pt",
+    )
+    text = model.get_text_features(input_ids=tokens["input_ids"].to(device))
+    text = F.normalize(getattr(text, "pooler_output", text).float(), dim=-1)  # [U, P]
+    chunks = []
+    for start in range(0, len(frames), 256):
+        pixels = image_processor(images=list(frames[start : start + 256]), return_tensors="pt")
+        image = model.get_image_features(pixel_values=pixels["pixel_values"].to(device))
+        chunks.append(F.normalize(getattr(image, "pooler_output", image).float(), dim=-1))
+    sim = torch.cat(chunks) @ text.t()  # [N, U]
+    position = {c: i for i, c in enumerate(used)}
+    own = torch.tensor([position[c] for c in frame_caption.tolist()])
+    caption_top1 = (sim.argmax(1).cpu() == own).float().mean().item()
+    per_class: dict[int, int] = {}
+    for cls, cap in zip(frame_class.tolist(), frame_caption.tolist(), strict=True):
+        per_class.setdefault(cls, position[cap])
+    classes = list(per_class)
+    columns = torch.tensor([per_class[c] for c in classes])
+    pick = sim[:, columns].argmax(1).cpu()
+    class_top1 = (torch.tensor(classes)[pick] == torch.from_numpy(frame_class)).float().mean()
+    return {
+        "retrieval_class_top1": float(class_top1),
+        "retrieval_class_n": len(classes),
+        "retrieval_class_chance": 1.0 / len(classes),
+        "retrieval_caption_top1": float(caption_top1),
+        "retrieval_caption_n": len(used),
+        "retrieval_caption_chance": 1.0 / len(used),
+        "n_test_frames": len(frames),
+    }
+
+
+def train_clip_standin(
+    *,
+    data: StandinData,
+    folder: Path,
+    spec: Any,
+    key: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    log_dir: Path,
+    **_: Any,
+) -> dict[str, Any]:
+    """Train the CLIP stand-in and write ``folder`` (see the module docstring); returns its
+    marker (sizes, training time, loss and the retrieval scores on held-out test frames)."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
+
+    start = time.perf_counter()
+    preset: ClipPreset = spec.clip
+    tokenizer = build_clip_tokenizer(data.captions)
+    check_tokenizer(tokenizer, data.captions)
+    seeded(seed, 1)
+    model = build_clip(preset, tokenizer, data.frame_size)
+    processor = image_processor_for(data.frame_size)
+    # Causal attention: padding after <|endoftext|> cannot change the pooled embedding, so the
+    # captions are padded only to the longest one during training (77 at use).
+    tokens = tokenizer(data.captions, padding="longest", return_tensors="pt")["input_ids"]
+    dataset = ClipFrames(data.train_frames, data.train_caption)
+    loss_fn = _loss_fn(tokens, processor.image_mean, processor.image_std)
+    model = fit("CLIP", model, dataset, loss_fn, preset.train, log_dir, seed, device)
+    train_s = time.perf_counter() - start
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        build_clip_tokenizer(data.captions, tmp)  # vocab.json + merges.txt, as the real folder
+        CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(tmp)
+        processor.save_pretrained(tmp)  # preprocessor_config.json, as the real folder has
+        # Measure what a user loads, through the same calls as the contrast stage.
+        loaded = CLIPModel.from_pretrained(tmp)
+        metrics = evaluate_retrieval(
+            loaded,
+            AutoTokenizer.from_pretrained(tmp),
+            AutoImageProcessor.from_pretrained(tmp),
+            data.test_frames,
+            data.test_class,
+            data.test_caption,
+            data.captions,
+            device,
+        )
+        metrics["final_train_loss"] = final_loss(log_dir)
+        marker = write_marker(
+            tmp,
+            key,
+            model="CLIPModel",
+            replaces="openai/clip-vit-large-patch14",
+            parameters=sum(p.numel() for p in model.parameters()),
+            text_hidden_size=preset.width,
+            projection_dim=preset.projection_dim,
+            image_size=data.frame_size,
+            vocab_size=len(tokenizer),
+            train=preset.train,
+            train_seconds=round(train_s, 2),
+            seconds=round(time.perf_counter() - start, 2),
+            metrics=metrics,
+        )
+    logger.info(
+        "CLIP stand-in: test frame → class caption top-1 %.3f (chance %.3f), → own caption "
+        "%.3f (chance %.3f).",
+        metrics["retrieval_class_top1"],
+        metrics["retrieval_class_chance"],
+        metrics["retrieval_caption_top1"],
+        metrics["retrieval_caption_chance"],
+    )
+    return marker

@@ -1,0 +1,54 @@
+"""`mindvideo demo --preset tiny`: every stage end to end, then a re-run that reuses them all."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mindvideo.cli.demo import DONE, plan
+from mindvideo.cli.main import main
+
+STAGES = [s.name for s in plan("tiny", Path("run"))]
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["demo", "--preset", "tiny", "--out", str(run)]) == 0
+    out = capsys.readouterr()
+    for name in STAGES:
+        assert (run / name / DONE).is_file(), name
+        assert (run / name / "config.yaml").is_file(), name
+    assert f"Report: {run / 'report.html'}" in out.out
+    assert "video_50way_top1_strict" in out.out and "chance" in out.out
+
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    for key in ("ssim", "psnr", "frame_2way_top1_strict", "video_50way_top1_strict"):
+        assert {"mean", "se", "chance", "n"} <= set(metrics[key])
+    assert metrics["video_50way_top1_strict"]["chance"] == pytest.approx(0.02)
+    # the run directory the report documents, with the pipeline a user would reconstruct from
+    assert (run / "cotrain" / "pipeline" / "model_index.json").is_file()
+    assert (run / "explain" / "networks.json").is_file()
+    html = (run / "report.html").read_text()
+    assert "Stand-in classifiers" in html and "data:image/gif;base64" in html
+
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert main(["demo", "--preset", "tiny", "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("reused") == len(STAGES)
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    changed = {p.relative_to(run) for p in before if before[p] != after.get(p)}
+    assert changed <= {Path("run.json"), Path("report.html")}
+
+
+def test_demo_plan_follows_the_pipeline_order():
+    assert STAGES[:5] == ["simulate", "simulate-rest", "prepare", "prepare-hcp", "standins"]
+    assert STAGES[5:] == [
+        "pretrain",
+        "contrast",
+        "tune-video",
+        "cotrain",
+        "reconstruct",
+        "evaluate",
+        "explain",
+    ]

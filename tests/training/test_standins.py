@@ -1,0 +1,425 @@
+"""The stand-in models: real folders that load like the real pretrained models, and that work.
+
+One ``tiny`` training of all stand-ins on the tiny simulated subject is shared by the module
+(≈ 40 s on one CPU thread: the tests that use it are marked slow); the other tests check the
+pieces on constructed inputs in a few seconds.
+"""
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mindvideo.data.prepared import PreparedData
+from mindvideo.data.stimuli import CLASSES, COLOURS, MOTIONS
+from mindvideo.training.standins import (
+    MARKER,
+    StandinData,
+    build_clip_tokenizer,
+    caption_words,
+    load_scene_labels,
+    standin_preset,
+    train_standins,
+)
+from mindvideo.training.standins_classifiers import FactorisedVideoClassifier, video_clips
+from mindvideo.training.standins_clip import (
+    clip_contrastive_loss,
+    image_processor_for,
+    normalise,
+    train_clip_standin,
+)
+from mindvideo.training.standins_sd import colour_of, latent_scaling_factor
+from mindvideo.utils import UserError
+
+# One thread: the tests share a small machine with others, and oversubscribed OpenMP threads
+# slow training by an order of magnitude; results are deterministic per thread count.
+THREADS = 1
+
+
+@pytest.fixture(scope="module")
+def prepared(prepared_dataset):
+    return PreparedData.open(prepared_dataset)
+
+
+@pytest.fixture(scope="module")
+def labels(prepared, simulated_dataset):
+    return load_scene_labels(prepared, simulated_dataset / "scenes.json")
+
+
+@pytest.fixture(scope="module")
+def standins(prepared_dataset, tmp_path_factory):
+    """All stand-ins, ``tiny`` preset, seed 0; scenes.json found through the manifest."""
+    out = tmp_path_factory.mktemp("standins") / "models"
+    return train_standins(prepared_dataset, out, preset="tiny", seed=0, num_threads=THREADS)
+
+
+def _files(root: Path) -> dict[str, tuple[int, str]]:
+    """``{relative path: (mtime_ns, sha256)}`` of every file under ``root``."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Labels and tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_frame_is_labelled_with_the_scene_its_caption_describes(prepared, labels):
+    assert labels.classes == list(CLASSES) and labels.motions == list(MOTIONS)
+    for split in ("train", "test"):
+        captions = prepared.captions(split)
+        cls = labels.class_id[split]
+        assert cls.shape == prepared.frames(split).shape[:3]
+        for s in range(cls.shape[0]):
+            for t in range(0, cls.shape[1], 7):
+                for j in range(cls.shape[2]):
+                    # Procedural captions name "colour shape"; real ones contain the source's
+                    # class name ("a photograph of a tabby cat").
+                    assert CLASSES[cls[s, t, j]] in captions[s][t][j].lower()
+    assert labels.video_labels[0] == f"{CLASSES[0]}, {MOTIONS[0]}"
+    joint = labels.video_label("test")
+    assert np.array_equal(joint // len(MOTIONS), labels.class_id["test"])
+
+
+def test_a_scenes_json_of_another_dataset_is_a_user_error(prepared, simulated_dataset, tmp_path):
+    meta = json.loads((simulated_dataset / "scenes.json").read_text())
+    first = meta["segments"]["seg1"]
+    first[1]["start_s"] += 1.0
+    first[0]["end_s"] += 1.0
+    other = tmp_path / "scenes.json"
+    other.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="sha256"):
+        load_scene_labels(prepared, other)
+    with pytest.raises(UserError, match="does not exist"):
+        load_scene_labels(prepared, tmp_path / "missing.json")
+
+
+def test_tokenizer_makes_every_caption_word_one_token_and_pads_to_77(prepared, tmp_path):
+    from transformers import CLIPTokenizer
+
+    texts = sorted({c for seg in prepared.captions("train") for tr in seg for c in tr})
+    tokenizer = build_clip_tokenizer(texts, tmp_path)
+    assert (tmp_path / "vocab.json").is_file() and (tmp_path / "merges.txt").is_file()
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    assert list(vocab)[-2:] == ["<|startoftext|>", "<|endoftext|>"]  # CLIP's layout
+    reloaded = CLIPTokenizer.from_pretrained(tmp_path)
+    assert reloaded.model_max_length == 77
+    for text in texts[:: max(1, len(texts) // 40)]:
+        ids = reloaded(text)["input_ids"]
+        words = caption_words([text])
+        assert reloaded.convert_ids_to_tokens(ids[1:-1]) == [w + "</w>" for w in words]
+        assert ids == tokenizer(text)["input_ids"]
+        decoded = reloaded.decode(ids, skip_special_tokens=True)
+        assert decoded.replace(" ", "") == text.lower().replace(" ", "")
+        padded = reloaded(text, padding="max_length", max_length=77)["input_ids"]
+        assert len(padded) == 77 and padded[len(ids) :] == [vocab["<|endoftext|>"]] * (
+            77 - len(ids)
+        )
+    # An unseen word falls back to smaller pieces, never to the unknown token.
+    ids = reloaded("a zebra xylophone")["input_ids"][1:-1]
+    assert len(ids) > 3 and vocab["<|endoftext|>"] not in ids
+    assert reloaded.decode(ids).replace(" ", "") == "azebraxylophone"
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+
+
+def test_contrastive_loss_is_clips_loss_with_one_image_per_caption():
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(
+        text_config=dict(**tower, vocab_size=50, max_position_embeddings=8, eos_token_id=49),
+        vision_config=dict(**tower, image_size=8, patch_size=4),
+        projection_dim=8,
+    )
+    ids = torch.randint(0, 49, (6, 8))
+    ids[:, -1] = 49
+    out = CLIPModel(config)(input_ids=ids, pixel_values=torch.randn(6, 3, 8, 8), return_loss=True)
+    ours = clip_contrastive_loss(out.logits_per_image, torch.arange(6))
+    torch.testing.assert_close(ours, out.loss)
+    # Two images of one caption: the caption's column is the target of both; its text → image
+    # target is uniform over the two, so the loss cannot go below log(2) / 3 / 2 ≈ 0.116.
+    column = torch.tensor([0, 0, 1, 2])
+    right = torch.tensor([[9.0, 0, 0], [9.0, 0, 0], [0, 9.0, 0], [0, 0, 9.0]])
+    assert abs(float(clip_contrastive_loss(right, column)) - np.log(2) / 6) < 0.01
+    assert clip_contrastive_loss(right[[1, 2, 3, 0]], column) > 2.0
+
+
+def test_training_normalisation_equals_the_saved_image_processor(prepared):
+    frames = np.array(prepared.frames("test")[0, :4, 0])  # a writable copy
+    processor = image_processor_for(frames.shape[1])
+    expected = processor(images=list(frames), return_tensors="pt")["pixel_values"]
+    ours = normalise(torch.from_numpy(frames), processor.image_mean, processor.image_std)
+    torch.testing.assert_close(ours, expected)
+
+
+def test_factorised_video_head_folds_into_one_linear_layer_over_class_x_motion():
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    torch.manual_seed(0)
+    config = VideoMAEConfig(
+        image_size=16, patch_size=8, num_frames=6, tubelet_size=2, hidden_size=16,
+        num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=5 * 3,
+    )  # fmt: skip
+    wrapped = FactorisedVideoClassifier(VideoMAEForVideoClassification(config), 5, 3).eval()
+    x = torch.randn(2, 6, 3, 16, 16)
+    with torch.no_grad():
+        class_logits, motion_logits = wrapped(x)
+        joint = wrapped.fold()(pixel_values=x).logits
+    expected = (class_logits[:, :, None] + motion_logits[:, None, :]).reshape(2, 15)
+    torch.testing.assert_close(joint, expected)
+    product = class_logits.softmax(-1)[:, :, None] * motion_logits.softmax(-1)[:, None, :]
+    torch.testing.assert_close(joint.softmax(-1), product.reshape(2, 15))
+
+
+def test_colour_of_names_the_saturated_colour_and_none_for_grey():
+    for name, rgb in COLOURS.items():
+        image = np.full((16, 16, 3), 0.5)
+        image[4:10, 4:10] = rgb
+        assert colour_of(image) == name
+    assert colour_of(np.full((16, 16, 3), 0.5)) is None
+
+
+def test_scaling_factor_makes_latents_unit_variance():
+    latents = 5.0 * torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(0)) + 1.0
+    scale = latent_scaling_factor(latents)
+    assert abs(float((latents * scale).std()) - 1.0) < 1e-4
+
+
+def test_clip_standin_training_depends_only_on_the_seed(prepared, labels, tmp_path):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    spec = standin_preset("tiny")
+    spec = replace(spec, clip=replace(spec.clip, train=replace(spec.clip.train, steps=5)))
+    data = StandinData.build(prepared, labels, spec)
+
+    def train(run: str, seed: int) -> torch.Tensor:
+        train_clip_standin(
+            data=data, folder=tmp_path / run, spec=spec, key={"seed": seed}, seed=seed,
+            device=torch.device("cpu"), log_dir=tmp_path / f"log{run}",
+        )  # fmt: skip
+        weights = load_file(tmp_path / run / "model.safetensors")
+        return torch.cat([weights[k].flatten() for k in sorted(weights)])
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        a, b, other = train("a", 3), train("b", 3), train("c", 4)
+    finally:
+        torch.set_num_threads(before)
+    same, different = (a - b).abs().mean().item(), (a - other).abs().mean().item()
+    # Usually bit-identical; CPU kernels may round differently with the memory alignment of their
+    # inputs (Adam's first steps amplify that), which stays far below a change of seed.
+    assert same < 0.01 * different
+
+
+# --------------------------------------------------------------------------------------------
+# The trained stand-ins
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_folder_loads_with_the_real_models_loaders(standins, prepared):
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        AutoImageProcessor,
+        AutoTokenizer,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextModel,
+        CLIPTokenizer,
+    )
+
+    from mindvideo.generator import VideoUNet
+
+    clip = CLIPModel.from_pretrained(standins.clip)
+    assert isinstance(CLIPProcessor.from_pretrained(standins.clip).tokenizer, CLIPTokenizer)
+    assert (standins.clip / "preprocessor_config.json").is_file()
+    image_processor = AutoImageProcessor.from_pretrained(standins.clip)
+    tokenizer = AutoTokenizer.from_pretrained(standins.clip)
+
+    sd = standins.stable_diffusion
+    index = json.loads((sd / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
+    vae = AutoencoderKL.from_pretrained(sd, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
+    text_encoder = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder")
+    sd_tokenizer = CLIPTokenizer.from_pretrained(sd, subfolder="tokenizer")
+    assert (sd / "tokenizer" / "vocab.json").is_file() and (
+        sd / "tokenizer" / "merges.txt"
+    ).is_file()
+    scheduler = PNDMScheduler.from_pretrained(sd, subfolder="scheduler")
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    assert (
+        DDPMScheduler.from_pretrained(sd, subfolder="scheduler").config.num_train_timesteps == 1000
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(sd, local_files_only=True)
+    assert pipe.safety_checker is None
+    assert VideoUNet.from_pretrained_2d(sd, subfolder="unet").config.cross_attention_dim == (
+        text_encoder.config.hidden_size
+    )
+
+    # The stages' own loaders (contrast, tune-video, evaluate) take the folders as they are.
+    from mindvideo.evaluation.runner import classifier_identity
+    from mindvideo.training.contrast import load_clip
+    from mindvideo.training.tune_video import load_stable_diffusion
+
+    towers = load_clip(standins.clip)
+    assert towers.text_hidden_size == text_encoder.config.hidden_size and towers.max_length == 77
+    parts = load_stable_diffusion(sd)
+    assert parts.vae.config.scaling_factor == vae.config.scaling_factor
+    for folder in (standins.image_classifier, standins.video_classifier):
+        assert classifier_identity(folder)["standin"]
+
+    # The parts belong together: SD's text encoder is CLIP's text tower, the latents fit the UNet.
+    size = prepared.frames("train").shape[3]
+    assert unet.config.cross_attention_dim == text_encoder.config.hidden_size
+    assert unet.config.in_channels == vae.config.latent_channels == 4
+    assert unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1) == size
+    assert clip.config.vision_config.image_size == size
+    ids = sd_tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt")
+    assert ids.input_ids.shape == (1, 77)
+    assert tokenizer("a red circle")["input_ids"] == sd_tokenizer("a red circle")["input_ids"]
+    with torch.no_grad():
+        ours = text_encoder(ids.input_ids).last_hidden_state
+        theirs = clip.text_model(ids.input_ids).last_hidden_state
+    torch.testing.assert_close(ours, theirs)
+    pixels = image_processor(
+        images=[np.asarray(prepared.frames("test")[0, 0, 0])], return_tensors="pt"
+    )
+    assert pixels["pixel_values"].shape == (1, 3, size, size)
+
+
+@pytest.mark.slow
+def test_clip_retrieves_the_class_of_held_out_frames_far_above_chance(standins):
+    metrics = json.loads((standins.clip / MARKER).read_text())["metrics"]
+    # tiny, seed 0: 0.385 over 68 classes (chance 0.015).
+    assert metrics["retrieval_class_top1"] > 10 * metrics["retrieval_class_chance"]
+    assert metrics["retrieval_caption_top1"] > 10 * metrics["retrieval_caption_chance"]
+
+
+@pytest.mark.slow
+def test_classifiers_beat_chance_on_held_out_test_frames_and_clips(standins, prepared, labels):
+    from mindvideo.evaluation import ImageClassifier, VideoClassifier
+
+    image = ImageClassifier.from_pretrained(standins.image_classifier, device="cpu")
+    assert image.labels == list(CLASSES)
+    frames = np.asarray(prepared.frames("test")[:, ::2, 3]).reshape(
+        -1, *prepared.frames("test").shape[3:]
+    )
+    truth = labels.class_id["test"][:, ::2, 3].reshape(-1)
+    probs = image.predict_proba(frames)
+    top1 = float((probs.argmax(1) == truth).mean())
+    # tiny, seed 0: ≈ 0.33 top-1 over 73 classes (chance 0.014).
+    assert top1 > 10 / len(CLASSES)
+
+    video = VideoClassifier.from_pretrained(standins.video_classifier, num_frames=6, device="cpu")
+    assert video.labels == labels.video_labels and video.num_frames == 6
+    data = StandinData.build(prepared, labels, standin_preset("tiny"))
+    clips, cls, mot = video_clips(data, "test", limit=300)
+    probs = video.predict_proba(clips)
+    joint = cls * len(MOTIONS) + mot
+    top5 = float((np.argsort(-probs, 1)[:, :5] == joint[:, None]).any(1).mean())
+    class_top1 = float((probs.reshape(len(probs), len(CLASSES), -1).sum(2).argmax(1) == cls).mean())
+    # tiny, seed 0: ≈ 0.21 top-5 over 657 labels (chance 0.008); class alone ≈ 0.30.
+    assert top5 > 10 * 5 / len(labels.video_labels)
+    assert class_top1 > 10 / len(CLASSES)
+
+
+@pytest.mark.slow
+def test_vae_reconstructs_held_out_frames(standins, prepared):
+    from diffusers import AutoencoderKL
+
+    from mindvideo.training.standins_sd import reconstruction_psnr
+
+    vae = AutoencoderKL.from_pretrained(standins.stable_diffusion, subfolder="vae").eval()
+    frames = np.asarray(prepared.frames("test")[:, ::8, 2]).reshape(
+        -1, *prepared.frames("test").shape[3:]
+    )
+    psnr = reconstruction_psnr(vae, frames, torch.device("cpu"))
+    # Each frame's own mean colour gives 17.8 dB on these frames; tiny, seed 0: 21.4 dB.
+    flat = frames.astype(np.float64)
+    mse = ((flat - flat.mean((1, 2), keepdims=True)) ** 2).reshape(len(frames), -1).mean(1)
+    mean_colour = float((10 * np.log10(255.0**2 / mse)).mean())
+    assert psnr > 20.0 and psnr > mean_colour + 2.0
+    scale = vae.config.scaling_factor
+    with torch.no_grad():
+        x = torch.from_numpy(frames[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        latents = vae.encode(x).latent_dist.mean * scale
+    assert 0.7 < float(latents.std()) < 1.4  # scaled latents are about unit-variance
+
+
+@pytest.mark.slow
+def test_diffusion_loss_falls(standins):
+    unet = json.loads((standins.stable_diffusion / "unet" / MARKER).read_text())["metrics"]
+    # Fixed probe (held-out latents, noise, timesteps): tiny, seed 0: 1.14 → 0.14.
+    assert unet["unet_probe_loss_after"] < 0.5 * unet["unet_probe_loss_before"]
+    log = standins.root / "logs" / "stable_diffusion" / "unet" / "logs" / "metrics.jsonl"
+    losses = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.slow
+def test_summary_says_these_are_standins_with_their_numbers(standins):
+    summary = json.loads(standins.summary.read_text())
+    assert summary["preset"] == "tiny" and summary["seed"] == 0
+    assert set(summary["models"]) == {
+        "clip", "stable_diffusion", "image_classifier", "video_classifier"
+    }  # fmt: skip
+    for marker in summary["models"].values():
+        assert marker["metrics"] and marker["key"]["preset"] == "tiny"
+    readme = (standins.root / "README.md").read_text()
+    assert "not ImageNet or Kinetics" in readme
+    assert summary["pretrained"]["pretrained.clip"] == str(standins.clip)
+
+
+@pytest.mark.slow
+def test_a_second_call_reuses_finished_models_and_retrains_only_what_is_missing(
+    standins, prepared_dataset
+):
+    before = _files(standins.root)
+    start = time.perf_counter()
+    again = train_standins(
+        prepared_dataset, standins.root, preset="tiny", seed=0, num_threads=THREADS
+    )
+    assert time.perf_counter() - start < 5.0
+    assert again == standins
+    assert _files(standins.root) == before
+
+    # An interrupted run (no marker) is trained again; the finished ones are kept.
+    (standins.video_classifier / MARKER).unlink()
+    train_standins(prepared_dataset, standins.root, preset="tiny", seed=0, num_threads=THREADS)
+    after = _files(standins.root)
+    assert (standins.video_classifier / MARKER).is_file()
+    for name, stamp in before.items():
+        if name.startswith(("clip/", "stable_diffusion/", "image_classifier/")):
+            assert after[name] == stamp, name
+
+
+def test_unknown_preset_and_missing_prepared_data_are_user_errors(tmp_path, prepared_dataset):
+    with pytest.raises(UserError, match="preset"):
+        train_standins(prepared_dataset, tmp_path / "out", preset="huge")
+    with pytest.raises(UserError, match="does not exist"):
+        train_standins(tmp_path / "nothing", tmp_path / "out", preset="tiny")
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)
