@@ -354,7 +354,7 @@ def test_vae_reconstructs_held_out_frames(standins, prepared):
     from mindvideo.training.standins_sd import reconstruction_psnr
 
     vae = AutoencoderKL.from_pretrained(standins.stable_diffusion, subfolder="vae").eval()
-    frames = np.asarray(prepared.frames("test")[:, ::8, 2]).reshape(
+    frames = np.array(prepared.frames("test")[:, ::8, 2]).reshape(
         -1, *prepared.frames("test").shape[3:]
     )
     psnr = reconstruction_psnr(vae, frames, torch.device("cpu"))

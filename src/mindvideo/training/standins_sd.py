@@ -541,14 +541,12 @@ def train_sd_standin(
     alphas = noise_schedule(scheduler_config)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_size = data.frame_size // factor
-    n_probe = min(256, len(data.test_frames))
-    probe_frames = data.test_frames[:n_probe]
-    probe_latents = encode_frames(vae, probe_frames, device)[0] * scale
-    probe_cond = encode_text(
-        text_encoder, tokenizer, [data.captions[c] for c in data.test_caption[:n_probe]], device
-    )
     if not is_complete(sd / "unet", unet_key):
         t0 = time.perf_counter()
+        n_probe = min(256, len(data.test_frames))
+        probe_latents = encode_frames(vae, data.test_frames[:n_probe], device)[0] * scale
+        probe_captions = [data.captions[c] for c in data.test_caption[:n_probe]]
+        probe_cond = encode_text(text_encoder, tokenizer, probe_captions, device)
         frames = data.train_frames[:: spec.unet.frame_stride]
         captions = data.train_caption[:: spec.unet.frame_stride]
         mean, std = encode_frames(vae, frames, device)
