@@ -286,7 +286,7 @@ def test_retrieval_ties_count_against_a_collapsed_encoder(prepared, mbm_dir, cli
 
 
 DDP_SCRIPT = """
-import json, sys, torch, torch.distributed as dist
+import gc, json, sys, torch, torch.distributed as dist
 from mindvideo.encoder import contrastive_loss
 from mindvideo.training.contrast import gather_with_grad, _gather_no_grad
 
@@ -308,7 +308,11 @@ loss.backward()  # DDP averages the gradients of the two processes
 result = {"full": full.item(), "gathered": loss.item(),
           "grad_diff": (model.weight.grad - reference).abs().max().item()}
 open(f"rank{rank}.json", "w").write(json.dumps(result))
-dist.barrier()  # without it, gloo sometimes aborts while the processes exit
+dist.barrier()
+# The DDP reducer holds the process group: free it before the group, while the interpreter is
+# alive (a gloo group freed during interpreter shutdown can abort the process).
+del ddp
+gc.collect()
 dist.destroy_process_group()
 """
 

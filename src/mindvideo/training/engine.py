@@ -21,6 +21,7 @@ torch RNG, which the checkpoint restores.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -394,6 +395,10 @@ class Trainer:
         try:
             return self._train(accelerator, resume)
         finally:
+            # Drop the DDP wrapper (its reducer holds the process group) and collect it while the
+            # interpreter is alive; a gloo group freed during interpreter shutdown can abort.
+            accelerator.free_memory()
+            gc.collect()
             accelerator.end_training()
             reset_accelerate_state()
 
