@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mindvideo.data.pairing import PadMode, pad_voxels, padded_size
+from mindvideo.data.prepared import staging_dir
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
@@ -212,51 +214,62 @@ def prepare_hcp(
         times["total"] = time.perf_counter() - start
         return out
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX).unlink(missing_ok=True)  # incomplete until the new index is written
-    cache: list[tuple[Any, np.ndarray, np.ndarray]] = []
-    writer: _ShardWriter | None = None
-    reference: tuple[Path, np.ndarray] | None = None
-    run_info = []
-    times.update(read=0.0, preprocess=0.0)
-    for path in tqdm(runs, desc="HCP runs", unit="run", disable=None):
-        t0 = time.perf_counter()
-        data, axis, tr_s = read_dtseries(path)  # [T, G]
-        t1 = time.perf_counter()
-        positions, gray = _visual_positions(axis, areas, cache)
-        if reference is None:
-            if gray.size == 0:
+    # Shards are staged beside `out` and moved in only when every run is read: a failure (a NaN
+    # vertex in the last run) leaves no partial corpus, or the earlier one untouched.
+    staging = staging_dir(out)
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+    staging.mkdir(parents=True)
+    try:
+        cache: list[tuple[Any, np.ndarray, np.ndarray]] = []
+        writer: _ShardWriter | None = None
+        reference: tuple[Path, np.ndarray] | None = None
+        run_info = []
+        times.update(read=0.0, preprocess=0.0)
+        for path in tqdm(runs, desc="HCP runs", unit="run", disable=None):
+            t0 = time.perf_counter()
+            data, axis, tr_s = read_dtseries(path)  # [T, G]
+            t1 = time.perf_counter()
+            positions, gray = _visual_positions(axis, areas, cache)
+            if reference is None:
+                if gray.size == 0:
+                    raise UserError(
+                        f"{path} has no grayordinates in the Glasser areas {', '.join(areas)}; "
+                        "give HCP *_Atlas.dtseries.nii files (91k grayordinates) or change "
+                        "hcp.areas."
+                    )
+                reference = (path, gray)
+                writer = _ShardWriter(staging, cfg.hcp.shard_frames, gray.size)
+            elif not np.array_equal(gray, reference[1]):
                 raise UserError(
-                    f"{path} has no grayordinates in the Glasser areas {', '.join(areas)}; give "
-                    "HCP *_Atlas.dtseries.nii files (91k grayordinates) or change hcp.areas."
+                    f"{path} has {gray.size} grayordinates in {', '.join(areas)} but "
+                    f"{reference[0]} has {reference[1].size} (or other ones); all runs must be on "
+                    "the same grayordinates (HCP's 91k *_Atlas.dtseries.nii files)."
                 )
-            reference = (path, gray)
-            writer = _ShardWriter(out, cfg.hcp.shard_frames, gray.size)
-        elif not np.array_equal(gray, reference[1]):
-            raise UserError(
-                f"{path} has {gray.size} grayordinates in {', '.join(areas)} but {reference[0]} "
-                f"has {reference[1].size} (or other ones); all runs must be on the same "
-                "grayordinates (HCP's 91k *_Atlas.dtseries.nii files)."
+            x = preprocess_run(
+                data,
+                positions,
+                drop=(0, 0),
+                order=cfg.hcp.detrend_order,
+                nan_policy=cfg.nan_policy,  # type: ignore[arg-type]
+                source=str(path),
+            )  # [T, V]
+            del data
+            assert writer is not None
+            writer.add(x)
+            run_info.append(
+                {"file": relative_key(path, root), "volumes": int(x.shape[0]), "tr_s": tr_s}
             )
-        x = preprocess_run(
-            data,
-            positions,
-            drop=(0, 0),
-            order=cfg.hcp.detrend_order,
-            nan_policy=cfg.nan_policy,  # type: ignore[arg-type]
-            source=str(path),
-        )  # [T, V]
-        del data
-        assert writer is not None
-        writer.add(x)
-        run_info.append(
-            {"file": relative_key(path, root), "volumes": int(x.shape[0]), "tr_s": tr_s}
-        )
-        times["read"] += t1 - t0
-        times["preprocess"] += time.perf_counter() - t1
-    assert writer is not None and reference is not None
-    t0 = time.perf_counter()
-    shards = writer.close()
+            times["read"] += t1 - t0
+            times["preprocess"] += time.perf_counter() - t1
+        assert writer is not None and reference is not None
+        t0 = time.perf_counter()
+        shards = writer.close()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / INDEX).unlink(missing_ok=True)  # incomplete until the new index is written
+        for shard in shards:
+            os.replace(staging / shard["file"], out / shard["file"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for stale in out.glob("shard_*.npy"):  # left over from an earlier, larger corpus
         if stale.name not in {s["file"] for s in shards}:
             stale.unlink()

@@ -22,7 +22,10 @@ A prepared subject is a directory::
 Every file is written atomically (temp file + rename); large arrays are written incrementally
 into a memory map (:meth:`PreparedWriter.open_array`), so frames never need to fit in memory.
 ``manifest.json`` is written last and removed first when a directory is rewritten: a directory
-without it is incomplete. :meth:`PreparedData.open` memory-maps everything read-only.
+without it is incomplete. ``mindvideo prepare`` stages the whole directory beside its destination
+(``PreparedWriter(out, staged=True)``) and moves the files in only once all of them are written
+and checked, so a failed preparation leaves no output (or the earlier one untouched).
+:meth:`PreparedData.open` memory-maps everything read-only.
 
 The authors' preprocessed arrays (``video_{train,test}_256_3hz.npy``, ``text_...``,
 ``fmri_{train,test}_subjectN.npy``, ``test_seg_id_3hz.npy``) open the same way with
@@ -37,6 +40,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,29 +117,60 @@ def _json_default(obj: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def staging_dir(out: str | os.PathLike) -> Path:
+    """Where a preparation into ``out`` is staged: the hidden folder ``.{name}.tmp`` beside it
+    (the same file system, so its files move into ``out`` by rename). The name is fixed, so a
+    run killed mid-way leaves one folder that the next run removes first."""
+    out = Path(out).resolve()
+    return out.parent / f".{out.name}.tmp"
+
+
 class PreparedWriter:
     """Writes a prepared-subject directory, one atomic file at a time, manifest last.
 
-    Creating a writer removes an existing ``manifest.json`` in ``out_dir`` first, so an
-    interrupted rewrite leaves a directory that :meth:`PreparedData.open` rejects as incomplete.
+    Unstaged (the default), files go straight into ``out_dir`` and creating the writer removes an
+    existing ``manifest.json`` there first, so an interrupted rewrite leaves a directory that
+    :meth:`PreparedData.open` rejects as incomplete. With ``staged=True`` every file is written
+    into :func:`staging_dir` instead (``root``); :meth:`finish` moves them into ``out_dir`` only
+    once all are written and checked, and :meth:`abort` (or leaving the ``with`` block without
+    :meth:`finish`) deletes them: a failed run leaves ``out_dir`` as it was (or absent).
 
     Example::
 
-        w = PreparedWriter(out)
-        with w.open_array("frames_train", (S, 240, 6, 256, 256, 3), np.uint8) as frames:
-            for s in range(S):
-                frames[s] = decode_segment(s)      # written segment by segment
-        w.write_array("fmri_train", fmri_train)
-        w.write_captions("train", captions)        # [S][240][6] strings
-        w.finish(inputs={"sources": hashes, "config": cfg}, volumes_dropped={...})
+        with PreparedWriter(out, staged=True) as w:
+            with w.open_array("frames_train", (S, 240, 6, 256, 256, 3), np.uint8) as frames:
+                for s in range(S):
+                    frames[s] = decode_segment(s)      # written segment by segment
+            w.write_array("fmri_train", fmri_train)
+            w.write_captions("train", captions)        # [S][240][6] strings
+            w.finish(inputs={"sources": hashes, "config": cfg}, volumes_dropped={...})
     """
 
-    def __init__(self, out_dir: str | os.PathLike) -> None:
-        self.root = Path(out_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / MANIFEST).unlink(missing_ok=True)
+    def __init__(self, out_dir: str | os.PathLike, *, staged: bool = False) -> None:
+        self.out = Path(out_dir)
+        self.staged = staged
+        if staged:
+            self.root = staging_dir(self.out)
+            shutil.rmtree(self.root, ignore_errors=True)  # left by a killed run
+            self.root.mkdir(parents=True)
+        else:
+            self.root = self.out
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / MANIFEST).unlink(missing_ok=True)
         self._arrays: dict[str, dict[str, Any]] = {}
         self._captions: dict[str, dict[str, Any]] = {}
+
+    def __enter__(self) -> PreparedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        """Delete what a staged writer has written and not published (nothing in ``out_dir``
+        changes); a no-op after :meth:`finish` and for an unstaged writer."""
+        if self.staged and self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
 
     @contextlib.contextmanager
     def open_array(
@@ -189,7 +224,7 @@ class PreparedWriter:
         missing = [n for n in REQUIRED_ARRAYS if n not in self._arrays]
         if missing:
             raise UserError(
-                f"Prepared directory {self.root} is missing {', '.join(missing)}; write every "
+                f"Prepared directory {self.out} is missing {', '.join(missing)}; write every "
                 "required array before finish()."
             )
         manifest: dict[str, Any] = {
@@ -205,10 +240,21 @@ class PreparedWriter:
         manifest = _jsonable(manifest)
         # Validate the finished directory the way readers will see it before publishing it.
         data = PreparedData._from_manifest(self.root, manifest)
-        _validate(data, str(self.root))
-        atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        logger.info("wrote prepared subject %s (%d voxels)", self.root, manifest["n_voxels"])
+        _validate(data, str(self.out))
+        del data
+        if self.staged:
+            self._publish()
+        atomic_write_text(self.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        logger.info("wrote prepared subject %s (%d voxels)", self.out, manifest["n_voxels"])
         return manifest
+
+    def _publish(self) -> None:
+        """Move the staged files into ``out`` (each by rename); the manifest follows them."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / MANIFEST).unlink(missing_ok=True)  # incomplete until the new one is written
+        for path in sorted(self.root.iterdir()):
+            os.replace(path, self.out / path.name)
+        self.root.rmdir()
 
 
 def _check_name(name: str) -> None:
@@ -251,16 +297,18 @@ def write_prepared(
     segment by segment; returns the opened result."""
     from tqdm.auto import tqdm
 
-    w = PreparedWriter(out_dir)
-    names = [n for n in REQUIRED_ARRAYS + OPTIONAL_ARRAYS if getattr(data, n) is not None]
-    for name in tqdm(names, desc="writing prepared arrays", unit="array", disable=len(names) < 4):
-        w.write_array(name, getattr(data, name))
-    for split in SPLITS:
-        caps = getattr(data, f"captions_{split}")
-        if caps is not None:
-            w.write_captions(split, caps)
-    extra = {k: v for k, v in data.manifest.items() if k not in _RESERVED}
-    w.finish(inputs, **{**extra, **info})
+    with PreparedWriter(out_dir, staged=True) as w:
+        names = [n for n in REQUIRED_ARRAYS + OPTIONAL_ARRAYS if getattr(data, n) is not None]
+        for name in tqdm(
+            names, desc="writing prepared arrays", unit="array", disable=len(names) < 4
+        ):
+            w.write_array(name, getattr(data, name))
+        for split in SPLITS:
+            caps = getattr(data, f"captions_{split}")
+            if caps is not None:
+                w.write_captions(split, caps)
+        extra = {k: v for k, v in data.manifest.items() if k not in _RESERVED}
+        w.finish(inputs, **{**extra, **info})
     return PreparedData.open(out_dir)
 
 

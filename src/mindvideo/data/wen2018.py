@@ -531,8 +531,11 @@ def prepare_wen2018(
     seconds spent per step (hash, read, preprocess, roi, frames, captions, write).
 
     Every check that can fail on the inputs (missing files, captions source, stimulus length,
-    volume counts, NaN voxels, grayordinates) runs before anything is written, so a failed run
-    leaves no new ``manifest.json``.
+    volume counts, NaN voxels, grayordinates) runs before anything is written, and the arrays are
+    staged beside ``out`` (:class:`~mindvideo.data.prepared.PreparedWriter`, ``staged=True``)
+    until all are complete, so a failed run (a video truncated inside its frames is found only
+    while decoding) leaves ``out`` as it was: absent, or an earlier prepared subject untouched.
+    Only the BLIP caption cache (``captions.cache``) is kept in ``out`` to resume from.
     """
     from tqdm.auto import tqdm
 
@@ -578,78 +581,82 @@ def prepare_wen2018(
     roi_mask[roi_positions] = True
     voxel_gray = atlas.grayordinate_index(reader.axis)[roi_positions].astype(np.int32)
 
-    writer = PreparedWriter(out)
-    t0 = time.perf_counter()
-    splits = {"train": list(layout.train), "test": list(layout.test)}
-    size = int(cfg.frame_size)
-    with tqdm(total=len(layout.stimuli), desc="stimuli", unit="video", disable=None) as bar:
+    # Staged beside `out` and moved in by finish(): a failure (e.g. a video truncated inside
+    # its frames, found only when decoding) leaves no partial output.
+    with PreparedWriter(out, staged=True) as writer:
+        t0 = time.perf_counter()
+        splits = {"train": list(layout.train), "test": list(layout.test)}
+        size = int(cfg.frame_size)
+        with tqdm(total=len(layout.stimuli), desc="stimuli", unit="video", disable=None) as bar:
+            for split, names in splits.items():
+                shape = (len(names), n_trs, index.shape[1], size, size, 3)
+                with writer.open_array(f"frames_{split}", shape, np.uint8) as frames:
+                    for s, name in enumerate(names):
+                        frames[s] = _decode_segment(
+                            layout.stimuli[name], index, cfg.fps, size, tr_s
+                        )
+                        bar.update()
+        times["frames"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        scene_summary: dict[str, Any] = {}
         for split, names in splits.items():
-            shape = (len(names), n_trs, index.shape[1], size, size, 3)
-            with writer.open_array(f"frames_{split}", shape, np.uint8) as frames:
-                for s, name in enumerate(names):
-                    frames[s] = _decode_segment(layout.stimuli[name], index, cfg.fps, size, tr_s)
-                    bar.update()
-    times["frames"] = time.perf_counter() - t0
+            if scenes is not None:
+                ids, truth_captions = _scene_table(scenes, names, n_trs, cfg.fps, tr_s)
+                writer.write_array(f"scene_ids_{split}", ids)
+                scene_summary[split] = int(ids.max() - ids.min() + 1)
+            if captioner is None:
+                captions = truth_captions
+            else:
+                from mindvideo.data.captions import caption_frames
 
-    t0 = time.perf_counter()
-    scene_summary: dict[str, Any] = {}
-    for split, names in splits.items():
-        if scenes is not None:
-            ids, truth_captions = _scene_table(scenes, names, n_trs, cfg.fps, tr_s)
-            writer.write_array(f"scene_ids_{split}", ids)
-            scene_summary[split] = int(ids.max() - ids.min() + 1)
-        if captioner is None:
-            captions = truth_captions
-        else:
-            from mindvideo.data.captions import caption_frames
+                frames = np.load(writer.root / f"frames_{split}.npy", mmap_mode="r")
+                flat = caption_frames(frames, captioner, out / cfg.captions.cache)
+                captions = np.asarray(flat, dtype=object).reshape(frames.shape[:3]).tolist()
+            writer.write_captions(split, captions)
+        times["captions"] = time.perf_counter() - t0
 
-            frames = np.load(out / f"frames_{split}.npy", mmap_mode="r")
-            flat = caption_frames(frames, captioner, out / cfg.captions.cache)
-            captions = np.asarray(flat, dtype=object).reshape(frames.shape[:3]).tolist()
-        writer.write_captions(split, captions)
-    times["captions"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    writer.write_array("fmri_train", fmri_train)
-    writer.write_array("fmri_test", fmri_test)
-    writer.write_array("roi_mask", roi_mask)
-    writer.write_array("voxel_grayordinates", voxel_gray)
-    n_sig = int(roi.significant_.sum())
-    manifest = writer.finish(
-        inputs,
-        source="wen2018",
-        subject=int(cfg.subject),
-        tr_s=tr_s,
-        fps=float(cfg.fps),
-        frames_per_tr=int(index.shape[1]),
-        frame_size=size,
-        grayordinates=len(reader.axis),
-        cortex_vertices=reader.n_cortex,
-        segments={split: names for split, names in splits.items()},
-        repetitions={
-            "train": [len(r) for r in layout.train.values()],
-            "test": [len(r) for r in layout.test.values()],
-        },
-        test_repetitions=cfg.test_repetitions,
-        volumes_dropped={
-            k: {"volumes": v[0], "start": v[1], "end": v[2]} for k, v in reader.dropped.items()
-        },
-        roi={
-            "n_vertices": int(roi.n_features_in_),
-            "n_segments": int(roi.n_segments_),
-            "n_significant": n_sig,
-            "n_kept": int(roi.n_voxels_),
-            "threshold_p": float(roi.threshold_p_),
-            "alpha": roi.alpha,
-            "correction": roi.correction,
-            "alternative": roi.alternative,
-            "top_fraction": roi.top_fraction,
-            "max_t_rejected": _max_t_rejected(roi),
-        },
-        captions_source="blip" if captioner is not None else "scenes.json",
-        n_scenes=scene_summary or None,
-        prepare_config=_config_dict(cfg),
-    )
+        t0 = time.perf_counter()
+        writer.write_array("fmri_train", fmri_train)
+        writer.write_array("fmri_test", fmri_test)
+        writer.write_array("roi_mask", roi_mask)
+        writer.write_array("voxel_grayordinates", voxel_gray)
+        n_sig = int(roi.significant_.sum())
+        manifest = writer.finish(
+            inputs,
+            source="wen2018",
+            subject=int(cfg.subject),
+            tr_s=tr_s,
+            fps=float(cfg.fps),
+            frames_per_tr=int(index.shape[1]),
+            frame_size=size,
+            grayordinates=len(reader.axis),
+            cortex_vertices=reader.n_cortex,
+            segments={split: names for split, names in splits.items()},
+            repetitions={
+                "train": [len(r) for r in layout.train.values()],
+                "test": [len(r) for r in layout.test.values()],
+            },
+            test_repetitions=cfg.test_repetitions,
+            volumes_dropped={
+                k: {"volumes": v[0], "start": v[1], "end": v[2]} for k, v in reader.dropped.items()
+            },
+            roi={
+                "n_vertices": int(roi.n_features_in_),
+                "n_segments": int(roi.n_segments_),
+                "n_significant": n_sig,
+                "n_kept": int(roi.n_voxels_),
+                "threshold_p": float(roi.threshold_p_),
+                "alpha": roi.alpha,
+                "correction": roi.correction,
+                "alternative": roi.alternative,
+                "top_fraction": roi.top_fraction,
+                "max_t_rejected": _max_t_rejected(roi),
+            },
+            captions_source="blip" if captioner is not None else "scenes.json",
+            n_scenes=scene_summary or None,
+            prepare_config=_config_dict(cfg),
+        )
     times["write"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - start
     log.info(
@@ -696,6 +703,27 @@ def _authors_files(root: Path, subject: int, fps: int, size: int) -> list[Path]:
     return out
 
 
+def _check_finite_fmri(data: Any, root: Path, subject: int, nan_policy: str) -> None:
+    """Voxels with a NaN or Inf anywhere in the authors' fMRI arrays: a :class:`UserError`
+    naming the file, or with ``nan_policy="zero"`` those voxels set to 0 in ``data`` (logged),
+    as raw runs are treated (:func:`mindvideo.data.preprocess.preprocess_run`)."""
+    for split in ("train", "test"):
+        fmri = getattr(data, f"fmri_{split}")  # [S, T, V]
+        finite = np.isfinite(fmri).all(axis=tuple(range(fmri.ndim - 1)))  # [V]
+        n_bad = int(finite.size - np.count_nonzero(finite))
+        if not n_bad:
+            continue
+        name = f"fmri_{split}_subject{subject}.npy"
+        path = next((f for f in (root / name, root / "preprocessed" / name) if f.is_file()), name)
+        if nan_policy == "raise":
+            raise UserError(
+                f"{path} has {n_bad} of {finite.size} voxels with NaN or Inf values; fix the "
+                "file, or set nan_policy to 'zero' to set those voxels to 0."
+            )
+        log.warning("%s: %d voxels with NaN or Inf values set to 0", path, n_bad)
+        setattr(data, f"fmri_{split}", np.where(finite, fmri, 0).astype(fmri.dtype, copy=False))
+
+
 def prepare_wen2018_preprocessed(
     cfg: PrepareConfig, out: str | os.PathLike, *, timings: dict[str, float] | None = None
 ) -> Path:
@@ -721,6 +749,7 @@ def prepare_wen2018_preprocessed(
         raise UserError(f"The authors' arrays are named by a whole fps (3hz), not {cfg.fps}.")
     fps = int(cfg.fps)
     data = load_authors_arrays(root, cfg.subject, fps=fps, size=int(cfg.frame_size))
+    _check_finite_fmri(data, root, int(cfg.subject), cfg.nan_policy)
     files = _authors_files(root, int(cfg.subject), fps, int(cfg.frame_size))
     t0 = time.perf_counter()
     config = {
@@ -730,6 +759,8 @@ def prepare_wen2018_preprocessed(
         "fps": fps,
         "frame_size": int(cfg.frame_size),
     }
+    if cfg.nan_policy != "raise":  # only then: earlier directories stay up to date
+        config["nan_policy"] = cfg.nan_policy
     inputs = {"sources": hash_inputs(files, root), "config": config}
     times["hash"] = time.perf_counter() - t0
     if is_up_to_date(out, inputs):
