@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from mindvideo.cli._stage import add_stage_arguments, resolve_config
+from mindvideo.cli._stage import add_stage_arguments, print_plan, require_out, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="latest|PATH",
         help="continue an interrupted run: 'latest' or OUT/checkpoints/step_N",
     )
-    add_stage_arguments(parser)
+    add_stage_arguments(parser, dry_run=True)
     parser.set_defaults(func=run)
 
 
@@ -59,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from mindvideo.training.contrast import check_contrast_config, contrast
 
     check_contrast_config(cfg)  # before anything heavy is loaded
-    result = contrast(cfg, args.out, resume=args.resume)
+    if args.dry_run:
+        from mindvideo.training.plan import plan_contrast
+
+        return print_plan(plan_contrast(cfg, args.out, resume=args.resume))
+    result = contrast(cfg, require_out(args), resume=args.resume)
     after, chance = result.retrieval["after"], result.retrieval["chance"]
     log.info(
         "fMRI → caption top-1 on the test windows: %.3f (chance %.3f); wrote %s",

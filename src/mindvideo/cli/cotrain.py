@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import logging
 
-from mindvideo.cli._stage import add_stage_arguments, resolve_config
+from mindvideo.cli._stage import add_stage_arguments, print_plan, require_out, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="latest|PATH",
         help="continue an interrupted run: 'latest' or OUT/checkpoints/step_N",
     )
-    add_stage_arguments(parser)
+    add_stage_arguments(parser, dry_run=True)
     parser.set_defaults(func=run)
 
 
@@ -46,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     flags = {key: getattr(args, key) for key in ("data", "encoder", "generator")}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
 
+    if args.dry_run:
+        from mindvideo.training.plan import plan_cotrain
+
+        return print_plan(plan_cotrain(cfg, args.out, resume=args.resume))
     from mindvideo.training.cotrain import cotrain
 
-    out = cotrain(cfg, args.out, resume=args.resume)
+    out = cotrain(cfg, require_out(args), resume=args.resume)
     log.info("wrote %s", out)
     return 0

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from mindvideo.cli._stage import add_stage_arguments, resolve_config
+from mindvideo.cli._stage import add_stage_arguments, print_plan, require_out, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="latest|PATH",
         help="continue an interrupted run: 'latest' or OUT/{pretrain,finetune}/checkpoints/step_N",
     )
-    add_stage_arguments(parser)
+    add_stage_arguments(parser, dry_run=True)
     parser.set_defaults(func=run)
 
 
@@ -47,9 +47,13 @@ def run(args: argparse.Namespace) -> int:
     flags = {"data": args.data, "finetune_data": args.finetune_data}
     cfg = dataclasses.replace(cfg, **{k: str(v) for k, v in flags.items() if v is not None})
 
+    if args.dry_run:
+        from mindvideo.training.plan import plan_pretrain
+
+        return print_plan(plan_pretrain(cfg, args.out, resume=args.resume))
     from mindvideo.training.pretrain import pretrain
 
-    result = pretrain(cfg, args.out, resume=args.resume)
+    result = pretrain(cfg, require_out(args), resume=args.resume)
     if result.heldout is not None:
         log.info(
             "held-out masked MSE on the test fMRI: %.4f before fine-tuning, %.4f after "

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from mindvideo.cli._stage import add_stage_arguments, resolve_config
+from mindvideo.cli._stage import add_stage_arguments, print_plan, require_out, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data", type=Path, help="prepared subject directory; sets config key data"
     )
-    add_stage_arguments(parser)
+    add_stage_arguments(parser, dry_run=True)
     parser.set_defaults(func=run)
 
 
@@ -43,9 +43,13 @@ def run(args: argparse.Namespace) -> int:
     flags = {"checkpoint": args.checkpoint, "data": args.data}
     cfg = dataclasses.replace(cfg, **{k: str(v) for k, v in flags.items() if v is not None})
 
+    if args.dry_run:
+        from mindvideo.pipeline.reconstruct import plan_reconstruct
+
+        return print_plan(plan_reconstruct(cfg, args.out))
     from mindvideo.pipeline.reconstruct import reconstruct
 
-    result = reconstruct(cfg, args.out)  # also writes OUT/config.yaml
+    result = reconstruct(cfg, require_out(args))  # also writes OUT/config.yaml
     log.info(
         "%d clips in %s (%d generated now, %d kept from an earlier run)",
         result.n_windows,

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import logging
 
-from mindvideo.cli._stage import add_stage_arguments, resolve_config
+from mindvideo.cli._stage import add_stage_arguments, print_plan, require_out, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="latest|PATH",
         help="continue an interrupted run: 'latest' or OUT/checkpoints/step_N",
     )
-    add_stage_arguments(parser)
+    add_stage_arguments(parser, dry_run=True)
     parser.set_defaults(func=run)
 
 
@@ -48,8 +48,12 @@ def run(args: argparse.Namespace) -> int:
             pretrained=dataclasses.replace(cfg.pretrained, stable_diffusion=args.stable_diffusion),
         )
 
+    if args.dry_run:
+        from mindvideo.training.plan import plan_tune_video
+
+        return print_plan(plan_tune_video(cfg, args.out, resume=args.resume))
     from mindvideo.training.tune_video import tune_video
 
-    out = tune_video(cfg, args.out, resume=args.resume)
+    out = tune_video(cfg, require_out(args), resume=args.resume)
     log.info("wrote %s", out)
     return 0

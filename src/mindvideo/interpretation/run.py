@@ -26,6 +26,8 @@ _ENCODER_SUBDIRS = {
     "cotrain": ("fmri_encoder", "pipeline/fmri_encoder", ""),
 }
 _FLAGS = {"mbm": "--mbm", "contrast": "--contrast", "cotrain": "--cotrain"}
+_COMMANDS = {"mbm": "pretrain", "contrast": "contrast", "cotrain": "cotrain"}
+"""The command whose output each stage's encoder is."""
 
 
 def _encoder_folder(path: str | os.PathLike, stage: str) -> Path:
@@ -35,7 +37,7 @@ def _encoder_folder(path: str | os.PathLike, stage: str) -> Path:
     root = Path(path)
     if not root.exists():
         raise UserError(
-            f"{root} does not exist; pass the output folder of `mindvideo {stage}` with "
+            f"{root} does not exist; pass the output folder of `mindvideo {_COMMANDS[stage]}` with "
             f"{_FLAGS[stage]} (config key {stage})."
         )
     for sub in _ENCODER_SUBDIRS[stage]:
@@ -45,7 +47,8 @@ def _encoder_folder(path: str | os.PathLike, stage: str) -> Path:
     places = ", ".join(s or "." for s in _ENCODER_SUBDIRS[stage])
     raise UserError(
         f"{root} holds no encoder (no config.json in {places}); "
-        f"pass the output folder of `mindvideo {stage}` with {_FLAGS[stage]} (config key {stage})."
+        f"pass the output folder of `mindvideo {_COMMANDS[stage]}` with {_FLAGS[stage]} "
+        f"(config key {stage})."
     )
 
 

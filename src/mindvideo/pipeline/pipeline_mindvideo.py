@@ -110,13 +110,15 @@ class MindVideoPipeline(DiffusionPipeline):
         code, no network for a local folder); a hub id is downloaded first.
 
         Keyword arguments: ``torch_dtype`` (for the models), a component to use instead of the
-        saved one (``scheduler=...``), or a pipeline setting (``frames_per_tr=...``); anything
-        else goes to ``DiffusionPipeline.download`` for hub ids.
+        saved one (``scheduler=...``), a pipeline setting (``frames_per_tr=...``), or
+        ``empty_weights=True`` (the models built from their configs on the meta device, without
+        weights: a dry run); anything else goes to ``DiffusionPipeline.download`` for hub ids.
         """
         path = os.fspath(pretrained_model_name_or_path)
         components = {k: kwargs.pop(k) for k in cls._component_names() if k in kwargs}
         settings = {k: kwargs.pop(k) for k in cls._setting_names() if k in kwargs}
         torch_dtype = kwargs.pop("torch_dtype", None)
+        empty_weights = bool(kwargs.pop("empty_weights", False))
         if not os.path.isdir(path):
             path = cls.download(path, **kwargs)
         index_file = os.path.join(path, "model_index.json")
@@ -143,6 +145,11 @@ class MindVideoPipeline(DiffusionPipeline):
                 raise UserError(
                     f"The pipeline folder {path} has no {name}/ folder; it is incomplete."
                 )
+            if empty_weights and issubclass(component_cls, torch.nn.Module):
+                from mindvideo.utils.plan import empty_model
+
+                components[name] = empty_model(component_cls, path, name)
+                continue
             components[name] = component_cls.from_pretrained(path, subfolder=name, **load_kwargs)
         for key in cls._setting_names():
             if key not in settings and key in index:

@@ -39,8 +39,26 @@ from mindvideo.pipeline.guidance import NEGATIVE_SOURCES, negative_fmri_from_pre
 from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
 from mindvideo.pipeline.schedulers import make_scheduler
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
+from mindvideo.utils.plan import (
+    FLOAT32_BYTES,
+    MemoryEstimate,
+    ModelPart,
+    PhasePlan,
+    RunPlan,
+    activation_bytes,
+    meta_like,
+    out_status,
+    trace_activations,
+)
 
-__all__ = ["INDEX_VERSION", "ReconstructionResult", "load_pipeline", "reconstruct", "window_seed"]
+__all__ = [
+    "INDEX_VERSION",
+    "ReconstructionResult",
+    "load_pipeline",
+    "plan_reconstruct",
+    "reconstruct",
+    "window_seed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +218,90 @@ def _stack(out: Path, name: str, shape: tuple[int, ...], rows: Any) -> None:
         del arr
 
 
+@dataclass
+class _Windows:
+    """What a run reconstructs: the split's dataset, one entry per window (``index.json``'s
+    ``windows``), conditions and frames per video, frame size, and the recorded settings."""
+
+    dataset: FMRIWindowDataset
+    windows: list[dict[str, Any]]
+    conditions: int
+    num_frames: int
+    size: int
+    settings: dict[str, Any]
+
+
+def _plan_windows(
+    cfg: ReconstructConfig, out: Path | None, pipe: MindVideoPipeline, prepared: PreparedData
+) -> _Windows:
+    """Check that the data fits the pipeline's encoder and that ``out`` (if it holds an earlier
+    run) was made with the same settings; list the windows. Writes nothing."""
+    # The data must be what the encoder was trained on.
+    enc = pipe.fmri_encoder.config
+    pad_mode, normalize = pipe.config.fmri_pad_mode, pipe.config.fmri_normalize
+    n_padded = padded_size(prepared.n_voxels, enc.patch_size, pad_mode)
+    if n_padded != enc.num_voxels:
+        raise UserError(
+            f"The prepared data {cfg.data} has {prepared.n_voxels} voxels ({n_padded} after "
+            f"padding to the patch size {enc.patch_size}) but the checkpoint's fMRI encoder "
+            f"expects {enc.num_voxels}; reconstruct with the checkpoint trained on this "
+            "subject's prepared data."
+        )
+    if cfg.window < enc.window:
+        raise UserError(
+            f"window = {cfg.window} is shorter than the {enc.window} TRs the checkpoint's fMRI "
+            f"encoder was trained on; set window={enc.window} (or more for longer videos)."
+        )
+    if cfg.window > enc.max_window:
+        raise UserError(
+            f"window = {cfg.window} is longer than the {enc.max_window} TRs (max_window) the "
+            f"checkpoint's fMRI encoder takes; set window to at most {enc.max_window}."
+        )
+    dataset = FMRIWindowDataset(
+        prepared,
+        cfg.split,
+        window=cfg.window,
+        patch_size=enc.patch_size,
+        pad_mode=pad_mode,
+        normalize=normalize,
+        with_captions=False,
+    )
+    conditions = cfg.window - enc.window + 1  # 6-frame chunks per video
+
+    # The windows: (segment, TR) in order, every tr_stride-th TR, the first `limit`.
+    pairs = [
+        (s, t) for s in range(dataset.n_segments) for t in range(0, dataset.n_trs, cfg.tr_stride)
+    ][: cfg.limit]
+    windows = []
+    for row, (s, t) in enumerate(pairs):
+        stem = f"clips/{_clip_stem(s, t)}"
+        windows.append(
+            {
+                "row": row,
+                "segment": s,
+                "tr": t,
+                "fmri_trs": window_indices(t, cfg.window, dataset.n_trs).tolist(),
+                "frame_trs": window_indices(t, conditions, dataset.n_trs).tolist(),
+                "seed": window_seed(cfg.seed, s, t),
+                "frames": f"{stem}.npy",
+                "mp4": f"{stem}.mp4",
+                "gif": f"{stem}.gif" if cfg.gif else None,
+            }
+        )
+    settings = _settings(cfg)
+    previous = _read_index(out / "index.json") if out is not None else None
+    if previous is not None and previous.get("settings") != settings:
+        changed = sorted(
+            k for k in settings if (previous.get("settings") or {}).get(k) != settings[k]
+        )
+        raise UserError(
+            f"{out} holds reconstructions made with other settings ({', '.join(changed)} "
+            "differ); use a new --out directory or delete the old one."
+        )
+    num_frames = cfg.frames_per_tr * conditions
+    return _Windows(dataset, windows, conditions, num_frames, pipe.default_size, settings)
+
+
 def reconstruct(
     cfg: ReconstructConfig,
     out: str | os.PathLike,
@@ -230,68 +332,18 @@ def reconstruct(
     pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # one bar over the windows instead
 
-    # The data must be what the encoder was trained on.
+    run = _plan_windows(cfg, out, pipe, prepared)
+    dataset, windows, conditions = run.dataset, run.windows, run.conditions
+    num_frames, size, settings = run.num_frames, run.size, run.settings
     enc = pipe.fmri_encoder.config
-    pad_mode, normalize = pipe.config.fmri_pad_mode, pipe.config.fmri_normalize
-    n_padded = padded_size(prepared.n_voxels, enc.patch_size, pad_mode)
-    if n_padded != enc.num_voxels:
-        raise UserError(
-            f"The prepared data {cfg.data} has {prepared.n_voxels} voxels ({n_padded} after "
-            f"padding to the patch size {enc.patch_size}) but the checkpoint's fMRI encoder "
-            f"expects {enc.num_voxels}; reconstruct with the checkpoint trained on this "
-            "subject's prepared data."
-        )
-    if cfg.window < enc.window:
-        raise UserError(
-            f"window = {cfg.window} is shorter than the {enc.window} TRs the checkpoint's fMRI "
-            f"encoder was trained on; set window={enc.window} (or more for longer videos)."
-        )
-    dataset = FMRIWindowDataset(
-        prepared,
-        cfg.split,
-        window=cfg.window,
-        patch_size=enc.patch_size,
-        pad_mode=pad_mode,
-        normalize=normalize,
-        with_captions=False,
-    )
-    conditions = cfg.window - enc.window + 1  # 6-frame chunks per video
-    num_frames = cfg.frames_per_tr * conditions
-    size = pipe.default_size
     negative = negative_fmri_from_prepared(
-        prepared, cfg.negative, enc.window, enc.patch_size, pad_mode, normalize
+        prepared,
+        cfg.negative,
+        enc.window,
+        enc.patch_size,
+        pipe.config.fmri_pad_mode,
+        pipe.config.fmri_normalize,
     )
-
-    # The windows: (segment, TR) in order, every tr_stride-th TR, the first `limit`.
-    pairs = [
-        (s, t) for s in range(dataset.n_segments) for t in range(0, dataset.n_trs, cfg.tr_stride)
-    ][: cfg.limit]
-    windows = []
-    for row, (s, t) in enumerate(pairs):
-        stem = f"clips/{_clip_stem(s, t)}"
-        windows.append(
-            {
-                "row": row,
-                "segment": s,
-                "tr": t,
-                "fmri_trs": window_indices(t, cfg.window, dataset.n_trs).tolist(),
-                "frame_trs": window_indices(t, conditions, dataset.n_trs).tolist(),
-                "seed": window_seed(cfg.seed, s, t),
-                "frames": f"{stem}.npy",
-                "mp4": f"{stem}.mp4",
-                "gif": f"{stem}.gif" if cfg.gif else None,
-            }
-        )
-    settings = _settings(cfg)
-    previous = _read_index(out / "index.json")
-    if previous is not None and previous.get("settings") != settings:
-        changed = sorted(
-            k for k in settings if (previous.get("settings") or {}).get(k) != settings[k]
-        )
-        raise UserError(
-            f"{out} holds reconstructions made with other settings ({', '.join(changed)} "
-            "differ); use a new --out directory or delete the old one."
-        )
     index: dict[str, Any] = {
         "format_version": INDEX_VERSION,
         "split": cfg.split,
@@ -380,3 +432,94 @@ def reconstruct(
         len(windows) - generated,
     )
     return ReconstructionResult(out, len(windows), generated, len(windows) - generated)
+
+
+def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = None) -> RunPlan:
+    """A dry run of :func:`reconstruct` (``mindvideo reconstruct --dry-run``).
+
+    The same checks (config, checkpoint folder, prepared data, the data fitting the encoder,
+    an ``out`` made with other settings), the pipeline's models built from their configs on the
+    meta device, nothing generated or written. Returns a :class:`~mindvideo.utils.plan.RunPlan`
+    with the windows, the models' parameters and a memory estimate (:mod:`mindvideo.utils.plan`).
+    """
+    _check_config(cfg, False)
+    notes = []
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        _autocast(device, cfg.dtype)
+    except UserError as exc:  # a plan for a GPU machine, made on a laptop
+        notes.append(f"{str(exc).rstrip('.')}: on this machine the real run would stop here.")
+    _check_checkpoint(cfg.checkpoint)  # type: ignore[arg-type]
+    prepared = PreparedData.open(cfg.data)  # type: ignore[arg-type]
+    pipe = MindVideoPipeline.from_pretrained(cfg.checkpoint, empty_weights=True)  # type: ignore[arg-type]
+    scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
+    out_path = Path(out) if out is not None else None
+    run = _plan_windows(cfg, out_path, pipe, prepared)
+    done = 0
+    if out_path is not None and out_path.is_dir():
+        done = sum(_finished(out_path, w, cfg.gif) for w in run.windows)
+
+    enc, unet, vae = pipe.fmri_encoder, pipe.unet, pipe.vae
+    models = [
+        ModelPart.of("fmri_encoder", enc, trainable=()),
+        ModelPart.of("unet", unet, trainable=()),
+        ModelPart.of("vae", vae, trainable=()),
+    ]
+    # The peak of one sampler step (both guidance branches in one UNet call) or of decoding.
+    batch = min(cfg.batch_size, max(1, len(run.windows)))
+    latent = run.size // pipe.vae_scale_factor
+    channels, cond = int(unet.config.in_channels), enc.config
+    latents = meta_like((2 * batch, channels, run.num_frames, latent, latent))
+    condition = meta_like((2 * batch, cond.out_tokens, cond.cond_dim))
+    fmri = meta_like((batch, cfg.window, cond.num_voxels))
+    decode = meta_like((min(8, batch * run.num_frames), channels, latent, latent))
+    traced = None
+    try:
+        with torch.no_grad():
+            traced = max(
+                trace_activations(lambda: enc.forward_sliding(fmri), peak=True),
+                trace_activations(lambda: unet(latents, 1, condition).sample, peak=True),
+                trace_activations(lambda: vae.decode(decode).sample, peak=True),
+            )
+    except Exception as exc:  # an estimate must never stop a dry run
+        logger.warning("Could not trace the activations of the reconstruction (%s).", exc)
+    memory = MemoryEstimate(
+        weights=FLOAT32_BYTES * sum(p.parameters for p in models),
+        activations=activation_bytes(traced, cfg.dtype),
+        activations_how=(
+            f"peak of one UNet call on {2 * batch} videos (both guidance branches) or of "
+            "decoding 8 frames, traced"
+            + (f", halved for {cfg.dtype}" if cfg.dtype != "float32" else "")
+        ),
+    )
+    n_batches = -(-len(run.windows) // cfg.batch_size)
+    phase = PhasePlan(
+        "reconstruct",
+        data={
+            "split": cfg.split,
+            "segments × TRs": [run.dataset.n_segments, run.dataset.n_trs],
+            "voxels": f"{prepared.n_voxels:,} (padded to {cond.num_voxels:,})",
+            "fMRI windows": (
+                f"{len(run.windows):,} of {cfg.window} TRs (TR stride {cfg.tr_stride}"
+                f"{f', the first {cfg.limit}' if cfg.limit else ''})"
+            ),
+            "already done": f"{done:,} (a re-run skips them)",
+            "video": f"{run.num_frames} frames of {run.size} × {run.size} at {cfg.fps} FPS",
+        },
+        models=models,
+        memory=memory,
+        settings={
+            "sampler": f"{type(scheduler).__name__}, {cfg.num_inference_steps} steps",
+            "guidance": f"{cfg.negative} negative, scale {cfg.guidance_scale:g}",
+            "batches": f"{n_batches:,} of {cfg.batch_size} windows"
+            f" → {n_batches * cfg.num_inference_steps:,} UNet calls",
+            "device, dtype": f"{device}, {cfg.dtype}",
+        },
+    )
+    checked = {
+        "checkpoint": f"{cfg.checkpoint}: pipeline folder (window {cond.window}, "
+        f"{cond.num_voxels:,} voxels, {pipe.config.fmri_pad_mode} padding)",
+        "data": f"{cfg.data}: prepared subject, {cfg.split} split",
+        "out": out_status(out_path),
+    }
+    return RunPlan("reconstruct", checked, [phase], notes)

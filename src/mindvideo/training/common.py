@@ -11,6 +11,7 @@ from torch import nn
 
 from mindvideo.config import EncoderSizeConfig
 from mindvideo.utils import UserError, atomic_dir
+from mindvideo.utils.plan import empty_model
 
 __all__ = [
     "is_main_process",
@@ -83,11 +84,12 @@ def save_model_atomically(model: nn.Module, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_mbm(path: str | os.PathLike, key: str = "encoder"):
+def load_mbm(path: str | os.PathLike, key: str = "encoder", empty_weights: bool = False):
     """Load an :class:`~mindvideo.encoder.MBMAutoencoder` folder written by ``mindvideo pretrain``.
 
     ``path`` is the MBM folder itself (``config.json`` + safetensors) or a pretrain output
     directory holding ``mbm/``. ``key`` names the config key in error messages.
+    ``empty_weights``: build it from its config on the meta device (a dry run).
     """
     from mindvideo.encoder import MBMAutoencoder
 
@@ -100,6 +102,8 @@ def load_mbm(path: str | os.PathLike, key: str = "encoder"):
             f"`mindvideo pretrain` (config key {key})."
         )
     try:
+        if empty_weights:
+            return empty_model(MBMAutoencoder, folder)
         return MBMAutoencoder.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(

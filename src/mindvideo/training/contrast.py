@@ -59,7 +59,7 @@ from mindvideo.training.common import (
     sample_rng,
     save_model_atomically,
 )
-from mindvideo.training.engine import Trainer
+from mindvideo.training.engine import CHECKPOINTS_DIR, Trainer, list_checkpoints
 from mindvideo.utils import UserError, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -183,12 +183,14 @@ class ClipTowers:
         return torch.cat(chunks)
 
 
-def load_clip(path: str | os.PathLike | None) -> ClipTowers:
+def load_clip(path: str | os.PathLike | None, empty_weights: bool = False) -> ClipTowers:
     """Load CLIP (model, tokenizer, image processor) from a local folder (``pretrained.clip``).
 
     The paper's model is openai/clip-vit-large-patch14 — the text encoder of Stable Diffusion
     1.5 — downloaded once (e.g. ``huggingface-cli download openai/clip-vit-large-patch14
-    --local-dir ...``). A hub id also works for users who are online.
+    --local-dir ...``). A hub id also works for users who are online. ``empty_weights``: the
+    model is built from its config on the meta device (a dry run; tokenizer and image processor
+    are loaded as usual).
     """
     if not path:
         raise UserError(
@@ -198,7 +200,12 @@ def load_clip(path: str | os.PathLike | None) -> ClipTowers:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     try:
-        model = CLIPModel.from_pretrained(path)
+        if empty_weights:
+            from mindvideo.utils.plan import empty_model
+
+            model = empty_model(CLIPModel, path)
+        else:
+            model = CLIPModel.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -662,14 +669,18 @@ class ContrastSetup:
     evaluator: RetrievalEvaluator
 
 
-def build_contrast(cfg: ContrastConfig) -> ContrastSetup:
-    """Load CLIP and the MBM, inflate the encoder, and build the data of :func:`contrast`."""
+def build_contrast(cfg: ContrastConfig, empty_weights: bool = False) -> ContrastSetup:
+    """Load CLIP and the MBM, inflate the encoder, and build the data of :func:`contrast`.
+
+    ``empty_weights``: every model is built on the meta device, without weights (a dry run).
+    """
     from mindvideo.data.captions import CaptionAugmenter
     from mindvideo.data.datasets import FMRIWindowDataset, SceneAwareBatchSampler
+    from mindvideo.utils.plan import empty_weights as meta_device
 
     check_contrast_config(cfg)
-    towers = load_clip(cfg.pretrained.clip)
-    mbm = load_mbm(cfg.encoder, "encoder")  # type: ignore[arg-type]
+    towers = load_clip(cfg.pretrained.clip, empty_weights)
+    mbm = load_mbm(cfg.encoder, "encoder", empty_weights)  # type: ignore[arg-type]
     windows = {
         split: FMRIWindowDataset(
             cfg.data,  # type: ignore[arg-type]
@@ -680,7 +691,9 @@ def build_contrast(cfg: ContrastConfig) -> ContrastSetup:
         )
         for split in ("train", "test")
     }
-    encoder = build_encoder(cfg, mbm, towers, windows["train"].n_voxels_padded)
+    with meta_device(empty_weights):
+        encoder = build_encoder(cfg, mbm, towers, windows["train"].n_voxels_padded)
+        temperature = LearnableTemperature()
     augmenter = CaptionAugmenter(
         p_synonym=cfg.caption_aug.p_synonym,
         p_swap=cfg.caption_aug.p_swap,
@@ -711,7 +724,7 @@ def build_contrast(cfg: ContrastConfig) -> ContrastSetup:
         len(evaluator.unique_scenes),
         sum(p.numel() for p in encoder.parameters()) / 1e6,
     )
-    model = ContrastiveModel(encoder, LearnableTemperature())
+    model = ContrastiveModel(encoder, temperature)
     return ContrastSetup(towers, model, dataset, sampler, evaluator)
 
 
@@ -725,10 +738,16 @@ def contrast(
     """
     check_contrast_config(cfg)
     out = Path(out)
+    if resume is None and list_checkpoints(out):
+        raise UserError(
+            f"{out / CHECKPOINTS_DIR} already holds checkpoints of an earlier run; pass --resume "
+            "latest to continue it, or use a new output directory."
+        )
+    setup = build_contrast(cfg)
+    # Written once every input has been checked: a refused run leaves no output folder.
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-    setup = build_contrast(cfg)
     evaluator = setup.evaluator
 
     # Retrieval of the freshly inflated encoder (deterministic, so a resumed run gets the same).

@@ -66,6 +66,7 @@ __all__ = [
     "CotrainDataset",
     "GeneratorParts",
     "check_condition_width",
+    "check_cotrain_config",
     "cotrain",
     "find_encoder_folder",
     "load_fmri_encoder",
@@ -96,11 +97,12 @@ class GeneratorParts:
     scheduler_config: dict[str, Any]
 
 
-def load_generator(path: str | os.PathLike) -> GeneratorParts:
+def load_generator(path: str | os.PathLike, empty_weights: bool = False) -> GeneratorParts:
     """Load the folder written by ``mindvideo tune-video`` (``unet/``, ``vae/``, ``scheduler/``).
 
     A Stable Diffusion folder (2D ``unet/``) is accepted too; its UNet is inflated with identity
-    temporal layers.
+    temporal layers. ``empty_weights``: the models are built from their configs on the meta
+    device (a dry run).
     """
     from diffusers import AutoencoderKL, DDPMScheduler
 
@@ -111,8 +113,15 @@ def load_generator(path: str | os.PathLike) -> GeneratorParts:
         "pass the folder written by `mindvideo tune-video` (--generator DIR).",
     )
     path = str(path)
-    unet = VideoUNet.from_pretrained(path, subfolder="unet")
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").requires_grad_(False).eval()
+    if empty_weights:
+        from mindvideo.utils.plan import empty_model
+
+        unet = empty_model(VideoUNet, path, "unet")
+        vae = empty_model(AutoencoderKL, path, "vae")
+    else:
+        unet = VideoUNet.from_pretrained(path, subfolder="unet")
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+    vae = vae.requires_grad_(False).eval()
     scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler"))
     return GeneratorParts(unet, vae, load_noise_scheduler(path), scheduler_config)
 
@@ -158,21 +167,32 @@ def find_encoder_folder(path: str | os.PathLike) -> tuple[Path, str]:
 
 
 def load_fmri_encoder(
-    path: str | os.PathLike, window: int, cond_dim: int
+    path: str | os.PathLike, window: int, cond_dim: int, empty_weights: bool = False
 ) -> tuple[SpatiotemporalEncoder, Path, str]:
     """Load the fMRI encoder for co-training; returns ``(encoder, folder, class name)``.
 
     A :class:`SpatiotemporalEncoder` (contrast's output) is loaded as saved; an
     :class:`MBMAutoencoder` (pretrain's output, contrast skipped) is inflated to ``window`` TRs
-    with ``cond_dim`` conditioning width.
+    with ``cond_dim`` conditioning width. ``empty_weights``: built from its config on the meta
+    device (a dry run).
     """
+    from mindvideo.utils.plan import empty_model
+    from mindvideo.utils.plan import empty_weights as meta_device
+
     folder, name = find_encoder_folder(path)
     if name == "MBMAutoencoder":
-        mbm = MBMAutoencoder.from_pretrained(str(folder))
-        encoder = SpatiotemporalEncoder.from_mbm(mbm, window=window, cond_dim=cond_dim)
+        if empty_weights:
+            mbm = empty_model(MBMAutoencoder, folder)
+        else:
+            mbm = MBMAutoencoder.from_pretrained(str(folder))
+        with meta_device(empty_weights):
+            encoder = SpatiotemporalEncoder.from_mbm(mbm, window=window, cond_dim=cond_dim)
         logger.info("Inflated the MBM encoder in %s (contrastive learning skipped).", folder)
     else:
-        encoder = SpatiotemporalEncoder.from_pretrained(str(folder))
+        if empty_weights:
+            encoder = empty_model(SpatiotemporalEncoder, folder)
+        else:
+            encoder = SpatiotemporalEncoder.from_pretrained(str(folder))
         if encoder.config.window != window:
             raise UserError(
                 f"The fMRI encoder in {folder} was trained on windows of "
@@ -194,14 +214,24 @@ def check_condition_width(encoder: nn.Module, unet: nn.Module, encoder_path: Any
         )
 
 
-def _pad_mode_for(encoder_folder: Path, n_voxels: int, encoder: SpatiotemporalEncoder) -> str:
-    """How the stage that trained the encoder padded the voxels: its ``config.yaml``'s
-    ``pad_mode`` when found beside the encoder, else the mode that gives its ``num_voxels``."""
+def _pad_mode_for(
+    encoder_folder: Path,
+    n_voxels: int,
+    encoder: SpatiotemporalEncoder,
+    data: Any,
+    pad_mode: str | None = None,
+) -> str:
+    """How the stage that trained the encoder padded the voxels: ``pad_mode`` when given, else
+    its ``config.yaml``'s ``pad_mode`` when found beside the encoder, else the mode that gives
+    its ``num_voxels``. A :class:`UserError` naming both folders when the prepared data
+    (``data``, ``n_voxels`` ROI voxels) cannot give the encoder's ``num_voxels``."""
     from mindvideo.config import ContrastConfig, PretrainConfig, load_config
     from mindvideo.data.pairing import padded_size
 
     patch, num_voxels = int(encoder.config.patch_size), int(encoder.config.num_voxels)
-    for folder in (encoder_folder, encoder_folder.parent):
+    if pad_mode is not None and padded_size(n_voxels, patch, pad_mode) == num_voxels:
+        return pad_mode
+    for folder in () if pad_mode is not None else (encoder_folder, encoder_folder.parent):
         recipe = folder / "config.yaml"
         if not recipe.is_file():
             continue
@@ -212,13 +242,14 @@ def _pad_mode_for(encoder_folder: Path, n_voxels: int, encoder: SpatiotemporalEn
                 continue
             if padded_size(n_voxels, patch, mode) == num_voxels:
                 return mode
-    for mode in ("zero", "wrap_compat"):
+    for mode in () if pad_mode is not None else ("zero", "wrap_compat"):
         if padded_size(n_voxels, patch, mode) == num_voxels:
             return mode
     raise UserError(
         f"The fMRI encoder in {encoder_folder} takes {num_voxels} voxels but the prepared data "
-        f"has {n_voxels} ROI voxels (padded to {padded_size(n_voxels, patch, 'zero')}); use the "
-        "encoder trained on this subject's prepared data."
+        f"{data} has {n_voxels} ROI voxels (padded to "
+        f"{padded_size(n_voxels, patch, pad_mode or 'zero')}); use the encoder trained on this "
+        "subject's prepared data."
     )
 
 
@@ -266,6 +297,26 @@ def _encoder_parameters(encoder: SpatiotemporalEncoder) -> list[nn.Parameter]:
     return [p for n, p in encoder.named_parameters() if not n.startswith("pool_proj")]
 
 
+def check_cotrain_config(cfg: CotrainConfig) -> None:
+    """Raise a :class:`UserError` naming the key for settings the stage cannot run with (the
+    training keys are checked by :func:`~mindvideo.training.engine.check_engine_config`)."""
+    for key, flag, stage in (
+        ("data", "--data", "mindvideo prepare"),
+        ("encoder", "--encoder", "mindvideo contrast"),
+        ("generator", "--generator", "mindvideo tune-video"),
+    ):
+        if not getattr(cfg, key):
+            raise UserError(
+                f"cotrain needs the folder written by `{stage}`: pass {flag} DIR or set {key} "
+                "in the config."
+            )
+    if cfg.frames < 1 or cfg.window < 1:
+        raise UserError(
+            f"Config keys 'frames' and 'window' must be at least 1, not {cfg.frames} and "
+            f"{cfg.window}."
+        )
+
+
 def cotrain(
     cfg: CotrainConfig, out_dir: str | os.PathLike, resume: str | os.PathLike | None = None
 ) -> Path:
@@ -279,27 +330,11 @@ def cotrain(
     from mindvideo.data.prepared import PreparedData
     from mindvideo.pipeline import MindVideoPipeline, make_scheduler
 
-    for key, flag, stage in (
-        ("data", "--data", "mindvideo prepare"),
-        ("encoder", "--encoder", "mindvideo contrast"),
-        ("generator", "--generator", "mindvideo tune-video"),
-    ):
-        if not getattr(cfg, key):
-            raise UserError(
-                f"cotrain needs the folder written by `{stage}`: pass {flag} DIR or set {key} "
-                "in the config."
-            )
+    check_cotrain_config(cfg)
     check_engine_config(cfg.train)
-    if cfg.frames < 1 or cfg.window < 1:
-        raise UserError(
-            f"Config keys 'frames' and 'window' must be at least 1, not {cfg.frames} and "
-            f"{cfg.window}."
-        )
     out = Path(out_dir)
     prepared = PreparedData.open(cfg.data)
     check_fresh_output(out, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
 
     state = PartialState(cpu=cfg.train.cpu or not torch.cuda.is_available())
     try:
@@ -310,7 +345,7 @@ def cotrain(
         )
         check_condition_width(encoder, unet, encoder_folder, Path(cfg.generator) / "unet")
         latent_size = check_generator_size(cfg.size, unet, generator.vae)
-        pad_mode = cfg.pad_mode or _pad_mode_for(encoder_folder, prepared.n_voxels, encoder)
+        pad_mode = _pad_mode_for(encoder_folder, prepared.n_voxels, encoder, cfg.data, cfg.pad_mode)
         windows = FMRIWindowDataset(
             prepared,
             "train",
@@ -319,6 +354,9 @@ def cotrain(
             pad_mode=pad_mode,
             with_captions=False,
         )
+        # Written once every input has been checked: a refused run leaves no output folder.
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
 
         # Video tuning's cache is used as it is when it was made from the same clips and VAE.
         latents = None

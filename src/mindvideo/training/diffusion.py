@@ -55,6 +55,7 @@ __all__ = [
     "VideoDenoiser",
     "build_latent_cache",
     "build_text_cache",
+    "check_clip_frames",
     "check_model_folder",
     "clip_caption",
     "data_fingerprint",
@@ -413,6 +414,18 @@ def open_latent_cache(root: str | os.PathLike, key: Mapping[str, Any] | None = N
     return LatentCache(root, mean, std, meta)
 
 
+def check_clip_frames(prepared: Any, frames: int, split: str = "train") -> np.ndarray:
+    """``prepared``'s clips ``[S, T, F0, H, W, 3]`` of ``split``; a :class:`UserError` when a
+    TR has fewer than ``frames`` frames."""
+    clips = prepared.frames(split)
+    if clips.shape[2] < frames:
+        raise UserError(
+            f"The prepared data has {clips.shape[2]} frames per TR but the config asks for "
+            f"frames={frames}; set frames to at most {clips.shape[2]}."
+        )
+    return clips
+
+
 def build_latent_cache(
     vae: nn.Module,
     prepared: Any,
@@ -443,12 +456,7 @@ def build_latent_cache(
     from tqdm.auto import tqdm
 
     root = Path(root)
-    clips = prepared.frames(split)  # [S, T, F0, H, W, 3], memory-mapped
-    if clips.shape[2] < frames:
-        raise UserError(
-            f"The prepared data has {clips.shape[2]} frames per TR but the config asks for "
-            f"frames={frames}; set frames to at most {clips.shape[2]}."
-        )
+    clips = check_clip_frames(prepared, frames, split)  # [S, T, F0, H, W, 3], memory-mapped
     key = _latents_key(prepared, vae, split, size, frames)
     for folder in (root, *map(Path, reuse)):
         cache = open_latent_cache(folder, key)

@@ -48,7 +48,7 @@ from mindvideo.training.common import (
     mbm_from_size_config,
     save_model_atomically,
 )
-from mindvideo.training.engine import CHECKPOINTS_DIR, Trainer
+from mindvideo.training.engine import CHECKPOINTS_DIR, Trainer, list_checkpoints
 from mindvideo.utils import UserError, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,17 @@ def open_corpus(path: str | os.PathLike, patch_size: int, pad_mode: str = "zero"
             f"{path} is not a prepared subject and this mindvideo cannot read HCP corpora."
         ) from exc
     return HCPCorpus(path, patch_size=patch_size, pad_mode=pad_mode)
+
+
+def _phase_dataset(name: str, data: str, patch_size: int, pad_mode: str) -> Dataset:
+    """The frames one phase trains on: the fine-tuning phase reads a prepared subject's training
+    fMRI only; pre-training reads any corpus :func:`open_corpus` opens."""
+    if name == "finetune":
+        from mindvideo.data.datasets import FMRIFramesDataset
+
+        mode: Any = pad_mode
+        return FMRIFramesDataset(data, patch_size=patch_size, pad_mode=mode)
+    return open_corpus(data, patch_size, pad_mode)
 
 
 def _num_voxels(dataset: Dataset, where: str) -> int:
@@ -305,13 +316,7 @@ def _train_phase(
 ) -> MBMAutoencoder:
     """Train one phase on the engine; the trained MBM is saved to ``target``."""
     patch_size = model.config.patch_size if model is not None else cfg.encoder.patch_size
-    if name == "finetune":
-        from mindvideo.data.datasets import FMRIFramesDataset
-
-        pad_mode: Any = cfg.pad_mode
-        dataset: Dataset = FMRIFramesDataset(data, patch_size=patch_size, pad_mode=pad_mode)
-    else:
-        dataset = open_corpus(data, patch_size, cfg.pad_mode)
+    dataset = _phase_dataset(name, data, patch_size, cfg.pad_mode)
     num_voxels = _num_voxels(dataset, data)
     if model is None:
         torch.manual_seed(train_cfg.seed)  # a reproducible initialisation
@@ -385,9 +390,6 @@ def pretrain(
     """
     check_pretrain_config(cfg)
     out = Path(out)
-    if is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
 
     phases: list[tuple[str, str, TrainConfig]] = []
     if cfg.data:
@@ -409,6 +411,22 @@ def pretrain(
         resume_at[phase] = resume
 
     model: MBMAutoencoder | None = load_mbm(cfg.init, "init") if cfg.init else None
+    # Every input is checked before anything is written (a typo in finetune_data must not
+    # surface only after days of phase 1), and a refused run leaves no output folder.
+    patch_size = model.config.patch_size if model is not None else cfg.encoder.patch_size
+    for i, (name, data, _) in enumerate(phases):
+        finished = i < len(phases) - 1 and (out / name / MBM_DIR / "config.json").is_file()
+        if resume is None or not finished:  # a resumed run needs no data of finished phases
+            _num_voxels(_phase_dataset(name, data, patch_size, cfg.pad_mode), data)
+        if resume is None and list_checkpoints(out / name):
+            raise UserError(
+                f"{out / name / CHECKPOINTS_DIR} already holds checkpoints of an earlier run; "
+                "pass --resume latest to continue it, or use a new output directory."
+            )
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
     result = PretrainResult(mbm_dir=out / MBM_DIR)
     for i, (name, data, train_cfg) in enumerate(phases):
         last = i == len(phases) - 1

@@ -71,7 +71,9 @@ __all__ = [
     "StableDiffusionParts",
     "check_fresh_output",
     "check_generator_size",
+    "check_tune_video_config",
     "load_stable_diffusion",
+    "open_captioned_data",
     "record_trained_size",
     "tune_video",
 ]
@@ -100,9 +102,14 @@ class StableDiffusionParts:
     scheduler_config: dict[str, Any]
 
 
-def load_stable_diffusion(path: str | os.PathLike) -> StableDiffusionParts:
+def load_stable_diffusion(
+    path: str | os.PathLike, empty_weights: bool = False
+) -> StableDiffusionParts:
     """Load a Stable Diffusion 1.5 folder (``unet/``, ``vae/``, ``text_encoder/``,
-    ``tokenizer/``, ``scheduler/``; or a hub id when online), the UNet inflated for video."""
+    ``tokenizer/``, ``scheduler/``; or a hub id when online), the UNet inflated for video.
+
+    ``empty_weights``: the models are built from their configs on the meta device (a dry run).
+    """
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -114,9 +121,16 @@ def load_stable_diffusion(path: str | os.PathLike) -> StableDiffusionParts:
         "stable-diffusion-v1-5 with unet/, vae/, text_encoder/, tokenizer/ and scheduler/.",
     )
     path = str(path)
-    unet = VideoUNet.from_pretrained_2d(path, subfolder="unet")
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
-    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
+    if empty_weights:
+        from mindvideo.utils.plan import empty_model
+
+        unet = empty_model(VideoUNet, path, "unet")
+        vae = empty_model(AutoencoderKL, path, "vae")
+        text_encoder = empty_model(CLIPTextModel, path, "text_encoder")
+    else:
+        unet = VideoUNet.from_pretrained_2d(path, subfolder="unet")
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
     scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler"))
     noise_scheduler = load_noise_scheduler(path)
@@ -199,6 +213,36 @@ class ClipTextDataset(Dataset):
         }
 
 
+def check_tune_video_config(cfg: TuneVideoConfig) -> None:
+    """Raise a :class:`UserError` naming the key for settings the stage cannot run with (the
+    training keys are checked by :func:`~mindvideo.training.engine.check_engine_config`)."""
+    if not cfg.data:
+        raise UserError(
+            "tune-video needs the prepared data: pass --data DIR or set data in the config."
+        )
+    if not cfg.pretrained.stable_diffusion:
+        raise UserError(
+            "tune-video needs Stable Diffusion 1.5: pass --stable-diffusion DIR or set "
+            "pretrained.stable_diffusion in the config."
+        )
+    if cfg.frames < 1:
+        raise UserError(f"Config key 'frames' must be at least 1, not {cfg.frames}.")
+
+
+def open_captioned_data(data: str | os.PathLike) -> tuple[Any, list[list[list[str]]]]:
+    """The prepared subject at ``data`` and its training captions ``[S][T][F]`` (required)."""
+    from mindvideo.data.prepared import PreparedData
+
+    prepared = PreparedData.open(data)
+    captions = prepared.captions("train")
+    if captions is None:
+        raise UserError(
+            f"The prepared data {data} has no captions_train.json; video tuning conditions "
+            "on captions: run `mindvideo prepare` with captions first."
+        )
+    return prepared, captions
+
+
 def _save_scheduler_config(config: dict[str, Any], folder: Path) -> None:
     with atomic_dir(folder) as tmp:
         atomic_write_text(tmp / "scheduler_config.json", json.dumps(config, indent=2) + "\n")
@@ -214,36 +258,19 @@ def tune_video(
     """
     from accelerate import PartialState
 
-    from mindvideo.data.prepared import PreparedData
-
-    if not cfg.data:
-        raise UserError(
-            "tune-video needs the prepared data: pass --data DIR or set data in the config."
-        )
-    if not cfg.pretrained.stable_diffusion:
-        raise UserError(
-            "tune-video needs Stable Diffusion 1.5: pass --stable-diffusion DIR or set "
-            "pretrained.stable_diffusion in the config."
-        )
+    check_tune_video_config(cfg)
     check_engine_config(cfg.train)
-    if cfg.frames < 1:
-        raise UserError(f"Config key 'frames' must be at least 1, not {cfg.frames}.")
     out = Path(out_dir)
-    prepared = PreparedData.open(cfg.data)
-    captions = prepared.captions("train")
-    if captions is None:
-        raise UserError(
-            f"The prepared data {cfg.data} has no captions_train.json; video tuning conditions "
-            "on captions: run `mindvideo prepare` with captions first."
-        )
+    prepared, captions = open_captioned_data(cfg.data)  # type: ignore[arg-type]
     check_fresh_output(out, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
 
     state = PartialState(cpu=cfg.train.cpu or not torch.cuda.is_available())
     try:
         sd = load_stable_diffusion(cfg.pretrained.stable_diffusion)
         latent_size = check_generator_size(cfg.size, sd.unet, sd.vae)
+        # Written once every input has been checked: a refused run leaves no output folder.
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
         clip_captions = [clip_caption(tr[: cfg.frames]) for seg in captions for tr in seg]
 
         # The main process encodes; the others wait, then find the caches complete.
