@@ -40,6 +40,31 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     changed = {p.relative_to(run) for p in before if before[p] != after.get(p)}
     assert changed <= {Path("run.json"), Path("report.html")}
 
+    # The ablations reuse every stage of the full run and add their own short chains.
+    assert main(["demo", "--preset", "tiny", "--out", str(run), "--ablations"]) == 0
+    out = capsys.readouterr()
+    assert out.err.count("reused") == len(STAGES)
+    comparison = json.loads((run / "compare" / "comparison.json").read_text())
+    assert [r["name"] for r in comparison["runs"]] == ["full", "window-1", "no-contrast", "cfg"]
+    assert all(r["paired_with_reference"] for r in comparison["runs"][1:])
+    assert comparison["metrics"]["video_50way_top1_strict"]["tests"]["cfg"] is not None
+    variant = run / "ablations"
+    assert yaml_value(variant / "window-1" / "contrast" / "config.yaml", "window") == 1
+    assert yaml_value(variant / "window-1" / "reconstruct" / "config.yaml", "window") == 1
+    assert yaml_value(variant / "cfg" / "reconstruct" / "config.yaml", "negative") == "null"
+    assert not (variant / "cfg" / "cotrain").exists()  # guidance only: reuses the full model
+    assert yaml_value(variant / "no-contrast" / "cotrain" / "config.yaml", "encoder") == str(
+        (run / "pretrain").resolve()
+    )
+    assert "window-1" in out.out and "no-contrast" in out.out  # the comparison table
+    assert "window-1" in (run / "report.html").read_text()
+
+
+def yaml_value(path: Path, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))[key]
+
 
 def test_demo_plan_follows_the_pipeline_order():
     assert STAGES[:5] == ["simulate", "simulate-rest", "prepare", "prepare-hcp", "standins"]

@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated dataset")
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help=(
+            "also run the paper's ablations (window 1 and 2, no contrastive learning, plain "
+            "classifier-free guidance) and compare them with the full run (RUN/compare)"
+        ),
+    )
     parser.set_defaults(func=run)
 
 
@@ -148,31 +156,6 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
 
         run_pretrain(pretrain, out)
 
-    def _contrast(out: Path) -> None:
-        from mindvideo.training.contrast import contrast as run_contrast
-
-        run_contrast(contrast, out)
-
-    def _tune(out: Path) -> None:
-        from mindvideo.training.tune_video import tune_video
-
-        tune_video(tune, out)
-
-    def _cotrain(out: Path) -> None:
-        from mindvideo.training.cotrain import cotrain as run_cotrain
-
-        run_cotrain(cotrain, out)
-
-    def _reconstruct(out: Path) -> None:
-        from mindvideo.pipeline.reconstruct import reconstruct
-
-        reconstruct(recon, out)
-
-    def _evaluate(out: Path) -> None:
-        from mindvideo.evaluation.runner import evaluate_reconstructions
-
-        evaluate_reconstructions(evaluate, out)
-
     def _explain(out: Path) -> None:
         from mindvideo.interpretation.run import explain as run_explain
 
@@ -185,13 +168,104 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
         Stage("prepare-hcp", prepare_hcp, _prepare(prepare_hcp)),
         Stage("standins", standin_cfg, _standins),
         Stage("pretrain", pretrain, _pretrain),
-        Stage("contrast", contrast, _contrast),
-        Stage("tune-video", tune, _tune),
-        Stage("cotrain", cotrain, _cotrain),
-        Stage("reconstruct", recon, _reconstruct),
-        Stage("evaluate", evaluate, _evaluate),
+        model_stage("contrast", contrast),
+        model_stage("tune-video", tune),
+        model_stage("cotrain", cotrain),
+        model_stage("reconstruct", recon),
+        model_stage("evaluate", evaluate),
         Stage("explain", explain, _explain),
     ]
+
+
+def model_stage(name: str, cfg: Any) -> Stage:
+    """A stage from contrast to evaluate, run through the function its command calls."""
+
+    def go(out: Path) -> None:
+        if name == "contrast":
+            from mindvideo.training.contrast import contrast
+
+            contrast(cfg, out)
+        elif name == "tune-video":
+            from mindvideo.training.tune_video import tune_video
+
+            tune_video(cfg, out)
+        elif name == "cotrain":
+            from mindvideo.training.cotrain import cotrain
+
+            cotrain(cfg, out)
+        elif name == "reconstruct":
+            from mindvideo.pipeline.reconstruct import reconstruct
+
+            reconstruct(cfg, out)
+        elif name == "evaluate":
+            from mindvideo.evaluation.runner import evaluate_reconstructions
+
+            evaluate_reconstructions(cfg, out)
+        else:
+            raise ValueError(f"no model stage called {name!r}")
+
+    return Stage(name, cfg, go)
+
+
+# --------------------------------------------------------------------------------------------
+# Ablations (paper Table 1): variants of the full run that reuse its upstream stages
+# --------------------------------------------------------------------------------------------
+
+ABLATIONS_DIR = "ablations"
+
+
+def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
+    """The paper's ablations on top of a demo run, each a short chain of stages.
+
+    - ``window-1``, ``window-2``: the spatiotemporal encoder sees 1 (2) fMRI frames instead of
+      the run's window — contrast, cotrain, reconstruct and evaluate again;
+    - ``no-contrast``: co-training starts from the MBM encoder (stage 3 skipped);
+    - ``cfg``: plain classifier-free guidance (a null negative) instead of adversarial guidance.
+
+    Every variant writes into ``RUN/ablations/NAME/STAGE`` and reads everything else from the
+    full run (simulated data, stand-ins, pretrain, tune-video).
+    """
+    by = {s.name: s.config for s in stages}
+    r = run_dir.resolve()
+    contrast, cotrain, recon, evaluate = (
+        by[n] for n in ("contrast", "cotrain", "reconstruct", "evaluate")
+    )
+    variants: dict[str, list[Stage]] = {}
+
+    def tail(name: str, cotrain_cfg: Any | None, recon_cfg: Any) -> list[Stage]:
+        here = r / ABLATIONS_DIR / name
+        chain = []
+        if cotrain_cfg is not None:
+            chain.append(model_stage("cotrain", cotrain_cfg))
+            recon_cfg = dataclasses.replace(recon_cfg, checkpoint=str(here / "cotrain/pipeline"))
+        chain.append(model_stage("reconstruct", recon_cfg))
+        chain.append(
+            model_stage(
+                "evaluate",
+                dataclasses.replace(evaluate, reconstructions=str(here / "reconstruct")),
+            )
+        )
+        return chain
+
+    for window in (1, 2):
+        if window == contrast.window:
+            continue
+        name = f"window-{window}"
+        here = r / ABLATIONS_DIR / name
+        variant_contrast = dataclasses.replace(contrast, window=window)
+        variant_cotrain = dataclasses.replace(
+            cotrain, window=window, encoder=str(here / "contrast")
+        )
+        variant_recon = dataclasses.replace(recon, window=window)
+        variants[name] = [
+            model_stage("contrast", variant_contrast),
+            *tail(name, variant_cotrain, variant_recon),
+        ]
+    variants["no-contrast"] = tail(
+        "no-contrast", dataclasses.replace(cotrain, encoder=str(r / "pretrain")), recon
+    )
+    variants["cfg"] = tail("cfg", None, dataclasses.replace(recon, negative="null"))
+    return variants
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,8 +311,29 @@ def run_stage(stage: Stage, run_dir: Path, upstream_changed: bool) -> tuple[bool
     return True, seconds
 
 
-def run_demo(preset: str, out: Path, seed: int = 0, argv: list[str] | None = None) -> Path:
-    """Run every stage into ``out``; returns the path of the HTML report."""
+def _run_chain(
+    stages: list[Stage], run_dir: Path, changed: bool, console: Any, prefix: str = ""
+) -> bool:
+    """Run ``stages`` in order with one progress line each; returns whether any of them ran."""
+    for i, stage in enumerate(stages, 1):
+        label = f"[{i:>2}/{len(stages)}] {prefix}{stage.name:<13}"
+        with console.status(f"{label} running…"):
+            ran, seconds = run_stage(stage, run_dir, upstream_changed=changed)
+        changed = changed or ran
+        status = f"done in {seconds:6.1f} s" if ran else "reused"
+        console.print(f"{label} {status}")
+    return changed
+
+
+def run_demo(
+    preset: str,
+    out: Path,
+    seed: int = 0,
+    argv: list[str] | None = None,
+    ablations: bool = False,
+) -> Path:
+    """Run every stage into ``out`` (and the ablations with ``ablations=True``, compared with
+    the full run in ``out/compare``); returns the path of the HTML report."""
     from rich.console import Console
 
     from mindvideo.report import build_report, write_run_info
@@ -247,27 +342,37 @@ def run_demo(preset: str, out: Path, seed: int = 0, argv: list[str] | None = Non
     out.mkdir(parents=True, exist_ok=True)
     stages = plan(preset, out, seed)
     total = time.perf_counter()
-    changed = False
-    for i, stage in enumerate(stages, 1):
-        label = f"[{i:>2}/{len(stages)}] {stage.name:<13}"
-        with console.status(f"{label} running…"):
-            ran, seconds = run_stage(stage, out, upstream_changed=changed)
-        changed = changed or ran
-        status = f"done in {seconds:6.1f} s" if ran else "reused"
-        console.print(f"{label} {status}")
+    changed = _run_chain(stages, out, False, console)
+    if ablations:
+        variants = ablation_plan(stages, out)
+        for name, chain in variants.items():
+            _run_chain(chain, out / ABLATIONS_DIR / name, changed, console, prefix=f"{name}/")
+        write_ablation_comparison(out, list(variants))
     command = ["mindvideo", "demo", *(argv or [])]
     write_run_info(out, command, preset=preset, seed=seed)
     report = build_report(out, out / "report.html", command=" ".join(command))
-    console.print(f"[{len(stages) + 1:>2}/{len(stages) + 1}] report        written")
+    console.print("report written")
     console.print(f"total {time.perf_counter() - total:.1f} s")
     return report
 
 
+def write_ablation_comparison(run_dir: Path, variants: list[str]) -> Path:
+    """``RUN/compare``: the full run (the reference) against each ablation's evaluation."""
+    from mindvideo.evaluation.compare import compare_runs, write_comparison
+
+    runs = [run_dir / "evaluate", *(run_dir / ABLATIONS_DIR / v / "evaluate" for v in variants)]
+    comparison = compare_runs(runs, names=["full", *variants])
+    return write_comparison(comparison, run_dir / "compare")["markdown"]
+
+
 def run(args: argparse.Namespace) -> int:
     argv = ["--preset", args.preset, "--out", str(args.out), "--seed", str(args.seed)]
-    report = run_demo(args.preset, args.out, args.seed, argv)
-    metrics = args.out / "evaluate" / "metrics.md"
-    if metrics.is_file():
-        sys.stdout.write("\n" + metrics.read_text(encoding="utf-8") + "\n")
+    if args.ablations:
+        argv.append("--ablations")
+    report = run_demo(args.preset, args.out, args.seed, argv, ablations=args.ablations)
+    for table in ("evaluate/metrics.md", "compare/comparison.md"):
+        path = args.out / table
+        if path.is_file():
+            sys.stdout.write("\n" + path.read_text(encoding="utf-8") + "\n")
     sys.stdout.write(f"Report: {report}\n")
     return 0
