@@ -25,6 +25,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from data.test_wen2018 import copy_dataset
 from pipeline.tiny import tiny_pipeline
 from safetensors.torch import load_file
 from training.clip_tiny import write_class_prepared
@@ -245,18 +246,6 @@ def test_an_empty_checkpoint_folder_with_good_data_is_one_line(inputs, tmp_path,
 # --------------------------------------------------------------------------------------------
 # prepare: a truncated video, Inf and constant voxels
 # --------------------------------------------------------------------------------------------
-
-
-def copy_dataset(src: Path, dst: Path, train=(1, 2, 3), test=(1,)) -> Path:
-    """A copy of some segments of the simulated dataset, to damage."""
-    for kind, ks in (("seg", train), ("test", test)):
-        for k in ks:
-            name = f"{kind}{k}"
-            shutil.copytree(src / "subject1/fmri" / name, dst / "subject1/fmri" / name)
-            (dst / "stimuli").mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / "stimuli" / f"{name}.mp4", dst / "stimuli")
-    shutil.copy(src / "scenes.json", dst)
-    return dst
 
 
 def run_path(root: Path, name: str, r: int) -> Path:
