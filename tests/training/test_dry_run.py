@@ -289,9 +289,12 @@ def test_the_paper_pretrain_recipe_plans_vit_l_without_allocating_it(folders, tm
     in a fresh process whose peak memory stays far below the 0.66 GB of ViT-L weights."""
     code = (
         "import resource, sys\n"
+        "import mindvideo.encoder, mindvideo.training.plan\n"
         "from mindvideo.cli.main import main\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "rc = main(sys.argv[1:])\n"
-        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print('maxrss_kb', before, after)\n"
         "sys.exit(rc)\n"
     )
     argv = ["pretrain", "--config", str(CONFIGS / "paper" / "pretrain.yaml")]
@@ -310,8 +313,11 @@ def test_the_paper_pretrain_recipe_plans_vit_l_without_allocating_it(folders, tm
     encoder = vit_l_mbm_encoder()
     assert re.search(rf"mbm encoder +{encoder:,} +{encoder:,}", text), text
     assert "8 = 4 per process × 2 processes × 1 accumulation" in text  # WORLD_SIZE=2
-    maxrss_mb = int(text.split("maxrss_kb")[-1]) / 1024
-    assert maxrss_mb < 1000, f"the dry run used {maxrss_mb:.0f} MB"
+    # The peak resident memory the dry run adds to the imported libraries: far below the
+    # 605 MB of the ViT-L encoder's float32 weights (the libraries' own share varies).
+    before_kb, after_kb = (int(v) for v in text.split("maxrss_kb")[-1].split())
+    added_mb = (after_kb - before_kb) / 1024
+    assert added_mb < 400, f"the dry run added {added_mb:.0f} MB to {before_kb / 1024:.0f} MB"
 
 
 SD15_UNET = dict(
