@@ -73,6 +73,7 @@ td.num { text-align: right; white-space: nowrap; }
 table.prov td:first-child { color: var(--muted); white-space: nowrap; }
 code, pre { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; font-size: 13px; }
 pre { background: var(--panel); padding: 10px 12px; overflow-x: auto; margin: 6px 0 12px; }
+.wide { overflow-x: auto; }
 .note { color: var(--muted); font-style: italic; }
 .warn { background: var(--warn); border-left: 4px solid var(--warnline); padding: 8px 12px;
         margin: 10px 0; }
@@ -354,18 +355,21 @@ def _ablations(run: Path) -> str:
             if score is None:
                 cells.append('<td class="num">—</td>')
                 continue
+            # Two lines per cell (score; interval and test) so that several runs fit the page.
             text = f"{_fmt(score.get('mean'), digits)} ± {_fmt(score.get('se'), digits)}"
+            detail = ""
             if score.get("ci_low") is not None and score.get("ci_high") is not None:
-                text += f" [{_fmt(score['ci_low'], digits)}, {_fmt(score['ci_high'], digits)}]"
+                detail = f"[{_fmt(score['ci_low'], digits)}, {_fmt(score['ci_high'], digits)}]"
             test = entry.get("tests", {}).get(name)
             cls = "num"
             if test:
                 label = test.get("significance", "p>0.05")
                 diff = test.get("mean_difference")
                 arrow = "" if diff is None else ("▲" if diff > 0 else "▼" if diff < 0 else "")
-                text += f" {arrow} {label}"
+                detail += f" {arrow} {label}"
                 cls += " " + SIGNIFICANCE_CLASS.get(label, "sig0")
-            cells.append(f'<td class="{cls}">{e(text)}</td>')
+            cell = e(text) + (f"<br><small>{e(detail.strip())}</small>" if detail else "")
+            cells.append(f'<td class="{cls}">{cell}</td>')
         rows.append(
             f"<tr><td>{e(_metric_label(key))}</td>"
             f'<td class="num">{e(_fmt(entry.get("chance")))}</td>{"".join(cells)}</tr>'
@@ -382,7 +386,9 @@ def _ablations(run: Path) -> str:
         head + f"<p>Every run against the reference {e(ref)} ({e('; '.join(kinds))}); ▲/▼: above / "
         "below the reference; cells shaded by significance, as in the paper's Table 1.</p>"
         + f'<p class="legend">{legend}</p>'
+        + '<div class="wide">'
         + f"<table><tr><th>metric</th><th>chance</th>{header}</tr>{''.join(rows)}</table>"
+        + "</div>"
     )
 
 
