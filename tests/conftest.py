@@ -20,6 +20,12 @@ from mindvideo.config import PrepareConfig, SimulateConfig, load_config, simulat
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: run in parallel (``make test`` uses pytest-xdist), the longest
+    ones start at once and the other workers take the short tests meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Tiny models run fastest on one thread (and two test workers never fight for cores)."""

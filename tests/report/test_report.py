@@ -142,7 +142,23 @@ def test_missing_parts_are_skipped_with_a_note(run_dir, tmp_path):
 def chromium():
     """Debian's chromium; installed with apt-get when missing and we are root."""
     if not os.path.exists(CHROMIUM) and hasattr(os, "geteuid") and os.geteuid() == 0:
-        if shutil.which("apt-get"):
+        _install_chromium()
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(
+            "Chromium is not installed and could not be installed (needs root and apt-get with "
+            "Debian's chromium package); the report's browser test needs it."
+        )
+    return CHROMIUM
+
+
+def _install_chromium() -> None:
+    """apt-get install chromium, once: parallel test workers wait for each other's install."""
+    import fcntl
+    import tempfile
+
+    with open(os.path.join(tempfile.gettempdir(), "mindvideo-chromium-install.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(CHROMIUM) and shutil.which("apt-get"):
             env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
             cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
             start = time.monotonic()
@@ -150,12 +166,6 @@ def chromium():
                 subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=900)
                 subprocess.run(cmd, env=env, capture_output=True, timeout=900)
             print(f"installed chromium in {time.monotonic() - start:.0f} s")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(
-            "Chromium is not installed and could not be installed (needs root and apt-get with "
-            "Debian's chromium package); the report's browser test needs it."
-        )
-    return CHROMIUM
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
