@@ -21,9 +21,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first: run in parallel (``make test`` uses pytest-xdist), the longest
-    ones start at once and the other workers take the short tests meanwhile."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow tests first, longest first (``@pytest.mark.slow(minutes=N)``): run in parallel
+    (``make test`` uses pytest-xdist), the longest test starts at once and the other workers
+    take the short tests meanwhile."""
+
+    def minutes(item) -> float:
+        marker = item.get_closest_marker("slow")
+        return 0.0 if marker is None else float(marker.kwargs.get("minutes", 0.5))
+
+    items.sort(key=lambda item: -minutes(item))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,7 @@ from mindvideo.cli.main import main
 STAGES = [s.name for s in plan("tiny", Path("run"))]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2)
 def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["demo", "--preset", "tiny", "--out", str(run)]) == 0

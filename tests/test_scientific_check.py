@@ -12,7 +12,7 @@ import pytest
 from mindvideo.cli.main import main
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=11)
 def test_demo_preset_identifies_test_videos_well_above_chance(tmp_path, capsys):
     run = tmp_path / "demo"
     assert main(["demo", "--out", str(run)]) == 0
