@@ -317,6 +317,47 @@ def check_cotrain_config(cfg: CotrainConfig) -> None:
         )
 
 
+@dataclass
+class CotrainInputs:
+    """What co-training reads, checked: the generator, the encoder (and where and what it
+    was), the latent size, the voxel padding and the training windows."""
+
+    generator: GeneratorParts
+    encoder: SpatiotemporalEncoder
+    encoder_folder: Path
+    encoder_kind: str
+    latent_size: int
+    pad_mode: str
+    windows: Any
+
+
+def load_cotrain_inputs(cfg: CotrainConfig, prepared: Any, empty_weights: bool = False):
+    """Load and check the generator and encoder against ``prepared`` and list the training
+    windows; shared by :func:`cotrain` and its dry run (``empty_weights``: shapes only)."""
+    from mindvideo.data.datasets import FMRIWindowDataset
+
+    generator = load_generator(cfg.generator, empty_weights=empty_weights)  # type: ignore[arg-type]
+    unet = generator.unet
+    encoder, folder, kind = load_fmri_encoder(
+        cfg.encoder,  # type: ignore[arg-type]
+        cfg.window,
+        int(unet.config.cross_attention_dim),
+        empty_weights=empty_weights,
+    )
+    check_condition_width(encoder, unet, folder, Path(cfg.generator) / "unet")  # type: ignore[arg-type]
+    latent_size = check_generator_size(cfg.size, unet, generator.vae)
+    pad_mode = _pad_mode_for(folder, prepared.n_voxels, encoder, cfg.data, cfg.pad_mode)
+    windows = FMRIWindowDataset(
+        prepared,
+        "train",
+        window=cfg.window,
+        patch_size=int(encoder.config.patch_size),
+        pad_mode=pad_mode,  # type: ignore[arg-type]
+        with_captions=False,
+    )
+    return CotrainInputs(generator, encoder, folder, kind, latent_size, pad_mode, windows)
+
+
 def cotrain(
     cfg: CotrainConfig, out_dir: str | os.PathLike, resume: str | os.PathLike | None = None
 ) -> Path:
@@ -326,7 +367,6 @@ def cotrain(
     """
     from accelerate import PartialState
 
-    from mindvideo.data.datasets import FMRIWindowDataset
     from mindvideo.data.prepared import PreparedData
     from mindvideo.pipeline import MindVideoPipeline, make_scheduler
 
@@ -338,22 +378,9 @@ def cotrain(
 
     state = PartialState(cpu=cfg.train.cpu or not torch.cuda.is_available())
     try:
-        generator = load_generator(cfg.generator)
-        unet = generator.unet
-        encoder, encoder_folder, _ = load_fmri_encoder(
-            cfg.encoder, cfg.window, int(unet.config.cross_attention_dim)
-        )
-        check_condition_width(encoder, unet, encoder_folder, Path(cfg.generator) / "unet")
-        latent_size = check_generator_size(cfg.size, unet, generator.vae)
-        pad_mode = _pad_mode_for(encoder_folder, prepared.n_voxels, encoder, cfg.data, cfg.pad_mode)
-        windows = FMRIWindowDataset(
-            prepared,
-            "train",
-            window=cfg.window,
-            patch_size=int(encoder.config.patch_size),
-            pad_mode=pad_mode,
-            with_captions=False,
-        )
+        inputs = load_cotrain_inputs(cfg, prepared)
+        generator, unet, encoder = inputs.generator, inputs.generator.unet, inputs.encoder
+        latent_size, pad_mode, windows = inputs.latent_size, inputs.pad_mode, inputs.windows
         # Written once every input has been checked: a refused run leaves no output folder.
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")

@@ -405,44 +405,24 @@ def plan_cotrain(
     cfg: CotrainConfig, out: str | os.PathLike | None = None, resume: Resume = None
 ) -> RunPlan:
     """A dry run of :func:`mindvideo.training.cotrain.cotrain`."""
-    from mindvideo.data.datasets import FMRIWindowDataset
     from mindvideo.data.prepared import PreparedData
     from mindvideo.generator import trainable_parameters
     from mindvideo.training.cotrain import (
         _encoder_parameters,
-        _pad_mode_for,
-        check_condition_width,
         check_cotrain_config,
-        load_fmri_encoder,
-        load_generator,
+        load_cotrain_inputs,
     )
     from mindvideo.training.diffusion import VideoDenoiser, check_clip_frames
-    from mindvideo.training.tune_video import check_generator_size
 
     check_cotrain_config(cfg)
     notes = check_training_for_plan(cfg.train)
     out_path = Path(out) if out is not None else None
     prepared = PreparedData.open(cfg.data)  # type: ignore[arg-type]
     _check_fresh(out_path, resume)
-    generator = load_generator(cfg.generator, empty_weights=True)  # type: ignore[arg-type]
-    unet = generator.unet
-    encoder, encoder_folder, kind = load_fmri_encoder(
-        cfg.encoder,  # type: ignore[arg-type]
-        cfg.window,
-        int(unet.config.cross_attention_dim),
-        empty_weights=True,
-    )
-    check_condition_width(encoder, unet, encoder_folder, Path(cfg.generator) / "unet")  # type: ignore[arg-type]
-    latent_size = check_generator_size(cfg.size, unet, generator.vae)
-    pad_mode = _pad_mode_for(encoder_folder, prepared.n_voxels, encoder, cfg.data, cfg.pad_mode)
-    windows = FMRIWindowDataset(
-        prepared,
-        "train",
-        window=cfg.window,
-        patch_size=int(encoder.config.patch_size),
-        pad_mode=pad_mode,  # type: ignore[arg-type]
-        with_captions=False,
-    )
+    inputs = load_cotrain_inputs(cfg, prepared, empty_weights=True)
+    generator, unet, encoder = inputs.generator, inputs.generator.unet, inputs.encoder
+    encoder_folder, kind = inputs.encoder_folder, inputs.encoder_kind
+    latent_size, pad_mode, windows = inputs.latent_size, inputs.pad_mode, inputs.windows
     check_clip_frames(prepared, cfg.frames)
     params = _encoder_parameters(encoder) + trainable_parameters(unet, cfg.trainable)
     model = VideoDenoiser(unet, generator.noise_scheduler, fmri_encoder=encoder)
