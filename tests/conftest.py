@@ -52,7 +52,7 @@ def sim_config() -> SimulateConfig:
 @pytest.fixture(scope="session")
 def simulated_dataset(tmp_path_factory, sim_config):
     """A tiny simulated Wen 2018 dataset (seed 0); returns its root folder (a Path)."""
-    from mindvideo.data.simulate import simulate_wen2018
+    from mindvideo.sim.simulate import simulate_wen2018
 
     return simulate_wen2018(sim_config, tmp_path_factory.mktemp("sim") / "wen2018")
 
@@ -60,7 +60,7 @@ def simulated_dataset(tmp_path_factory, sim_config):
 @pytest.fixture(scope="session")
 def simulated_rest(tmp_path_factory, sim_config):
     """The tiny HCP-style resting-state corpus (seed 0); returns its root folder (a Path)."""
-    from mindvideo.data.simulate import simulate_hcp_rest
+    from mindvideo.sim.simulate import simulate_hcp_rest
 
     return simulate_hcp_rest(sim_config, tmp_path_factory.mktemp("sim") / "hcp_rest")
 

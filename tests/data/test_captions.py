@@ -270,7 +270,7 @@ def test_shipped_lexicon_loads_with_hundreds_of_single_word_entries():
 
 
 def test_lexicon_keeps_simulator_class_words_within_their_class():
-    from mindvideo.data.stimuli import COLOURS, SHAPES
+    from mindvideo.sim.stimuli import COLOURS, SHAPES
 
     lexicon = load_lexicon()
     colours = {*COLOURS, "orange", "purple", "pink", "brown", "black", "white", "violet"}

@@ -21,8 +21,8 @@ from pipeline.tiny import tiny_pipeline
 
 from mindvideo.config import PretrainConfig, TrainConfig, load_config
 from mindvideo.encoder import MBMAutoencoder, SpatiotemporalEncoder, mbm_tiny
-from mindvideo.training.plan import plan_pretrain, plan_tune_video
-from mindvideo.utils.plan import (
+from mindvideo.training.dry_run import plan_pretrain, plan_tune_video
+from mindvideo.utils.dry_run import (
     Batching,
     MemoryEstimate,
     ModelPart,
@@ -289,7 +289,7 @@ def test_the_paper_pretrain_recipe_plans_vit_l_without_allocating_it(folders, tm
     in a fresh process whose peak memory stays far below the 0.66 GB of ViT-L weights."""
     code = (
         "import resource, sys\n"
-        "import mindvideo.encoder, mindvideo.training.plan\n"
+        "import mindvideo.encoder, mindvideo.training.dry_run\n"
         "from mindvideo.cli.main import main\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "rc = main(sys.argv[1:])\n"

@@ -59,7 +59,7 @@ def require_out(args: argparse.Namespace) -> Path:
 
 
 def print_plan(plan: Any) -> int:
-    """Print a dry run's :class:`~mindvideo.utils.plan.RunPlan` (once, on the main process)."""
+    """Print a dry run's :class:`~mindvideo.utils.dry_run.RunPlan` (once, on the main process)."""
     import os
     import sys
 

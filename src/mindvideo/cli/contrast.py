@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_contrast_config(cfg)  # before anything heavy is loaded
     if args.dry_run:
-        from mindvideo.training.plan import plan_contrast
+        from mindvideo.training.dry_run import plan_contrast
 
         return print_plan(plan_contrast(cfg, args.out, resume=args.resume))
     result = contrast(cfg, require_out(args), resume=args.resume)

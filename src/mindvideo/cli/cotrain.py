@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
 
     if args.dry_run:
-        from mindvideo.training.plan import plan_cotrain
+        from mindvideo.training.dry_run import plan_cotrain
 
         return print_plan(plan_cotrain(cfg, args.out, resume=args.resume))
     from mindvideo.training.cotrain import cotrain

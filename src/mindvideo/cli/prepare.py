@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from mindvideo.cli._stage import add_stage_arguments, resolve_config
+from mindvideo.data.prepare import DATASETS
 
 log = logging.getLogger(__name__)
-
-DATASETS = ("wen2018", "wen2018-preprocessed", "hcp")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mindvideo.config import PrepareConfig
+    from mindvideo.data.prepare import prepare, save_config_if_changed
 
     cfg = resolve_config(PrepareConfig, args)
     flags = {
@@ -51,73 +49,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     out = Path(args.out)
     summary = prepare(cfg, out)
-    _save_config_if_changed(cfg, out)
+    save_config_if_changed(cfg, out)
     print(summary)
     return 0
-
-
-def prepare(cfg: Any, out: Path) -> str:
-    """Run the preparation ``cfg.dataset`` asks for; return a one-paragraph summary."""
-    from mindvideo.utils import UserError
-
-    if cfg.dataset == "hcp":
-        from mindvideo.data.hcp import prepare_hcp
-
-        prepare_hcp(cfg, out)
-        return _hcp_summary(out)
-    if cfg.dataset == "wen2018":
-        from mindvideo.data.wen2018 import prepare_wen2018
-
-        prepare_wen2018(cfg, out)
-    elif cfg.dataset == "wen2018-preprocessed":
-        from mindvideo.data.wen2018 import prepare_wen2018_preprocessed
-
-        prepare_wen2018_preprocessed(cfg, out)
-    else:
-        raise UserError(
-            f"Unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)} (--dataset)."
-        )
-    return _subject_summary(out)
-
-
-def _save_config_if_changed(cfg: Any, out: Path) -> None:
-    """``OUT/config.yaml``, rewritten only when it changed (a no-op re-run touches nothing)."""
-    from mindvideo.config import config_to_yaml, save_config
-
-    path = out / "config.yaml"
-    if not path.is_file() or path.read_text(encoding="utf-8") != config_to_yaml(cfg):
-        save_config(cfg, path)
-
-
-def _subject_summary(out: Path) -> str:
-    from mindvideo.data.prepared import PreparedData
-
-    data = PreparedData.open(out)
-    m = data.manifest
-    roi = m.get("roi")
-    if roi:
-        kept = (
-            f"{data.n_voxels} voxels kept by the reproducibility ROI ({roi['n_significant']} of "
-            f"{roi['n_vertices']} cortical vertices significant at P < {roi['alpha']}, "
-            f"{roi['correction']}, top {roi['top_fraction']:g})"
-        )
-    else:
-        kept = f"{data.n_voxels} voxels (the authors' selection; no ROI mask)"
-    captions = m.get("captions_source", "the authors' text arrays")
-    return (
-        f"Prepared subject {m.get('subject')} in {out}: {kept}; fMRI train "
-        f"{list(data.fmri_train.shape)}, test {list(data.fmri_test.shape)}; frames train "
-        f"{list(data.frames_train.shape)}, test {list(data.frames_test.shape)}; captions from "
-        f"{captions}. Next: mindvideo pretrain with finetune_data={out}."
-    )
-
-
-def _hcp_summary(out: Path) -> str:
-    index = json.loads((out / "index.json").read_text(encoding="utf-8"))
-    areas = ", ".join(f"{a} {n}" for a, n in index["voxels_per_area"].items())
-    return (
-        f"HCP pre-training corpus in {out}: {index['n_frames']} frames of {index['n_voxels']} "
-        f"voxels ({areas}, in this order) from {len(index['runs'])} runs, in "
-        f"{len(index['shards'])} shards of up to {index['frames_per_shard']} frames. Next: "
-        f"mindvideo pretrain with data={out}."
-    )

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, **{k: str(v) for k, v in flags.items() if v is not None})
 
     if args.dry_run:
-        from mindvideo.training.plan import plan_pretrain
+        from mindvideo.training.dry_run import plan_pretrain
 
         return print_plan(plan_pretrain(cfg, args.out, resume=args.resume))
     from mindvideo.training.pretrain import pretrain

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.subjects < 1:
         raise UserError(f"--subjects must be at least 1, not {cfg.subjects}.")
 
-    from mindvideo.data.simulate import simulate_hcp_rest, simulate_wen2018
+    from mindvideo.sim.simulate import simulate_hcp_rest, simulate_wen2018
 
     if args.rest:
         simulate_hcp_rest(cfg, args.out)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     if args.dry_run:
-        from mindvideo.training.plan import plan_tune_video
+        from mindvideo.training.dry_run import plan_tune_video
 
         return print_plan(plan_tune_video(cfg, args.out, resume=args.resume))
     from mindvideo.training.tune_video import tune_video

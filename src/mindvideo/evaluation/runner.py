@@ -14,7 +14,7 @@ Resolution: the authors scored at the reconstruction's resolution, so when the g
 stored at another size it is resized to the reconstruction's (``resize_to`` resizes both).
 
 Stand-in classifiers: a model folder holding ``standin.json`` (the marker the stand-in trainer,
-``mindvideo.training.standins``, writes) or ``mindvideo_standin.json``, or whose ``config.json``
+``mindvideo.demo.standins``, writes) or ``mindvideo_standin.json``, or whose ``config.json``
 has a ``mindvideo_standin`` key, is one of the small models trained on the simulator's labels.
 ``meta`` records it and ``metrics.md`` (and the report) say so, so nobody
 mistakes such numbers for ImageNet / Kinetics scores.

@@ -146,7 +146,7 @@ class MindVideoPipeline(DiffusionPipeline):
                     f"The pipeline folder {path} has no {name}/ folder; it is incomplete."
                 )
             if empty_weights and issubclass(component_cls, torch.nn.Module):
-                from mindvideo.utils.plan import empty_model
+                from mindvideo.utils.dry_run import empty_model
 
                 components[name] = empty_model(component_cls, path, name)
                 continue

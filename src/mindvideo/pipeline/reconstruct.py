@@ -39,7 +39,7 @@ from mindvideo.pipeline.guidance import NEGATIVE_SOURCES, negative_fmri_from_pre
 from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
 from mindvideo.pipeline.schedulers import make_scheduler
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
-from mindvideo.utils.plan import (
+from mindvideo.utils.dry_run import (
     FLOAT32_BYTES,
     MemoryEstimate,
     ModelPart,
@@ -439,8 +439,8 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
 
     The same checks (config, checkpoint folder, prepared data, the data fitting the encoder,
     an ``out`` made with other settings), the pipeline's models built from their configs on the
-    meta device, nothing generated or written. Returns a :class:`~mindvideo.utils.plan.RunPlan`
-    with the windows, the models' parameters and a memory estimate (:mod:`mindvideo.utils.plan`).
+    meta device, nothing generated or written. Returns a :class:`~mindvideo.utils.dry_run.RunPlan`
+    with the windows, the models' parameters and a memory estimate (:mod:`mindvideo.utils.dry_run`).
     """
     _check_config(cfg, False)
     notes = []

@@ -11,7 +11,7 @@ from torch import nn
 
 from mindvideo.config import EncoderSizeConfig
 from mindvideo.utils import UserError, atomic_dir
-from mindvideo.utils.plan import empty_model
+from mindvideo.utils.dry_run import empty_model
 
 __all__ = [
     "is_main_process",

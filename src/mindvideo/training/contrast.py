@@ -201,7 +201,7 @@ def load_clip(path: str | os.PathLike | None, empty_weights: bool = False) -> Cl
 
     try:
         if empty_weights:
-            from mindvideo.utils.plan import empty_model
+            from mindvideo.utils.dry_run import empty_model
 
             model = empty_model(CLIPModel, path)
         else:
@@ -676,7 +676,7 @@ def build_contrast(cfg: ContrastConfig, empty_weights: bool = False) -> Contrast
     """
     from mindvideo.data.captions import CaptionAugmenter
     from mindvideo.data.datasets import FMRIWindowDataset, SceneAwareBatchSampler
-    from mindvideo.utils.plan import empty_weights as meta_device
+    from mindvideo.utils.dry_run import empty_weights as meta_device
 
     check_contrast_config(cfg)
     towers = load_clip(cfg.pretrained.clip, empty_weights)

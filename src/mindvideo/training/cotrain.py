@@ -114,7 +114,7 @@ def load_generator(path: str | os.PathLike, empty_weights: bool = False) -> Gene
     )
     path = str(path)
     if empty_weights:
-        from mindvideo.utils.plan import empty_model
+        from mindvideo.utils.dry_run import empty_model
 
         unet = empty_model(VideoUNet, path, "unet")
         vae = empty_model(AutoencoderKL, path, "vae")
@@ -176,8 +176,8 @@ def load_fmri_encoder(
     with ``cond_dim`` conditioning width. ``empty_weights``: built from its config on the meta
     device (a dry run).
     """
-    from mindvideo.utils.plan import empty_model
-    from mindvideo.utils.plan import empty_weights as meta_device
+    from mindvideo.utils.dry_run import empty_model
+    from mindvideo.utils.dry_run import empty_weights as meta_device
 
     folder, name = find_encoder_folder(path)
     if name == "MBMAutoencoder":

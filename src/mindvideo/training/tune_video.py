@@ -122,7 +122,7 @@ def load_stable_diffusion(
     )
     path = str(path)
     if empty_weights:
-        from mindvideo.utils.plan import empty_model
+        from mindvideo.utils.dry_run import empty_model
 
         unet = empty_model(VideoUNet, path, "unet")
         vae = empty_model(AutoencoderKL, path, "vae")

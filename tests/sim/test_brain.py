@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from mindvideo.data import atlas, brain_sim
+from mindvideo.data import atlas
+from mindvideo.sim import brain as brain_sim
 
 
 def _frames(n, size=32, value=128):

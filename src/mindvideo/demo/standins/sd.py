@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mindvideo.training.standins import (
+from mindvideo.demo.standins.base import (
     MAX_TOKENS,
     EpochDataset,
     StandinData,
@@ -358,7 +358,7 @@ def colour_of(image: np.ndarray, min_fraction: float = 0.01) -> str | None:
     saturated (an achromatic image). ``image``: float ``[H, W, 3]`` in [0, 1]."""
     from matplotlib.colors import rgb_to_hsv
 
-    from mindvideo.data.stimuli import COLOURS
+    from mindvideo.sim.stimuli import COLOURS
 
     hsv = rgb_to_hsv(np.clip(image, 0, 1))
     mask = (hsv[..., 1] > 0.5) & (hsv[..., 2] > 0.35)
@@ -375,7 +375,7 @@ def colour_of(image: np.ndarray, min_fraction: float = 0.01) -> str | None:
 def colour_prompts(data: StandinData) -> list[tuple[str, str]]:
     """One (colour, caption) per simulator colour: a held-out test caption of a procedural
     scene of that colour (else a training one)."""
-    from mindvideo.data.stimuli import COLOURS, SHAPES
+    from mindvideo.sim.stimuli import COLOURS, SHAPES
 
     classes = data.labels.classes
     order = [*data.test_caption.tolist(), *data.train_caption.tolist()]
@@ -449,7 +449,7 @@ def _write_text_parts(clip_folder: Path, sd: Path) -> None:
     from diffusers import PNDMScheduler
     from transformers import CLIPModel
 
-    from mindvideo.training.standins_clip import text_encoder_from_clip
+    from mindvideo.demo.standins.clip import text_encoder_from_clip
 
     with atomic_dir(sd / "text_encoder") as tmp:
         text_encoder_from_clip(CLIPModel.from_pretrained(clip_folder)).save_pretrained(tmp)

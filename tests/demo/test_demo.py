@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from mindvideo.cli.demo import DONE, plan
 from mindvideo.cli.main import main
+from mindvideo.demo.run import DONE, plan
 
 STAGES = [s.name for s in plan("tiny", Path("run"))]
 

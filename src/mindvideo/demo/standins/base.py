@@ -1,55 +1,15 @@
-"""Small stand-ins for the pretrained models, trained on the simulated stimuli.
-
-A GPU user points every stage at local folders of the real models (DESIGN.md, "Real weights
-from local folders only"): Stable Diffusion 1.5, CLIP ViT-L/14, an ImageNet ViT and a
-Kinetics-400 VideoMAE. The CPU demo has none of them, so :func:`train_standins` trains small
-models of the same classes on the simulated dataset and saves them **in exactly those folder
-formats**; every stage then runs the code it runs on a GPU, with another folder::
-
-    OUT/
-      clip/                  CLIPModel + CLIPProcessor (tokenizer, CLIPImageProcessor), like
-                             openai/clip-vit-large-patch14            → pretrained.clip
-      stable_diffusion/      a StableDiffusionPipeline folder, like runwayml/stable-diffusion-v1-5
-        model_index.json     (safety_checker and feature_extractor null)
-        unet/ vae/ text_encoder/ tokenizer/ scheduler/                → pretrained.stable_diffusion
-      image_classifier/      ViTForImageClassification + ViTImageProcessor over the simulator's
-                             73 scene classes                         → pretrained.image_classifier
-      video_classifier/      VideoMAEForVideoClassification + VideoMAEImageProcessor over
-                             class × motion (657 labels), 6 frames    → pretrained.video_classifier
-      README.md              what these are (simulator labels, not ImageNet/Kinetics)
-      standins.json          preset, seed, sizes, training times and measured quality
-      logs/{model}/logs/metrics.jsonl   training curves
-
-The parts (paper section of the model each one replaces):
-
-- **tokenizer**: a CLIP byte-level BPE (``vocab.json`` + ``merges.txt``) whose merges are
-  learned from the captions, so every caption word is one token; 77 tokens (3.3).
-- **CLIP** (3.3, eq. 3): text and vision towers trained with CLIP's contrastive loss on
-  (frame, caption) pairs of the training segments.
-- **Stable Diffusion** (3.4): an ``AutoencoderKL`` (4 latent channels, downsampling factor 4)
-  trained to reconstruct training frames, and a text-conditioned ``UNet2DConditionModel``
-  trained as an image diffusion model on its latents with the CLIP stand-in's frozen text
-  tower (10 % empty captions, for classifier-free guidance); SD-1.5's PNDM scheduler config.
-- **classifiers** (4.3): frame → scene class and clip → class × motion, trained on the training
-  segments' ground truth from the simulator's ``scenes.json``.
-
-Each folder is written atomically with a ``standin.json`` marker (written last) holding the
-preset, seed and a fingerprint of the prepared data; a re-run reuses every folder whose marker
-matches and trains only what is missing. Everything is deterministic for a seed (on one
-device and thread count).
-"""
+"""What every stand-in shares: presets, the scene labels, the training data drawn from a
+prepared subject, folder markers and the training loop (:func:`fit` on the stages' engine)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import os
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,11 +31,9 @@ __all__ = [
     "TrainBudget",
     "UnetPreset",
     "VaePreset",
-    "build_clip_tokenizer",
-    "caption_words",
     "load_scene_labels",
+    "normalise",
     "standin_preset",
-    "train_standins",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,7 +43,6 @@ MARKER = "standin.json"
 """Written last into every finished stand-in folder: what made it and how well it does."""
 MAX_TOKENS = 77
 """CLIP's context length, the text condition's length in Stable Diffusion (``[77, d]``)."""
-SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +259,7 @@ def is_complete(folder: str | os.PathLike, key: Mapping[str, Any]) -> bool:
 def write_marker(folder: Path, key: Mapping[str, Any], **info: Any) -> dict[str, Any]:
     """Write ``folder/standin.json`` (last, atomically); returns what it wrote."""
     marker = {"key": dict(key), **info}
-    atomic_write_text(folder / MARKER, json.dumps(marker, indent=2, default=_json_default) + "\n")
+    atomic_write_text(folder / MARKER, json.dumps(marker, indent=2, default=json_default) + "\n")
     return marker
 
 
@@ -320,7 +277,7 @@ def weights_digest(folder: str | os.PathLike, subfolder: str | None = None) -> s
     return digest.hexdigest()
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, (Path, os.PathLike)):
@@ -435,83 +392,6 @@ def load_scene_labels(
         class_id[split] = np.stack(cls).astype(np.int64)
         motion_id[split] = np.stack(mot).astype(np.int64)
     return SceneLabels(classes, motions, class_id, motion_id)
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenizer
-# --------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _clip_backend() -> Any:
-    """A blank CLIP tokenizer backend: CLIP's normaliser and pre-tokeniser, no vocabulary."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer().backend_tokenizer
-
-
-def caption_words(texts: Sequence[str]) -> list[str]:
-    """CLIP's pre-tokenisation of ``texts`` (lower case, words and punctuation, byte-level
-    characters), concatenated: what each caption's tokens must spell, one word per token."""
-    backend = _clip_backend()
-    words = []
-    for text in texts:
-        normal = backend.normalizer.normalize_str(text)
-        words += [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normal)]
-    return words
-
-
-def build_clip_tokenizer(texts: Sequence[str], folder: str | os.PathLike | None = None) -> Any:
-    """A CLIP byte-level BPE tokenizer whose merges make every word of ``texts`` one token.
-
-    The vocabulary is laid out as CLIP's: the 256 byte characters, the same with the end-of-word
-    mark ``</w>``, one entry per merge (learned from ``texts`` by the ``tokenizers`` BPE trainer
-    until every word is whole), then ``<|startoftext|>`` and ``<|endoftext|>`` (also the padding
-    token, as in Stable Diffusion 1.5). A word not in ``texts`` falls back to smaller pieces,
-    never to an unknown token. Captions pad to ``model_max_length`` = 77.
-
-    With ``folder``, ``vocab.json`` + ``merges.txt`` (Stable Diffusion's ``tokenizer/`` files)
-    and the tokenizer's own files are written there. Returns the ``CLIPTokenizer``.
-    """
-    from tokenizers import pre_tokenizers
-    from tokenizers.trainers import BpeTrainer
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    backend = CLIPTokenizer().backend_tokenizer
-    trainer = BpeTrainer(
-        vocab_size=1_000_000,  # never the limit: merging stops when every word is one token
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    backend.train_from_iterator(sorted(set(texts)), trainer=trainer)
-    merges = [tuple(m) for m in json.loads(backend.to_str())["model"]["merges"]]
-    base = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for token in [*base, *(b + "</w>" for b in base), *("".join(m) for m in merges)]:
-        vocab.setdefault(token, len(vocab))
-    for token in SPECIAL_TOKENS:
-        vocab[token] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
-    if folder is not None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(folder)
-        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
-        lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
-        (folder / "merges.txt").write_text("\n".join(lines) + "\n", "utf-8")
-    return tokenizer
-
-
-def check_tokenizer(tokenizer: Any, texts: Sequence[str]) -> None:
-    """Every caption must tokenize to whole words that fit 77 tokens (a ValueError otherwise)."""
-    for text in dict.fromkeys(texts):
-        ids = tokenizer(text)["input_ids"]
-        tokens = tokenizer.convert_ids_to_tokens(ids[1:-1])
-        if tokens != [w + "</w>" for w in caption_words([text])] or len(ids) > MAX_TOKENS:
-            raise ValueError(f"the stand-in tokenizer splits or truncates {text!r}: {tokens}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,161 +592,10 @@ def seeded(seed: int, purpose: int) -> None:
     torch.manual_seed(int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0]))
 
 
-# --------------------------------------------------------------------------------------------
-# The whole set
-# --------------------------------------------------------------------------------------------
-
-
-README = """# Stand-in models (trained on the simulator's labels)
-
-These folders are **small stand-ins** for the pretrained models of the paper, trained by
-`mindvideo` in minutes on the *simulated* dataset, so that the CPU demo runs every stage with
-the code a GPU user runs with the real models. Each is in exactly the real model's folder
-format and loads with the same calls:
-
-- `clip/` replaces openai/clip-vit-large-patch14 (config key `pretrained.clip`): trained with
-  CLIP's loss on (frame, caption) pairs of the training segments.
-- `stable_diffusion/` replaces runwayml/stable-diffusion-v1-5 (`pretrained.stable_diffusion`):
-  the VAE trained on training frames, the UNet on their latents with their captions, the text
-  encoder is `clip/`'s text tower.
-- `image_classifier/` replaces google/vit-base-patch16-224 (`pretrained.image_classifier`):
-  training frames → the simulator's {n_classes} scene classes.
-- `video_classifier/` replaces MCG-NJU/videomae-base-finetuned-kinetics
-  (`pretrained.video_classifier`): training clips → {n_video} class × motion labels.
-
-**The classifiers' labels are the simulator's scene classes (colour × shape, or the source of a
-real scene) and motions, not ImageNet or Kinetics classes.** N-way identification scores
-computed with them measure how well reconstructions keep the simulated scenes' class and
-motion; they are not comparable with the paper's ImageNet/Kinetics numbers.
-
-Preset `{preset}`, seed {seed}. Quality on the held-out test segments (`standins.json` has
-all numbers and the training time of each model):
-
-{quality}
-
-To use the real models instead, set the config keys above to local folders of the real models.
-"""
-
-
-def _quality_lines(summary: Mapping[str, Any]) -> str:
-    m = summary["models"]
-    lines = []
-    if "clip" in m:
-        q = m["clip"]["metrics"]
-        lines.append(
-            f"- CLIP: test frame → caption of its class, top-1 {q['retrieval_class_top1']:.3f} "
-            f"over {q['retrieval_class_n']} classes (chance {q['retrieval_class_chance']:.3f})"
-        )
-    if "stable_diffusion" in m:
-        q = m["stable_diffusion"]["metrics"]
-        lines.append(
-            f"- VAE: test PSNR {q['vae_psnr_db']:.1f} dB; UNet: probe denoising loss "
-            f"{q['unet_probe_loss_before']:.3f} → {q['unet_probe_loss_after']:.3f}; "
-            f"text-to-image colour match {q['t2i_colour_accuracy']:.2f} "
-            f"(chance {q['t2i_colour_chance']:.2f})"
-        )
-    for name in ("image_classifier", "video_classifier"):
-        if name in m:
-            q = m[name]["metrics"]
-            lines.append(
-                f"- {name.replace('_', ' ')}: test top-1 {q['test_top1']:.3f} "
-                f"(chance {q['chance_top1']:.4f}), top-5 {q['test_top5']:.3f} "
-                f"(chance {q['chance_top5']:.4f}), {q['n_classes']} labels"
-            )
-    return "\n".join(lines)
-
-
-def train_standins(
-    prepared_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    scenes_json: str | os.PathLike | None = None,
-    preset: str = "demo",
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    num_threads: int | None = None,
-) -> StandinPaths:
-    """Train every stand-in on a prepared simulated subject; returns where each one is.
-
-    Args:
-        prepared_dir: a folder written by ``mindvideo prepare`` from a simulated dataset.
-        out_dir: where the stand-ins go (the layout is in the module docstring).
-        scenes_json: the simulator's ``scenes.json`` (the ground-truth labels); default: found
-            through the prepared manifest's dataset root.
-        preset: ``demo`` (the CPU demo, a few minutes) or ``tiny`` (tests, well under a minute).
-        seed: the same seed gives the same models (on the same device and thread count).
-        device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
-        num_threads: torch intra-op threads while training (``None``: torch's default).
-
-    A folder whose ``standin.json`` records the same preset, seed and prepared data is reused;
-    only the missing ones are trained.
-    """
-    from mindvideo.training import standins_classifiers, standins_clip, standins_sd
-
-    spec = standin_preset(preset)
-    prepared = PreparedData.open(prepared_dir)
-    paths = StandinPaths.under(out_dir)
-    dev = resolve_device(device)
-    key = {
-        "version": STANDINS_VERSION,
-        "preset": preset,
-        "seed": int(seed),
-        "data": data_fingerprint(prepared),
-    }
-    steps = [
-        ("clip", paths.clip, standins_clip.train_clip_standin),
-        ("stable_diffusion", paths.stable_diffusion, standins_sd.train_sd_standin),
-        ("image_classifier", paths.image_classifier, standins_classifiers.train_image_standin),
-        ("video_classifier", paths.video_classifier, standins_classifiers.train_video_standin),
-    ]
-
-    def step_key(name: str) -> dict[str, Any]:
-        # Stable Diffusion's text encoder is CLIP's text tower: a new CLIP makes it stale.
-        if name == "stable_diffusion":
-            return {**key, "clip": weights_digest(paths.clip)}
-        return key
-
-    summary_ok = paths.summary.is_file() and (paths.root / "README.md").is_file()
-    if summary_ok and all(is_complete(folder, step_key(name)) for name, folder, _ in steps):
-        logger.info("All stand-ins in %s are up to date; reusing them.", paths.root)
-        return paths
-    labels = load_scene_labels(prepared, scenes_json)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    data = None
-    with torch_threads(num_threads):
-        for name, folder, train in steps:
-            if is_complete(folder, step_key(name)):
-                logger.info("Reusing the %s stand-in in %s.", name, folder)
-                continue
-            if data is None:
-                data = StandinData.build(prepared, labels, spec)
-            start = time.perf_counter()
-            logger.info("Training the %s stand-in (preset %s) ...", name, preset)
-            train(
-                data=data,
-                folder=folder,
-                paths=paths,
-                spec=spec,
-                key=step_key(name),
-                seed=seed,
-                device=dev,
-                log_dir=paths.root / "logs" / name,
-            )
-            logger.info("%s stand-in done in %.1f s.", name, time.perf_counter() - start)
-    summary = {
-        "what": "stand-ins trained on the simulator's labels; not the paper's pretrained models",
-        "preset": preset,
-        "seed": int(seed),
-        "prepared": str(prepared.root),
-        "pretrained": paths.pretrained,
-        "models": {name: read_marker(folder) for name, folder, _ in steps},
-    }
-    atomic_write_text(paths.summary, json.dumps(summary, indent=2, default=_json_default) + "\n")
-    readme = README.format(
-        n_classes=len(labels.classes),
-        n_video=len(labels.video_labels),
-        preset=preset,
-        seed=seed,
-        quality=_quality_lines(summary),
-    )
-    atomic_write_text(paths.root / "README.md", readme)
-    return paths
+def normalise(frames: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` → float ``[N, 3, H, W]``: ``(x / 255 − mean) / std`` per channel,
+    what an image processor does to a frame already at its input size."""
+    x = frames.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std

@@ -21,7 +21,7 @@ The memory estimate, per process:
   the CUDA context, allocator fragmentation and the peak inside the backward pass are not in it.
 
 The dataclasses here are shared by every stage; the stages build their plans next to their
-checks and loaders (:mod:`mindvideo.training.plan`, ``mindvideo.pipeline.reconstruct``).
+checks and loaders (:mod:`mindvideo.training.dry_run`, ``mindvideo.pipeline.reconstruct``).
 """
 
 from __future__ import annotations

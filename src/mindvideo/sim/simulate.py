@@ -36,15 +36,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mindvideo.data import atlas, brain_sim
+from mindvideo.data import atlas
 from mindvideo.data.cifti import grayordinate_axis, write_dtseries
+from mindvideo.sim import brain as brain_sim
 from mindvideo.utils import UserError, atomic_dir, atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from nibabel.cifti2 import BrainModelAxis
 
     from mindvideo.config import SimulateConfig
-    from mindvideo.data.stimuli import Scene
+    from mindvideo.sim.stimuli import Scene
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,8 @@ def _stimulus(
 ) -> tuple[list[Scene], brain_sim.StimulusFeatures]:
     """Plan and render one segment to ``path`` (mp4); return its scenes and the brain's features
     of the whole run (grey lead-in, movie, grey tail)."""
-    from mindvideo.data.stimuli import CLASSES, plan_segment, render_segment
     from mindvideo.data.video import write_video
+    from mindvideo.sim.stimuli import CLASSES, plan_segment, render_segment
 
     rng = _rng(cfg.seed, 3, *seg.key)
     scenes = plan_segment(
@@ -206,7 +207,7 @@ def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
     """
     from tqdm import tqdm
 
-    from mindvideo.data.stimuli import CLASSES, MOTIONS
+    from mindvideo.sim.stimuli import CLASSES, MOTIONS
 
     out = Path(out)
     _check_out(out)

@@ -5,9 +5,9 @@ would get), makes the checks the real run makes with the stage's own check and l
 the data folders are opened and validated, the pretrained folders must hold their parts, voxel
 counts and sizes must agree — but builds every model from its config on the meta device
 (``empty_weights=True``), so a paper-size recipe plans in seconds on a laptop. It returns a
-:class:`~mindvideo.utils.plan.RunPlan`: the data shapes, the schedule and global batch, every
+:class:`~mindvideo.utils.dry_run.RunPlan`: the data shapes, the schedule and global batch, every
 model with its total and trainable parameters (the trainable ones are exactly those the engine
-would optimise) and a memory estimate (:mod:`mindvideo.utils.plan`). Nothing is trained and
+would optimise) and a memory estimate (:mod:`mindvideo.utils.dry_run`). Nothing is trained and
 nothing is written; ``out`` is only looked at.
 """
 
@@ -31,7 +31,7 @@ from mindvideo.config import (
     TuneVideoConfig,
 )
 from mindvideo.utils import UserError
-from mindvideo.utils.plan import (
+from mindvideo.utils.dry_run import (
     Batching,
     ModelPart,
     PhasePlan,
@@ -95,7 +95,7 @@ def training_phase_plan(
     batches_per_epoch: int | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> PhasePlan:
-    """A :class:`~mindvideo.utils.plan.PhasePlan` for one run of the training engine.
+    """A :class:`~mindvideo.utils.dry_run.PhasePlan` for one run of the training engine.
 
     Args:
         samples: training samples per epoch.

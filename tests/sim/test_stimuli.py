@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mindvideo.data.stimuli import (
+from mindvideo.sim.stimuli import (
     BACKGROUNDS,
     CLASSES,
     MOTIONS,

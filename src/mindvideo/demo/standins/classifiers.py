@@ -35,17 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mindvideo.training.standins import (
+from mindvideo.demo.standins.base import (
     ClassifierPreset,
     EpochDataset,
     StandinData,
     epoch_rng,
     final_loss,
     fit,
+    normalise,
     seeded,
     write_marker,
 )
-from mindvideo.training.standins_clip import normalise
 from mindvideo.utils import atomic_dir
 
 __all__ = [

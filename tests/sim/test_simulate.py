@@ -12,7 +12,7 @@ from nibabel import cifti2
 
 from mindvideo.data import atlas
 from mindvideo.data.cifti import cortex_indices, read_dtseries
-from mindvideo.data.simulate import simulate_hcp_rest, simulate_wen2018, wen2018_segments
+from mindvideo.sim.simulate import simulate_hcp_rest, simulate_wen2018, wen2018_segments
 from mindvideo.utils import UserError
 
 

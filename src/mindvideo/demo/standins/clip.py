@@ -14,8 +14,12 @@ of all its frames: the loss is CLIP's with soft targets).
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mindvideo.training.standins import (
+from mindvideo.demo.standins.base import (
     MAX_TOKENS,
     ClipPreset,
     EpochDataset,
     StandinData,
-    build_clip_tokenizer,
-    check_tokenizer,
     final_loss,
     fit,
+    normalise,
     seeded,
     write_marker,
 )
@@ -40,6 +43,8 @@ from mindvideo.utils import atomic_dir
 __all__ = [
     "ClipFrames",
     "build_clip",
+    "build_clip_tokenizer",
+    "caption_words",
     "clip_contrastive_loss",
     "evaluate_retrieval",
     "text_encoder_from_clip",
@@ -47,6 +52,85 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _clip_backend() -> Any:
+    """A blank CLIP tokenizer backend: CLIP's normaliser and pre-tokeniser, no vocabulary."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer().backend_tokenizer
+
+
+def caption_words(texts: Sequence[str]) -> list[str]:
+    """CLIP's pre-tokenisation of ``texts`` (lower case, words and punctuation, byte-level
+    characters), concatenated: what each caption's tokens must spell, one word per token."""
+    backend = _clip_backend()
+    words = []
+    for text in texts:
+        normal = backend.normalizer.normalize_str(text)
+        words += [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normal)]
+    return words
+
+
+def build_clip_tokenizer(texts: Sequence[str], folder: str | os.PathLike | None = None) -> Any:
+    """A CLIP byte-level BPE tokenizer whose merges make every word of ``texts`` one token.
+
+    The vocabulary is laid out as CLIP's: the 256 byte characters, the same with the end-of-word
+    mark ``</w>``, one entry per merge (learned from ``texts`` by the ``tokenizers`` BPE trainer
+    until every word is whole), then ``<|startoftext|>`` and ``<|endoftext|>`` (also the padding
+    token, as in Stable Diffusion 1.5). A word not in ``texts`` falls back to smaller pieces,
+    never to an unknown token. Captions pad to ``model_max_length`` = 77.
+
+    With ``folder``, ``vocab.json`` + ``merges.txt`` (Stable Diffusion's ``tokenizer/`` files)
+    and the tokenizer's own files are written there. Returns the ``CLIPTokenizer``.
+    """
+    from tokenizers import pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    backend = CLIPTokenizer().backend_tokenizer
+    trainer = BpeTrainer(
+        vocab_size=1_000_000,  # never the limit: merging stops when every word is one token
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    backend.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    merges = [tuple(m) for m in json.loads(backend.to_str())["model"]["merges"]]
+    base = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for token in [*base, *(b + "</w>" for b in base), *("".join(m) for m in merges)]:
+        vocab.setdefault(token, len(vocab))
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    if folder is not None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(folder)
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+        lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+        (folder / "merges.txt").write_text("\n".join(lines) + "\n", "utf-8")
+    return tokenizer
+
+
+def check_tokenizer(tokenizer: Any, texts: Sequence[str]) -> None:
+    """Every caption must tokenize to whole words that fit 77 tokens (a ValueError otherwise)."""
+    for text in dict.fromkeys(texts):
+        ids = tokenizer(text)["input_ids"]
+        tokens = tokenizer.convert_ids_to_tokens(ids[1:-1])
+        if tokens != [w + "</w>" for w in caption_words([text])] or len(ids) > MAX_TOKENS:
+            raise ValueError(f"the stand-in tokenizer splits or truncates {text!r}: {tokens}")
 
 
 def build_clip(spec: ClipPreset, tokenizer: Any, image_size: int) -> Any:
@@ -87,15 +171,6 @@ def image_processor_for(image_size: int) -> Any:
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
     )
-
-
-def normalise(frames: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` → float ``[N, 3, H, W]``: ``(x / 255 − mean) / std`` per channel,
-    what an image processor does to a frame already at its input size."""
-    x = frames.permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 class ClipFrames(EpochDataset):

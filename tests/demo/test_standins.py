@@ -16,24 +16,24 @@ import pytest
 import torch
 
 from mindvideo.data.prepared import PreparedData
-from mindvideo.data.stimuli import CLASSES, COLOURS, MOTIONS
-from mindvideo.training.standins import (
+from mindvideo.demo.standins.base import (
     MARKER,
     StandinData,
+    load_scene_labels,
+    normalise,
+    standin_preset,
+)
+from mindvideo.demo.standins.classifiers import FactorisedVideoClassifier, video_clips
+from mindvideo.demo.standins.clip import (
     build_clip_tokenizer,
     caption_words,
-    load_scene_labels,
-    standin_preset,
-    train_standins,
-)
-from mindvideo.training.standins_classifiers import FactorisedVideoClassifier, video_clips
-from mindvideo.training.standins_clip import (
     clip_contrastive_loss,
     image_processor_for,
-    normalise,
     train_clip_standin,
 )
-from mindvideo.training.standins_sd import colour_of, latent_scaling_factor
+from mindvideo.demo.standins.sd import colour_of, latent_scaling_factor
+from mindvideo.demo.standins.train import train_standins
+from mindvideo.sim.stimuli import CLASSES, COLOURS, MOTIONS
 from mindvideo.utils import UserError
 
 # One thread: the tests share a small machine with others, and oversubscribed OpenMP threads
@@ -351,7 +351,7 @@ def test_classifiers_beat_chance_on_held_out_test_frames_and_clips(standins, pre
 def test_vae_reconstructs_held_out_frames(standins, prepared):
     from diffusers import AutoencoderKL
 
-    from mindvideo.training.standins_sd import reconstruction_psnr
+    from mindvideo.demo.standins.sd import reconstruction_psnr
 
     vae = AutoencoderKL.from_pretrained(standins.stable_diffusion, subfolder="vae").eval()
     frames = np.array(prepared.frames("test")[:, ::8, 2]).reshape(

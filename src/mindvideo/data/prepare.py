@@ -1,0 +1,79 @@
+"""Stage 1 in one call: run the preparation a :class:`~mindvideo.config.PrepareConfig` asks for
+(raw Wen 2018, the authors' arrays, or the HCP pre-training corpus) and summarise the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mindvideo.config import config_to_yaml, save_config
+from mindvideo.utils import UserError
+
+__all__ = ["DATASETS", "prepare", "save_config_if_changed"]
+
+DATASETS = ("wen2018", "wen2018-preprocessed", "hcp")
+"""What ``prepare`` reads: raw CIFTI + mp4, the authors' arrays, or HCP-layout runs."""
+
+
+def prepare(cfg: Any, out: Path) -> str:
+    """Run the preparation ``cfg.dataset`` asks for; return a one-paragraph summary."""
+    if cfg.dataset == "hcp":
+        from mindvideo.data.hcp import prepare_hcp
+
+        prepare_hcp(cfg, out)
+        return _hcp_summary(out)
+    if cfg.dataset == "wen2018":
+        from mindvideo.data.wen2018 import prepare_wen2018
+
+        prepare_wen2018(cfg, out)
+    elif cfg.dataset == "wen2018-preprocessed":
+        from mindvideo.data.wen2018 import prepare_wen2018_preprocessed
+
+        prepare_wen2018_preprocessed(cfg, out)
+    else:
+        raise UserError(
+            f"Unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)} (--dataset)."
+        )
+    return _subject_summary(out)
+
+
+def save_config_if_changed(cfg: Any, out: Path) -> None:
+    """``OUT/config.yaml``, rewritten only when it changed (a no-op re-run touches nothing)."""
+    path = out / "config.yaml"
+    if not path.is_file() or path.read_text(encoding="utf-8") != config_to_yaml(cfg):
+        save_config(cfg, path)
+
+
+def _subject_summary(out: Path) -> str:
+    from mindvideo.data.prepared import PreparedData
+
+    data = PreparedData.open(out)
+    m = data.manifest
+    roi = m.get("roi")
+    if roi:
+        kept = (
+            f"{data.n_voxels} voxels kept by the reproducibility ROI ({roi['n_significant']} of "
+            f"{roi['n_vertices']} cortical vertices significant at P < {roi['alpha']}, "
+            f"{roi['correction']}, top {roi['top_fraction']:g})"
+        )
+    else:
+        kept = f"{data.n_voxels} voxels (the authors' selection; no ROI mask)"
+    captions = m.get("captions_source", "the authors' text arrays")
+    return (
+        f"Prepared subject {m.get('subject')} in {out}: {kept}; fMRI train "
+        f"{list(data.fmri_train.shape)}, test {list(data.fmri_test.shape)}; frames train "
+        f"{list(data.frames_train.shape)}, test {list(data.frames_test.shape)}; captions from "
+        f"{captions}. Next: mindvideo pretrain with finetune_data={out}."
+    )
+
+
+def _hcp_summary(out: Path) -> str:
+    index = json.loads((out / "index.json").read_text(encoding="utf-8"))
+    areas = ", ".join(f"{a} {n}" for a, n in index["voxels_per_area"].items())
+    return (
+        f"HCP pre-training corpus in {out}: {index['n_frames']} frames of {index['n_voxels']} "
+        f"voxels ({areas}, in this order) from {len(index['runs'])} runs, in "
+        f"{len(index['shards'])} shards of up to {index['frames_per_shard']} frames. Next: "
+        f"mindvideo pretrain with data={out}."
+    )
