@@ -4,6 +4,8 @@ Runs, each in its own process and one after the other (so they do not share the 
 
 - ``prepare_full.py`` — `mindvideo prepare` of one subject at the full Wen 2018 scale (59,412
   cortical vertices, 86 runs); simulates the dataset first when ``--data`` holds none;
+- ``detrend.py`` — detrending one cortex-sized run (245 volumes × 59,412 vertices; the
+  target is under 0.5 s);
 - ``encoder.py`` — a contrastive training step of the spatiotemporal encoder at the paper's
   shape (ViT-L, 6,016 voxels, w = 2) and the demo's, SDPA against plain attention;
 - ``sampling.py`` — one denoising step of the inflated UNet at Stable Diffusion 1.5 size, and
@@ -15,7 +17,7 @@ Each writes ``benchmarks/results/NAME.{json,md}``; this script then writes
 benchmark) and ``benchmarks/results/suite.md`` (the headline figures, with the peak memory of
 each, followed by every benchmark's own table).
 
-Run:  python benchmarks/run.py [--data DIR] [--only prepare_full,encoder,sampling]
+Run:  python benchmarks/run.py [--data DIR] [--only prepare_full,detrend,encoder,sampling]
 Not part of the test suite.
 """
 
@@ -32,7 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SUITE = ("prepare_full", "encoder", "sampling")
+SUITE = ("prepare_full", "detrend", "encoder", "sampling")
 
 
 def _run(name: str, extra: list[str]) -> float:
@@ -57,6 +59,16 @@ def headline(results: dict) -> list[str]:
                 f"prepare, full scale: fMRI of one subject ({prep['runs']} runs)",
                 f"{prep['fmri_s']:.1f} s (target < 120 s); frames {prep['frames_s']:.1f} s",
                 f"{prep['peak_rss_gb']:.2f} GB (target < 8)",
+            )
+        )
+    det = results.get("detrend")
+    if det:
+        rows.append(
+            (
+                f"detrend, one cortex-sized run ({det['shape'][0]} × {det['shape'][1]:,})",
+                f"{det['best_s']:.3f} s best of {len(det['timings_s'])} "
+                f"(target < {det['target_s']} s)",
+                "—",
             )
         )
     enc = results.get("encoder")
@@ -138,6 +150,7 @@ def main() -> int:
     # erratic, and CPU seconds (sampling.py) would count the threads' spinning.
     extra = {
         "prepare_full": ["--data", str(args.data)],
+        "detrend": [],
         "encoder": ["--threads", "1"],
         "sampling": ["--threads", "1", "--repeats", "2"],
     }

@@ -33,7 +33,7 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# The tiny components of the pipeline tests (tests/pipeline/tiny.py), repeated here so the
+# The tiny components of the pipeline tests (tests/helpers/pipeline.py), repeated here so the
 # benchmark does not import test code.
 TINY_UNET = dict(
     sample_size=8,

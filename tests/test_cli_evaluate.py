@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from report.tiny_run import (
+from helpers.run import (
     evaluate_overrides,
     reconstruct_overrides,
     save_classifiers,

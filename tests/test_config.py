@@ -5,8 +5,11 @@ from pathlib import Path
 import pytest
 
 from mindvideo.config import (
+    DEMO_WINDOW,
+    PRESET_DIR,
     PRESETS,
     STAGE_CONFIGS,
+    STAGES,
     SimulateConfig,
     load_config,
     save_config,
@@ -89,6 +92,11 @@ def test_unknown_preset():
         simulate_preset("huge")
 
 
+def test_unknown_preset_of_a_cpu_stage_names_the_choices():
+    with pytest.raises(UserError, match=r"Unknown tune-video preset 'full'.*tiny, demo\."):
+        PRESETS["tune-video"]("full")
+
+
 @pytest.mark.parametrize(
     "recipe", sorted(CONFIGS.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
 )
@@ -96,7 +104,53 @@ def test_every_recipe_loads(recipe):
     """Every versioned recipe in configs/ is valid for its stage (no drifted keys)."""
     stage = recipe.stem.split("_")[0]  # STAGE.yaml or STAGE_VARIANT.yaml
     assert stage in STAGE_CONFIGS, f"{recipe} names no known stage"
-    cfg = load_config(STAGE_CONFIGS[stage], recipe)
-    if recipe.parent.name in ("tiny", "demo") and stage in PRESETS:
-        # a CPU recipe spells out its preset exactly, so the two never drift apart
-        assert cfg == PRESETS[stage](recipe.parent.name)
+    load_config(STAGE_CONFIGS[stage], recipe)
+
+
+SHIPPED = sorted(PRESET_DIR.glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("preset", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_preset_loads_into_its_stage(preset):
+    """A preset shipped in the package is one stage's, listed in the registry, with no unknown
+    keys, and its preset function returns exactly what the file says."""
+    stage, name = preset.stem, preset.parent.name
+    assert stage in STAGES and name in STAGES[stage].presets, f"{preset} is not registered"
+    cfg = load_config(STAGES[stage].config, preset)
+    assert isinstance(cfg, STAGES[stage].config)
+    assert PRESETS[stage](name) == cfg
+
+
+def test_every_registered_preset_is_shipped():
+    for stage in STAGES.values():
+        for name in stage.presets:
+            assert (PRESET_DIR / name / f"{stage.name}.yaml").is_file(), (stage.name, name)
+    assert len(SHIPPED) == sum(len(stage.presets) for stage in STAGES.values())
+
+
+def test_demo_presets_use_the_demo_window():
+    for stage in ("contrast", "cotrain", "reconstruct", "explain"):
+        assert PRESETS[stage]("demo").window == DEMO_WINDOW
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo"])
+def test_configs_folder_links_to_the_shipped_presets(name):
+    """configs/tiny and configs/demo are links to the package's presets: one copy of each."""
+    folder = CONFIGS / name
+    assert folder.is_symlink() and folder.resolve() == (PRESET_DIR / name).resolve()
+    assert sorted(p.name for p in folder.glob("*.yaml")) == sorted(
+        p.name for p in (PRESET_DIR / name).glob("*.yaml")
+    )
+
+
+def test_the_registry_loads_no_heavy_library():
+    """The CLI reads the registry for ``mindvideo --help``, which must stay fast."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mindvideo.config.registry; "
+        "print(sorted({'torch', 'numpy', 'omegaconf'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

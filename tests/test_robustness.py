@@ -25,11 +25,11 @@ import av
 import numpy as np
 import pytest
 import torch
-from data.test_wen2018 import copy_dataset
-from pipeline.tiny import tiny_pipeline
+from helpers.clip import write_class_prepared
+from helpers.datasets import copy_dataset
+from helpers.pipeline import tiny_pipeline
+from helpers.sd import build_sd_folder, write_tiny_prepared
 from safetensors.torch import load_file
-from training.clip_tiny import write_class_prepared
-from training.sd_tiny import build_sd_folder, write_tiny_prepared
 
 from mindvideo.cli.main import main
 from mindvideo.data.cifti import read_dtseries, write_dtseries

@@ -12,20 +12,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers.datasets import copy_dataset
 
 from mindvideo.config import PrepareConfig, RoiConfig
 from mindvideo.data.cifti import read_dtseries, write_dtseries
 from mindvideo.data.pairing import frame_change
 from mindvideo.data.prepared import PreparedData, load_authors_arrays
 from mindvideo.data.video import read_video
-from mindvideo.data.wen2018 import (
-    find_wen2018_runs,
-    prepare_wen2018,
-    prepare_wen2018_preprocessed,
-)
+from mindvideo.data.wen2018 import find_wen2018_runs, prepare_wen2018
+from mindvideo.data.wen2018_preprocessed import prepare_wen2018_preprocessed
 from mindvideo.utils import UserError
-
-from .test_captions import blip_dir  # noqa: F401  (the tiny BLIP model folder fixture)
 
 SIZE = 32  # the tiny stimuli are 32 x 32
 
@@ -36,19 +32,6 @@ def tiny_config(root, **kwargs) -> PrepareConfig:  # as configs/tiny/prepare.yam
     return PrepareConfig(
         root=str(root), subject=1, frame_size=SIZE, roi=RoiConfig(correction="none"), **kwargs
     )
-
-
-def copy_dataset(src: Path, dst: Path, train=(1, 2, 3, 4), test=(1, 2), scenes=True) -> Path:
-    """A copy of (some segments of) a simulated dataset, to modify."""
-    for kind, ks in (("seg", train), ("test", test)):
-        for k in ks:
-            name = f"{kind}{k}"
-            shutil.copytree(src / "subject1/fmri" / name, dst / "subject1/fmri" / name)
-            (dst / "stimuli").mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / "stimuli" / f"{name}.mp4", dst / "stimuli")
-    if scenes:
-        shutil.copy(src / "scenes.json", dst)
-    return dst
 
 
 def run_path(root: Path, name: str, r: int) -> Path:
@@ -314,7 +297,7 @@ def test_short_stimulus_is_a_user_error(simulated_dataset, tmp_path):
 # BLIP captions
 
 
-def test_blip_captions_every_frame_with_a_cache(simulated_dataset, tmp_path, blip_dir):  # noqa: F811
+def test_blip_captions_every_frame_with_a_cache(simulated_dataset, tmp_path, blip_dir):
     from mindvideo.data.video import write_video
 
     root = copy_dataset(simulated_dataset, tmp_path / "ds", train=(1, 2), test=(1,))

@@ -19,6 +19,7 @@ from mindvideo.data.prepared import PreparedData
 from mindvideo.demo.standins.base import (
     MARKER,
     StandinData,
+    StandinJob,
     load_scene_labels,
     normalise,
     standin_preset,
@@ -33,7 +34,7 @@ from mindvideo.demo.standins.clip import (
 )
 from mindvideo.demo.standins.sd import colour_of, latent_scaling_factor
 from mindvideo.demo.standins.train import train_standins
-from mindvideo.sim.stimuli import CLASSES, COLOURS, MOTIONS
+from mindvideo.sim.vocabulary import CLASSES, COLOURS, MOTIONS
 from mindvideo.utils import UserError
 
 # One thread: the tests share a small machine with others, and oversubscribed OpenMP threads
@@ -209,8 +210,10 @@ def test_clip_standin_training_depends_only_on_the_seed(prepared, labels, tmp_pa
 
     def train(run: str, seed: int) -> torch.Tensor:
         train_clip_standin(
-            data=data, folder=tmp_path / run, spec=spec, key={"seed": seed}, seed=seed,
-            device=torch.device("cpu"), log_dir=tmp_path / f"log{run}",
+            StandinJob(
+                data=data, folder=tmp_path / run, spec=spec, key={"seed": seed}, seed=seed,
+                device=torch.device("cpu"), log_dir=tmp_path / f"log{run}",
+            )
         )  # fmt: skip
         weights = load_file(tmp_path / run / "model.safetensors")
         return torch.cat([weights[k].flatten() for k in sorted(weights)])

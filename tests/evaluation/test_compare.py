@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers.run import random_clips, write_reconstruction
 from scipy import stats
 
 from mindvideo.config import EvaluateConfig
@@ -11,8 +12,6 @@ from mindvideo.evaluation import significance_label
 from mindvideo.evaluation.compare import compare_runs, write_comparison
 from mindvideo.evaluation.runner import evaluate_reconstructions
 from mindvideo.utils import UserError
-
-from .test_runner import clips, write_reconstruction
 
 
 def evaluate(root, name, pred, gt):
@@ -30,10 +29,10 @@ def noisy(gt, scale, seed):
 def runs(tmp_path_factory):
     """full (slightly noisy), ablation (very noisy) on the same 8 windows; other (other windows)."""
     root = tmp_path_factory.mktemp("runs")
-    gt = clips(8, seed=10)
+    gt = random_clips(8, seed=10)
     full = evaluate(root, "full", noisy(gt, 10, 1), gt)
     ablation = evaluate(root, "ablation", noisy(gt, 60, 2), gt)
-    gt2 = clips(7, seed=11)
+    gt2 = random_clips(7, seed=11)
     other = evaluate(root, "other", noisy(gt2, 30, 3), gt2)
     return root, full, ablation, other
 

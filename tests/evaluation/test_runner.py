@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.run import random_clips, write_reconstruction
 from transformers import (
     CLIPConfig,
     CLIPImageProcessorPil,
@@ -34,40 +35,6 @@ from mindvideo.evaluation.runner import (
 from mindvideo.utils import UserError
 
 F = 6
-
-
-def write_reconstruction(folder, pred, gt, complete=True):
-    """A folder in the documented layout of `mindvideo reconstruct` (docs/pipeline.md)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    n = pred.shape[0]
-    windows = [
-        {
-            "row": i,
-            "segment": i // 3,
-            "tr": i % 3,
-            "frames": f"clips/seg{i // 3:02d}_tr{i % 3:03d}.npy",
-        }
-        for i in range(n)
-    ]
-    index = {
-        "format_version": 1,
-        "split": "test",
-        "settings": {"data": "/data/prepared", "seed": 0},
-        "num_frames": pred.shape[1],
-        "height": pred.shape[2],
-        "width": pred.shape[3],
-        "fps": 3,
-        "complete": complete,
-        "windows": windows,
-    }
-    (folder / "index.json").write_text(json.dumps(index))
-    np.save(folder / "reconstructions.npy", pred)
-    np.save(folder / "ground_truth.npy", gt)
-    return folder
-
-
-def clips(n, size=16, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, F, size, size, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +98,7 @@ def classifier_dirs(tmp_path_factory):
 
 
 def test_identical_clips_pixel_metrics_only(tmp_path):
-    gt = clips(5)
+    gt = random_clips(5)
     recon = write_reconstruction(tmp_path / "recon", gt.copy(), gt)
     cfg = EvaluateConfig(reconstructions=str(recon), bootstrap=200)
     result = evaluate_reconstructions(cfg, tmp_path / "eval", progress=False)
@@ -157,7 +124,7 @@ def test_identical_clips_pixel_metrics_only(tmp_path):
 
 
 def test_identification_scores_match_compute_metrics_and_carry_chance(tmp_path, classifier_dirs):
-    gt, pred = clips(6, seed=1), clips(6, seed=2)
+    gt, pred = random_clips(6, seed=1), random_clips(6, seed=2)
     recon = write_reconstruction(tmp_path / "recon", pred, gt)
     cfg = EvaluateConfig(
         reconstructions=str(recon),
@@ -225,8 +192,8 @@ def test_identification_scores_match_compute_metrics_and_carry_chance(tmp_path, 
 
 
 def test_ground_truth_is_resized_to_the_reconstruction(tmp_path):
-    gt = clips(3, size=32, seed=3)
-    pred = clips(3, size=16, seed=4)
+    gt = random_clips(3, size=32, seed=3)
+    pred = random_clips(3, size=16, seed=4)
     recon = write_reconstruction(tmp_path / "recon", pred, gt)
     result = evaluate_reconstructions(
         EvaluateConfig(reconstructions=str(recon), bootstrap=100), tmp_path / "a", progress=False
@@ -250,11 +217,11 @@ def test_bad_inputs_are_user_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"no index\.json"):
         load_reconstructions(tmp_path / "empty")
-    gt = clips(2)
+    gt = random_clips(2)
     write_reconstruction(tmp_path / "half", gt, gt, complete=False)
     with pytest.raises(UserError, match="unfinished"):
         load_reconstructions(tmp_path / "half")
-    write_reconstruction(tmp_path / "odd", gt, clips(3))
+    write_reconstruction(tmp_path / "odd", gt, random_clips(3))
     with pytest.raises(UserError, match="do not pair up"):
         load_reconstructions(tmp_path / "odd")
     with pytest.raises(UserError, match=r"metrics\.json"):

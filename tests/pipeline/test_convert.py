@@ -6,13 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from mindvideo.cli import convert as cli_convert
-from mindvideo.encoder.layers import get_1d_sincos_pos_embed
-from mindvideo.pipeline import MindVideoPipeline, convert_authors_pipeline, encoder_from_authors
-from mindvideo.utils import UserError
-
-from .tiny import (
+from helpers.pipeline import (
     IMAGE_SIZE,
     random_fmri,
     tiny_encoder,
@@ -20,6 +14,11 @@ from .tiny import (
     tiny_unet,
     tiny_vae,
 )
+
+from mindvideo.cli import convert as cli_convert
+from mindvideo.encoder.layers import get_1d_sincos_pos_embed
+from mindvideo.pipeline import MindVideoPipeline, convert_authors_pipeline, encoder_from_authors
+from mindvideo.utils import UserError
 
 BLOCKS_3D = {
     "CrossAttnDownBlock2D": "CrossAttnDownBlock3D",

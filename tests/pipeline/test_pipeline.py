@@ -6,11 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
-
-from mindvideo.pipeline import MindVideoPipeline, make_scheduler, null_condition
-from mindvideo.utils import UserError
-
-from .tiny import (
+from helpers.pipeline import (
     COND_DIM,
     IMAGE_SIZE,
     NUM_VOXELS,
@@ -18,6 +14,9 @@ from .tiny import (
     tiny_components,
     tiny_pipeline,
 )
+
+from mindvideo.pipeline import MindVideoPipeline, make_scheduler, null_condition
+from mindvideo.utils import UserError
 
 STEPS = 2
 
@@ -240,7 +239,7 @@ def test_any_diffusers_scheduler_by_name(pipe, fmri):
 
 def test_encoder_and_unet_widths_must_agree():
     components = tiny_components()
-    from .tiny import tiny_encoder
+    from helpers.pipeline import tiny_encoder
 
     components["fmri_encoder"] = tiny_encoder(cond_dim=16)
     with pytest.raises(UserError, match="cross_attention_dim"):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.pipeline import IMAGE_SIZE, tiny_pipeline
 
 from mindvideo.cli import reconstruct as cli_reconstruct
 from mindvideo.cli.main import main
@@ -14,8 +15,6 @@ from mindvideo.data.prepared import PreparedWriter
 from mindvideo.data.video import video_info
 from mindvideo.pipeline import MindVideoPipeline, reconstruct, window_seed
 from mindvideo.utils import UserError
-
-from .tiny import IMAGE_SIZE, tiny_pipeline
 
 N_TRS = 3
 

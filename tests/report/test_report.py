@@ -9,10 +9,16 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 
 import numpy as np
 import pytest
+from helpers.run import (
+    evaluate_overrides,
+    reconstruct_overrides,
+    save_classifiers,
+    save_encoders,
+    write_prepared,
+)
 from PIL import Image
 
 from mindvideo.config import EvaluateConfig, ExplainConfig, ReconstructConfig, load_config
@@ -23,14 +29,6 @@ from mindvideo.pipeline import reconstruct
 from mindvideo.report import build_report, write_run_info
 from mindvideo.report.figures import clip_data_uri, sample_rows
 from mindvideo.utils import UserError
-
-from .tiny_run import (
-    evaluate_overrides,
-    reconstruct_overrides,
-    save_classifiers,
-    save_encoders,
-    write_prepared,
-)
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -140,32 +138,14 @@ def test_missing_parts_are_skipped_with_a_note(run_dir, tmp_path):
 
 @pytest.fixture(scope="session")
 def chromium():
-    """Debian's chromium; installed with apt-get when missing and we are root."""
-    if not os.path.exists(CHROMIUM) and hasattr(os, "geteuid") and os.geteuid() == 0:
-        _install_chromium()
+    """Debian's chromium: ``make test`` installs it first when it is missing and we are root."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(
-            "Chromium is not installed and could not be installed (needs root and apt-get with "
-            "Debian's chromium package); the report's browser test needs it."
+            f"Chromium is not installed ({CHROMIUM}): the report's browser test needs Debian's "
+            "chromium package (`make test` installs it as root with apt-get, or run "
+            "`apt-get install chromium`)."
         )
     return CHROMIUM
-
-
-def _install_chromium() -> None:
-    """apt-get install chromium, once: parallel test workers wait for each other's install."""
-    import fcntl
-    import tempfile
-
-    with open(os.path.join(tempfile.gettempdir(), "mindvideo-chromium-install.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(CHROMIUM) and shutil.which("apt-get"):
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-            start = time.monotonic()
-            if subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode != 0:
-                subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=900)
-                subprocess.run(cmd, env=env, capture_output=True, timeout=900)
-            print(f"installed chromium in {time.monotonic() - start:.0f} s")
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -8,11 +8,6 @@ import numpy as np
 import pytest
 
 from mindvideo.sim.stimuli import (
-    BACKGROUNDS,
-    CLASSES,
-    MOTIONS,
-    REAL_SOURCES,
-    SHAPES,
     Scene,
     plan_segment,
     render_scene,
@@ -20,6 +15,7 @@ from mindvideo.sim.stimuli import (
     scene_at,
     scene_seed,
 )
+from mindvideo.sim.vocabulary import BACKGROUNDS, CLASSES, MOTIONS, REAL_SOURCES, SHAPES
 from mindvideo.utils import UserError
 
 FPS = 30

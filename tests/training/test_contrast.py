@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.clip import PROJECTION_DIM, TEXT_HIDDEN, build_tiny_clip, write_class_prepared
 
 from mindvideo.config import ContrastConfig, PrepareConfig, TrainConfig, load_config
 from mindvideo.data.captions import load_lexicon
@@ -24,8 +25,6 @@ from mindvideo.training.contrast import (
     sparsify_voxels,
 )
 from mindvideo.utils import UserError
-
-from .clip_tiny import PROJECTION_DIM, TEXT_HIDDEN, build_tiny_clip, write_class_prepared
 
 
 def clip_for(prepared: Path, folder: Path, steps: int = 100) -> Path:

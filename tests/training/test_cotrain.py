@@ -7,6 +7,15 @@ import json
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from helpers.sd import (
+    COND_DIM,
+    IMAGE_SIZE,
+    VaeEncodeCounter,
+    build_sd_folder,
+    run_cli,
+    train_args,
+    write_tiny_prepared,
+)
 
 from mindvideo.config import CotrainConfig, PretrainedPaths, TrainConfig, TuneVideoConfig
 from mindvideo.data.datasets import FMRIWindowDataset
@@ -22,16 +31,6 @@ from mindvideo.training.cotrain import (
 from mindvideo.training.diffusion import DenoisingProbe, VideoDenoiser, open_latent_cache
 from mindvideo.training.tune_video import tune_video
 from mindvideo.utils import UserError
-
-from .sd_tiny import (
-    COND_DIM,
-    IMAGE_SIZE,
-    VaeEncodeCounter,
-    build_sd_folder,
-    run_cli,
-    train_args,
-    write_tiny_prepared,
-)
 
 VOXELS = 60  # padded to 64 = 4 patches of 16
 STEPS = 20

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline.tiny import tiny_pipeline
+from helpers.clip import build_tiny_clip
+from helpers.pipeline import tiny_pipeline
+from helpers.sd import COND_DIM, build_sd_folder, run_cli, write_clip_tokenizer, write_tiny_prepared
 
 from mindvideo.config import PretrainConfig, TrainConfig, load_config
 from mindvideo.encoder import MBMAutoencoder, SpatiotemporalEncoder, mbm_tiny
@@ -30,9 +32,6 @@ from mindvideo.utils.dry_run import (
     RunPlan,
     trace_activations,
 )
-
-from .clip_tiny import build_tiny_clip
-from .sd_tiny import COND_DIM, build_sd_folder, run_cli, write_clip_tokenizer, write_tiny_prepared
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -364,8 +363,7 @@ SD15_COUNTS = {"unet_2d": 859_520_964, "vae": 83_653_863, "text_encoder": 123_06
 def write_sd15_configs(root: Path) -> Path:
     """An SD-1.5 folder of configs only: every weights file is an empty placeholder."""
     from diffusers import PNDMScheduler
-
-    from .sd_tiny import SCHEDULER_CONFIG
+    from helpers.sd import SCHEDULER_CONFIG
 
     for sub, config, weights in (
         ("unet", {"_class_name": "UNet2DConditionModel", **SD15_UNET}, "diffusion_pytorch_model"),

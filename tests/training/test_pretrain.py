@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.clip import write_class_prepared
 
 from mindvideo.config import PrepareConfig, PretrainConfig, TrainConfig, load_config
 from mindvideo.encoder import MBMAutoencoder, mbm_tiny
@@ -19,8 +20,6 @@ from mindvideo.training.pretrain import (
     resize_mbm,
 )
 from mindvideo.utils import UserError
-
-from .clip_tiny import write_class_prepared
 
 
 @pytest.fixture(scope="module")

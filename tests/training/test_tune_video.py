@@ -9,6 +9,14 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from helpers.sd import (
+    UNET_CONFIG,
+    VaeEncodeCounter,
+    build_sd_folder,
+    run_cli,
+    train_args,
+    write_tiny_prepared,
+)
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from mindvideo.generator import VideoUNet
@@ -22,15 +30,6 @@ from mindvideo.training.diffusion import (
 )
 from mindvideo.training.tune_video import load_stable_diffusion
 from mindvideo.utils import UserError
-
-from .sd_tiny import (
-    UNET_CONFIG,
-    VaeEncodeCounter,
-    build_sd_folder,
-    run_cli,
-    train_args,
-    write_tiny_prepared,
-)
 
 TRAINABLE = ("attn1", "attn2", "attn_temp")
 

@@ -1,47 +1,117 @@
-"""What every stage command shares: ``--config FILE --out DIR [key=value ...]``."""
+"""What the command modules share: their parser, and for a stage ``--config FILE --out DIR
+[key=value ...]``.
+
+Every command's parser is a :class:`CommandParser`; a stage's help is its summary in the
+registry (:data:`mindvideo.config.STAGES`). Options that set a config key are declared with
+:meth:`CommandParser.add_key_option`; :func:`resolve_config` then builds the typed config from
+the preset, ``--config``, the overrides and those options, in that order, later ones winning,
+and :func:`run_stage` runs (or, with ``--dry-run``, plans) the stage with it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mindvideo.config import load_config, save_config
+from mindvideo.config import STAGES, load_config, save_config
 from mindvideo.utils import UserError
 
+log = logging.getLogger(__name__)
 
-def add_stage_arguments(
-    parser: argparse.ArgumentParser, out_required: bool = True, dry_run: bool = False
-) -> None:
-    """``--config``, ``--out`` and ``key=value`` overrides; with ``dry_run`` also ``--dry-run``
-    (then ``--out`` may be left out of a dry run only: see :func:`require_out`)."""
-    parser.add_argument("--config", type=Path, help="YAML recipe (e.g. configs/tiny/STAGE.yaml)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=out_required and not dry_run,
-        help="output directory of this stage" + (" (optional with --dry-run)" if dry_run else ""),
-    )
-    if dry_run:
+
+class CommandParser:
+    """The parser of one ``mindvideo`` command being built; ``run(args)`` is what it does.
+
+    ``help`` (the line in ``mindvideo --help``) defaults to a stage's summary in the registry.
+    Options are added in the order they show in ``--help``: the command's own
+    (:meth:`add_argument`, :meth:`add_key_option`), then a stage's common ones
+    (:meth:`add_stage_arguments`).
+    """
+
+    def __init__(
+        self,
+        sub: argparse._SubParsersAction,
+        name: str,
+        run: Callable[[argparse.Namespace], int],
+        description: str,
+        help: str | None = None,
+    ) -> None:
+        help = help if help is not None else STAGES[name].summary
+        self.parser = sub.add_parser(name, help=help, description=description)
+        self.parser.set_defaults(func=run, stage=name, config_keys={})
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """An option of the command that sets no config key."""
+        return self.parser.add_argument(*args, **kwargs)
+
+    def add_key_option(self, flag: str, help: str, key: str | None = None, **kwargs: Any) -> None:
+        """An option that, when given, sets config key ``key`` (dotted for nested keys; default:
+        the option's own name, ``--finetune-data`` → ``finetune_data``); a path as a string."""
+        action = self.parser.add_argument(flag, help=help, **kwargs)
+        keys = self.parser.get_default("config_keys")
+        self.parser.set_defaults(config_keys={**keys, action.dest: key or action.dest})
+
+    def add_stage_arguments(self, dry_run: bool = False, resume: str | None = None) -> None:
+        """``--resume`` (a training stage: ``resume`` names one of its checkpoints),
+        ``--config``, ``--out``, ``--dry-run`` (with ``dry_run``; then ``--out`` may be left out
+        of a dry run only: see :func:`require_out`) and the ``key=value`` overrides."""
+        parser = self.parser
+        if resume is not None:
+            parser.add_argument(
+                "--resume",
+                metavar="latest|PATH",
+                help=f"continue an interrupted run: 'latest' or {resume}",
+            )
         parser.add_argument(
-            "--dry-run",
-            action="store_true",
-            help=(
-                "check the configuration, paths and shapes as a real run does, print the plan, "
-                "parameter counts and a memory estimate; train and write nothing"
-            ),
+            "--config", type=Path, help="YAML recipe (e.g. configs/tiny/STAGE.yaml)"
         )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="override config keys (dotted for nested keys: rest.volumes=600)",
-    )
+        parser.add_argument(
+            "--out",
+            type=Path,
+            required=not dry_run,
+            help="output directory of this stage"
+            + (" (optional with --dry-run)" if dry_run else ""),
+        )
+        if dry_run:
+            parser.add_argument(
+                "--dry-run",
+                action="store_true",
+                help=(
+                    "check the configuration, paths and shapes as a real run does, print the "
+                    "plan, parameter counts and a memory estimate; train and write nothing"
+                ),
+            )
+        parser.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help="override config keys (dotted for nested keys: rest.volumes=600)",
+        )
 
 
-def resolve_config(cls: type, args: argparse.Namespace, base: Any = None) -> Any:
-    """The stage's typed config from preset ``base``, ``--config`` and overrides."""
-    return load_config(cls, args.config, args.overrides, base=base)
+def resolve_config(args: argparse.Namespace, base: Any = None) -> Any:
+    """The stage's typed config: preset ``base`` (or the defaults) ← ``--config`` ← overrides
+    ← the options declared with :meth:`CommandParser.add_key_option` that were given."""
+    cfg = load_config(STAGES[args.stage].config, args.config, args.overrides, base=base)
+    for dest, key in args.config_keys.items():
+        value = getattr(args, dest)
+        if value is not None:
+            value = os.fspath(value) if isinstance(value, os.PathLike) else value
+            cfg = _replace_key(cfg, key.split("."), value)
+    return cfg
+
+
+def _replace_key(cfg: Any, key: list[str], value: Any) -> Any:
+    """A copy of ``cfg`` with the (nested) field ``key`` set to ``value``."""
+    head, *rest = key
+    if rest:
+        value = _replace_key(getattr(cfg, head), rest, value)
+    return dataclasses.replace(cfg, **{head: value})
 
 
 def save_resolved(cfg: Any, out: Path) -> Path:
@@ -52,15 +122,31 @@ def save_resolved(cfg: Any, out: Path) -> Path:
 def require_out(args: argparse.Namespace) -> Path:
     """``--out``, which every run but a dry run needs."""
     if args.out is None:
-        raise UserError(
-            f"mindvideo {args.command} needs --out DIR (only --dry-run runs without it)."
-        )
+        raise UserError(f"mindvideo {args.stage} needs --out DIR (only --dry-run runs without it).")
     return args.out
+
+
+def run_stage(
+    args: argparse.Namespace,
+    run: Callable[..., Any],
+    plan: Callable[..., Any] | None = None,
+    report: Callable[[Any], str | None] = "wrote {}".format,
+    **kwargs: Any,
+) -> int:
+    """Resolve the stage's config (:func:`resolve_config`); with ``--dry-run`` print
+    ``plan(cfg, OUT, **kwargs)``, else call ``run(cfg, OUT, **kwargs)`` (``--out`` required) and
+    log the line ``report`` makes of its result (default: "wrote RESULT"; None logs nothing)."""
+    cfg = resolve_config(args)
+    if plan is not None and args.dry_run:
+        return print_plan(plan(cfg, args.out, **kwargs))
+    line = report(run(cfg, require_out(args), **kwargs))
+    if line is not None:
+        log.info("%s", line)
+    return 0
 
 
 def print_plan(plan: Any) -> int:
     """Print a dry run's :class:`~mindvideo.utils.dry_run.RunPlan` (once, on the main process)."""
-    import os
     import sys
 
     if int(os.environ.get("RANK", "0")) == 0:

@@ -6,21 +6,23 @@ import argparse
 import logging
 from pathlib import Path
 
+from mindvideo.cli._stage import CommandParser
+
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = CommandParser(
+        sub,
         "compare",
+        run,
+        "Compare the metrics of two or more runs, as the paper's Table 1 compares ablations "
+        "with the full model: every score with its standard error and 95% bootstrap "
+        "interval, and a t-test of every run against the reference (paired when both runs "
+        "scored the same windows, Welch's two-sample test otherwise) with its significance "
+        "band. A RUN is an evaluate output folder or a run directory containing evaluate/. "
+        "Writes OUT/comparison.json and OUT/comparison.md.",
         help="put evaluated runs side by side (ablations) with t-tests against a reference",
-        description=(
-            "Compare the metrics of two or more runs, as the paper's Table 1 compares ablations "
-            "with the full model: every score with its standard error and 95% bootstrap "
-            "interval, and a t-test of every run against the reference (paired when both runs "
-            "scored the same windows, Welch's two-sample test otherwise) with its significance "
-            "band. A RUN is an evaluate output folder or a run directory containing evaluate/. "
-            "Writes OUT/comparison.json and OUT/comparison.md."
-        ),
     )
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="runs to compare")
     parser.add_argument(
@@ -34,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="display name of each RUN, in order (repeat once per RUN; default: folder names)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

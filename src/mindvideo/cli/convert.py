@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from mindvideo.cli._stage import CommandParser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = CommandParser(
+        sub,
         "convert",
+        run,
+        "Convert the authors' released pipeline folder (unet/ with Tune-A-Video UNet3D "
+        "weights, fmri_encoder/, vae/, scheduler/) into a mindvideo pipeline folder, reading "
+        "weights without running pickle code. Writes OUT/conversion.json with the key report.",
         help="convert the authors' released MinD-Video checkpoint into a pipeline folder",
-        description=(
-            "Convert the authors' released pipeline folder (unet/ with Tune-A-Video UNet3D "
-            "weights, fmri_encoder/, vae/, scheduler/) into a mindvideo pipeline folder, reading "
-            "weights without running pickle code. Writes OUT/conversion.json with the key report."
-        ),
     )
     parser.add_argument(
         "--authors", type=Path, required=True, help="the authors' released pipeline folder"
@@ -37,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="load what fits when the checkpoint has unexpected or missing keys (see the report)",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,17 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from mindvideo.cli._stage import CommandParser
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = CommandParser(
+        sub,
         "demo",
+        run,
+        "Simulate a Wen 2018-style dataset, prepare it, train small stand-ins for the "
+        "pretrained models (CLIP, Stable Diffusion, classifiers), then pretrain, contrast, "
+        "tune-video, cotrain, reconstruct, evaluate, explain and write an HTML report. "
+        "Finished stages are reused when the command is run again.",
         help="run every stage on the simulated dataset (CPU, minutes) and write a report",
-        description=(
-            "Simulate a Wen 2018-style dataset, prepare it, train small stand-ins for the "
-            "pretrained models (CLIP, Stable Diffusion, classifiers), then pretrain, contrast, "
-            "tune-video, cotrain, reconstruct, evaluate, explain and write an HTML report. "
-            "Finished stages are reused when the command is run again."
-        ),
     )
     parser.add_argument(
         "--preset",
@@ -34,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             "classifier-free guidance) and compare them with the full run (RUN/compare)"
         ),
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

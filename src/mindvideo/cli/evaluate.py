@@ -3,69 +3,57 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 from pathlib import Path
+from typing import Any
 
-from mindvideo.cli._stage import add_stage_arguments, resolve_config
-
-log = logging.getLogger(__name__)
+from mindvideo.cli._stage import CommandParser, run_stage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = CommandParser(
+        sub,
         "evaluate",
-        help="stage 7: SSIM, PSNR and N-way top-K identification, each with its chance level",
-        description=(
-            "Score the clips of `mindvideo reconstruct` against their ground truth (paper 4.3, "
-            "5): SSIM and PSNR, frame- and video-level N-way top-K identification in compat "
-            "(the authors' top-3 rule) and strict mode with the classifiers in "
-            "pretrained.image_classifier / pretrained.video_classifier, and the CLIP image "
-            "similarity with pretrained.clip. Writes OUT/metrics.json, OUT/metrics.md, "
-            "OUT/samples.json (per-window values for `mindvideo compare`) and OUT/config.yaml."
-        ),
+        run,
+        "Score the clips of `mindvideo reconstruct` against their ground truth (paper 4.3, "
+        "5): SSIM and PSNR, frame- and video-level N-way top-K identification in compat "
+        "(the authors' top-3 rule) and strict mode with the classifiers in "
+        "pretrained.image_classifier / pretrained.video_classifier, and the CLIP image "
+        "similarity with pretrained.clip. Writes OUT/metrics.json, OUT/metrics.md, "
+        "OUT/samples.json (per-window values for `mindvideo compare`) and OUT/config.yaml.",
     )
-    parser.add_argument(
+    parser.add_key_option(
         "--reconstructions",
+        "output folder of mindvideo reconstruct; sets config key reconstructions",
         type=Path,
-        help="output folder of mindvideo reconstruct; sets config key reconstructions",
     )
-    parser.add_argument(
+    parser.add_key_option(
         "--image-classifier",
+        "frame classifier folder (ViT ImageNet); sets pretrained.image_classifier",
+        key="pretrained.image_classifier",
         type=Path,
-        help="frame classifier folder (ViT ImageNet); sets pretrained.image_classifier",
     )
-    parser.add_argument(
+    parser.add_key_option(
         "--video-classifier",
+        "video classifier folder (VideoMAE Kinetics-400); sets pretrained.video_classifier",
+        key="pretrained.video_classifier",
         type=Path,
-        help="video classifier folder (VideoMAE Kinetics-400); sets pretrained.video_classifier",
     )
-    parser.add_argument(
-        "--clip", type=Path, help="CLIP model folder; sets pretrained.clip (CLIP similarity)"
+    parser.add_key_option(
+        "--clip",
+        "CLIP model folder; sets pretrained.clip (CLIP similarity)",
+        key="pretrained.clip",
+        type=Path,
     )
-    add_stage_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.add_stage_arguments()
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindvideo.config import EvaluateConfig
-
-    cfg = resolve_config(EvaluateConfig, args)
-    if args.reconstructions is not None:
-        cfg = dataclasses.replace(cfg, reconstructions=str(args.reconstructions))
-    paths = {
-        "image_classifier": args.image_classifier,
-        "video_classifier": args.video_classifier,
-        "clip": args.clip,
-    }
-    paths = {k: str(v) for k, v in paths.items() if v is not None}
-    if paths:
-        cfg = dataclasses.replace(cfg, pretrained=dataclasses.replace(cfg.pretrained, **paths))
-
     from mindvideo.evaluation.metrics import format_markdown_table
     from mindvideo.evaluation.runner import evaluate_reconstructions
 
-    result = evaluate_reconstructions(cfg, args.out)  # also writes OUT/config.yaml
-    print(format_markdown_table(result.metrics), end="")
-    log.info("Wrote %s", Path(args.out) / "metrics.json")
-    return 0
+    def table(result: Any) -> str:
+        print(format_markdown_table(result.metrics), end="")
+        return f"Wrote {Path(args.out) / 'metrics.json'}"
+
+    # evaluate_reconstructions() also writes OUT/config.yaml
+    return run_stage(args, evaluate_reconstructions, report=table)

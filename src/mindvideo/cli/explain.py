@@ -11,53 +11,43 @@ map in the prepared data (the authors' arrays carry none) only the attention sum
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 from pathlib import Path
 
-from mindvideo.cli._stage import add_stage_arguments, resolve_config
-from mindvideo.interpretation.run import explain
-
-log = logging.getLogger(__name__)
+from mindvideo.cli._stage import CommandParser, run_stage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = CommandParser(
+        sub,
         "explain",
-        help="stage 8: encoder attention per layer and stage → Yeo-17 sums and flat maps",
-        description=(
-            "Record the fMRI encoder's attention (first, middle and last layer) over the test "
-            "windows of a prepared subject after each learning stage given (--mbm, --contrast, "
-            "--cotrain), map it to voxels and the cortical surface, sum it within the Yeo-17 "
-            "networks and draw bar charts and flat maps (paper 3.5, Fig. 7). Writes "
-            "OUT/attention_{stage}.npz, OUT/networks.json, OUT/networks_*.png, "
-            "OUT/flat_maps.png, OUT/explain.json and OUT/config.yaml."
-        ),
+        run,
+        "Record the fMRI encoder's attention (first, middle and last layer) over the test "
+        "windows of a prepared subject after each learning stage given (--mbm, --contrast, "
+        "--cotrain), map it to voxels and the cortical surface, sum it within the Yeo-17 "
+        "networks and draw bar charts and flat maps (paper 3.5, Fig. 7). Writes "
+        "OUT/attention_{stage}.npz, OUT/networks.json, OUT/networks_*.png, "
+        "OUT/flat_maps.png, OUT/explain.json and OUT/config.yaml.",
     )
-    parser.add_argument("--data", type=Path, help="prepared subject; sets config key data")
-    parser.add_argument(
-        "--mbm", type=Path, help="MBM folder or pretrain output (mbm/); sets config key mbm"
+    parser.add_key_option("--data", "prepared subject; sets config key data", type=Path)
+    parser.add_key_option(
+        "--mbm", "MBM folder or pretrain output (mbm/); sets config key mbm", type=Path
     )
-    parser.add_argument(
+    parser.add_key_option(
         "--contrast",
+        "contrast output (fmri_encoder/) or the encoder folder; sets config key contrast",
         type=Path,
-        help="contrast output (fmri_encoder/) or the encoder folder; sets config key contrast",
     )
-    parser.add_argument(
+    parser.add_key_option(
         "--cotrain",
+        "cotrain output, pipeline folder or its fmri_encoder/; sets config key cotrain",
         type=Path,
-        help="cotrain output, pipeline folder or its fmri_encoder/; sets config key cotrain",
     )
-    add_stage_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.add_stage_arguments()
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindvideo.config import ExplainConfig
+    from mindvideo.interpretation.run import explain
 
-    cfg = resolve_config(ExplainConfig, args)
-    flags = {"data": args.data, "mbm": args.mbm, "contrast": args.contrast, "cotrain": args.cotrain}
-    cfg = dataclasses.replace(cfg, **{k: str(v) for k, v in flags.items() if v is not None})
-    written = explain(cfg, args.out)
-    log.info("Wrote %d files to %s", len(written), args.out)
-    return 0
+    return run_stage(
+        args, explain, report=lambda written: f"Wrote {len(written)} files to {args.out}"
+    )

@@ -12,25 +12,13 @@ import logging
 import sys
 
 from mindvideo import __version__
+from mindvideo.config.registry import STAGES
 from mindvideo.utils import UserError
 
-# Subcommands in pipeline order; a stage is listed here only once it really works.
-SUBCOMMANDS = [
-    "demo",
-    "env",
-    "simulate",
-    "prepare",
-    "pretrain",
-    "contrast",
-    "tune-video",
-    "cotrain",
-    "reconstruct",
-    "evaluate",
-    "explain",
-    "compare",
-    "report",
-    "convert",
-]
+# Every command: the demo and env first, the pipeline's stages in order (the registry in
+# mindvideo.config), then the tools that read finished runs. Each is the module
+# mindvideo.cli.NAME (dashes as underscores).
+SUBCOMMANDS = ["demo", "env", *STAGES, "compare", "report", "convert"]
 
 log = logging.getLogger("mindvideo")
 

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from mindvideo.cli._stage import CommandParser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = CommandParser(
+        sub,
         "report",
+        run,
+        "Write a single HTML file (everything inline, works offline) for a run directory, "
+        "the folder holding the stages' --out folders (RUN/reconstruct, RUN/evaluate, "
+        "RUN/explain, RUN/compare, ...; docs/report.md): ground truth and reconstruction "
+        "side by side as animated clips, the "
+        "metrics with chance levels, the ablation table, the attention charts and flat maps, "
+        "and every stage's config.yaml. Missing stages are skipped with a note. Prints the "
+        "path of the page.",
         help="write one self-contained HTML page: clips, metrics, ablations, attention, configs",
-        description=(
-            "Write a single HTML file (everything inline, works offline) for a run directory, "
-            "the folder holding the stages' --out folders (RUN/reconstruct, RUN/evaluate, "
-            "RUN/explain, RUN/compare, ...; docs/report.md): ground truth and reconstruction "
-            "side by side as animated clips, the "
-            "metrics with chance levels, the ablation table, the attention charts and flat maps, "
-            "and every stage's config.yaml. Missing stages are skipped with a note. Prints the "
-            "path of the page."
-        ),
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
     parser.add_argument(
@@ -37,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="gif",
         help="embed clips as animated GIFs (default) or H.264 mp4 videos (smaller)",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

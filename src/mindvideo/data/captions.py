@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from mindvideo.utils import UserError
+from mindvideo.utils.io import read_json
 
 if TYPE_CHECKING:
     import torch
@@ -131,6 +132,13 @@ class BlipCaptioner:
         self.prompt = prompt
 
     @classmethod
+    def from_config(cls, path: str | os.PathLike, settings: Any) -> BlipCaptioner:
+        """:meth:`from_pretrained` with the decoding settings of a prepare config's ``captions``
+        section (``dtype``, ``batch_size``, ``max_new_tokens``, ``prompt``, ``num_beams``)."""
+        keys = ("dtype", "batch_size", "max_new_tokens", "prompt", "num_beams")
+        return cls.from_pretrained(path, **{k: getattr(settings, k) for k in keys})
+
+    @classmethod
     def from_pretrained(
         cls,
         path: str | os.PathLike,
@@ -175,10 +183,7 @@ class BlipCaptioner:
                 f"{folder} has no config.json, so it is not a saved model; point pretrained.blip "
                 "at a folder written by save_pretrained (a BLIP captioning model)."
             )
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"{config_file} is not valid JSON ({err}); re-copy the model.") from err
+        config = read_json(config_file, "re-copy the model")
         architectures = config.get("architectures") or ["BlipForConditionalGeneration"]
         if (
             config.get("model_type") != "blip"

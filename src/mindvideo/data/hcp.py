@@ -25,11 +25,9 @@ paper's ~600k frames × the 4,183 V1–V4 grayordinates are ~10 GB) without load
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +37,10 @@ import torch
 from torch.utils.data import Dataset
 
 from mindvideo.data.pairing import PadMode, pad_voxels, padded_size
-from mindvideo.data.prepared import staging_dir
-from mindvideo.utils import UserError, atomic_path, atomic_write_text
+from mindvideo.data.prepared import hash_inputs, relative_key
+from mindvideo.utils import UserError, atomic_path
+from mindvideo.utils.freshness import StagedFolder, files_present, read_marker, write_marker
+from mindvideo.utils.timing import timed
 
 if TYPE_CHECKING:
     from mindvideo.config import PrepareConfig
@@ -152,23 +152,117 @@ def _inputs_config(cfg: PrepareConfig) -> dict[str, Any]:
 
 
 def _read_index(root: Path) -> dict[str, Any] | None:
-    try:
-        index = json.loads((root / INDEX).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return index if isinstance(index, dict) else None
+    return read_marker(root / INDEX)
 
 
 def _up_to_date(root: Path, inputs: dict[str, Any]) -> bool:
-    index = _read_index(root)
-    if index is None:
-        return False
-    want = json.loads(json.dumps(inputs))
-    if any(index.get(k) != v for k, v in want.items()):
-        return False
-    return all(
-        (root / s["file"]).is_file() for s in index.get("shards", [])
-    )  # shapes are checked when the corpus is opened
+    index = read_marker(root / INDEX, inputs)
+    # Shapes are checked when the corpus is opened.
+    return index is not None and files_present(root, (s["file"] for s in index.get("shards", [])))
+
+
+def _check_config(cfg: PrepareConfig) -> None:
+    if not cfg.root:
+        raise UserError("Invalid prepare config: no dataset folder: pass --root (or set root).")
+    if cfg.hcp.shard_frames < 1:
+        raise UserError(f"hcp.shard_frames must be at least 1, not {cfg.hcp.shard_frames}.")
+    if not cfg.hcp.areas:
+        raise UserError(
+            "hcp.areas is empty; list the Glasser areas to keep, e.g. [V1, V2, V3, V4]."
+        )
+    if cfg.nan_policy not in ("raise", "zero"):
+        raise UserError(f"nan_policy must be 'raise' or 'zero', not {cfg.nan_policy!r}.")
+
+
+@dataclasses.dataclass
+class _Corpus:
+    """What reading the runs gave: the shards being written, the voxels' grayordinates (fixed by
+    the first run), one entry per run for the index, seconds spent reading and preprocessing."""
+
+    writer: _ShardWriter | None = None
+    reference: tuple[Path, np.ndarray] | None = None
+    runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    cache: list[tuple[Any, np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
+    times: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"read": 0.0, "preprocess": 0.0}
+    )
+
+    def check_voxels(self, path: Path, gray: np.ndarray, areas: list[str]) -> None:
+        """The first run fixes the grayordinates; every other run must have the same."""
+        assert self.reference is not None
+        if not np.array_equal(gray, self.reference[1]):
+            raise UserError(
+                f"{path} has {gray.size} grayordinates in {', '.join(areas)} but "
+                f"{self.reference[0]} has {self.reference[1].size} (or other ones); all runs "
+                "must be on the same grayordinates (HCP's 91k *_Atlas.dtseries.nii files)."
+            )
+
+
+def _add_run(corpus: _Corpus, path: Path, cfg: PrepareConfig, root: Path, staging: Path) -> None:
+    """Read one run, keep its visual voxels, detrend and z-score them, append its frames."""
+    from mindvideo.data.cifti import read_dtseries
+    from mindvideo.data.preprocess import preprocess_run
+
+    areas = list(cfg.hcp.areas)
+    t0 = time.perf_counter()
+    data, axis, tr_s = read_dtseries(path)  # [T, G]
+    t1 = time.perf_counter()
+    positions, gray = _visual_positions(axis, areas, corpus.cache)
+    if corpus.reference is None:
+        if gray.size == 0:
+            raise UserError(
+                f"{path} has no grayordinates in the Glasser areas {', '.join(areas)}; give "
+                "HCP *_Atlas.dtseries.nii files (91k grayordinates) or change hcp.areas."
+            )
+        corpus.reference = (path, gray)
+        corpus.writer = _ShardWriter(staging, cfg.hcp.shard_frames, gray.size)
+    else:
+        corpus.check_voxels(path, gray, areas)
+    x = preprocess_run(
+        data,
+        positions,
+        drop=(0, 0),
+        order=cfg.hcp.detrend_order,
+        nan_policy=cfg.nan_policy,  # type: ignore[arg-type]
+        source=str(path),
+    )  # [T, V]
+    del data
+    assert corpus.writer is not None
+    corpus.writer.add(x)
+    corpus.runs.append({"file": relative_key(path, root), "volumes": int(x.shape[0]), "tr_s": tr_s})
+    corpus.times["read"] += t1 - t0
+    corpus.times["preprocess"] += time.perf_counter() - t1
+
+
+def _build_index(
+    cfg: PrepareConfig,
+    corpus: _Corpus,
+    shards: list[dict[str, Any]],
+    sources: dict[str, str],
+    inputs: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of ``index.json`` (see the module doc)."""
+    from mindvideo.data import atlas
+
+    assert corpus.reference is not None
+    gray = corpus.reference[1]
+    areas = list(cfg.hcp.areas)
+    area_of_voxel = atlas.area_of(gray).tolist()
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": "hcp",
+        "n_frames": int(sum(s["frames"] for s in shards)),
+        "n_voxels": int(gray.size),
+        "frames_per_shard": int(cfg.hcp.shard_frames),
+        "dtype": "<f4",
+        "shards": shards,
+        "areas": areas,
+        "voxels_per_area": {a: area_of_voxel.count(a) for a in areas},
+        "grayordinates": gray.tolist(),
+        "runs": [{**r, "sha256": sources[r["file"]]} for r in corpus.runs],
+        **inputs,
+        "prepare_config": dataclasses.asdict(cfg),
+    }
 
 
 def prepare_hcp(
@@ -184,31 +278,15 @@ def prepare_hcp(
     """
     from tqdm.auto import tqdm
 
-    from mindvideo.data import atlas
-    from mindvideo.data.cifti import read_dtseries
-    from mindvideo.data.preprocess import preprocess_run
-    from mindvideo.data.wen2018 import hash_inputs, relative_key
-
     times = timings if timings is not None else {}
     start = time.perf_counter()
-    if not cfg.root:
-        raise UserError("Invalid prepare config: no dataset folder: pass --root (or set root).")
-    if cfg.hcp.shard_frames < 1:
-        raise UserError(f"hcp.shard_frames must be at least 1, not {cfg.hcp.shard_frames}.")
-    if not cfg.hcp.areas:
-        raise UserError(
-            "hcp.areas is empty; list the Glasser areas to keep, e.g. [V1, V2, V3, V4]."
-        )
-    if cfg.nan_policy not in ("raise", "zero"):
-        raise UserError(f"nan_policy must be 'raise' or 'zero', not {cfg.nan_policy!r}.")
-    root = Path(cfg.root).expanduser()
+    _check_config(cfg)
+    root = Path(cfg.root).expanduser()  # type: ignore[arg-type]
     out = Path(out)
     runs = find_hcp_runs(root)
-    areas = list(cfg.hcp.areas)
-    t0 = time.perf_counter()
-    sources = hash_inputs(runs, root)
+    with timed(times, "hash"):
+        sources = hash_inputs(runs, root)
     inputs = {"sources": sources, "config": _inputs_config(cfg)}
-    times["hash"] = time.perf_counter() - t0
     if _up_to_date(out, inputs):
         log.info("%s is up to date (same runs and config): nothing to do", out)
         times["total"] = time.perf_counter() - start
@@ -216,81 +294,20 @@ def prepare_hcp(
 
     # Shards are staged beside `out` and moved in only when every run is read: a failure (a NaN
     # vertex in the last run) leaves no partial corpus, or the earlier one untouched.
-    staging = staging_dir(out)
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
-    staging.mkdir(parents=True)
-    try:
-        cache: list[tuple[Any, np.ndarray, np.ndarray]] = []
-        writer: _ShardWriter | None = None
-        reference: tuple[Path, np.ndarray] | None = None
-        run_info = []
-        times.update(read=0.0, preprocess=0.0)
+    corpus = _Corpus()
+    with StagedFolder(out, marker=INDEX) as stage:
         for path in tqdm(runs, desc="HCP runs", unit="run", disable=None):
-            t0 = time.perf_counter()
-            data, axis, tr_s = read_dtseries(path)  # [T, G]
-            t1 = time.perf_counter()
-            positions, gray = _visual_positions(axis, areas, cache)
-            if reference is None:
-                if gray.size == 0:
-                    raise UserError(
-                        f"{path} has no grayordinates in the Glasser areas {', '.join(areas)}; "
-                        "give HCP *_Atlas.dtseries.nii files (91k grayordinates) or change "
-                        "hcp.areas."
-                    )
-                reference = (path, gray)
-                writer = _ShardWriter(staging, cfg.hcp.shard_frames, gray.size)
-            elif not np.array_equal(gray, reference[1]):
-                raise UserError(
-                    f"{path} has {gray.size} grayordinates in {', '.join(areas)} but "
-                    f"{reference[0]} has {reference[1].size} (or other ones); all runs must be on "
-                    "the same grayordinates (HCP's 91k *_Atlas.dtseries.nii files)."
-                )
-            x = preprocess_run(
-                data,
-                positions,
-                drop=(0, 0),
-                order=cfg.hcp.detrend_order,
-                nan_policy=cfg.nan_policy,  # type: ignore[arg-type]
-                source=str(path),
-            )  # [T, V]
-            del data
-            assert writer is not None
-            writer.add(x)
-            run_info.append(
-                {"file": relative_key(path, root), "volumes": int(x.shape[0]), "tr_s": tr_s}
-            )
-            times["read"] += t1 - t0
-            times["preprocess"] += time.perf_counter() - t1
-        assert writer is not None and reference is not None
+            _add_run(corpus, path, cfg, root, stage.root)
+        times.update(corpus.times)
+        assert corpus.writer is not None
         t0 = time.perf_counter()
-        shards = writer.close()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / INDEX).unlink(missing_ok=True)  # incomplete until the new index is written
-        for shard in shards:
-            os.replace(staging / shard["file"], out / shard["file"])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shards = corpus.writer.close()
+        stage.publish()
     for stale in out.glob("shard_*.npy"):  # left over from an earlier, larger corpus
         if stale.name not in {s["file"] for s in shards}:
             stale.unlink()
-    gray = reference[1]
-    area_of_voxel = atlas.area_of(gray).tolist()
-    index = {
-        "format_version": FORMAT_VERSION,
-        "source": "hcp",
-        "n_frames": int(sum(s["frames"] for s in shards)),
-        "n_voxels": int(gray.size),
-        "frames_per_shard": int(cfg.hcp.shard_frames),
-        "dtype": "<f4",
-        "shards": shards,
-        "areas": areas,
-        "voxels_per_area": {a: area_of_voxel.count(a) for a in areas},
-        "grayordinates": gray.tolist(),
-        "runs": [{**r, "sha256": sources[r["file"]]} for r in run_info],
-        **inputs,
-        "prepare_config": dataclasses.asdict(cfg),
-    }
-    atomic_write_text(out / INDEX, json.dumps(index) + "\n")
+    index = _build_index(cfg, corpus, shards, sources, inputs)
+    write_marker(out / INDEX, index, indent=None)
     times["write"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - start
     log.info(

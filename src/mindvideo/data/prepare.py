@@ -28,7 +28,7 @@ def prepare(cfg: Any, out: Path) -> str:
 
         prepare_wen2018(cfg, out)
     elif cfg.dataset == "wen2018-preprocessed":
-        from mindvideo.data.wen2018 import prepare_wen2018_preprocessed
+        from mindvideo.data.wen2018_preprocessed import prepare_wen2018_preprocessed
 
         prepare_wen2018_preprocessed(cfg, out)
     else:

@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,15 @@ from typing import Any
 import numpy as np
 
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
+from mindvideo.utils.freshness import (
+    StagedFolder,
+    fingerprint,
+    jsonable,
+    sha256_file,
+    stale_fields,
+    write_marker,
+)
+from mindvideo.utils.io import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -69,60 +76,47 @@ OPTIONAL_ARRAYS = (
 # --------------------------------------------------------------------------------------------
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
-    """Hex sha256 of a file's bytes (read in 16 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def relative_key(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` relative to ``root`` (posix), as the manifests name input files; the full path
+    when it lies outside ``root``."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(path).resolve().as_posix()
 
 
 def hash_sources(paths: Iterable[str | os.PathLike], root: str | os.PathLike) -> dict[str, str]:
-    """``{path relative to root (posix): sha256}`` for every input file, with a progress bar."""
+    """``{relative_key(path): sha256}`` of every input file (a relative path is taken under
+    ``root``), with a progress bar. Two files are hashed at a time (hashlib releases the GIL on
+    large blocks, so both cores work)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     root = Path(root)
-    paths = sorted(Path(p) for p in paths)
-    out = {}
-    for p in tqdm(paths, desc="hashing inputs", unit="file", disable=len(paths) < 8):
-        full = p if p.is_absolute() else root / p
-        try:
-            key = full.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:  # outside root: keep the full path
-            key = full.resolve().as_posix()
-        out[key] = sha256_file(full)
-    return dict(sorted(out.items()))
+    paths = sorted(Path(p) if Path(p).is_absolute() else root / p for p in paths)
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        digests = list(
+            tqdm(
+                pool.map(sha256_file, paths),
+                total=len(paths),
+                desc="hashing inputs",
+                unit="file",
+                disable=None if len(paths) >= 8 else True,
+            )
+        )
+    return dict(sorted((relative_key(p, root), d) for p, d in zip(paths, digests, strict=True)))
 
 
-def _jsonable(obj: Any) -> Any:
-    """Normalise to what a json round trip gives (tuples → lists, numpy scalars → Python)."""
-    return json.loads(json.dumps(obj, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+def hash_inputs(paths: Iterable[str | os.PathLike], root: str | os.PathLike) -> dict[str, str]:
+    """:func:`hash_sources` of files found on disk (a relative path is taken under the working
+    directory, as a dataset finder returns them for a relative ``root``)."""
+    return hash_sources([Path(p).resolve() for p in paths], root)
 
 
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-
-
-def staging_dir(out: str | os.PathLike) -> Path:
-    """Where a preparation into ``out`` is staged: the hidden folder ``.{name}.tmp`` beside it
-    (the same file system, so its files move into ``out`` by rename). The name is fixed, so a
-    run killed mid-way leaves one folder that the next run removes first."""
-    out = Path(out).resolve()
-    return out.parent / f".{out.name}.tmp"
 
 
 class PreparedWriter:
@@ -131,9 +125,10 @@ class PreparedWriter:
     Unstaged (the default), files go straight into ``out_dir`` and creating the writer removes an
     existing ``manifest.json`` there first, so an interrupted rewrite leaves a directory that
     :meth:`PreparedData.open` rejects as incomplete. With ``staged=True`` every file is written
-    into :func:`staging_dir` instead (``root``); :meth:`finish` moves them into ``out_dir`` only
-    once all are written and checked, and :meth:`abort` (or leaving the ``with`` block without
-    :meth:`finish`) deletes them: a failed run leaves ``out_dir`` as it was (or absent).
+    into a :class:`~mindvideo.utils.freshness.StagedFolder` beside it instead (``root``);
+    :meth:`finish` moves them into ``out_dir`` only once all are written and checked, and
+    :meth:`abort` (or leaving the ``with`` block without :meth:`finish`) deletes them: a failed
+    run leaves ``out_dir`` as it was (or absent).
 
     Example::
 
@@ -149,10 +144,10 @@ class PreparedWriter:
     def __init__(self, out_dir: str | os.PathLike, *, staged: bool = False) -> None:
         self.out = Path(out_dir)
         self.staged = staged
+        self._stage: StagedFolder | None = None
         if staged:
-            self.root = staging_dir(self.out)
-            shutil.rmtree(self.root, ignore_errors=True)  # left by a killed run
-            self.root.mkdir(parents=True)
+            self._stage = StagedFolder(self.out, marker=MANIFEST)
+            self.root = self._stage.root
         else:
             self.root = self.out
             self.root.mkdir(parents=True, exist_ok=True)
@@ -169,8 +164,8 @@ class PreparedWriter:
     def abort(self) -> None:
         """Delete what a staged writer has written and not published (nothing in ``out_dir``
         changes); a no-op after :meth:`finish` and for an unstaged writer."""
-        if self.staged and self.root.exists():
-            shutil.rmtree(self.root, ignore_errors=True)
+        if self._stage is not None:
+            self._stage.abort()
 
     @contextlib.contextmanager
     def open_array(
@@ -237,24 +232,16 @@ class PreparedWriter:
             if key in manifest:
                 raise ValueError(f"manifest field {key!r} is reserved")
             manifest[key] = value
-        manifest = _jsonable(manifest)
+        manifest = jsonable(manifest)
         # Validate the finished directory the way readers will see it before publishing it.
         data = PreparedData._from_manifest(self.root, manifest)
         _validate(data, str(self.out))
         del data
-        if self.staged:
-            self._publish()
-        atomic_write_text(self.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        if self._stage is not None:  # the staged files move in, the manifest follows them
+            self._stage.publish()
+        write_marker(self.out / MANIFEST, manifest)
         logger.info("wrote prepared subject %s (%d voxels)", self.out, manifest["n_voxels"])
         return manifest
-
-    def _publish(self) -> None:
-        """Move the staged files into ``out`` (each by rename); the manifest follows them."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / MANIFEST).unlink(missing_ok=True)  # incomplete until the new one is written
-        for path in sorted(self.root.iterdir()):
-            os.replace(path, self.out / path.name)
-        self.root.rmdir()
 
 
 def _check_name(name: str) -> None:
@@ -459,12 +446,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
             f"{root} has no {MANIFEST}: it is not a prepared subject, or `mindvideo prepare` was "
             "interrupted while writing it; re-run `mindvideo prepare`."
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{path} is not valid JSON ({exc.msg}); re-run `mindvideo prepare`."
-        ) from exc
+    manifest = read_json(path, "re-run `mindvideo prepare`")
     if not isinstance(manifest, dict):
         raise UserError(f"{path} does not hold a JSON object; re-run `mindvideo prepare`.")
     return manifest
@@ -568,8 +550,13 @@ def is_up_to_date(root: str | os.PathLike, manifest_inputs: Mapping[str, Any]) -
         data = PreparedData.open(root)
     except UserError:
         return False
-    wanted = _jsonable(dict(manifest_inputs))
-    return all(data.manifest.get(k) == v for k, v in wanted.items())
+    return not stale_fields(data.manifest, manifest_inputs)
+
+
+def data_fingerprint(prepared: Any) -> str:
+    """sha256 of a prepared subject's manifest (it records shapes and the sha256 of every source
+    file): what a cache or model made from the subject depends on."""
+    return fingerprint(getattr(prepared, "manifest", None) or {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,7 +564,8 @@ def is_up_to_date(root: str | os.PathLike, manifest_inputs: Mapping[str, Any]) -
 # --------------------------------------------------------------------------------------------
 
 
-def _authors_file(root: Path, name: str) -> Path:
+def find_authors_file(root: Path, name: str) -> Path:
+    """``root/name`` or ``root/preprocessed/name``; a :class:`UserError` when neither exists."""
     for folder in (root, root / "preprocessed"):
         if (folder / name).is_file():
             return folder / name
@@ -623,10 +611,10 @@ def load_authors_arrays(
         sub = f"subject{sub}"
     arrays: dict[str, Any] = {}
     for split in SPLITS:
-        video = _load_authors_npy(_authors_file(root, f"video_{split}_{size}_{fps}hz.npy"))
-        text_path = _authors_file(root, f"text_{split}_{size}_{fps}hz.npy")
+        video = _load_authors_npy(find_authors_file(root, f"video_{split}_{size}_{fps}hz.npy"))
+        text_path = find_authors_file(root, f"text_{split}_{size}_{fps}hz.npy")
         text = _load_authors_npy(text_path, mmap=False)
-        fmri_path = _authors_file(root, f"fmri_{split}_{sub}.npy")
+        fmri_path = find_authors_file(root, f"fmri_{split}_{sub}.npy")
         fmri = _load_authors_npy(fmri_path)
         if video.ndim != 6 or video.shape[-1] != 3 or video.dtype != np.uint8:
             raise UserError(
@@ -654,7 +642,7 @@ def load_authors_arrays(
             f"fmri_train_{sub}.npy has {arrays['fmri_train'].shape[-1]} voxels but "
             f"fmri_test_{sub}.npy has {arrays['fmri_test'].shape[-1]}; use files of one subject."
         )
-    seg_path = _authors_file(root, f"test_seg_id_{fps}hz.npy")
+    seg_path = find_authors_file(root, f"test_seg_id_{fps}hz.npy")
     seg_id = _load_authors_npy(seg_path)
     if seg_id.shape != arrays["fmri_test"].shape[:2]:
         raise UserError(

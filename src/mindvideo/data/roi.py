@@ -119,12 +119,13 @@ class ReproducibilityROI:
             raise UserError(f"ROI alpha must be in (0, 1), got {alpha}.")
         if not 0.0 < top_fraction <= 1.0:
             raise UserError(f"ROI top_fraction must be in (0, 1], got {top_fraction}.")
-        if correction not in ("bonferroni", "none"):
-            raise UserError(f"ROI correction must be 'bonferroni' or 'none', got {correction!r}.")
-        if alternative not in ("greater", "two-sided"):
-            raise UserError(
-                f"ROI alternative must be 'greater' or 'two-sided', got {alternative!r}."
-            )
+        for key, value, choices in (
+            ("correction", correction, ("bonferroni", "none")),
+            ("alternative", alternative, ("greater", "two-sided")),
+        ):
+            if value not in choices:
+                allowed = " or ".join(repr(c) for c in choices)
+                raise UserError(f"ROI {key} must be {allowed}, got {value!r}.")
         self.alpha = alpha
         self.top_fraction = top_fraction
         self.correction = correction

@@ -25,14 +25,13 @@ Captions: BLIP (``pretrained.blip``) on every frame with a resumable cache in th
 without BLIP, the ground-truth captions of a simulated dataset's ``scenes.json``. Real data
 without a BLIP folder is refused (the authors' arrays, ``wen2018-preprocessed``, carry theirs).
 
-:func:`prepare_wen2018_preprocessed` copies the authors' preprocessed arrays into the same
-format instead.
+:func:`mindvideo.data.wen2018_preprocessed.prepare_wen2018_preprocessed` copies the authors'
+preprocessed arrays into the same format instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -44,12 +43,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mindvideo.data.prepared import hash_inputs, relative_key
 from mindvideo.utils import UserError
+from mindvideo.utils.io import read_json
+from mindvideo.utils.timing import timed
 
 if TYPE_CHECKING:
     from nibabel.cifti2 import BrainModelAxis
 
     from mindvideo.config import PrepareConfig
+    from mindvideo.data.prepared import PreparedWriter
     from mindvideo.data.roi import ReproducibilityROI
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,6 @@ __all__ = [
     "find_wen2018_runs",
     "hash_inputs",
     "prepare_wen2018",
-    "prepare_wen2018_preprocessed",
     "relative_key",
 ]
 
@@ -266,14 +268,6 @@ class _RunReader:
         return x
 
 
-def relative_key(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` (posix), as the manifests name input files."""
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.resolve().as_posix()
-
-
 def _prepare_fmri(
     layout: Wen2018Layout, cfg: PrepareConfig, reader: _RunReader
 ) -> tuple[np.ndarray, np.ndarray, ReproducibilityROI]:
@@ -390,10 +384,7 @@ def _decode_segment(
 def _scenes_meta(layout: Wen2018Layout) -> dict[str, Any] | None:
     if layout.scenes is None:
         return None
-    try:
-        meta = json.loads(layout.scenes.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{layout.scenes} is not valid JSON ({exc}); re-simulate.") from exc
+    meta = read_json(layout.scenes, "re-simulate")
     segments = meta.get("segments") if isinstance(meta, dict) else None
     if not isinstance(segments, dict):
         raise UserError(f"{layout.scenes} has no 'segments' entry; it is not a simulator's file.")
@@ -456,7 +447,8 @@ def _inputs_config(cfg: PrepareConfig) -> dict[str, Any]:
     return out
 
 
-def _check_config(cfg: PrepareConfig) -> None:
+def check_prepare_config(cfg: PrepareConfig) -> None:
+    """A :class:`UserError` naming the first invalid setting of a Wen 2018 preparation."""
     problems = []
     if not cfg.root:
         problems.append("no dataset folder: pass --root (or set the key root)")
@@ -474,46 +466,6 @@ def _check_config(cfg: PrepareConfig) -> None:
         problems.append(f"subject must be at least 1, not {cfg.subject}")
     if problems:
         raise UserError(f"Invalid prepare config: {problems[0]}.")
-
-
-def hash_inputs(paths: list[Path], root: Path) -> dict[str, str]:
-    """``{relative_key(path): sha256}`` of every input, hashed two files at a time (hashlib
-    releases the GIL on large blocks, so both cores work)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    from mindvideo.data.prepared import sha256_file
-
-    paths = sorted(paths)
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        digests = list(
-            tqdm(
-                pool.map(sha256_file, paths),
-                total=len(paths),
-                desc="hashing inputs",
-                unit="file",
-                disable=None if len(paths) >= 8 else True,
-            )
-        )
-    return dict(sorted((relative_key(p, root), d) for p, d in zip(paths, digests, strict=True)))
-
-
-def _make_captioner(cfg: PrepareConfig) -> Any:
-    """The BLIP captioner when ``pretrained.blip`` is set; None to use ``scenes.json``."""
-    if not cfg.pretrained.blip:
-        return None
-    from mindvideo.data.captions import BlipCaptioner
-
-    c = cfg.captions
-    return BlipCaptioner.from_pretrained(
-        cfg.pretrained.blip,
-        dtype=c.dtype,
-        batch_size=c.batch_size,
-        max_new_tokens=c.max_new_tokens,
-        prompt=c.prompt,
-        num_beams=c.num_beams,
-    )
 
 
 def prepare_wen2018(
@@ -537,15 +489,69 @@ def prepare_wen2018(
     while decoding) leaves ``out`` as it was: absent, or an earlier prepared subject untouched.
     Only the BLIP caption cache (``captions.cache``) is kept in ``out`` to resume from.
     """
-    from tqdm.auto import tqdm
-
-    from mindvideo.data import atlas
     from mindvideo.data.prepared import PreparedWriter, is_up_to_date
 
-    _check_config(cfg)
+    check_prepare_config(cfg)
     times = timings if timings is not None else {}
     start = time.perf_counter()
     out = Path(out)
+    layout, scenes = _find_inputs(cfg)
+    with timed(times, "hash"):
+        inputs = {"sources": hash_inputs(layout.sources(), layout.root)}
+    inputs["config"] = _inputs_config(cfg)
+    if is_up_to_date(out, inputs):
+        log.info("%s is up to date (same inputs and config): nothing to do", out)
+        times["total"] = time.perf_counter() - start
+        return out
+
+    captioner = None  # without BLIP: the ground truth of scenes.json
+    if cfg.pretrained.blip:  # a bad BLIP folder fails here, before the long part
+        from mindvideo.data.captions import BlipCaptioner
+
+        captioner = BlipCaptioner.from_config(cfg.pretrained.blip, cfg.captions)
+    reader = _RunReader(order=cfg.detrend_order, nan_policy=cfg.nan_policy, root=layout.root)
+    fmri_train, fmri_test, roi = _prepare_fmri(layout, cfg, reader)
+    times.update(reader.timings)
+    n_trs = fmri_train.shape[1]
+    index = _frame_index(n_trs, cfg.fps, reader.tr_s)  # [T, F]
+    _check_stimuli(layout, n_trs, reader.tr_s)
+
+    # Staged beside `out` and moved in by finish(): a failure (e.g. a video truncated inside
+    # its frames, found only when decoding) leaves no partial output.
+    with PreparedWriter(out, staged=True) as writer:
+        with timed(times, "frames"):
+            _write_frames(writer, layout, cfg, index, reader.tr_s)
+        with timed(times, "captions"):
+            scene_summary = _write_captions(
+                writer, layout, cfg, scenes, captioner, index.shape[0], reader.tr_s
+            )
+        with timed(times, "write"):
+            _write_fmri(writer, fmri_train, fmri_test, reader, roi)
+            manifest = writer.finish(
+                inputs,
+                **_manifest_info(cfg, layout, reader, roi, index),
+                captions_source="blip" if captioner is not None else "scenes.json",
+                n_scenes=scene_summary or None,
+                prepare_config=dataclasses.asdict(cfg),
+            )
+    times["total"] = time.perf_counter() - start
+    log.info(
+        "prepared subject %d: %d of %d cortical vertices kept (%d significant), train %s, test "
+        "%s, in %.1f s",
+        cfg.subject,
+        manifest["n_voxels"],
+        reader.n_cortex,
+        int(roi.significant_.sum()),
+        list(fmri_train.shape),
+        list(fmri_test.shape),
+        times["total"],
+    )
+    return out
+
+
+def _find_inputs(cfg: PrepareConfig) -> tuple[Wen2018Layout, dict[str, Any] | None]:
+    """The subject's files and the simulator's ``scenes.json`` (None for real data); a
+    :class:`UserError` when there is no source of captions."""
     layout = find_wen2018_runs(cfg.root, cfg.subject)  # type: ignore[arg-type]
     scenes = _scenes_meta(layout)  # None for real data
     if scenes is None and not cfg.pretrained.blip:
@@ -554,229 +560,130 @@ def prepare_wen2018(
             "pretrained.blip to a local BLIP captioning model folder, or use --dataset "
             "wen2018-preprocessed with the authors' arrays and their captions."
         )
+    return layout, scenes
 
-    t0 = time.perf_counter()
-    inputs = {
-        "sources": hash_inputs(layout.sources(), layout.root),
-        "config": _inputs_config(cfg),
-    }
-    times["hash"] = time.perf_counter() - t0
-    if is_up_to_date(out, inputs):
-        log.info("%s is up to date (same inputs and config): nothing to do", out)
-        times["total"] = time.perf_counter() - start
-        return out
 
-    captioner = _make_captioner(cfg)  # a bad BLIP folder fails here, before the long part
-    reader = _RunReader(order=cfg.detrend_order, nan_policy=cfg.nan_policy, root=layout.root)
-    fmri_train, fmri_test, roi = _prepare_fmri(layout, cfg, reader)
-    times.update(reader.timings)
-    n_trs, tr_s = fmri_train.shape[1], reader.tr_s
-    index = _frame_index(n_trs, cfg.fps, tr_s)  # [T, F]
-    _check_stimuli(layout, n_trs, tr_s)
+def _splits(layout: Wen2018Layout) -> dict[str, list[str]]:
+    return {"train": list(layout.train), "test": list(layout.test)}
+
+
+def _write_frames(
+    writer: PreparedWriter,
+    layout: Wen2018Layout,
+    cfg: PrepareConfig,
+    index: np.ndarray,
+    tr_s: float,
+) -> None:
+    """Decode every stimulus into ``frames_{split}.npy`` ``[S, T, F, size, size, 3]``, segment by
+    segment (the frames of ``index`` ``[T, F]``)."""
+    from tqdm.auto import tqdm
+
+    size = int(cfg.frame_size)
+    with tqdm(total=len(layout.stimuli), desc="stimuli", unit="video", disable=None) as bar:
+        for split, names in _splits(layout).items():
+            shape = (len(names), index.shape[0], index.shape[1], size, size, 3)
+            with writer.open_array(f"frames_{split}", shape, np.uint8) as frames:
+                for s, name in enumerate(names):
+                    frames[s] = _decode_segment(layout.stimuli[name], index, cfg.fps, size, tr_s)
+                    bar.update()
+
+
+def _write_captions(
+    writer: PreparedWriter,
+    layout: Wen2018Layout,
+    cfg: PrepareConfig,
+    scenes: dict[str, Any] | None,
+    captioner: Any,
+    n_trs: int,
+    tr_s: float,
+) -> dict[str, int]:
+    """Write ``captions_{split}.json`` (BLIP's, or the ground truth of ``scenes.json``) and, for
+    simulated data, ``scene_ids_{split}.npy``; returns the number of scenes per split."""
+    scene_summary: dict[str, int] = {}
+    for split, names in _splits(layout).items():
+        if scenes is not None:
+            ids, truth_captions = _scene_table(scenes, names, n_trs, cfg.fps, tr_s)
+            writer.write_array(f"scene_ids_{split}", ids)
+            scene_summary[split] = int(ids.max() - ids.min() + 1)
+        if captioner is None:
+            captions = truth_captions
+        else:
+            from mindvideo.data.captions import caption_frames
+
+            frames = np.load(writer.root / f"frames_{split}.npy", mmap_mode="r")
+            flat = caption_frames(frames, captioner, writer.out / cfg.captions.cache)
+            captions = np.asarray(flat, dtype=object).reshape(frames.shape[:3]).tolist()
+        writer.write_captions(split, captions)
+    return scene_summary
+
+
+def _write_fmri(
+    writer: PreparedWriter,
+    fmri_train: np.ndarray,
+    fmri_test: np.ndarray,
+    reader: _RunReader,
+    roi: ReproducibilityROI,
+) -> None:
+    """The fMRI arrays, ``roi_mask`` (bool ``[G]`` over the file's grayordinates) and
+    ``voxel_grayordinates`` (the 91k-grayordinate index int32 ``[V]`` of each ROI voxel)."""
+    from mindvideo.data import atlas
 
     assert reader.axis is not None
     cortex = np.arange(len(reader.axis))[reader.cortex]  # cortical positions in the file
     roi_positions = cortex[roi.indices_]  # [V] file positions of the ROI voxels (increasing)
     roi_mask = np.zeros(len(reader.axis), dtype=bool)
     roi_mask[roi_positions] = True
-    voxel_gray = atlas.grayordinate_index(reader.axis)[roi_positions].astype(np.int32)
+    writer.write_array("fmri_train", fmri_train)
+    writer.write_array("fmri_test", fmri_test)
+    writer.write_array("roi_mask", roi_mask)
+    gray = atlas.grayordinate_index(reader.axis)[roi_positions].astype(np.int32)
+    writer.write_array("voxel_grayordinates", gray)
 
-    # Staged beside `out` and moved in by finish(): a failure (e.g. a video truncated inside
-    # its frames, found only when decoding) leaves no partial output.
-    with PreparedWriter(out, staged=True) as writer:
-        t0 = time.perf_counter()
-        splits = {"train": list(layout.train), "test": list(layout.test)}
-        size = int(cfg.frame_size)
-        with tqdm(total=len(layout.stimuli), desc="stimuli", unit="video", disable=None) as bar:
-            for split, names in splits.items():
-                shape = (len(names), n_trs, index.shape[1], size, size, 3)
-                with writer.open_array(f"frames_{split}", shape, np.uint8) as frames:
-                    for s, name in enumerate(names):
-                        frames[s] = _decode_segment(
-                            layout.stimuli[name], index, cfg.fps, size, tr_s
-                        )
-                        bar.update()
-        times["frames"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        scene_summary: dict[str, Any] = {}
-        for split, names in splits.items():
-            if scenes is not None:
-                ids, truth_captions = _scene_table(scenes, names, n_trs, cfg.fps, tr_s)
-                writer.write_array(f"scene_ids_{split}", ids)
-                scene_summary[split] = int(ids.max() - ids.min() + 1)
-            if captioner is None:
-                captions = truth_captions
-            else:
-                from mindvideo.data.captions import caption_frames
-
-                frames = np.load(writer.root / f"frames_{split}.npy", mmap_mode="r")
-                flat = caption_frames(frames, captioner, out / cfg.captions.cache)
-                captions = np.asarray(flat, dtype=object).reshape(frames.shape[:3]).tolist()
-            writer.write_captions(split, captions)
-        times["captions"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        writer.write_array("fmri_train", fmri_train)
-        writer.write_array("fmri_test", fmri_test)
-        writer.write_array("roi_mask", roi_mask)
-        writer.write_array("voxel_grayordinates", voxel_gray)
-        n_sig = int(roi.significant_.sum())
-        manifest = writer.finish(
-            inputs,
-            source="wen2018",
-            subject=int(cfg.subject),
-            tr_s=tr_s,
-            fps=float(cfg.fps),
-            frames_per_tr=int(index.shape[1]),
-            frame_size=size,
-            grayordinates=len(reader.axis),
-            cortex_vertices=reader.n_cortex,
-            segments={split: names for split, names in splits.items()},
-            repetitions={
-                "train": [len(r) for r in layout.train.values()],
-                "test": [len(r) for r in layout.test.values()],
-            },
-            test_repetitions=cfg.test_repetitions,
-            volumes_dropped={
-                k: {"volumes": v[0], "start": v[1], "end": v[2]} for k, v in reader.dropped.items()
-            },
-            roi={
-                "n_vertices": int(roi.n_features_in_),
-                "n_segments": int(roi.n_segments_),
-                "n_significant": n_sig,
-                "n_kept": int(roi.n_voxels_),
-                "threshold_p": float(roi.threshold_p_),
-                "alpha": roi.alpha,
-                "correction": roi.correction,
-                "alternative": roi.alternative,
-                "top_fraction": roi.top_fraction,
-                "max_t_rejected": _max_t_rejected(roi),
-            },
-            captions_source="blip" if captioner is not None else "scenes.json",
-            n_scenes=scene_summary or None,
-            prepare_config=_config_dict(cfg),
-        )
-    times["write"] = time.perf_counter() - t0
-    times["total"] = time.perf_counter() - start
-    log.info(
-        "prepared subject %d: %d of %d cortical vertices kept (%d significant), train %s, test "
-        "%s, in %.1f s",
-        cfg.subject,
-        manifest["n_voxels"],
-        reader.n_cortex,
-        n_sig,
-        list(fmri_train.shape),
-        list(fmri_test.shape),
-        times["total"],
-    )
-    return out
+def _manifest_info(
+    cfg: PrepareConfig,
+    layout: Wen2018Layout,
+    reader: _RunReader,
+    roi: ReproducibilityROI,
+    index: np.ndarray,
+) -> dict[str, Any]:
+    """What the manifest records besides the arrays: the source, timing, segments, the volumes
+    dropped per run and the ROI's statistics."""
+    assert reader.axis is not None
+    return {
+        "source": "wen2018",
+        "subject": int(cfg.subject),
+        "tr_s": reader.tr_s,
+        "fps": float(cfg.fps),
+        "frames_per_tr": int(index.shape[1]),
+        "frame_size": int(cfg.frame_size),
+        "grayordinates": len(reader.axis),
+        "cortex_vertices": reader.n_cortex,
+        "segments": _splits(layout),
+        "repetitions": {
+            "train": [len(r) for r in layout.train.values()],
+            "test": [len(r) for r in layout.test.values()],
+        },
+        "test_repetitions": cfg.test_repetitions,
+        "volumes_dropped": {
+            k: {"volumes": v[0], "start": v[1], "end": v[2]} for k, v in reader.dropped.items()
+        },
+        "roi": {
+            "n_vertices": int(roi.n_features_in_),
+            "n_segments": int(roi.n_segments_),
+            "n_significant": int(roi.significant_.sum()),
+            "n_kept": int(roi.n_voxels_),
+            "threshold_p": float(roi.threshold_p_),
+            "alpha": roi.alpha,
+            "correction": roi.correction,
+            "alternative": roi.alternative,
+            "top_fraction": roi.top_fraction,
+            "max_t_rejected": _max_t_rejected(roi),
+        },
+    }
 
 
 def _max_t_rejected(roi: ReproducibilityROI) -> float | None:
     """Largest t among the vertices not kept (the effective threshold on t), or None."""
     rejected = roi.t_[~roi.mask_]
     return float(rejected.max()) if rejected.size else None
-
-
-def _config_dict(cfg: PrepareConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-# --------------------------------------------------------------------------------------------
-# The authors' arrays
-
-
-def _authors_files(root: Path, subject: int, fps: int, size: int) -> list[Path]:
-    names = [
-        *(f"video_{s}_{size}_{fps}hz.npy" for s in ("train", "test")),
-        *(f"text_{s}_{size}_{fps}hz.npy" for s in ("train", "test")),
-        *(f"fmri_{s}_subject{subject}.npy" for s in ("train", "test")),
-        f"test_seg_id_{fps}hz.npy",
-    ]
-    out = []
-    for name in names:
-        for folder in (root, root / "preprocessed"):
-            if (folder / name).is_file():
-                out.append(folder / name)
-                break
-    return out
-
-
-def _check_finite_fmri(data: Any, root: Path, subject: int, nan_policy: str) -> None:
-    """Voxels with a NaN or Inf anywhere in the authors' fMRI arrays: a :class:`UserError`
-    naming the file, or with ``nan_policy="zero"`` those voxels set to 0 in ``data`` (logged),
-    as raw runs are treated (:func:`mindvideo.data.preprocess.preprocess_run`)."""
-    for split in ("train", "test"):
-        fmri = getattr(data, f"fmri_{split}")  # [S, T, V]
-        finite = np.isfinite(fmri).all(axis=tuple(range(fmri.ndim - 1)))  # [V]
-        n_bad = int(finite.size - np.count_nonzero(finite))
-        if not n_bad:
-            continue
-        name = f"fmri_{split}_subject{subject}.npy"
-        path = next((f for f in (root / name, root / "preprocessed" / name) if f.is_file()), name)
-        if nan_policy == "raise":
-            raise UserError(
-                f"{path} has {n_bad} of {finite.size} voxels with NaN or Inf values; fix the "
-                "file, or set nan_policy to 'zero' to set those voxels to 0."
-            )
-        log.warning("%s: %d voxels with NaN or Inf values set to 0", path, n_bad)
-        setattr(data, f"fmri_{split}", np.where(finite, fmri, 0).astype(fmri.dtype, copy=False))
-
-
-def prepare_wen2018_preprocessed(
-    cfg: PrepareConfig, out: str | os.PathLike, *, timings: dict[str, float] | None = None
-) -> Path:
-    """Copy the authors' preprocessed arrays of ``cfg.subject`` (in ``cfg.root`` or
-    ``cfg.root/preprocessed``) into a prepared directory; returns ``out``.
-
-    Files: ``video_{train,test}_{frame_size}_{fps}hz.npy``, ``text_...``,
-    ``fmri_{train,test}_subjectN.npy``, ``test_seg_id_{fps}hz.npy`` (see
-    :func:`mindvideo.data.prepared.load_authors_arrays`). The arrays carry no grayordinate
-    information, so there is no ``roi_mask.npy`` and no ``voxel_grayordinates.npy`` (attention
-    maps cannot be projected onto the brain), and no scene ids (the datasets estimate them from
-    the frames). Idempotent like :func:`prepare_wen2018`.
-    """
-    from mindvideo.data.prepared import is_up_to_date, load_authors_arrays, write_prepared
-
-    _check_config(cfg)
-    times = timings if timings is not None else {}
-    start = time.perf_counter()
-    root = Path(cfg.root).expanduser()  # type: ignore[arg-type]
-    if not root.is_dir():
-        raise UserError(f"{root} does not exist; pass the folder of the authors' arrays as --root.")
-    if not float(cfg.fps).is_integer():
-        raise UserError(f"The authors' arrays are named by a whole fps (3hz), not {cfg.fps}.")
-    fps = int(cfg.fps)
-    data = load_authors_arrays(root, cfg.subject, fps=fps, size=int(cfg.frame_size))
-    _check_finite_fmri(data, root, int(cfg.subject), cfg.nan_policy)
-    files = _authors_files(root, int(cfg.subject), fps, int(cfg.frame_size))
-    t0 = time.perf_counter()
-    config = {
-        "prepare_version": PREPARE_VERSION,
-        "dataset": cfg.dataset,
-        "subject": int(cfg.subject),
-        "fps": fps,
-        "frame_size": int(cfg.frame_size),
-    }
-    if cfg.nan_policy != "raise":  # only then: earlier directories stay up to date
-        config["nan_policy"] = cfg.nan_policy
-    inputs = {"sources": hash_inputs(files, root), "config": config}
-    times["hash"] = time.perf_counter() - t0
-    if is_up_to_date(out, inputs):
-        log.info("%s is up to date (same inputs and config): nothing to do", out)
-        return Path(out)
-    t0 = time.perf_counter()
-    write_prepared(
-        data,
-        out,
-        inputs,
-        source="wen2018-preprocessed",
-        root=str(root),
-        subject=int(cfg.subject),
-        prepare_config=_config_dict(cfg),
-    )
-    times["write"] = time.perf_counter() - t0
-    times["total"] = time.perf_counter() - start
-    log.info("copied the authors' arrays of subject %d to %s", cfg.subject, out)
-    return Path(out)

@@ -10,8 +10,6 @@ commands call. A stage that finished with the same configuration is reused on a 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -44,15 +42,7 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
 
     r = run_dir.resolve()
     sim = dataclasses.replace(C.simulate_preset(preset), seed=seed)
-    frame = sim.frame_size
-    prepare = C.PrepareConfig(
-        dataset="wen2018",
-        root=str(r / "simulate"),
-        subject=1,
-        frame_size=frame,
-        # 4 training segments (tiny) leave 3 degrees of freedom: Bonferroni keeps ~6 voxels.
-        roi=C.RoiConfig(correction="none" if preset == "tiny" else "bonferroni"),
-    )
+    prepare = dataclasses.replace(C.prepare_preset(preset), root=str(r / "simulate"), subject=1)
     prepare_hcp = C.PrepareConfig(dataset="hcp", root=str(r / "simulate-rest"))
     prepared = str(r / "prepare")
     standins = r / "standins"
@@ -241,28 +231,15 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _fingerprint(cfg: Any) -> str:
-    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _done(folder: Path, fingerprint: str) -> bool:
-    marker = folder / DONE
-    try:
-        return json.loads(marker.read_text())["config_sha256"] == fingerprint
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def run_stage(stage: Stage, run_dir: Path, upstream_changed: bool) -> tuple[bool, float]:
     """Run one stage into ``RUN/<name>`` unless it already finished with the same config and
     nothing upstream ran again. Returns (ran, seconds)."""
     from mindvideo.config import save_config
-    from mindvideo.utils import atomic_write_text
+    from mindvideo.utils.freshness import fingerprint, read_marker, write_marker
 
     folder = run_dir / stage.name
-    fingerprint = _fingerprint(stage.config)
-    if not upstream_changed and _done(folder, fingerprint):
+    key = {"config_sha256": fingerprint(stage.config)}
+    if not upstream_changed and read_marker(folder / DONE, key) is not None:
         return False, 0.0
     # A half-finished or outdated stage starts afresh: its checkpoints belong to other settings.
     if folder.exists():
@@ -273,9 +250,7 @@ def run_stage(stage: Stage, run_dir: Path, upstream_changed: bool) -> tuple[bool
     if not (folder / "config.yaml").exists():
         save_config(stage.config, folder / "config.yaml")
     seconds = time.perf_counter() - start
-    atomic_write_text(
-        folder / DONE, json.dumps({"config_sha256": fingerprint, "seconds": seconds}) + "\n"
-    )
+    write_marker(folder / DONE, {**key, "seconds": seconds}, indent=None)
     return True, seconds
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -46,6 +47,18 @@ __all__ = [
     "SpatiotemporalEncoder",
     "SpatiotemporalEncoderOutput",
 ]
+
+#: The MBM's settings an inflated encoder keeps: they shape the spatial weights it copies.
+MBM_ENCODER_SETTINGS = (
+    "num_voxels",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "use_cls_token",
+)
 
 
 @dataclass
@@ -238,39 +251,20 @@ class SpatiotemporalEncoder(ModelMixin, ConfigMixin):
         mbm: MBMAutoencoder,
         window: int = 2,
         max_window: int | None = None,
-        out_tokens: int = 77,
-        cond_dim: int = 768,
-        pooled_dim: int | None = None,
-        dropout: float = 0.0,
-        drop_path: float = 0.0,
-        output_norm: bool = False,
+        **settings: Any,
     ) -> SpatiotemporalEncoder:
         """Inflate a (pretrained) MBM encoder to a window of ``w`` TRs (paper 3.3, B).
 
         Copies the patch embedding, CLS token, every block's spatial attention, MLP and norms, and
         the final norm; the temporal attention, temporal position embedding and projection head
         are new (temporal output projections and position embedding zero). The MBM decoder is
-        dropped. ``max_window`` defaults to ``max(8, window)``.
+        dropped. ``max_window`` defaults to ``max(8, window)``; ``settings`` are the encoder's
+        other constructor arguments (``out_tokens``, ``cond_dim``, ``pooled_dim``, ``dropout``,
+        ``drop_path``, ``output_norm``), the shape of the spatial part coming from the MBM.
         """
-        c = mbm.config
-        model = cls(
-            num_voxels=c.num_voxels,
-            patch_size=c.patch_size,
-            embed_dim=c.embed_dim,
-            depth=c.depth,
-            num_heads=c.num_heads,
-            mlp_ratio=c.mlp_ratio,
-            qkv_bias=c.qkv_bias,
-            use_cls_token=c.use_cls_token,
-            window=window,
-            max_window=max_window if max_window is not None else max(8, window),
-            out_tokens=out_tokens,
-            cond_dim=cond_dim,
-            pooled_dim=pooled_dim,
-            dropout=dropout,
-            drop_path=drop_path,
-            output_norm=output_norm,
-        )
+        spatial = {key: mbm.config[key] for key in MBM_ENCODER_SETTINGS}
+        max_window = max_window if max_window is not None else max(8, window)
+        model = cls(**spatial, window=window, max_window=max_window, **settings)
         encoder_keys = ("patch_embed.", "cls_token", "blocks.", "norm.")
         state = {k: v for k, v in mbm.state_dict().items() if k.startswith(encoder_keys)}
         missing, unexpected = model.load_state_dict(state, strict=False)

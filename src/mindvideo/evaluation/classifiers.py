@@ -153,6 +153,42 @@ class TorchClassifier:
             )
         return arr
 
+    @classmethod
+    def _wrap_or_load(
+        cls,
+        path_or_model: str | os.PathLike[str] | torch.nn.Module,
+        preprocess: Preprocess | None,
+        auto_model: Any,
+        default_preprocess: Callable[[Any], Preprocess],
+        model_kwargs: dict[str, Any],
+        **settings: Any,
+    ) -> Any:
+        """A built module (``preprocess`` required) or a transformers folder loaded with
+        ``auto_model`` (``preprocess`` defaults to ``default_preprocess(its processor)``)."""
+        import torch
+
+        inputs = "frames [N, H, W, 3]" if cls.input_ndim == 4 else "clips [N, F, H, W, 3]"
+        if isinstance(path_or_model, torch.nn.Module):
+            if preprocess is None:
+                raise UserError(
+                    f"The {cls.kind} classifier is a torch module, so it needs preprocess=, a "
+                    f"function from uint8 {inputs} to the model's input tensor."
+                )
+            return cls(path_or_model, preprocess, **settings)
+        model, processor = _load_pretrained(path_or_model, cls.kind, auto_model, **model_kwargs)
+        if cls.input_ndim == 5:
+            settings["num_frames"] = getattr(model.config, "num_frames", None)
+        logger.info(
+            "Loaded %s classifier %s (%d classes%s)",
+            cls.kind,
+            path_or_model,
+            model.config.num_labels,
+            f", {settings['num_frames']} frames" if cls.input_ndim == 5 else "",
+        )
+        if preprocess is None:
+            preprocess = default_preprocess(processor)
+        return cls(model, preprocess, **settings)
+
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities ``[N, C]`` (float64, rows sum to 1) for uint8 frames or clips."""
         import torch
@@ -205,28 +241,24 @@ class ImageClassifier(TorchClassifier):
             preprocess: frames ``[N, H, W, 3]`` uint8 → model input; by default the folder's
                 image processor (resize to the model's size, rescale, normalise).
         """
-        import torch
-
-        if isinstance(path_or_model, torch.nn.Module):
-            if preprocess is None:
-                raise UserError(
-                    "An image classifier given as a torch module needs preprocess=, a function "
-                    "from uint8 frames [N, H, W, 3] to the model's input tensor."
-                )
-            return cls(path_or_model, preprocess, device=device, batch_size=batch_size, dtype=dtype)
-
         from transformers import AutoModelForImageClassification
 
-        model, processor = _load_pretrained(path_or_model, "image", AutoModelForImageClassification)
-        if preprocess is None:
-
-            def preprocess(frames: np.ndarray) -> torch.Tensor:
+        def processor_preprocess(processor: Any) -> Preprocess:
+            def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
                 return processor(images=list(frames), return_tensors="pt")["pixel_values"]
 
-        logger.info(
-            "Loaded image classifier %s (%d classes)", path_or_model, model.config.num_labels
+            return frames_to_pixels
+
+        return cls._wrap_or_load(
+            path_or_model,
+            preprocess,
+            AutoModelForImageClassification,
+            processor_preprocess,
+            {},
+            device=device,
+            batch_size=batch_size,
+            dtype=dtype,
         )
-        return cls(model, preprocess, device=device, batch_size=batch_size, dtype=dtype)
 
 
 class VideoClassifier(TorchClassifier):
@@ -262,47 +294,22 @@ class VideoClassifier(TorchClassifier):
                 embeddings are fixed sinusoids, so any even count works); clips are checked
                 against it.
         """
-        import torch
-
-        if isinstance(path_or_model, torch.nn.Module):
-            if preprocess is None:
-                raise UserError(
-                    "A video classifier given as a torch module needs preprocess=, a function "
-                    "from uint8 clips [N, F, H, W, 3] to the model's input tensor."
-                )
-            return cls(
-                path_or_model,
-                preprocess,
-                device=device,
-                batch_size=batch_size,
-                dtype=dtype,
-                num_frames=num_frames,
-            )
-
         from transformers import AutoModelForVideoClassification
 
-        overrides = {} if num_frames is None else {"num_frames": int(num_frames)}
-        model, processor = _load_pretrained(
-            path_or_model, "video", AutoModelForVideoClassification, **overrides
-        )
-        if preprocess is None:
+        def processor_preprocess(processor: Any) -> Preprocess:
+            def clips_to_pixels(clips: np.ndarray) -> torch.Tensor:  # [N, F, 3, h, w]
+                return processor([list(c) for c in clips], return_tensors="pt")["pixel_values"]
 
-            def preprocess(clips: np.ndarray) -> torch.Tensor:
-                videos = [list(clip) for clip in clips]
-                return processor(videos, return_tensors="pt")["pixel_values"]
+            return clips_to_pixels
 
-        frames = getattr(model.config, "num_frames", None)
-        logger.info(
-            "Loaded video classifier %s (%d classes, %s frames)",
+        return cls._wrap_or_load(
             path_or_model,
-            model.config.num_labels,
-            frames,
-        )
-        return cls(
-            model,
             preprocess,
+            AutoModelForVideoClassification,
+            processor_preprocess,
+            {} if num_frames is None else {"num_frames": int(num_frames)},
             device=device,
             batch_size=batch_size,
             dtype=dtype,
-            num_frames=frames,
+            num_frames=num_frames,
         )

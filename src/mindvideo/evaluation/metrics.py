@@ -17,6 +17,7 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,24 @@ def compute_metric_samples(
 ) -> dict[str, MetricSamples]:
     """Per-clip values of every metric (what :func:`compute_metrics` summarises).
 
-    Args: as :func:`compute_metrics`.
+    Args:
+        pred: ``[S, F, H, W, 3]`` uint8 reconstructed clips (S test windows of F frames).
+        gt: ``[S, F, H', W', 3]`` uint8 ground-truth clips; H', W' may differ from H, W only when
+            ``resize_to`` is given.
+        frame_model: classifier of single frames (ViT in the paper) or None to skip frame-level
+            identification.
+        video_model: classifier of whole clips (VideoMAE in the paper) or None to skip video-level
+            identification.
+        n_ways: the N of the N-way tests (Table 1: 2 and 50). An N needing more distractors than
+            the classifier has classes outside the ground-truth ones is skipped with a warning.
+        top_k: K, or several.
+        trials: distractor draws per sample (100 in the paper).
+        modes: ``"compat"`` (top-3 ground truth, the authors' rule) and/or ``"strict"`` (top-1).
+        seed: seeds every metric's own generator (:func:`metric_rng`).
+        resize_to: ``(H, W)`` to resize both reconstructions and ground truth to before scoring
+            (the authors scored at the reconstruction's resolution).
+        pixel: compute SSIM and PSNR.
+        progress: progress bars for the slow parts.
 
     Returns:
         ``{key: MetricSamples}``, each ``per_sample: [S]``; keys in the order video identification,
@@ -220,56 +238,21 @@ def compute_metrics(
     frame_model: ProbabilityModel | None = None,
     video_model: ProbabilityModel | None = None,
     *,
-    n_ways: Sequence[int] = (2, 50),
-    top_k: int | Sequence[int] = 1,
-    trials: int = 100,
-    modes: Sequence[str] = MODES,
     seed: int = 0,
-    resize_to: tuple[int, int] | None = None,
-    pixel: bool = True,
     n_resamples: int = 10_000,
-    progress: bool = True,
+    **settings: Any,
 ) -> dict[str, dict]:
     """Every metric of Table 1 for reconstructions against their ground truth.
 
-    Args:
-        pred: ``[S, F, H, W, 3]`` uint8 reconstructed clips (S test windows of F frames).
-        gt: ``[S, F, H', W', 3]`` uint8 ground-truth clips; H', W' may differ from H, W only when
-            ``resize_to`` is given.
-        frame_model: classifier of single frames (ViT in the paper) or None to skip frame-level
-            identification.
-        video_model: classifier of whole clips (VideoMAE in the paper) or None to skip video-level
-            identification.
-        n_ways: the N of the N-way tests (Table 1: 2 and 50). An N needing more distractors than
-            the classifier has classes outside the ground-truth ones is skipped with a warning.
-        top_k: K, or several.
-        trials: distractor draws per sample (100 in the paper).
-        modes: ``"compat"`` (top-3 ground truth, the authors' rule) and/or ``"strict"`` (top-1).
-        seed: seeds every metric's own generator (:func:`metric_rng`).
-        resize_to: ``(H, W)`` to resize both reconstructions and ground truth to before scoring
-            (the authors scored at the reconstruction's resolution).
-        pixel: compute SSIM and PSNR.
-        n_resamples: bootstrap resamples for the confidence intervals.
-        progress: progress bars for the slow parts.
+    The arguments are those of :func:`compute_metric_samples`, which documents them (``settings``:
+    ``n_ways``, ``top_k``, ``trials``, ``modes``, ``resize_to``, ``pixel``, ``progress``), plus
+    ``n_resamples``, the bootstrap resamples for the confidence intervals.
 
     Returns:
         ``{key: {"mean", "se", "chance", "n", "ci_low", "ci_high"}}`` with keys
         ``{level}_{N}way_top{K}_{mode}``, ``ssim``, ``psnr`` (chance None for the last two).
     """
-    samples = compute_metric_samples(
-        pred,
-        gt,
-        frame_model,
-        video_model,
-        n_ways=n_ways,
-        top_k=top_k,
-        trials=trials,
-        modes=modes,
-        seed=seed,
-        resize_to=resize_to,
-        pixel=pixel,
-        progress=progress,
-    )
+    samples = compute_metric_samples(pred, gt, frame_model, video_model, seed=seed, **settings)
     return summarise_metrics(samples, seed=seed, n_resamples=n_resamples)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -256,12 +256,9 @@ def nway_shuffled_baseline(
     pred_probs: np.ndarray,
     gt_probs: np.ndarray,
     n_way: int,
-    top_k: int = 1,
-    trials: int = 100,
-    mode: Mode = "compat",
-    *,
+    *test: Any,
     rng: np.random.Generator,
-    n_gt: int = COMPAT_GT_CLASSES,
+    **settings: Any,
 ) -> NWayResult:
     """The same test with each reconstruction paired with another sample's ground truth.
 
@@ -270,7 +267,8 @@ def nway_shuffled_baseline(
     :func:`chance_level` assumes no such preference). The pairing is a uniformly random
     permutation without fixed points, drawn from ``rng``.
 
-    Args and returns as :func:`nway_topk` (needs S >= 2).
+    Args and returns as :func:`nway_topk` (``test``: ``top_k``, ``trials``, ``mode``;
+    ``settings``: ``n_gt``); needs S >= 2.
     """
     pred, gt = _check_probs(pred_probs, gt_probs)
     s = pred.shape[0]
@@ -280,4 +278,4 @@ def nway_shuffled_baseline(
         perm = rng.permutation(s)
         if not (perm == np.arange(s)).any():
             break
-    return nway_topk(pred, gt[perm], n_way, top_k, trials, mode, rng=rng, n_gt=n_gt)
+    return nway_topk(pred, gt[perm], n_way, *test, rng=rng, **settings)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,9 @@ def load_reconstructions(folder: str | os.PathLike) -> ReconstructionSet:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from mindvideo.utils.freshness import sha256_file
+
+    return sha256_file(path)
 
 
 def classifier_identity(path: str | os.PathLike) -> dict[str, Any]:
@@ -260,34 +263,46 @@ def _load_models(
     clip_model: CLIPImageEmbedder | None,
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
     """The three models (each loaded once) and their identities for ``meta``."""
-    identities: dict[str, Any] = {"frame": None, "video": None, "clip": None}
     paths = cfg.pretrained
-    if frame_model is None and paths.image_classifier:
-        identities["frame"] = classifier_identity(paths.image_classifier)
-        frame_model = ImageClassifier.from_pretrained(
-            paths.image_classifier, device=cfg.device, batch_size=cfg.batch_size
-        )
-    elif frame_model is not None:
-        identities["frame"] = _model_identity(frame_model)
-    if video_model is None and paths.video_classifier:
-        identities["video"] = classifier_identity(paths.video_classifier)
-        # As the authors: the Kinetics VideoMAE loaded for the clips' frame count (6).
-        video_model = VideoClassifier.from_pretrained(
-            paths.video_classifier,
+    frame_model, frame_id = _model_with_identity(
+        frame_model,
+        paths.image_classifier,
+        lambda path: ImageClassifier.from_pretrained(
+            path, device=cfg.device, batch_size=cfg.batch_size
+        ),
+    )
+    # As the authors: the Kinetics VideoMAE loaded for the clips' frame count (6).
+    video_model, video_id = _model_with_identity(
+        video_model,
+        paths.video_classifier,
+        lambda path: VideoClassifier.from_pretrained(
+            path,
             num_frames=num_frames,
             device=cfg.device,
             batch_size=max(1, cfg.batch_size // num_frames),
-        )
-    elif video_model is not None:
-        identities["video"] = _model_identity(video_model)
-    if clip_model is None and paths.clip:
-        identities["clip"] = classifier_identity(paths.clip)
-        clip_model = CLIPImageEmbedder.from_pretrained(
-            paths.clip, device=cfg.device, batch_size=cfg.batch_size
-        )
-    elif clip_model is not None:
-        identities["clip"] = _model_identity(clip_model)
+        ),
+    )
+    clip_model, clip_id = _model_with_identity(
+        clip_model,
+        paths.clip,
+        lambda path: CLIPImageEmbedder.from_pretrained(
+            path, device=cfg.device, batch_size=cfg.batch_size
+        ),
+    )
+    identities = {"frame": frame_id, "video": video_id, "clip": clip_id}
     return frame_model, video_model, clip_model, identities
+
+
+def _model_with_identity(
+    model: Any, path: str | None, load: Callable[[str], Any]
+) -> tuple[Any, dict[str, Any] | None]:
+    """A given model and its identity; else the model at ``path`` (when set) and its folder's."""
+    if model is not None:
+        return model, _model_identity(model)
+    if not path:
+        return None, None
+    identity = classifier_identity(path)
+    return load(path), identity
 
 
 def _check_config(cfg: EvaluateConfig) -> None:

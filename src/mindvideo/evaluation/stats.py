@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -169,19 +169,7 @@ def welch_ttest(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> TTe
     Table 1 marks each ablation by such a test against the full model. Args: per-sample scores
     ``a: [Sa]``, ``b: [Sb]``.
     """
-    from scipy import stats
-
-    x, y = _as_samples(a, "a"), _as_samples(b, "b")
-    if x.size < 2 or y.size < 2:
-        raise UserError("A t-test needs at least 2 samples in each run.")
-    res = stats.ttest_ind(x, y, equal_var=False)
-    return TTest(
-        statistic=float(res.statistic),
-        pvalue=float(res.pvalue),
-        df=float(res.df),
-        test="welch",
-        mean_difference=float(x.mean() - y.mean()),
-    )
+    return _ttest(a, b, "welch")
 
 
 def paired_ttest(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> TTest:
@@ -190,22 +178,32 @@ def paired_ttest(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> TT
     Ablations of one subject reconstruct the same test windows, so pairing removes the
     between-window variance; use :func:`welch_ttest` across subjects.
     """
+    return _ttest(a, b, "paired")
+
+
+def _ttest(
+    a: np.ndarray | list[float], b: np.ndarray | list[float], test: Literal["welch", "paired"]
+) -> TTest:
+    """The Welch or paired t-test of ``a`` against ``b`` (both check the same sample counts)."""
     from scipy import stats
 
     x, y = _as_samples(a, "a"), _as_samples(b, "b")
-    if x.size != y.size:
+    if test == "paired" and x.size != y.size:
         raise UserError(
             f"A paired t-test needs the same samples in both runs, got {x.size} and {y.size}; "
             "use the two-sample (Welch) test instead."
         )
-    if x.size < 2:
+    if x.size < 2 or y.size < 2:
         raise UserError("A t-test needs at least 2 samples in each run.")
-    res = stats.ttest_rel(x, y)
+    if test == "paired":
+        res = stats.ttest_rel(x, y)
+    else:
+        res = stats.ttest_ind(x, y, equal_var=False)
     return TTest(
         statistic=float(res.statistic),
         pvalue=float(res.pvalue),
         df=float(res.df),
-        test="paired",
+        test=test,
         mean_difference=float(x.mean() - y.mean()),
     )
 

@@ -18,7 +18,6 @@ Weights are read without executing pickle code (safetensors, or ``torch.load(wei
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -30,9 +29,15 @@ from diffusers import UNet2DConditionModel
 
 from mindvideo.generator.unet import VideoUNet, is_temporal_key
 from mindvideo.utils import UserError
+from mindvideo.utils.checkpoints import (
+    find_weights_file,
+    load_state_dict_safely,
+    read_json_object,
+)
 
 __all__ = [
     "ConversionReport",
+    "convert_authors_unet",
     "convert_authors_unet_state_dict",
     "inflated_unet_from_authors",
     "load_state_dict_safely",
@@ -85,41 +90,6 @@ class ConversionReport:
             f"{len(self.missing)} missing ({len(self.missing_2d)} outside temporal layers), "
             f"{len(self.unexpected)} unexpected"
         )
-
-
-def load_state_dict_safely(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a tensor dict from ``.safetensors``, or ``.bin``/``.pth``/``.pt`` without pickle code.
-
-    A ``{"state_dict": {...}}`` wrapper is unwrapped. Raises :class:`UserError` for a missing
-    file, a file that needs arbitrary pickle code (``torch.load(weights_only=True)`` refuses it),
-    or values that are not tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; give the path of a weights file.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(path)
-        except Exception as err:
-            raise UserError(f"{path} is not a readable safetensors file ({err}).") from err
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise UserError(
-                f"{path} cannot be read as plain tensors with torch.load(weights_only=True) "
-                f"({str(err).splitlines()[0]}); re-save it as a dict of tensors (or safetensors) "
-                "in a trusted environment."
-            ) from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
-    ):
-        raise UserError(f"{path} does not hold a dict of named tensors; save a model state_dict.")
-    return state
 
 
 def unet2d_config_from_authors(config: dict[str, Any]) -> dict[str, Any]:
@@ -213,19 +183,36 @@ def _find_unet_folder(folder: Path) -> Path:
     )
 
 
-def _find_weights(unet_dir: Path) -> Path:
-    for name in WEIGHT_NAMES:
-        if (unet_dir / name).is_file():
-            return unet_dir / name
-    found = sorted(
-        p for p in unet_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt")
-    )
-    if len(found) == 1:
-        return found[0]
-    raise UserError(
-        f"{unet_dir} holds {len(found)} candidate weights files; expected one of "
-        f"{', '.join(WEIGHT_NAMES)}."
-    )
+def convert_authors_unet(
+    folder: str | os.PathLike, strict: bool = True, sample_size: int | None = None
+) -> tuple[VideoUNet, ConversionReport, Path]:
+    """:func:`inflated_unet_from_authors`, also returning its report and the weights file read.
+
+    ``sample_size`` (latent pixels) replaces the released config's when given.
+    """
+    unet_dir = _find_unet_folder(Path(folder))
+    config_path = unet_dir / "config.json"
+    config = unet2d_config_from_authors(read_json_object(config_path))
+    if sample_size is not None:
+        config["sample_size"] = sample_size
+    unet = VideoUNet(**config)
+    weights = find_weights_file(unet_dir, WEIGHT_NAMES)
+    state, report = convert_authors_unet_state_dict(load_state_dict_safely(weights), unet)
+    logger.info("converted %s: %s", weights, report.summary())
+    if strict and (report.unexpected or report.missing_2d):
+        raise UserError(
+            f"{weights} does not fit the UNet described by {config_path}: unexpected keys "
+            f"{report.unexpected[:5]}, missing keys {report.missing_2d[:5]}; pass strict=False "
+            "(mindvideo convert --allow-missing) to load what fits."
+        )
+    if report.missing:
+        logger.warning(
+            "%d keys missing from %s keep their fresh values (temporal layers are the identity).",
+            len(report.missing),
+            weights,
+        )
+    unet.load_state_dict(state, strict=False)
+    return unet, report, weights
 
 
 def inflated_unet_from_authors(folder: str | os.PathLike, strict: bool = True) -> VideoUNet:
@@ -237,27 +224,4 @@ def inflated_unet_from_authors(folder: str | os.PathLike, strict: bool = True) -
     checkpoint key without a place in ours, or any missing non-temporal key, is a
     :class:`UserError`; missing temporal layers stay freshly initialised (the identity).
     """
-    unet_dir = _find_unet_folder(Path(folder))
-    config_path = unet_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{config_path} is not valid JSON ({err}).") from err
-    unet = VideoUNet(**unet2d_config_from_authors(config))
-    weights = _find_weights(unet_dir)
-    state, report = convert_authors_unet_state_dict(load_state_dict_safely(weights), unet)
-    logger.info("converted %s: %s", weights, report.summary())
-    if strict and (report.unexpected or report.missing_2d):
-        raise UserError(
-            f"{weights} does not fit the UNet described by {config_path}: unexpected keys "
-            f"{report.unexpected[:5]}, missing keys {report.missing_2d[:5]}; pass strict=False to "
-            "load what fits."
-        )
-    if report.missing:
-        logger.warning(
-            "%d keys missing from %s keep their fresh values (temporal layers are the identity).",
-            len(report.missing),
-            weights,
-        )
-    unet.load_state_dict(state, strict=False)
-    return unet
+    return convert_authors_unet(folder, strict)[0]

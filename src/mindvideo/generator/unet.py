@@ -65,6 +65,22 @@ def is_temporal_key(name: str) -> bool:
     return any(f".{m}." in f".{name}" for m in TEMPORAL_MODULES)
 
 
+# The Transformer2DModel config entries its BasicTransformerBlocks are built with (same names).
+_BLOCK_SETTINGS = (
+    "dropout",
+    "cross_attention_dim",
+    "activation_fn",
+    "num_embeds_ada_norm",
+    "attention_bias",
+    "only_cross_attention",
+    "double_self_attention",
+    "upcast_attention",
+    "norm_elementwise_affine",
+    "norm_eps",
+    "attention_type",
+)
+
+
 def _video_block_like(
     transformer: Transformer2DModel, block: BasicTransformerBlock
 ) -> VideoTransformerBlock:
@@ -81,18 +97,8 @@ def _video_block_like(
             transformer.inner_dim,
             c.num_attention_heads,
             c.attention_head_dim,
-            dropout=c.dropout,
-            cross_attention_dim=c.cross_attention_dim,
-            activation_fn=c.activation_fn,
-            num_embeds_ada_norm=c.num_embeds_ada_norm,
-            attention_bias=c.attention_bias,
-            only_cross_attention=c.only_cross_attention,
-            double_self_attention=c.double_self_attention,
-            upcast_attention=c.upcast_attention,
             norm_type=block.norm_type,
-            norm_elementwise_affine=c.norm_elementwise_affine,
-            norm_eps=c.norm_eps,
-            attention_type=c.attention_type,
+            **{name: getattr(c, name) for name in _BLOCK_SETTINGS},
         )
     old = {k: tuple(v.shape) for k, v in block.state_dict().items()}
     new = {k: tuple(v.shape) for k, v in video_block.state_dict().items() if not is_temporal_key(k)}

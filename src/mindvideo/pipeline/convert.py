@@ -38,14 +38,15 @@ import torch
 
 from mindvideo.encoder.layers import get_1d_sincos_pos_embed
 from mindvideo.encoder.spatiotemporal import SpatiotemporalEncoder
-from mindvideo.generator.convert import (
-    convert_authors_unet_state_dict,
-    load_state_dict_safely,
-    unet2d_config_from_authors,
-)
+from mindvideo.generator.convert import convert_authors_unet
 from mindvideo.generator.unet import VideoUNet
 from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
 from mindvideo.utils import UserError, atomic_dir
+from mindvideo.utils.checkpoints import (
+    find_weights_file,
+    load_state_dict_safely,
+    read_json_object,
+)
 
 __all__ = [
     "EncoderConversionReport",
@@ -64,7 +65,6 @@ WEIGHT_FILES = (
     "model.pth",
     "pytorch_model.bin",
 )
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 #: Keys of the authors' fMRIEncoder with no place in ours, and why.
 DROPPED_ENCODER_KEYS = {
     "cls_token": "their forward never uses the CLS token (ours is built without one)",
@@ -127,55 +127,6 @@ class PipelineConversionReport:
                 f"  vae: {self.vae['class']}, scheduler: {self.scheduler['class']}",
             ]
         )
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def _find_weights(folder: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    found = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
-    if len(found) == 1:
-        return found[0]
-    raise UserError(
-        f"{folder} holds {len(found)} weights files; expected exactly one, e.g. "
-        f"{' or '.join(WEIGHT_FILES[:4])}."
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err}).") from err
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object.")
-    return data
-
-
-def _load_encoder_state(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of an encoder checkpoint without pickle code; ``{"model": ...}`` unwrapped."""
-    if path.suffix == ".safetensors":
-        return load_state_dict_safely(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(
-            f"{path} cannot be read as plain tensors with torch.load(weights_only=True) "
-            f"({str(err).splitlines()[0]}); re-save it as a dict of tensors in a trusted "
-            "environment."
-        ) from err
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a dict of named tensors.")
-    tensors = {k: v for k, v in state.items() if isinstance(k, str) and torch.is_tensor(v)}
-    if not tensors:
-        raise UserError(f"{path} holds no named tensors; is it the fmri_encoder checkpoint?")
-    return tensors
 
 
 # ----------------------------------------------------------------------------- fMRI encoder
@@ -297,9 +248,10 @@ def encoder_from_authors(
     if not enc_dir.is_dir():
         raise UserError(f"{folder} has no fmri_encoder/ folder; give the authors' pipeline folder.")
     config_path = enc_dir / "config.json"
-    config = _read_json(config_path) if config_path.is_file() else {}
-    weights = _find_weights(enc_dir)
-    raw = _load_encoder_state(weights)
+    config = read_json_object(config_path) if config_path.is_file() else {}
+    weights = find_weights_file(enc_dir, WEIGHT_FILES)
+    # a training checkpoint wraps the model's tensors as {"model": ...}; its extras are dropped
+    raw = load_state_dict_safely(weights, unwrap=("model", "state_dict"), drop_non_tensors=True)
 
     report = EncoderConversionReport(weights=str(weights))
     stripped: dict[str, torch.Tensor] = {}
@@ -356,30 +308,21 @@ def encoder_from_authors(
 def _unet_from_authors(
     folder: Path, resolution: int | None, vae_scale_factor: int, strict: bool
 ) -> tuple[VideoUNet, dict[str, Any]]:
-    unet_dir = folder / "unet"
-    config_path = unet_dir / "config.json"
-    if not config_path.is_file():
+    """The generator's converter on ``folder/unet``, at ``resolution`` pixels when given."""
+    if not (folder / "unet" / "config.json").is_file():
         raise UserError(f"{folder} has no unet/config.json; give the authors' pipeline folder.")
-    config = unet2d_config_from_authors(_read_json(config_path))
+    sample_size = None
     if resolution is not None:
         if resolution % vae_scale_factor:
             raise UserError(
                 f"--resolution {resolution} is not a multiple of the VAE scale factor "
                 f"{vae_scale_factor}."
             )
-        config["sample_size"] = resolution // vae_scale_factor
-    unet = VideoUNet(**config)
-    weights = _find_weights(unet_dir)
-    state, report = convert_authors_unet_state_dict(load_state_dict_safely(weights), unet)
-    if strict and (report.unexpected or report.missing_2d):
-        raise UserError(
-            f"{weights} does not fit the UNet described by {config_path}: unexpected keys "
-            f"{report.unexpected[:5]}, missing keys {report.missing_2d[:5]}."
-        )
-    unet.load_state_dict(state, strict=False)
+        sample_size = resolution // vae_scale_factor
+    unet, report, weights = convert_authors_unet(folder / "unet", strict, sample_size)
     return unet.eval(), {
         "weights": str(weights),
-        "sample_size": config["sample_size"],
+        "sample_size": unet.config.sample_size,
         **asdict(report),
     }
 
@@ -422,7 +365,7 @@ def convert_authors_pipeline(
     scheduler_file = authors / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
         raise UserError(f"{scheduler_file} is missing; the authors' scheduler/ is incomplete.")
-    scheduler_name = _read_json(scheduler_file).get("_class_name", "DDIMScheduler")
+    scheduler_name = read_json_object(scheduler_file).get("_class_name", "DDIMScheduler")
     scheduler_cls = MindVideoPipeline.component_class(
         "scheduler", scheduler_name, str(scheduler_file)
     )

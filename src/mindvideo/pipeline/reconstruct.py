@@ -39,23 +39,13 @@ from mindvideo.pipeline.guidance import NEGATIVE_SOURCES, negative_fmri_from_pre
 from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
 from mindvideo.pipeline.schedulers import make_scheduler
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
-from mindvideo.utils.dry_run import (
-    FLOAT32_BYTES,
-    MemoryEstimate,
-    ModelPart,
-    PhasePlan,
-    RunPlan,
-    activation_bytes,
-    meta_like,
-    out_status,
-    trace_activations,
-)
+from mindvideo.utils.freshness import files_present, npy_shape, stale_fields
+from mindvideo.utils.io import read_json
 
 __all__ = [
     "INDEX_VERSION",
     "ReconstructionResult",
     "load_pipeline",
-    "plan_reconstruct",
     "reconstruct",
     "window_seed",
 ]
@@ -79,6 +69,8 @@ SETTINGS = (
     "tr_stride",
     "dtype",
 )
+RECONSTRUCTIONS = "reconstructions.npy"
+GROUND_TRUTH = "ground_truth.npy"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -144,15 +136,15 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
         raise UserError(
             "reconstruct needs a prepared subject: pass --data DIR or set data in the config."
         )
-    if cfg.negative not in NEGATIVE_SOURCES:
-        raise UserError(
-            f"Unknown negative condition {cfg.negative!r} (config key negative); choose one of "
-            f"{', '.join(NEGATIVE_SOURCES)}."
-        )
-    if cfg.dtype not in DTYPES:
-        raise UserError(
-            f"Unknown dtype {cfg.dtype!r} (config key dtype); choose one of {', '.join(DTYPES)}."
-        )
+    for key, what, choices in (
+        ("negative", "negative condition", NEGATIVE_SOURCES),
+        ("dtype", "dtype", DTYPES),
+    ):
+        if getattr(cfg, key) not in choices:
+            raise UserError(
+                f"Unknown {what} {getattr(cfg, key)!r} (config key {key}); choose one of "
+                f"{', '.join(choices)}."
+            )
     for key in ("batch_size", "tr_stride", "frames_per_tr", "num_inference_steps", "fps"):
         if getattr(cfg, key) < 1:
             raise UserError(f"Config key {key} must be at least 1, not {getattr(cfg, key)}.")
@@ -174,12 +166,7 @@ def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
 def _read_index(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{path} is not valid JSON ({exc.msg}); delete it to start the reconstruction over."
-        ) from exc
+    index = read_json(path, "delete it to start the reconstruction over")
     return index if isinstance(index, dict) else None
 
 
@@ -193,16 +180,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _finished(out: Path, entry: dict[str, Any], gif: bool) -> bool:
-    files = [entry["frames"], entry["mp4"]] + ([entry["gif"]] if gif else [])
-    return all((out / f).is_file() for f in files)
-
-
-def _up_to_date(path: Path, shape: tuple[int, ...]) -> bool:
-    """Whether ``path`` is an ``.npy`` of exactly ``shape`` (reads the header only)."""
-    try:
-        return np.load(path, mmap_mode="r").shape == shape
-    except (OSError, ValueError):
-        return False
+    """Whether a window's clip files are all there (each was written atomically)."""
+    return files_present(out, [entry["frames"], entry["mp4"]] + ([entry["gif"]] if gif else []))
 
 
 def _stack(out: Path, name: str, shape: tuple[int, ...], rows: Any) -> None:
@@ -291,9 +270,7 @@ def _plan_windows(
     settings = _settings(cfg)
     previous = _read_index(out / "index.json") if out is not None else None
     if previous is not None and previous.get("settings") != settings:
-        changed = sorted(
-            k for k in settings if (previous.get("settings") or {}).get(k) != settings[k]
-        )
+        changed = stale_fields(previous.get("settings") or {}, settings)
         raise UserError(
             f"{out} holds reconstructions made with other settings ({', '.join(changed)} "
             "differ); use a new --out directory or delete the old one."
@@ -315,8 +292,6 @@ def reconstruct(
     data directory, a voxel count that does not fit the checkpoint's encoder, a window shorter
     than the encoder's, or an ``out`` holding clips made with other settings.
     """
-    from tqdm.auto import tqdm
-
     from mindvideo.config import save_config
 
     _check_config(cfg, pipeline is not None)
@@ -326,15 +301,51 @@ def reconstruct(
     if pipeline is None:
         _check_checkpoint(cfg.checkpoint)  # before the data: the cheap checks first
     prepared = PreparedData.open(cfg.data)
-    if pipeline is None:
-        pipeline = load_pipeline(cfg.checkpoint, device)
-    pipe = pipeline
+    pipe = pipeline if pipeline is not None else load_pipeline(cfg.checkpoint, device)
     pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)  # one bar over the windows instead
 
     run = _plan_windows(cfg, out, pipe, prepared)
-    dataset, windows, conditions = run.dataset, run.windows, run.conditions
-    num_frames, size, settings = run.num_frames, run.size, run.settings
+    index: dict[str, Any] = {
+        "format_version": INDEX_VERSION,
+        "split": cfg.split,
+        "settings": run.settings,
+        "num_frames": run.num_frames,
+        "height": run.size,
+        "width": run.size,
+        "fps": cfg.fps,
+        "complete": False,
+        "windows": run.windows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    _write_index(out, index)
+
+    generated = _generate_clips(cfg, out, pipe, prepared, run, index, autocast)
+    index["arrays"] = _write_stacked(out, run, prepared.frames(cfg.split), regenerate=generated > 0)
+    index["complete"] = True
+    _write_index(out, index)
+    n = len(run.windows)
+    logger.info(
+        "reconstructed %d windows into %s (%d generated, %d kept)", n, out, generated, n - generated
+    )
+    return ReconstructionResult(out, n, generated, n - generated)
+
+
+def _generate_clips(
+    cfg: ReconstructConfig,
+    out: Path,
+    pipe: MindVideoPipeline,
+    prepared: PreparedData,
+    run: _Windows,
+    index: dict[str, Any],
+    autocast: contextlib.AbstractContextManager,
+) -> int:
+    """Generate and write every window's clip that is not finished yet, in the fixed batches of
+    ``cfg.batch_size`` windows; ``index.json`` is rewritten after each batch. Returns how many
+    clips were generated."""
+    from tqdm.auto import tqdm
+
     enc = pipe.fmri_encoder.config
     negative = negative_fmri_from_prepared(
         prepared,
@@ -344,29 +355,14 @@ def reconstruct(
         pipe.config.fmri_pad_mode,
         pipe.config.fmri_normalize,
     )
-    index: dict[str, Any] = {
-        "format_version": INDEX_VERSION,
-        "split": cfg.split,
-        "settings": settings,
-        "num_frames": num_frames,
-        "height": size,
-        "width": size,
-        "fps": cfg.fps,
-        "complete": False,
-        "windows": windows,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    _write_index(out, index)
-
+    windows = run.windows
     done = [_finished(out, w, cfg.gif) for w in windows]
     generated = 0
     batches = [
         range(i, min(i + cfg.batch_size, len(windows)))
         for i in range(0, len(windows), cfg.batch_size)
     ]
-    bar = tqdm(total=len(windows), initial=sum(done), desc="reconstruct", unit="clip")
-    with bar:
+    with tqdm(total=len(windows), initial=sum(done), desc="reconstruct", unit="clip") as bar:
         for batch in batches:
             todo = [i for i in batch if not done[i]]
             if not todo:
@@ -374,7 +370,7 @@ def reconstruct(
             # The whole fixed batch is generated so every clip sees the same batch as in an
             # uninterrupted run; only the missing clips are written.
             fmri = np.stack(
-                [dataset.fmri_window(windows[i]["segment"], windows[i]["tr"]) for i in batch]
+                [run.dataset.fmri_window(windows[i]["segment"], windows[i]["tr"]) for i in batch]
             )
             generators = [torch.Generator().manual_seed(windows[i]["seed"]) for i in batch]
             with autocast:
@@ -383,143 +379,47 @@ def reconstruct(
                     negative_fmri=negative,
                     guidance_scale=cfg.guidance_scale,
                     num_inference_steps=cfg.num_inference_steps,
-                    num_frames=num_frames,
+                    num_frames=run.num_frames,
                     generator=generators,
                     output_type="np",
                 ).frames  # uint8 [B, F, H, W, 3]
             for j, i in enumerate(batch):
-                if i not in todo:
-                    continue
-                w = windows[i]
-                _save_npy(out / w["frames"], frames[j])
-                write_video(out / w["mp4"], frames[j], fps=cfg.fps)
-                if cfg.gif:
-                    write_gif(out / w["gif"], frames[j], fps=cfg.fps)
-                done[i] = True
-                generated += 1
+                if i in todo:
+                    _write_clip(out, windows[i], frames[j], cfg)
+                    done[i] = True
+                    generated += 1
             _write_index(out, index)
             bar.update(len(todo))
+    return generated
 
-    # The stacked arrays for evaluation, once every window is there.
-    shape = (len(windows), num_frames, size, size, 3)
-    recon_path = out / "reconstructions.npy"
-    if generated or not _up_to_date(recon_path, shape):
-        _stack(out, "reconstructions.npy", shape, (np.load(out / w["frames"]) for w in windows))
-    truth_path = out / "ground_truth.npy"
-    frames_split = prepared.frames(cfg.split)  # [S, T, 6, H0, W0, 3]
-    gt_shape = (len(windows), conditions * frames_split.shape[2], *frames_split.shape[3:])
-    if generated or not _up_to_date(truth_path, gt_shape):
-        _stack(
-            out,
-            "ground_truth.npy",
-            gt_shape,
-            (
-                np.concatenate([frames_split[w["segment"], t] for t in w["frame_trs"]])
-                for w in windows
-            ),
+
+def _write_clip(
+    out: Path, window: dict[str, Any], frames: np.ndarray, cfg: ReconstructConfig
+) -> None:
+    """One window's clip uint8 ``[F, H, W, 3]``: its ``.npy``, ``.mp4`` (and ``.gif``)."""
+    _save_npy(out / window["frames"], frames)
+    write_video(out / window["mp4"], frames, fps=cfg.fps)
+    if cfg.gif:
+        write_gif(out / window["gif"], frames, fps=cfg.fps)
+
+
+def _write_stacked(
+    out: Path, run: _Windows, frames_split: np.ndarray, regenerate: bool
+) -> dict[str, Any]:
+    """``reconstructions.npy`` and ``ground_truth.npy`` (row i = window i), rewritten when a clip
+    was generated or a file is missing or of another shape; returns their ``index.json`` entry.
+    ``frames_split``: the split's prepared frames ``[S, T, 6, H0, W0, 3]``."""
+    windows = run.windows
+    shape = (len(windows), run.num_frames, run.size, run.size, 3)
+    if regenerate or npy_shape(out / RECONSTRUCTIONS) != shape:
+        _stack(out, RECONSTRUCTIONS, shape, (np.load(out / w["frames"]) for w in windows))
+    gt_shape = (len(windows), run.conditions * frames_split.shape[2], *frames_split.shape[3:])
+    if regenerate or npy_shape(out / GROUND_TRUTH) != gt_shape:
+        rows = (
+            np.concatenate([frames_split[w["segment"], t] for t in w["frame_trs"]]) for w in windows
         )
-    index["complete"] = True
-    index["arrays"] = {
-        "reconstructions": {"file": recon_path.name, "shape": list(shape), "dtype": "uint8"},
-        "ground_truth": {"file": truth_path.name, "shape": list(gt_shape), "dtype": "uint8"},
+        _stack(out, GROUND_TRUTH, gt_shape, rows)
+    return {
+        "reconstructions": {"file": RECONSTRUCTIONS, "shape": list(shape), "dtype": "uint8"},
+        "ground_truth": {"file": GROUND_TRUTH, "shape": list(gt_shape), "dtype": "uint8"},
     }
-    _write_index(out, index)
-    logger.info(
-        "reconstructed %d windows into %s (%d generated, %d kept)",
-        len(windows),
-        out,
-        generated,
-        len(windows) - generated,
-    )
-    return ReconstructionResult(out, len(windows), generated, len(windows) - generated)
-
-
-def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = None) -> RunPlan:
-    """A dry run of :func:`reconstruct` (``mindvideo reconstruct --dry-run``).
-
-    The same checks (config, checkpoint folder, prepared data, the data fitting the encoder,
-    an ``out`` made with other settings), the pipeline's models built from their configs on the
-    meta device, nothing generated or written. Returns a :class:`~mindvideo.utils.dry_run.RunPlan`
-    with the windows, the models' parameters and a memory estimate (:mod:`mindvideo.utils.dry_run`).
-    """
-    _check_config(cfg, False)
-    notes = []
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        _autocast(device, cfg.dtype)
-    except UserError as exc:  # a plan for a GPU machine, made on a laptop
-        notes.append(f"{str(exc).rstrip('.')}: on this machine the real run would stop here.")
-    _check_checkpoint(cfg.checkpoint)  # type: ignore[arg-type]
-    prepared = PreparedData.open(cfg.data)  # type: ignore[arg-type]
-    pipe = MindVideoPipeline.from_pretrained(cfg.checkpoint, empty_weights=True)  # type: ignore[arg-type]
-    scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
-    out_path = Path(out) if out is not None else None
-    run = _plan_windows(cfg, out_path, pipe, prepared)
-    done = 0
-    if out_path is not None and out_path.is_dir():
-        done = sum(_finished(out_path, w, cfg.gif) for w in run.windows)
-
-    enc, unet, vae = pipe.fmri_encoder, pipe.unet, pipe.vae
-    models = [
-        ModelPart.of("fmri_encoder", enc, trainable=()),
-        ModelPart.of("unet", unet, trainable=()),
-        ModelPart.of("vae", vae, trainable=()),
-    ]
-    # The peak of one sampler step (both guidance branches in one UNet call) or of decoding.
-    batch = min(cfg.batch_size, max(1, len(run.windows)))
-    latent = run.size // pipe.vae_scale_factor
-    channels, cond = int(unet.config.in_channels), enc.config
-    latents = meta_like((2 * batch, channels, run.num_frames, latent, latent))
-    condition = meta_like((2 * batch, cond.out_tokens, cond.cond_dim))
-    fmri = meta_like((batch, cfg.window, cond.num_voxels))
-    decode = meta_like((min(8, batch * run.num_frames), channels, latent, latent))
-    traced = None
-    try:
-        with torch.no_grad():
-            traced = max(
-                trace_activations(lambda: enc.forward_sliding(fmri), peak=True),
-                trace_activations(lambda: unet(latents, 1, condition).sample, peak=True),
-                trace_activations(lambda: vae.decode(decode).sample, peak=True),
-            )
-    except Exception as exc:  # an estimate must never stop a dry run
-        logger.warning("Could not trace the activations of the reconstruction (%s).", exc)
-    memory = MemoryEstimate(
-        weights=FLOAT32_BYTES * sum(p.parameters for p in models),
-        activations=activation_bytes(traced, cfg.dtype),
-        activations_how=(
-            f"peak of one UNet call on {2 * batch} videos (both guidance branches) or of "
-            "decoding 8 frames, traced"
-            + (f", halved for {cfg.dtype}" if cfg.dtype != "float32" else "")
-        ),
-    )
-    n_batches = -(-len(run.windows) // cfg.batch_size)
-    phase = PhasePlan(
-        "reconstruct",
-        data={
-            "split": cfg.split,
-            "segments × TRs": [run.dataset.n_segments, run.dataset.n_trs],
-            "voxels": f"{prepared.n_voxels:,} (padded to {cond.num_voxels:,})",
-            "fMRI windows": (
-                f"{len(run.windows):,} of {cfg.window} TRs (TR stride {cfg.tr_stride}"
-                f"{f', the first {cfg.limit}' if cfg.limit else ''})"
-            ),
-            "already done": f"{done:,} (a re-run skips them)",
-            "video": f"{run.num_frames} frames of {run.size} × {run.size} at {cfg.fps} FPS",
-        },
-        models=models,
-        memory=memory,
-        settings={
-            "sampler": f"{type(scheduler).__name__}, {cfg.num_inference_steps} steps",
-            "guidance": f"{cfg.negative} negative, scale {cfg.guidance_scale:g}",
-            "batches": f"{n_batches:,} of {cfg.batch_size} windows"
-            f" → {n_batches * cfg.num_inference_steps:,} UNet calls",
-            "device, dtype": f"{device}, {cfg.dtype}",
-        },
-    )
-    checked = {
-        "checkpoint": f"{cfg.checkpoint}: pipeline folder (window {cond.window}, "
-        f"{cond.num_voxels:,} voxels, {pipe.config.fmri_pad_mode} padding)",
-        "data": f"{cfg.data}: prepared subject, {cfg.split} split",
-        "out": out_status(out_path),
-    }
-    return RunPlan("reconstruct", checked, [phase], notes)

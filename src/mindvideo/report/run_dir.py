@@ -28,23 +28,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mindvideo.config.registry import STAGES
 from mindvideo.utils import UserError, atomic_write_text
 
 __all__ = ["RUN_INFO", "STAGE_DIRS", "read_run_info", "stage_dir", "write_run_info"]
 
-#: Stage folders of a run directory, in pipeline order.
-STAGE_DIRS = (
-    "simulate",
-    "prepare",
-    "pretrain",
-    "contrast",
-    "tune-video",
-    "cotrain",
-    "reconstruct",
-    "evaluate",
-    "explain",
-    "compare",
-)
+#: Stage folders of a run directory, in pipeline order: one per stage of the registry, then the
+#: ablation comparison (``mindvideo compare``, not a pipeline stage).
+STAGE_DIRS = (*(stage.folder for stage in STAGES.values()), "compare")
 RUN_INFO = "run.json"
 
 

@@ -184,7 +184,8 @@ def _stimulus(
     """Plan and render one segment to ``path`` (mp4); return its scenes and the brain's features
     of the whole run (grey lead-in, movie, grey tail)."""
     from mindvideo.data.video import write_video
-    from mindvideo.sim.stimuli import CLASSES, plan_segment, render_segment
+    from mindvideo.sim.stimuli import plan_segment, render_segment
+    from mindvideo.sim.vocabulary import CLASSES
 
     rng = _rng(cfg.seed, 3, *seg.key)
     scenes = plan_segment(
@@ -207,7 +208,7 @@ def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
     """
     from tqdm import tqdm
 
-    from mindvideo.sim.stimuli import CLASSES, MOTIONS
+    from mindvideo.sim.vocabulary import CLASSES, MOTIONS
 
     out = Path(out)
     _check_out(out)

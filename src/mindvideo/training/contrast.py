@@ -34,14 +34,12 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -53,13 +51,16 @@ from mindvideo.encoder import (
     SpatiotemporalEncoder,
     contrastive_loss,
 )
+from mindvideo.training.checkpoints import CHECKPOINTS_DIR, list_checkpoints
+from mindvideo.training.clip_towers import ClipTowers, load_clip
 from mindvideo.training.common import (
     is_main_process,
     load_mbm,
     sample_rng,
     save_model_atomically,
 )
-from mindvideo.training.engine import CHECKPOINTS_DIR, Trainer, list_checkpoints
+from mindvideo.training.engine import Trainer
+from mindvideo.training.retrieval import RetrievalEvaluator
 from mindvideo.utils import UserError, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -88,137 +89,6 @@ ENCODER_DIR = "fmri_encoder"
 RETRIEVAL_FILE = "retrieval.json"
 CROP_SCALE = (0.5, 1.0)
 """Area fraction of the frame kept by the random crop (uniform in this range, aspect kept)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Frozen CLIP towers
-# --------------------------------------------------------------------------------------------
-
-
-class ClipTowers:
-    """Frozen CLIP text and image encoders with their tokenizer and image processor (eq. 3).
-
-    Embeddings are the *projected* ones (``text_embeds`` / ``image_embeds`` of CLIP, width
-    ``projection_dim``): the space where CLIP's text and images meet. The model stays in eval mode
-    without gradients.
-
-    Attributes:
-        model: a ``transformers.CLIPModel``.
-        tokenizer: its ``CLIPTokenizer``; captions are padded to ``max_length`` (77) tokens.
-        image_processor: its ``CLIPImageProcessor`` (resize, centre crop, normalise).
-        text_hidden_size: width of the text encoder's tokens (the UNet's cross-attention width,
-            768 for CLIP ViT-L/14 and SD-1.5): the ``cond_dim`` of the fMRI encoder.
-        projection_dim: width of the joint embedding space: the pooled fMRI embedding's width.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any) -> None:
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        text_config = model.config.text_config
-        self.text_hidden_size = int(text_config.hidden_size)
-        self.projection_dim = int(model.config.projection_dim)
-        self.max_length = int(text_config.max_position_embeddings)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: torch.device | str) -> ClipTowers:
-        self.model.to(device)
-        return self
-
-    def tokenize(self, captions: str | Sequence[str]) -> dict[str, torch.Tensor]:
-        """Captions → ``input_ids`` and ``attention_mask``, int64 ``[N, 77]`` (``[77]`` for one)."""
-        single = isinstance(captions, str)
-        enc = self.tokenizer(
-            [captions] if single else list(captions),
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        out = {k: enc[k] for k in ("input_ids", "attention_mask")}
-        return {k: v[0] for k, v in out.items()} if single else out
-
-    def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-        """uint8 frames ``[H, W, 3]`` (or a list / ``[N, H, W, 3]``) → pixel values
-        ``[3, S, S]`` (``[N, 3, S, S]``), CLIP's resize, centre crop and normalisation."""
-        single = isinstance(images, np.ndarray) and images.ndim == 3
-        batch = [images] if single else list(images)
-        pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"]
-        return pixels[0] if single else pixels
-
-    @torch.no_grad()
-    def text_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[N, 77]`` token ids → projected pooled text embeddings ``[N, projection_dim]``."""
-        device = self.device
-        out = self.model.get_text_features(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
-        )
-        return out if torch.is_tensor(out) else out.pooler_output
-
-    @torch.no_grad()
-    def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, S, S]`` → projected image embeddings ``[N, projection_dim]``."""
-        out = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
-        return out if torch.is_tensor(out) else out.pooler_output
-
-    @torch.no_grad()
-    def encode_captions(self, captions: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Captions → ``[N, projection_dim]`` float32 (on the towers' device)."""
-        chunks = []
-        for start in range(0, len(captions), batch_size):
-            tokens = self.tokenize(list(captions[start : start + batch_size]))
-            chunks.append(self.text_embeds(**tokens).float())
-        return torch.cat(chunks)
-
-    @torch.no_grad()
-    def encode_images(self, images: Sequence[np.ndarray], batch_size: int = 64) -> torch.Tensor:
-        """uint8 frames ``[H, W, 3]`` → ``[N, projection_dim]`` float32."""
-        chunks = []
-        for start in range(0, len(images), batch_size):
-            pixels = self.preprocess(list(images[start : start + batch_size]))
-            chunks.append(self.image_embeds(pixels).float())
-        return torch.cat(chunks)
-
-
-def load_clip(path: str | os.PathLike | None, empty_weights: bool = False) -> ClipTowers:
-    """Load CLIP (model, tokenizer, image processor) from a local folder (``pretrained.clip``).
-
-    The paper's model is openai/clip-vit-large-patch14 — the text encoder of Stable Diffusion
-    1.5 — downloaded once (e.g. ``huggingface-cli download openai/clip-vit-large-patch14
-    --local-dir ...``). A hub id also works for users who are online. ``empty_weights``: the
-    model is built from its config on the meta device (a dry run; tokenizer and image processor
-    are loaded as usual).
-    """
-    if not path:
-        raise UserError(
-            "No CLIP model: set pretrained.clip (flag --clip) to a local CLIP folder, e.g. a "
-            "download of openai/clip-vit-large-patch14."
-        )
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-
-    try:
-        if empty_weights:
-            from mindvideo.utils.dry_run import empty_model
-
-            model = empty_model(CLIPModel, path)
-        else:
-            model = CLIPModel.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        image_processor = AutoImageProcessor.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"Could not load CLIP from {path} ({_first_line(exc)}); set pretrained.clip to a "
-            "folder with the CLIP model, its tokenizer and preprocessor_config.json."
-        ) from exc
-    return ClipTowers(model, tokenizer, image_processor)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,132 +303,6 @@ def contrastive_loss_fn(towers: ClipTowers, mode: str = "both"):
         return loss, {"logit_scale": scale.detach()}
 
     return loss_fn
-
-
-# --------------------------------------------------------------------------------------------
-# Retrieval on held-out test windows
-# --------------------------------------------------------------------------------------------
-
-
-def _topk_hits(sim: torch.Tensor, target: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """Fraction of rows of ``sim`` ``[N, C]`` whose ``target`` column ranks within the top k.
-
-    Ties count against the right answer (a collapsed encoder scores 0, not 1)."""
-    correct = sim.gather(1, target[:, None])  # [N, 1]
-    rank = (sim >= correct).sum(dim=1) - 1  # [N], 0 = strictly best
-    return {k: (rank < k).float().mean().item() for k in ks}
-
-
-class RetrievalEvaluator:
-    """fMRI → caption and fMRI → image top-1 / top-5 retrieval on the *test* windows.
-
-    Every test TR ``t`` of every test segment is one query: its fMRI window (repetitions
-    averaged, no augmentation) through the encoder's pooled embedding. Its reference is its clip's
-    middle frame ``F // 2`` (frame 3 of 6):
-
-    - **caption**: candidates are the *unique* captions of the test windows' middle frames,
-      embedded by CLIP's text tower; a query is right when its own caption is the most similar
-      (cosine). Chance = 1 / number of unique captions.
-    - **image**: candidates are the test *scenes* (of the middle frames), each the mean CLIP image
-      embedding of the middle frames of its windows; a query is right when its own scene is the
-      most similar. Chance = 1 / number of scenes.
-
-    Top-5 likewise (chance 5 / candidates). Ties count against the right answer.
-    """
-
-    def __init__(self, windows: Any, towers: ClipTowers, batch_size: int = 64) -> None:
-        self.windows = windows
-        self.towers = towers
-        self.batch_size = batch_size
-        n_frames = windows.frames.shape[2]
-        self.frame = n_frames // 2
-        captions, scenes = [], []
-        for index in range(len(windows)):
-            seg, _, t = windows.locate(index)
-            captions.append(windows.captions[seg][t][self.frame])
-            scenes.append(int(windows.scene_ids[seg, t, self.frame]))
-        self.unique_captions = sorted(set(captions))
-        lookup = {c: i for i, c in enumerate(self.unique_captions)}
-        self.caption_index = torch.tensor([lookup[c] for c in captions])  # [N]
-        self.unique_scenes = sorted(set(scenes))
-        lookup = {s: i for i, s in enumerate(self.unique_scenes)}
-        self.scene_index = torch.tensor([lookup[s] for s in scenes])  # [N]
-        self._targets: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.last: tuple[int, dict[str, float]] | None = None
-        """(step, metrics) of the last evaluation run through :meth:`eval_fn`."""
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    @property
-    def chance(self) -> dict[str, float]:
-        c, s = len(self.unique_captions), len(self.unique_scenes)
-        return {
-            "caption_top1": 1 / c,
-            "caption_top5": min(5, c) / c,
-            "image_top1": 1 / s,
-            "image_top5": min(5, s) / s,
-        }
-
-    def _candidate_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(captions ``[C, D]``, scenes ``[S, D]``), L2-normalised, computed once."""
-        if self._targets is None:
-            text = self.towers.encode_captions(self.unique_captions, self.batch_size)  # [C, D]
-            images = []
-            for start in range(0, len(self), self.batch_size):
-                frames = []
-                for index in range(start, min(start + self.batch_size, len(self))):
-                    seg, _, t = self.windows.locate(index)
-                    frames.append(np.asarray(self.windows.frames[seg, t, self.frame]))
-                images.append(self.towers.encode_images(frames, self.batch_size))
-            per_window = torch.cat(images)  # [N, D]
-            scene = self.scene_index.to(per_window.device)
-            sums = torch.zeros(len(self.unique_scenes), per_window.shape[1], device=scene.device)
-            sums.index_add_(0, scene, F.normalize(per_window, dim=-1))
-            self._targets = (F.normalize(text, dim=-1), F.normalize(sums, dim=-1))
-        return self._targets
-
-    @torch.no_grad()
-    def pooled(self, encoder: SpatiotemporalEncoder) -> torch.Tensor:
-        """Pooled embeddings of all test windows, ``[N, D]`` float32 (encoder in eval mode)."""
-        was_training = encoder.training
-        encoder.eval()
-        out = []
-        for start in range(0, len(self), self.batch_size):
-            stop = min(start + self.batch_size, len(self))
-            windows = []
-            for index in range(start, stop):
-                seg, rep, t = self.windows.locate(index)
-                windows.append(self.windows.fmri_window(seg, t, rep))  # [w, V]
-            fmri = torch.from_numpy(np.stack(windows))  # [n, w, V]
-            fmri = fmri.to(device=encoder.device, dtype=encoder.dtype)
-            out.append(encoder(fmri).pooled.float())
-        encoder.train(was_training)
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def __call__(self, encoder: SpatiotemporalEncoder) -> dict[str, float]:
-        """Retrieval accuracies of ``encoder``: ``caption_top1``, ``caption_top5``,
-        ``image_top1``, ``image_top5`` (fractions in [0, 1])."""
-        if self.towers.device != encoder.device:
-            self.towers.to(encoder.device)
-            self._targets = None
-        text, scenes = self._candidate_embeddings()
-        emb = F.normalize(self.pooled(encoder).to(text.device), dim=-1)  # [N, D]
-        cap = _topk_hits(emb @ text.T, self.caption_index.to(text.device), (1, 5))
-        img = _topk_hits(emb @ scenes.T, self.scene_index.to(text.device), (1, 5))
-        return {
-            "caption_top1": cap[1],
-            "caption_top5": cap[5],
-            "image_top1": img[1],
-            "image_top5": img[5],
-        }
-
-    def eval_fn(self, model: nn.Module, step: int) -> dict[str, float]:
-        """The engine's ``eval_fn`` for a :class:`ContrastiveModel`: logs ``retrieval/*``."""
-        values = self(model.encoder)  # type: ignore[arg-type]
-        self.last = (step, values)
-        return {f"retrieval/{k}": v for k, v in values.items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,20 +44,18 @@ from mindvideo.encoder import MBMAutoencoder, SpatiotemporalEncoder
 from mindvideo.generator import VideoUNet, trainable_parameters
 from mindvideo.training.diffusion import (
     CACHE_DIR,
-    DenoisingProbe,
     LatentCache,
     VideoDenoiser,
     build_latent_cache,
     check_model_folder,
-    latent_loss_fn,
     load_noise_scheduler,
-    probe_eval_fn,
 )
-from mindvideo.training.engine import Trainer, check_engine_config, reset_accelerate_state
+from mindvideo.training.engine import check_engine_config, reset_accelerate_state
 from mindvideo.training.tune_video import (
     check_fresh_output,
     check_generator_size,
     record_trained_size,
+    train_video_denoiser,
 )
 from mindvideo.utils import UserError, atomic_dir
 
@@ -386,20 +384,17 @@ def cotrain(
         save_config(cfg, out / "config.yaml")
 
         # Video tuning's cache is used as it is when it was made from the same clips and VAE.
-        latents = None
-        for turn in ("main", "others"):
-            if (turn == "main") == state.is_main_process:
-                latents = build_latent_cache(
-                    generator.vae,
-                    prepared,
-                    out / CACHE_DIR,
-                    size=cfg.size,
-                    frames=cfg.frames,
-                    device=state.device,
-                    reuse=[Path(cfg.generator) / CACHE_DIR],
-                )
-            state.wait_for_everyone()
-        assert latents is not None
+        with state.main_process_first():
+            latents = build_latent_cache(
+                generator.vae,
+                prepared,
+                out / CACHE_DIR,
+                size=cfg.size,
+                frames=cfg.frames,
+                device=state.device,
+                reuse=[Path(cfg.generator) / CACHE_DIR],
+            )
+        state.wait_for_everyone()
         generator.vae.to("cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -407,17 +402,6 @@ def cotrain(
         dataset = CotrainDataset(windows, latents)
         model = VideoDenoiser(unet, generator.noise_scheduler, fmri_encoder=encoder)
         params = _encoder_parameters(encoder) + trainable_parameters(unet, cfg.trainable)
-        probe = DenoisingProbe.from_dataset(
-            dataset,
-            latents.scaling_factor,
-            latents.shift_factor,
-            seed=cfg.train.seed,
-            num_train_timesteps=model.num_train_timesteps,
-        )
-        if state.is_main_process and resume is None:
-            model.to(state.device).eval()
-            logger.info("probe denoising loss before training: %.5f", probe.loss(model))
-            model.train()
 
         def save(trained: nn.Module, folder: Path) -> None:
             record_trained_size(trained.unet, latent_size)
@@ -440,18 +424,9 @@ def cotrain(
                 pipe.save_pretrained(tmp)
             logger.info("wrote the co-trained pipeline to %s", folder / PIPELINE_DIR)
 
-        trainer = Trainer(
-            model,
-            dataset,
-            latent_loss_fn(latents),
-            cfg.train,
-            out,
-            trainable_params=params,
-            eval_fn=probe_eval_fn(probe, cfg.train.batch_size),
-            save_fn=save,
-            project_name="cotrain",
+        train_video_denoiser(
+            model, dataset, latents, params, cfg.train, out, save, resume, "cotrain", state
         )
-        trainer.train(resume=resume)
     finally:
         reset_accelerate_state()
     return out / PIPELINE_DIR

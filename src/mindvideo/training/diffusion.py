@@ -29,8 +29,6 @@ the frozen text encoder; every unique caption is encoded once into
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections import Counter
@@ -44,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mindvideo.utils import UserError, atomic_path, atomic_write_text
+from mindvideo.data.prepared import data_fingerprint
+from mindvideo.utils import UserError, atomic_path
+from mindvideo.utils.freshness import fingerprint, module_fingerprint, read_marker, write_marker
 
 __all__ = [
     "CACHE_DIR",
@@ -319,29 +319,9 @@ def check_model_folder(
 # --------------------------------------------------------------------------------------------
 
 
-def module_fingerprint(module: nn.Module) -> str:
-    """sha256 of a model's weights (names, dtypes, shapes, bytes) and diffusers config.
-
-    A diffusers config (e.g. the VAE's ``scaling_factor``) is included without its private
-    ``_`` keys, so a model re-saved elsewhere has the same fingerprint; a transformers config
-    carries version and path fields and is left out (the weights decide).
-    """
-    digest = hashlib.sha256()
-    config = getattr(module, "config", None)
-    if isinstance(config, Mapping):
-        items = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-        digest.update(json.dumps(items, sort_keys=True, default=str).encode())
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def data_fingerprint(prepared: Any) -> str:
-    """sha256 of a prepared subject's manifest (it records shapes and source-file hashes)."""
-    manifest = getattr(prepared, "manifest", {}) or {}
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+# ``module_fingerprint`` (a model's weights and config) and ``data_fingerprint`` (a prepared
+# subject's manifest) key the caches; they live in mindvideo.utils.freshness and
+# mindvideo.data.prepared and are re-exported here.
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,14 +375,8 @@ def _latents_key(prepared: Any, vae: nn.Module, split: str, size: int, frames: i
 def open_latent_cache(root: str | os.PathLike, key: Mapping[str, Any] | None = None):
     """The latent cache in ``root`` if it is complete (and matches ``key``), else ``None``."""
     root = Path(root)
-    meta_path = root / LATENTS_META
-    if not meta_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    if key is not None and any(meta.get(k) != v for k, v in key.items()):
+    meta = read_marker(root / LATENTS_META, key)
+    if meta is None:
         return None
     try:
         mean = np.load(root / "latents_mean.npy", mmap_mode="r")
@@ -504,7 +478,7 @@ def build_latent_cache(
         "scaling_factor": float(vae.config.scaling_factor),
         "shift_factor": shift,
     }
-    atomic_write_text(root / LATENTS_META, json.dumps(meta, indent=2) + "\n")
+    write_marker(root / LATENTS_META, meta)
     cache = open_latent_cache(root, key)
     assert cache is not None
     return cache
@@ -533,15 +507,12 @@ class TextEmbeddingCache:
 
 
 def _open_text_cache(root: Path, key: Mapping[str, Any]) -> TextEmbeddingCache | None:
-    meta_path = root / TEXT_META
-    if not meta_path.is_file():
+    meta = read_marker(root / TEXT_META, key)
+    if meta is None:
         return None
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         embeddings = np.load(root / "text_embeddings.npy", mmap_mode="r")
     except (OSError, ValueError):
-        return None
-    if any(meta.get(k) != v for k, v in key.items()):
         return None
     if embeddings.shape[0] != len(meta["captions"]):
         return None
@@ -567,16 +538,13 @@ def build_text_cache(
 
     root = Path(root)
     unique = list(dict.fromkeys(captions))
-    digest = hashlib.sha256(json.dumps(unique).encode()).hexdigest()
     key = {
         "version": CACHE_VERSION,
         "text_encoder": module_fingerprint(text_encoder),
-        "tokenizer": hashlib.sha256(
-            json.dumps(
-                [type(tokenizer).__name__, tokenizer.model_max_length, len(tokenizer)]
-            ).encode()
-        ).hexdigest(),
-        "captions_sha256": digest,
+        "tokenizer": fingerprint(
+            [type(tokenizer).__name__, tokenizer.model_max_length, len(tokenizer)]
+        ),
+        "captions_sha256": fingerprint(unique),
     }
     cache = _open_text_cache(root, key)
     if cache is not None:
@@ -605,7 +573,7 @@ def build_text_cache(
     with atomic_path(root / "text_embeddings.npy") as tmp:
         np.save(tmp, embeddings)
     meta = {**key, "shape": list(embeddings.shape), "captions": unique}
-    atomic_write_text(root / TEXT_META, json.dumps(meta, ensure_ascii=False) + "\n")
+    write_marker(root / TEXT_META, meta, indent=None, ensure_ascii=False)
     cache = _open_text_cache(root, key)
     assert cache is not None
     return cache

@@ -22,37 +22,55 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import os
 import random
 import re
-import shutil
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from accelerate.tracking import GeneralTracker
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, Sampler
 
 from mindvideo.config import TrainConfig
+from mindvideo.training.checkpoints import (
+    CHECKPOINTS_DIR,
+    TrainingPosition,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 from mindvideo.training.schedule import SCHEDULES, build_lr_scheduler
-from mindvideo.utils import UserError, atomic_write_text
+from mindvideo.training.tracking import (
+    LOGS_DIR,
+    METRICS_FILE,
+    JsonlTracker,
+    MetricWindow,
+    flat_config,
+    truncate_metrics,
+)
+from mindvideo.utils import UserError
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-"""Sub-folder of the output directory holding ``step_{N}`` checkpoints."""
-STATE_FILE = "trainer_state.json"
-"""The engine's own part of a checkpoint: step counter, data position, batch layout."""
-LOGS_DIR = "logs"
-METRICS_FILE = "metrics.jsonl"
-"""One JSON object per logged step, always written (no optional package needed)."""
+__all__ = [
+    "CHECKPOINTS_DIR",  # re-exported: the checkpoint layout lives in training.checkpoints
+    "EpochShuffleSampler",
+    "LossFn",
+    "Trainer",
+    "check_engine_config",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "param_groups_weight_decay",
+    "reset_accelerate_state",
+]
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb")
 """Optional trackers; each needs the pip extra of the same name (``mindvideo[tensorboard]``)."""
@@ -229,85 +247,22 @@ def param_groups_weight_decay(
     return groups_out
 
 
-# --------------------------------------------------------------------------------------------
-# Metrics file
-# --------------------------------------------------------------------------------------------
-
-
-class JsonlTracker(GeneralTracker):
-    """An accelerate tracker appending ``{"step": N, ...metrics}`` lines to a JSON-lines file.
-
-    Always on, so every run has its loss curve without optional packages (the report plots it).
-    """
-
-    name = "jsonl"
-    requires_logging_directory = False
-    main_process_only = True
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        super().__init__()
-        self.path = Path(path)
-
-    @property
-    def tracker(self) -> Path:
-        return self.path
-
-    def store_init_configuration(self, values: dict) -> None:
-        """The stage saves its full configuration as ``config.yaml``; nothing to add here."""
-
-    def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop logged lines after ``last_step`` (from a run that went on past its last checkpoint)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line + "\n")
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-    atomic_write_text(path, "".join(kept))
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``out_dir/checkpoints``, oldest first."""
-    root = Path(out_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and (path / STATE_FILE).is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint under ``out_dir/checkpoints``, or None."""
-    checkpoints = list_checkpoints(out_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
 @dataclass
-class _Position:
-    """Where training stands: optimiser steps done and the next batch of the data."""
+class _Run:
+    """What one call of :meth:`Trainer.train` works with, after ``accelerator.prepare``."""
 
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
+    accelerator: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: DataLoader
+    sampler: Any  # the engine's EpochShuffleSampler or the stage's batch sampler
+    loader_generator: torch.Generator
+    batches_per_epoch: int  # per process
+    params: list[nn.Parameter]  # the optimised ones, for gradient clipping
+    n_trainable: int
+    window: MetricWindow = field(default_factory=MetricWindow)
+    bar: Any = None  # the progress bar
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,16 +394,43 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
+        self._record_processes(accelerator)
+        resume_from = resolve_resume(self.out_dir, resume)
+        # Dropout and masking differ between processes; resume restores each one's RNG.
+        set_seed(cfg.seed, device_specific=True)
+        run = self._prepare_run(accelerator)
+        position = self._start_position(run, resume_from)
+        run.model.train()
+        run.window.reset()  # samples_per_s counts from here
+        run.bar = tqdm(
+            total=cfg.max_steps,
+            initial=position.step,
+            desc=self.project_name,
+            unit="step",
+            disable=not accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        try:
+            step, epoch, skip = position.step, position.epoch, position.batch_in_epoch
+            while step < cfg.max_steps:
+                step = self._train_epoch(run, epoch, skip, step)
+                epoch, skip = epoch + 1, 0
+        finally:
+            run.bar.close()
+        return self._finish(run)
+
+    def _record_processes(self, accelerator: Any) -> None:
+        cfg = self.config
         self.is_main_process = accelerator.is_main_process
         self.num_processes = accelerator.num_processes
         self.process_index = accelerator.process_index
         self.global_batch_size = (
             cfg.batch_size * self.num_processes * cfg.gradient_accumulation_steps
         )
-        resume_from = self._resolve_resume(resume)
-        # Dropout and masking differ between processes; resume restores each one's RNG.
-        set_seed(cfg.seed, device_specific=True)
 
+    def _prepare_run(self, accelerator: Any) -> _Run:
+        """Freeze, build the optimiser, schedule and loader, and hand them to accelerate."""
+        cfg = self.config
         model = self.model
         if cfg.gradient_checkpointing:
             _enable_gradient_checkpointing(model)
@@ -457,7 +439,6 @@ class Trainer:
         for param in model.parameters():
             if id(param) not in trainable:
                 param.requires_grad_(False)
-        n_trainable = sum(p.numel() for g in groups for p in g["params"])
         optimizer = torch.optim.AdamW(
             groups, lr=cfg.learning_rate, betas=(cfg.betas[0], cfg.betas[1])
         )
@@ -473,100 +454,112 @@ class Trainer:
         model, optimizer, loader, scheduler = accelerator.prepare(
             model, optimizer, loader, scheduler
         )
-        batches_per_epoch = len(loader)
-        if batches_per_epoch == 0:
+        if len(loader) == 0:
             raise UserError(
                 f"The training set has {len(self.train_dataset)} samples, fewer than one batch "  # type: ignore[arg-type]
                 f"on each of {self.num_processes} process(es) (batch_size {cfg.batch_size}); "
                 "lower batch_size."
             )
-        params = [p for g in optimizer.param_groups for p in g["params"]]
+        return _Run(
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            loader,
+            sampler,
+            loader_generator,
+            batches_per_epoch=len(loader),
+            params=[p for g in optimizer.param_groups for p in g["params"]],
+            n_trainable=sum(p.numel() for g in groups for p in g["params"]),
+        )
 
-        position = _Position()
+    def _start_position(self, run: _Run, resume_from: Path | None) -> TrainingPosition:
+        """Resume from ``resume_from`` (or start at step 0), then start the trackers."""
+        cfg, accelerator = self.config, run.accelerator
+        position = TrainingPosition()
         if resume_from is not None:
-            position = self._load_checkpoint(accelerator, resume_from)
+            here = self._checkpoint_state(TrainingPosition())
+            position = load_checkpoint(
+                accelerator, resume_from, here, cfg.gradient_accumulation_steps
+            )
         if accelerator.is_main_process:
-            _truncate_metrics(self.out_dir / LOGS_DIR / METRICS_FILE, position.step)
-        accelerator.init_trackers(self.project_name, config=_flat_config(cfg))
+            truncate_metrics(self.out_dir / LOGS_DIR / METRICS_FILE, position.step)
+        accelerator.init_trackers(self.project_name, config=flat_config(cfg))
         logger.info(
             "Training %s: %d trainable parameters, %d process(es), global batch %d "
             "(%d per process × %d accumulation), %d batches per epoch per process, steps %d → %d.",
             self.project_name,
-            n_trainable,
+            run.n_trainable,
             self.num_processes,
             self.global_batch_size,
             cfg.batch_size,
             cfg.gradient_accumulation_steps,
-            batches_per_epoch,
+            run.batches_per_epoch,
             position.step,
             cfg.max_steps,
         )
-
         if position.step >= cfg.max_steps:
             logger.info("Checkpoint %s is already at max_steps; nothing to train.", resume_from)
-        model.train()
-        window = _MetricWindow()
-        step, epoch, skip = position.step, position.epoch, position.batch_in_epoch
-        bar = tqdm(
-            total=cfg.max_steps,
-            initial=step,
-            desc=self.project_name,
-            unit="step",
-            disable=not accelerator.is_local_main_process,
-            dynamic_ncols=True,
-        )
-        try:
-            while step < cfg.max_steps:
-                self._set_epoch(epoch, sampler, loader_generator, accelerator.process_index)
-                loader.set_epoch(epoch)
-                epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-                batch_index = skip
-                for batch in epoch_loader:
-                    with accelerator.accumulate(model):
-                        with accelerator.autocast():
-                            loss, logs = self.loss_fn(model, batch)
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                            window.grad_norm = accelerator.clip_grad_norm_(
-                                params, cfg.max_grad_norm
-                            )
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    batch_index += 1
-                    window.add(loss, logs)
-                    if not accelerator.sync_gradients:
-                        continue
+        return position
 
-                    lr = optimizer.param_groups[0]["lr"]
-                    scheduler.step()
-                    step += 1
-                    window.steps += 1
-                    bar.update(1)
-                    if step % cfg.log_every == 0 or step == cfg.max_steps:
-                        metrics = window.reduce(accelerator, self.global_batch_size)
-                        metrics["lr"] = lr
-                        metrics["epoch"] = epoch + batch_index / batches_per_epoch
-                        self._log(accelerator, metrics, step, bar)
-                    if cfg.checkpoint_every and (
-                        step % cfg.checkpoint_every == 0 or step == cfg.max_steps
-                    ):
-                        at = _Position(step, epoch, batch_index)
-                        if batch_index == batches_per_epoch:
-                            at = _Position(step, epoch + 1, 0)
-                        self._save_checkpoint(accelerator, at)
-                    if self.eval_fn is not None and (
-                        (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
-                    ):
-                        self._evaluate(accelerator, model, step)
-                    if step >= cfg.max_steps:
-                        break
-                else:
-                    epoch, skip = epoch + 1, 0
-        finally:
-            bar.close()
+    def _train_epoch(self, run: _Run, epoch: int, skip: int, step: int) -> int:
+        """Train on epoch ``epoch`` from its batch ``skip``; returns the optimiser steps done."""
+        accelerator = run.accelerator
+        self._set_epoch(epoch, run.sampler, run.loader_generator, accelerator.process_index)
+        run.loader.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
+        batch_index = skip
+        for batch in epoch_loader:
+            self._train_batch(run, batch)
+            batch_index += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            self._after_optimizer_step(run, TrainingPosition(step, epoch, batch_index))
+            if step >= self.config.max_steps:
+                break
+        return step
 
+    def _train_batch(self, run: _Run, batch: Any) -> None:
+        """Forward, backward and (at the end of an accumulation window) the optimiser step."""
+        cfg, accelerator = self.config, run.accelerator
+        with accelerator.accumulate(run.model):
+            with accelerator.autocast():
+                loss, logs = self.loss_fn(run.model, batch)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                run.window.grad_norm = accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        run.window.add(loss, logs)
+
+    def _after_optimizer_step(self, run: _Run, at: TrainingPosition) -> None:
+        """Step the schedule, then log, checkpoint and evaluate when their turn has come."""
+        cfg, accelerator, step = self.config, run.accelerator, at.step
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.scheduler.step()
+        run.window.steps += 1
+        run.bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            metrics = run.window.reduce(accelerator, self.global_batch_size)
+            metrics["lr"] = lr
+            metrics["epoch"] = at.epoch + at.batch_in_epoch / run.batches_per_epoch
+            self._log(accelerator, metrics, step, run.bar)
+        if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+            if at.batch_in_epoch == run.batches_per_epoch:
+                at = TrainingPosition(step, at.epoch + 1, 0)
+            state = self._checkpoint_state(at)
+            save_checkpoint(accelerator, self.out_dir, state, cfg.keep_checkpoints)
+        if self.eval_fn is not None and (
+            (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
+        ):
+            self._evaluate(accelerator, run.model, step)
+
+    def _finish(self, run: _Run) -> nn.Module:
+        """The unwrapped, trained model in eval mode, saved by ``save_fn`` on the main process."""
+        accelerator = run.accelerator
         accelerator.wait_for_everyone()
-        trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        trained = accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
         trained.eval()
         if self.save_fn is not None and accelerator.is_main_process:
             self.save_fn(trained, self.out_dir)
@@ -624,29 +617,7 @@ class Trainer:
         # Seeds of DataLoader workers: fixed per (seed, epoch, process).
         generator.manual_seed(_seed_for(self.config.seed, epoch, process_index, 1))
 
-    def _resolve_resume(self, resume: str | os.PathLike | None) -> Path | None:
-        existing = list_checkpoints(self.out_dir)
-        if resume is None:
-            if existing:
-                raise UserError(
-                    f"{self.out_dir / CHECKPOINTS_DIR} already holds checkpoints of an earlier "
-                    "run; pass resume=latest to continue it, or use a new output directory."
-                )
-            return None
-        if str(resume) == "latest":
-            if not existing:
-                logger.info("No checkpoint in %s; starting afresh.", self.out_dir)
-                return None
-            return existing[-1]
-        path = Path(resume)
-        if not (path / STATE_FILE).is_file():
-            raise UserError(
-                f"{path} is not a complete training checkpoint (no {STATE_FILE}); pass a "
-                f"{CHECKPOINTS_DIR}/step_N folder or resume=latest."
-            )
-        return path
-
-    def _checkpoint_state(self, position: _Position) -> dict[str, Any]:
+    def _checkpoint_state(self, position: TrainingPosition) -> dict[str, Any]:
         cfg = self.config
         return {
             "step": position.step,
@@ -659,54 +630,6 @@ class Trainer:
             "seed": cfg.seed,
             "config": dataclasses.asdict(cfg),
         }
-
-    def _save_checkpoint(self, accelerator: Any, position: _Position) -> None:
-        """``checkpoints/step_{N}``, written into a temporary folder and renamed when complete."""
-        root = self.out_dir / CHECKPOINTS_DIR
-        final = root / f"step_{position.step}"
-        # Every process writes its RNG state into it, so the temporary name is deterministic.
-        tmp = root / f".step_{position.step}.tmp"
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            state = json.dumps(self._checkpoint_state(position), indent=2)
-            atomic_write_text(tmp / STATE_FILE, state + "\n")
-            old = root / f".step_{position.step}.old"
-            if final.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-            if self.config.keep_checkpoints:
-                for stale in list_checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
-                    shutil.rmtree(stale, ignore_errors=True)
-            logger.info("Saved checkpoint %s.", final)
-        accelerator.wait_for_everyone()
-
-    def _load_checkpoint(self, accelerator: Any, path: Path) -> _Position:
-        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-        here = self._checkpoint_state(_Position())
-        for key in ("num_processes", "batch_size", "gradient_accumulation_steps", "dataset_size"):
-            if state[key] != here[key]:
-                raise UserError(
-                    f"Checkpoint {path} was written with {key}={state[key]}, this run has "
-                    f"{key}={here[key]}; resume with the same setting or start a new run in a new "
-                    "output directory."
-                )
-        changed = [
-            k for k, v in state["config"].items() if k in here["config"] and here["config"][k] != v
-        ]
-        if changed:
-            logger.warning("Resuming %s with changed settings: %s.", path, ", ".join(changed))
-        accelerator.load_state(str(path))
-        # The micro-batch counter that decides where accumulation windows end.
-        accelerator.step = state["step"] * self.config.gradient_accumulation_steps
-        logger.info("Resumed from %s at step %d.", path, state["step"])
-        return _Position(state["step"], state["epoch"], state["batch_in_epoch"])
 
     def _evaluate(self, accelerator: Any, model: nn.Module, step: int) -> None:
         assert self.eval_fn is not None
@@ -728,50 +651,6 @@ class Trainer:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-class _MetricWindow:
-    """Sums of the logged values since the last log, kept on the device (no host sync per step)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.batches = 0
-        self.steps = 0
-        self.start = time.perf_counter()
-        self.grad_norm: torch.Tensor | None = None
-
-    def add(self, loss: torch.Tensor, logs: Mapping[str, Any] | None) -> None:
-        for key, value in {**dict(logs or {}), "loss": loss}.items():
-            tensor = torch.as_tensor(value.detach() if torch.is_tensor(value) else value)
-            tensor = tensor.to(device=loss.device, dtype=torch.float32).mean()
-            self.sums[key] = self.sums[key] + tensor if key in self.sums else tensor
-        self.batches += 1
-
-    def reduce(self, accelerator: Any, global_batch_size: int) -> dict[str, float]:
-        """Means over the window's batches and over processes, then start a new window.
-
-        Every process must call this at the same step (it is a collective operation).
-        """
-        keys = sorted(self.sums)
-        means = torch.stack([self.sums[k] for k in keys]) / max(self.batches, 1)
-        metrics = dict(zip(keys, accelerator.reduce(means, reduction="mean").tolist(), strict=True))
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        metrics["samples_per_s"] = self.steps * global_batch_size / elapsed
-        if self.grad_norm is not None:
-            metrics["grad_norm"] = float(self.grad_norm)
-        self.reset()
-        return metrics
-
-
-def _flat_config(config: TrainConfig) -> dict[str, Any]:
-    """Hyper-parameters as flat scalars (what tensorboard's hparams accept)."""
-    flat = {}
-    for key, value in dataclasses.asdict(config).items():
-        flat[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
-    return flat
 
 
 def _enable_gradient_checkpointing(model: nn.Module) -> None:

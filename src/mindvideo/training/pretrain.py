@@ -42,13 +42,14 @@ from torch.utils.data import Dataset
 
 from mindvideo.config import PretrainConfig, TrainConfig, save_config
 from mindvideo.encoder import MBMAutoencoder
+from mindvideo.training.checkpoints import CHECKPOINTS_DIR, list_checkpoints
 from mindvideo.training.common import (
     is_main_process,
     load_mbm,
     mbm_from_size_config,
     save_model_atomically,
 )
-from mindvideo.training.engine import CHECKPOINTS_DIR, Trainer, list_checkpoints
+from mindvideo.training.engine import Trainer
 from mindvideo.utils import UserError, atomic_write_text
 
 logger = logging.getLogger(__name__)

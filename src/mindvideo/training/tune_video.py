@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mindvideo.config import TuneVideoConfig, save_config
+from mindvideo.config import TrainConfig, TuneVideoConfig, save_config
 from mindvideo.generator import VideoUNet, trainable_parameters
+from mindvideo.training.checkpoints import CHECKPOINTS_DIR, list_checkpoints
 from mindvideo.training.diffusion import (
     CACHE_DIR,
     DenoisingProbe,
@@ -56,13 +58,7 @@ from mindvideo.training.diffusion import (
     load_noise_scheduler,
     probe_eval_fn,
 )
-from mindvideo.training.engine import (
-    CHECKPOINTS_DIR,
-    Trainer,
-    check_engine_config,
-    list_checkpoints,
-    reset_accelerate_state,
-)
+from mindvideo.training.engine import Trainer, check_engine_config, reset_accelerate_state
 from mindvideo.utils import UserError, atomic_dir, atomic_write_text
 
 __all__ = [
@@ -248,6 +244,48 @@ def _save_scheduler_config(config: dict[str, Any], folder: Path) -> None:
         atomic_write_text(tmp / "scheduler_config.json", json.dumps(config, indent=2) + "\n")
 
 
+def train_video_denoiser(
+    model: VideoDenoiser,
+    dataset: Dataset,
+    latents: LatentCache,
+    params: list[torch.nn.Parameter],
+    train: TrainConfig,
+    out: Path,
+    save_fn: Callable[[torch.nn.Module, Path], None],
+    resume: str | os.PathLike | None,
+    project_name: str,
+    state: Any,
+) -> None:
+    """Train ``model`` with the latent denoising loss, its held-out probe loss logged.
+
+    The probe's loss before training is logged on a fresh run; ``state`` is accelerate's
+    ``PartialState``. The video-tuning and co-training stages share this.
+    """
+    probe = DenoisingProbe.from_dataset(
+        dataset,
+        latents.scaling_factor,
+        latents.shift_factor,
+        seed=train.seed,
+        num_train_timesteps=model.num_train_timesteps,
+    )
+    if state.is_main_process and resume is None:
+        model.to(state.device).eval()
+        logger.info("probe denoising loss before training: %.5f", probe.loss(model))
+        model.train()
+    trainer = Trainer(
+        model,
+        dataset,
+        latent_loss_fn(latents),
+        train,
+        out,
+        trainable_params=params,
+        eval_fn=probe_eval_fn(probe, train.batch_size),
+        save_fn=save_fn,
+        project_name=project_name,
+    )
+    trainer.train(resume=resume)
+
+
 def tune_video(
     cfg: TuneVideoConfig, out_dir: str | os.PathLike, resume: str | os.PathLike | None = None
 ) -> Path:
@@ -274,26 +312,23 @@ def tune_video(
         clip_captions = [clip_caption(tr[: cfg.frames]) for seg in captions for tr in seg]
 
         # The main process encodes; the others wait, then find the caches complete.
-        latents = text = None
-        for turn in ("main", "others"):
-            if (turn == "main") == state.is_main_process:
-                latents = build_latent_cache(
-                    sd.vae,
-                    prepared,
-                    out / CACHE_DIR,
-                    size=cfg.size,
-                    frames=cfg.frames,
-                    device=state.device,
-                )
-                text = build_text_cache(
-                    sd.text_encoder,
-                    sd.tokenizer,
-                    clip_captions,
-                    out / CACHE_DIR,
-                    device=state.device,
-                )
-            state.wait_for_everyone()
-        assert latents is not None and text is not None
+        with state.main_process_first():
+            latents = build_latent_cache(
+                sd.vae,
+                prepared,
+                out / CACHE_DIR,
+                size=cfg.size,
+                frames=cfg.frames,
+                device=state.device,
+            )
+            text = build_text_cache(
+                sd.text_encoder,
+                sd.tokenizer,
+                clip_captions,
+                out / CACHE_DIR,
+                device=state.device,
+            )
+        state.wait_for_everyone()
         sd.vae.to("cpu")
         sd.text_encoder.to("cpu")
         if torch.cuda.is_available():
@@ -304,17 +339,6 @@ def tune_video(
         params = trainable_parameters(sd.unet, cfg.trainable)
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
-        probe = DenoisingProbe.from_dataset(
-            dataset,
-            latents.scaling_factor,
-            latents.shift_factor,
-            seed=cfg.train.seed,
-            num_train_timesteps=model.num_train_timesteps,
-        )
-        if state.is_main_process and resume is None:
-            model.to(state.device).eval()
-            logger.info("probe denoising loss before training: %.5f", probe.loss(model))
-            model.train()
 
         def save(trained: torch.nn.Module, folder: Path) -> None:
             record_trained_size(trained.unet, latent_size)
@@ -330,18 +354,9 @@ def tune_video(
             _save_scheduler_config(sd.scheduler_config, folder / "scheduler")
             logger.info("wrote the tuned video generator to %s", folder)
 
-        trainer = Trainer(
-            model,
-            dataset,
-            latent_loss_fn(latents),
-            cfg.train,
-            out,
-            trainable_params=params,
-            eval_fn=probe_eval_fn(probe, cfg.train.batch_size),
-            save_fn=save,
-            project_name="tune-video",
+        train_video_denoiser(
+            model, dataset, latents, params, cfg.train, out, save, resume, "tune-video", state
         )
-        trainer.train(resume=resume)
     finally:
         reset_accelerate_state()
     return out

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from mindvideo.utils.errors import UserError
 
 
 def _umask() -> int:
@@ -76,3 +80,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """The JSON value in ``path`` (UTF-8); a :class:`UserError` naming the file and ending with
+    ``fix`` (what to do, e.g. "re-run `mindvideo prepare`") when it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise UserError(f"{path} is not valid JSON ({detail}); {fix}.") from exc

@@ -4,8 +4,6 @@ prepared subject, folder markers and the training loop (:func:`fit` on the stage
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -17,8 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mindvideo.data.prepared import PreparedData, sha256_file
-from mindvideo.utils import UserError, atomic_write_text
+from mindvideo.data.prepared import PreparedData
+from mindvideo.data.prepared import data_fingerprint as data_fingerprint  # re-exported
+from mindvideo.utils import UserError, freshness
+from mindvideo.utils.freshness import json_default as json_default  # re-exported
+from mindvideo.utils.freshness import sha256_file
 
 __all__ = [
     "MARKER",
@@ -26,6 +27,7 @@ __all__ = [
     "ClassifierPreset",
     "ClipPreset",
     "SceneLabels",
+    "StandinJob",
     "StandinPaths",
     "StandinPreset",
     "TrainBudget",
@@ -134,62 +136,68 @@ class StandinPreset:
     """Held-out test frames (clips) each quality number is measured on, at most."""
 
 
+def _preset(
+    name: str,
+    *,
+    vae_crop: int,
+    unet_frame_stride: int,
+    steps: dict[str, int],
+    eval_frames: int,
+) -> StandinPreset:
+    """One architecture for both presets; what differs is the frame crop and the budgets."""
+
+    def budget(model: str, batch_size: int, schedule: str = "cosine") -> TrainBudget:
+        return TrainBudget(steps[model], batch_size, learning_rate=2e-3, schedule=schedule)
+
+    return StandinPreset(
+        name=name,
+        frames_per_tr=(0, 3),
+        clip=ClipPreset(
+            width=64, layers=2, heads=4, projection_dim=64, grid=4, train=budget("clip", 64)
+        ),
+        vae=VaePreset(
+            channels=(32, 32, 32),
+            crop=vae_crop,
+            kl_weight=1e-6,
+            train=budget("vae", 32, schedule="constant"),
+        ),
+        unet=UnetPreset(
+            channels=(32, 64),
+            heads=4,
+            caption_dropout=0.1,
+            frame_stride=unet_frame_stride,
+            train=budget("unet", 32),
+        ),
+        image_classifier=ClassifierPreset(
+            width=64, layers=2, heads=4, grid=4, train=budget("image_classifier", 64)
+        ),
+        video_classifier=ClassifierPreset(
+            width=64, layers=2, heads=4, grid=4, train=budget("video_classifier", 32)
+        ),
+        eval_frames=eval_frames,
+    )
+
+
 PRESETS: dict[str, StandinPreset] = {
     # Tests: the tiny simulated subject (4 training segments, 32 × 32 frames); ≈ 40 s on one
     # CPU thread.
-    "tiny": StandinPreset(
-        name="tiny",
-        frames_per_tr=(0, 3),
-        clip=ClipPreset(
-            width=64, layers=2, heads=4, projection_dim=64, grid=4,
-            train=TrainBudget(steps=120, batch_size=64, learning_rate=2e-3),
-        ),
-        vae=VaePreset(
-            channels=(32, 32, 32), crop=16, kl_weight=1e-6,
-            train=TrainBudget(steps=400, batch_size=32, learning_rate=2e-3, schedule="constant"),
-        ),
-        unet=UnetPreset(
-            channels=(32, 64), heads=4, caption_dropout=0.1, frame_stride=1,
-            train=TrainBudget(steps=200, batch_size=32, learning_rate=2e-3),
-        ),
-        image_classifier=ClassifierPreset(
-            width=64, layers=2, heads=4, grid=4,
-            train=TrainBudget(steps=200, batch_size=64, learning_rate=2e-3),
-        ),
-        video_classifier=ClassifierPreset(
-            width=64, layers=2, heads=4, grid=4,
-            train=TrainBudget(steps=200, batch_size=32, learning_rate=2e-3),
-        ),
+    "tiny": _preset(
+        "tiny",
+        vae_crop=16,
+        unet_frame_stride=1,
+        steps=dict(clip=120, vae=400, unet=200, image_classifier=200, video_classifier=200),
         eval_frames=480,
     ),
     # The CPU demo: the demo simulated subject (18 training segments, 64 × 64 frames);
     # ≈ 3–4 minutes on one CPU thread.
-    "demo": StandinPreset(
-        name="demo",
-        frames_per_tr=(0, 3),
-        clip=ClipPreset(
-            width=64, layers=2, heads=4, projection_dim=64, grid=4,
-            train=TrainBudget(steps=300, batch_size=64, learning_rate=2e-3),
-        ),
-        vae=VaePreset(
-            channels=(32, 32, 32), crop=32, kl_weight=1e-6,
-            train=TrainBudget(steps=600, batch_size=32, learning_rate=2e-3, schedule="constant"),
-        ),
-        unet=UnetPreset(
-            channels=(32, 64), heads=4, caption_dropout=0.1, frame_stride=2,
-            train=TrainBudget(steps=500, batch_size=32, learning_rate=2e-3),
-        ),
-        image_classifier=ClassifierPreset(
-            width=64, layers=2, heads=4, grid=4,
-            train=TrainBudget(steps=800, batch_size=64, learning_rate=2e-3),
-        ),
-        video_classifier=ClassifierPreset(
-            width=64, layers=2, heads=4, grid=4,
-            train=TrainBudget(steps=500, batch_size=32, learning_rate=2e-3),
-        ),
+    "demo": _preset(
+        "demo",
+        vae_crop=32,
+        unet_frame_stride=2,
+        steps=dict(clip=300, vae=600, unet=500, image_classifier=800, video_classifier=500),
         eval_frames=1024,
     ),
-}  # fmt: skip
+}
 
 
 def standin_preset(name: str) -> StandinPreset:
@@ -241,50 +249,46 @@ class StandinPaths:
         }
 
 
+@dataclass(frozen=True)
+class StandinJob:
+    """What one stand-in trainer gets: the shared training data, its output folder, the whole
+    preset, the marker key it writes, the seed, the device and its log folder (``paths``: every
+    stand-in's folder, for the one that reads another's, e.g. Stable Diffusion's text encoder)."""
+
+    data: StandinData
+    folder: Path
+    spec: StandinPreset
+    key: dict[str, Any]
+    seed: int
+    device: torch.device
+    log_dir: Path
+    paths: StandinPaths | None = None
+
+    def astuple(self) -> tuple[Any, ...]:
+        """``(data, folder, spec, key, seed, device, log_dir)``."""
+        return (self.data, self.folder, self.spec, self.key, self.seed, self.device, self.log_dir)
+
+
 def read_marker(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The ``standin.json`` of a finished stand-in folder, or ``None`` if there is none."""
-    path = Path(folder) / MARKER
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    return freshness.read_marker(Path(folder) / MARKER)
 
 
 def is_complete(folder: str | os.PathLike, key: Mapping[str, Any]) -> bool:
     """Whether ``folder`` holds a finished stand-in made with ``key`` (preset, seed, data)."""
-    marker = read_marker(folder)
-    return marker is not None and marker.get("key") == dict(key)
+    return freshness.read_marker(Path(folder) / MARKER, {"key": dict(key)}) is not None
 
 
 def write_marker(folder: Path, key: Mapping[str, Any], **info: Any) -> dict[str, Any]:
     """Write ``folder/standin.json`` (last, atomically); returns what it wrote."""
-    marker = {"key": dict(key), **info}
-    atomic_write_text(folder / MARKER, json.dumps(marker, indent=2, default=json_default) + "\n")
-    return marker
+    return freshness.write_marker(folder / MARKER, {"key": dict(key), **info})
 
 
 def weights_digest(folder: str | os.PathLike, subfolder: str | None = None) -> str | None:
     """sha256 of a saved model's ``*.safetensors`` files (``None`` when there are none): what
     a model trained on its outputs depends on."""
     root = Path(folder) / subfolder if subfolder else Path(folder)
-    files = sorted(root.glob("*.safetensors"))
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(sha256_file(path).encode())
-    return digest.hexdigest()
-
-
-def json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (Path, os.PathLike)):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return freshness.files_digest(sorted(root.glob("*.safetensors")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,12 +479,6 @@ class StandinData:
             ),
             n_train_captions=n_train_captions,
         )
-
-
-def data_fingerprint(prepared: PreparedData) -> str:
-    """sha256 of a prepared subject's manifest (shapes and the sha256 of every source file)."""
-    text = json.dumps(prepared.manifest, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ class and motion softmaxes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from mindvideo.demo.standins.base import (
     ClassifierPreset,
     EpochDataset,
     StandinData,
+    StandinJob,
     epoch_rng,
     final_loss,
     fit,
@@ -250,6 +253,21 @@ def _scores(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, 
     }
 
 
+def _video_scores(
+    probs: np.ndarray, classes: tuple[np.ndarray, int], motions: tuple[np.ndarray, int]
+) -> dict[str, Any]:
+    """Scores of clip probabilities ``[N, C·M]`` (label ``c·M + m``) for the true ``(labels
+    [N], count)`` of class and motion: the joint label, and class / motion alone."""
+    (cls, n_classes), (mot, n_motions) = classes, motions
+    metrics = _scores(probs, cls * n_motions + mot, n_classes * n_motions)
+    by = probs.reshape(len(probs), n_classes, n_motions)
+    metrics["test_class_top1"] = topk_accuracy(by.sum(2), cls, 1)
+    metrics["test_motion_top1"] = topk_accuracy(by.sum(1), mot, 1)
+    metrics["chance_class_top1"] = 1.0 / n_classes
+    metrics["chance_motion_top1"] = 1.0 / n_motions
+    return metrics
+
+
 def _image_loss_fn(mean: Any, std: Any):
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]):
         logits = model(pixel_values=normalise(batch["frames"], mean, std)).logits
@@ -274,19 +292,33 @@ def _video_loss_fn(mean: Any, std: Any):
     return loss_fn
 
 
-def train_image_standin(
-    *,
-    data: StandinData,
+def _save_classifier(
     folder: Path,
-    spec: Any,
+    network: Any,
+    processor: Any,
+    test_inputs: np.ndarray,
+    video: bool,
+    score: Callable[[np.ndarray], dict[str, Any]],
     key: dict[str, Any],
-    seed: int,
-    device: torch.device,
     log_dir: Path,
-    **_: Any,
+    seconds: Callable[[], float],
+    **fields: Any,
 ) -> dict[str, Any]:
+    """Write ``folder`` (``network`` + ``processor``) and its marker with ``fields``; the test
+    metrics are ``score`` of the class probabilities of ``test_inputs`` (frames, or clips with
+    ``video``) through the saved folder. Returns the marker."""
+    with atomic_dir(folder) as tmp:
+        network.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        metrics = score(_saved_probabilities(tmp, test_inputs, video=video))
+        metrics["final_train_loss"] = final_loss(log_dir)
+        return write_marker(tmp, key, **fields, seconds=seconds(), metrics=metrics)
+
+
+def train_image_standin(job: StandinJob) -> dict[str, Any]:
     """Train the frame classifier (scene class) and write ``folder``; returns its marker with
     the held-out test accuracy measured through the saved folder."""
+    data, folder, spec, key, seed, device, log_dir = job.astuple()
     from transformers import ViTImageProcessorPil
 
     start = time.perf_counter()
@@ -310,26 +342,30 @@ def train_image_standin(
         device,
     )
     train_s = time.perf_counter() - start
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        probs = _saved_probabilities(tmp, data.test_frames, video=False)
-        metrics = {**_scores(probs, data.test_class, len(labels))}
-        metrics["final_train_loss"] = final_loss(log_dir)
-        marker = write_marker(
-            tmp,
-            key,
-            model="ViTForImageClassification",
-            replaces="google/vit-base-patch16-224",
-            labels="the simulator's scene classes (scenes.json), not ImageNet classes",
-            parameters=sum(p.numel() for p in model.parameters()),
-            image_size=data.frame_size,
-            train=preset.train,
-            train_examples=len(data.train_frames),
-            train_seconds=round(train_s, 2),
-            seconds=round(time.perf_counter() - start, 2),
-            metrics=metrics,
-        )
+
+    def score(probs: np.ndarray) -> dict[str, Any]:
+        return _scores(probs, data.test_class, len(labels))
+
+    marker = _save_classifier(
+        folder,
+        model,
+        processor,
+        data.test_frames,
+        False,
+        score,
+        key,
+        log_dir,
+        model="ViTForImageClassification",
+        replaces="google/vit-base-patch16-224",
+        labels="the simulator's scene classes (scenes.json), not ImageNet classes",
+        parameters=sum(p.numel() for p in model.parameters()),
+        image_size=data.frame_size,
+        train=preset.train,
+        train_examples=len(data.train_frames),
+        train_seconds=round(train_s, 2),
+        seconds=lambda: round(time.perf_counter() - start, 2),
+    )
+    metrics = marker["metrics"]
     logger.info(
         "Image classifier stand-in: test top-1 %.3f (chance %.4f), top-5 %.3f.",
         metrics["test_top1"],
@@ -339,19 +375,10 @@ def train_image_standin(
     return marker
 
 
-def train_video_standin(
-    *,
-    data: StandinData,
-    folder: Path,
-    spec: Any,
-    key: dict[str, Any],
-    seed: int,
-    device: torch.device,
-    log_dir: Path,
-    **_: Any,
-) -> dict[str, Any]:
+def train_video_standin(job: StandinJob) -> dict[str, Any]:
     """Train the clip classifier (class × motion) and write ``folder``; returns its marker with
     the held-out test accuracy (joint label, and class / motion alone)."""
+    data, folder, spec, key, seed, device, log_dir = job.astuple()
     from transformers import VideoMAEImageProcessorPil
 
     start = time.perf_counter()
@@ -380,33 +407,30 @@ def train_video_standin(
     model = trained.fold()
     train_s = time.perf_counter() - start
     test_clips, test_cls, test_mot = video_clips(data, "test", limit=data.test_frames.shape[0])
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        probs = _saved_probabilities(tmp, test_clips, video=True)  # [N, C·M]
-        joint = test_cls * n_motions + test_mot
-        metrics = _scores(probs, joint, len(labels))
-        by = probs.reshape(len(probs), n_classes, n_motions)
-        metrics["test_class_top1"] = topk_accuracy(by.sum(2), test_cls, 1)
-        metrics["test_motion_top1"] = topk_accuracy(by.sum(1), test_mot, 1)
-        metrics["chance_class_top1"] = 1.0 / n_classes
-        metrics["chance_motion_top1"] = 1.0 / n_motions
-        metrics["final_train_loss"] = final_loss(log_dir)
-        marker = write_marker(
-            tmp,
-            key,
-            model="VideoMAEForVideoClassification",
-            replaces="MCG-NJU/videomae-base-finetuned-kinetics",
-            labels="class × motion of the simulator (scenes.json), not Kinetics-400 classes",
-            parameters=sum(p.numel() for p in model.parameters()),
-            image_size=data.frame_size,
-            num_frames=NUM_FRAMES,
-            train=preset.train,
-            train_examples=len(clips),
-            train_seconds=round(train_s, 2),
-            seconds=round(time.perf_counter() - start, 2),
-            metrics=metrics,
-        )
+    score = functools.partial(
+        _video_scores, classes=(test_cls, n_classes), motions=(test_mot, n_motions)
+    )
+    marker = _save_classifier(
+        folder,
+        model,
+        processor,
+        test_clips,
+        True,
+        score,
+        key,
+        log_dir,
+        model="VideoMAEForVideoClassification",
+        replaces="MCG-NJU/videomae-base-finetuned-kinetics",
+        labels="class × motion of the simulator (scenes.json), not Kinetics-400 classes",
+        parameters=sum(p.numel() for p in model.parameters()),
+        image_size=data.frame_size,
+        num_frames=NUM_FRAMES,
+        train=preset.train,
+        train_examples=len(clips),
+        train_seconds=round(train_s, 2),
+        seconds=lambda: round(time.perf_counter() - start, 2),
+    )
+    metrics = marker["metrics"]
     logger.info(
         "Video classifier stand-in: test top-1 %.3f (chance %.4f), top-5 %.3f; class %.3f, "
         "motion %.3f.",

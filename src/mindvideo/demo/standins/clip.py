@@ -31,7 +31,7 @@ from mindvideo.demo.standins.base import (
     MAX_TOKENS,
     ClipPreset,
     EpochDataset,
-    StandinData,
+    StandinJob,
     final_loss,
     fit,
     normalise,
@@ -284,19 +284,10 @@ def evaluate_retrieval(
     }
 
 
-def train_clip_standin(
-    *,
-    data: StandinData,
-    folder: Path,
-    spec: Any,
-    key: dict[str, Any],
-    seed: int,
-    device: torch.device,
-    log_dir: Path,
-    **_: Any,
-) -> dict[str, Any]:
+def train_clip_standin(job: StandinJob) -> dict[str, Any]:
     """Train the CLIP stand-in and write ``folder`` (see the module docstring); returns its
     marker (sizes, training time, loss and the retrieval scores on held-out test frames)."""
+    data, folder, spec, key, seed, device, log_dir = job.astuple()
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
 
     start = time.perf_counter()

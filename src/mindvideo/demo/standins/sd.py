@@ -27,6 +27,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from mindvideo.demo.standins.base import (
     MAX_TOKENS,
     EpochDataset,
     StandinData,
+    StandinJob,
     UnetPreset,
     VaePreset,
     epoch_rng,
@@ -483,21 +485,12 @@ def _write_model_index(sd: Path) -> None:
         tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
-def train_sd_standin(
-    *,
-    data: StandinData,
-    folder: Path,
-    paths: Any,
-    spec: Any,
-    key: dict[str, Any],
-    seed: int,
-    device: torch.device,
-    log_dir: Path,
-    **_: Any,
-) -> dict[str, Any]:
+def train_sd_standin(job: StandinJob) -> dict[str, Any]:
     """Train the VAE and the UNet and write the Stable Diffusion folder (module docstring);
     returns its marker. ``vae/`` and ``unet/`` each get their own marker, so an interrupted
     run keeps a finished VAE."""
+    data, folder, spec, key, seed, device, log_dir = job.astuple()
+    paths = job.paths
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -514,84 +507,151 @@ def train_sd_standin(
 
     # 1. The VAE.
     if not is_complete(sd / "vae", vae_key):
-        t0 = time.perf_counter()
-        vae = train_vae(data, spec.vae, seed, device, log_dir / "vae")
-        vae_s = time.perf_counter() - t0
-        psnr = reconstruction_psnr(vae, data.test_frames, torch.device("cpu"))
-        with atomic_dir(sd / "vae") as tmp:
-            vae.save_pretrained(tmp)
-            write_marker(
-                tmp,
-                vae_key,
-                parameters=sum(p.numel() for p in vae.parameters()),
-                train=spec.vae.train,
-                train_seconds=round(vae_s, 2),
-                metrics={
-                    "vae_psnr_db": psnr,
-                    "scaling_factor": vae.config.scaling_factor,
-                    "vae_final_train_loss": final_loss(log_dir / "vae"),
-                },
-            )
-        logger.info("VAE stand-in: test PSNR %.2f dB (%.1f s).", psnr, vae_s)
+        _train_vae_part(sd, vae_key, data, spec.vae, seed, device, log_dir / "vae")
     vae = AutoencoderKL.from_pretrained(sd, subfolder="vae").eval()
-    scale = float(vae.config.scaling_factor)
 
     # 2. The UNet, on the VAE's latents of the training frames and their captions.
-    scheduler_config = json.loads((sd / "scheduler" / "scheduler_config.json").read_text())
-    alphas = noise_schedule(scheduler_config)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    latent_size = data.frame_size // factor
     if not is_complete(sd / "unet", unet_key):
-        t0 = time.perf_counter()
-        n_probe = min(256, len(data.test_frames))
-        probe_latents = encode_frames(vae, data.test_frames[:n_probe], device)[0] * scale
-        probe_captions = [data.captions[c] for c in data.test_caption[:n_probe]]
-        probe_cond = encode_text(text_encoder, tokenizer, probe_captions, device)
-        frames = data.train_frames[:: spec.unet.frame_stride]
-        captions = data.train_caption[:: spec.unet.frame_stride]
-        mean, std = encode_frames(vae, frames, device)
-        used = sorted(set(captions.tolist()))
-        row = {c: i for i, c in enumerate(used)}
-        text = encode_text(text_encoder, tokenizer, [data.captions[c] for c in used] + [""], device)
-        rows = np.array([row[c] for c in captions.tolist()])
-        seeded(seed, 3)
-        unet = build_unet(spec.unet, latent_size, text_encoder.config.hidden_size)
-        before = probe_loss(unet, probe_latents, probe_cond, alphas, seed, device)
-        unet = fit(
-            "UNet",
-            unet,
-            LatentCaptions(mean, std, rows),
-            _unet_loss_fn(text, len(used), alphas, scale, spec.unet.caption_dropout),
-            spec.unet.train,
-            log_dir / "unet",
-            seed,
-            device,
-        )
-        unet_s = time.perf_counter() - t0
-        after = probe_loss(unet, probe_latents, probe_cond, alphas, seed, device)
-        with atomic_dir(sd / "unet") as tmp:
-            unet.save_pretrained(tmp)
-            write_marker(
-                tmp,
-                unet_key,
-                parameters=sum(p.numel() for p in unet.parameters()),
-                train=spec.unet.train,
-                train_seconds=round(unet_s, 2),
-                metrics={
-                    "unet_probe_loss_before": before,
-                    "unet_probe_loss_after": after,
-                    "unet_final_train_loss": final_loss(log_dir / "unet"),
-                },
-            )
-        logger.info("UNet stand-in: probe loss %.4f → %.4f (%.1f s).", before, after, unet_s)
+        text = _TextParts(text_encoder, tokenizer)
+        _train_unet_part(sd, unet_key, data, spec.unet, vae, text, seed, device, log_dir / "unet")
 
     # 3. The pipeline folder, checked by loading it with diffusers and sampling from text.
     _write_model_index(sd)
     unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
     check = text_to_image_check(sd, data, seed, device, per_prompt=4)
+    marker = _write_sd_marker(sd, key, spec, data, vae, unet, text_encoder, check, start)
+    logger.info(
+        "Stable Diffusion stand-in: text-to-image colour match %.2f (chance %.2f).",
+        check["t2i_colour_accuracy"],
+        check["t2i_colour_chance"],
+    )
+    return marker
+
+
+@dataclass
+class _TextParts:
+    """The frozen text encoder and its tokenizer, as loaded from the folder."""
+
+    encoder: Any
+    tokenizer: Any
+
+
+def _save_part(
+    folder: Path, model: Any, key: dict[str, Any], budget: Any, seconds: float, metrics: dict
+) -> None:
+    """Save a trained ``vae/`` or ``unet/`` atomically with its own marker."""
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        write_marker(
+            tmp,
+            key,
+            parameters=sum(p.numel() for p in model.parameters()),
+            train=budget,
+            train_seconds=round(seconds, 2),
+            metrics=metrics,
+        )
+
+
+def _train_vae_part(
+    sd: Path,
+    key: dict[str, Any],
+    data: StandinData,
+    spec: VaePreset,
+    seed: int,
+    device: torch.device,
+    log_dir: Path,
+) -> None:
+    """Train the VAE and write ``sd/vae`` with its test PSNR."""
+    t0 = time.perf_counter()
+    vae = train_vae(data, spec, seed, device, log_dir)
+    vae_s = time.perf_counter() - t0
+    psnr = reconstruction_psnr(vae, data.test_frames, torch.device("cpu"))
+    metrics = {
+        "vae_psnr_db": psnr,
+        "scaling_factor": vae.config.scaling_factor,
+        "vae_final_train_loss": final_loss(log_dir),
+    }
+    _save_part(sd / "vae", vae, key, spec.train, vae_s, metrics)
+    logger.info("VAE stand-in: test PSNR %.2f dB (%.1f s).", psnr, vae_s)
+
+
+def _train_unet_part(
+    sd: Path,
+    key: dict[str, Any],
+    data: StandinData,
+    spec: UnetPreset,
+    vae: Any,
+    text: _TextParts,
+    seed: int,
+    device: torch.device,
+    log_dir: Path,
+) -> None:
+    """Train the UNet on the VAE's latents and the captions' embeddings and write ``sd/unet``
+    with its probe loss before and after training."""
+    t0 = time.perf_counter()
+    scale = float(vae.config.scaling_factor)
+    scheduler_config = json.loads((sd / "scheduler" / "scheduler_config.json").read_text())
+    alphas = noise_schedule(scheduler_config)
+    n_probe = min(256, len(data.test_frames))
+    probe_latents = encode_frames(vae, data.test_frames[:n_probe], device)[0] * scale
+    probe_captions = [data.captions[c] for c in data.test_caption[:n_probe]]
+    probe_cond = encode_text(text.encoder, text.tokenizer, probe_captions, device)
+    frames = data.train_frames[:: spec.frame_stride]
+    captions = data.train_caption[:: spec.frame_stride]
+    mean, std = encode_frames(vae, frames, device)
+    used = sorted(set(captions.tolist()))
+    row = {c: i for i, c in enumerate(used)}
+    embeddings = encode_text(
+        text.encoder, text.tokenizer, [data.captions[c] for c in used] + [""], device
+    )
+    rows = np.array([row[c] for c in captions.tolist()])
+    seeded(seed, 3)
+    unet = build_unet(spec, _latent_size(vae, data), text.encoder.config.hidden_size)
+    before = probe_loss(unet, probe_latents, probe_cond, alphas, seed, device)
+    unet = fit(
+        "UNet",
+        unet,
+        LatentCaptions(mean, std, rows),
+        _unet_loss_fn(embeddings, len(used), alphas, scale, spec.caption_dropout),
+        spec.train,
+        log_dir,
+        seed,
+        device,
+    )
+    unet_s = time.perf_counter() - t0
+    after = probe_loss(unet, probe_latents, probe_cond, alphas, seed, device)
+    metrics = {
+        "unet_probe_loss_before": before,
+        "unet_probe_loss_after": after,
+        "unet_final_train_loss": final_loss(log_dir),
+    }
+    _save_part(sd / "unet", unet, key, spec.train, unet_s, metrics)
+    logger.info("UNet stand-in: probe loss %.4f → %.4f (%.1f s).", before, after, unet_s)
+
+
+def _vae_scale_factor(vae: Any) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _latent_size(vae: Any, data: StandinData) -> int:
+    return data.frame_size // _vae_scale_factor(vae)
+
+
+def _write_sd_marker(
+    sd: Path,
+    key: dict[str, Any],
+    spec: Any,
+    data: StandinData,
+    vae: Any,
+    unet: Any,
+    text_encoder: Any,
+    check: dict[str, Any],
+    start: float,
+) -> dict[str, Any]:
+    """The folder's own marker: the parts' sizes, training times and metrics, and ``check``."""
     vae_marker, unet_marker = read_marker(sd / "vae") or {}, read_marker(sd / "unet") or {}
     metrics = {**vae_marker.get("metrics", {}), **unet_marker.get("metrics", {}), **check}
-    marker = write_marker(
+    return write_marker(
         sd,
         key,
         model="StableDiffusionPipeline",
@@ -600,8 +660,8 @@ def train_sd_standin(
         vae_parameters=vae_marker.get("parameters"),
         unet_parameters=sum(p.numel() for p in unet.parameters()),
         text_encoder_parameters=sum(p.numel() for p in text_encoder.parameters()),
-        latent_size=latent_size,
-        vae_scale_factor=factor,
+        latent_size=_latent_size(vae, data),
+        vae_scale_factor=_vae_scale_factor(vae),
         cross_attention_dim=int(unet.config.cross_attention_dim),
         train={"vae": spec.vae.train, "unet": spec.unet.train},
         train_seconds={
@@ -611,9 +671,3 @@ def train_sd_standin(
         seconds=round(time.perf_counter() - start, 2),
         metrics=metrics,
     )
-    logger.info(
-        "Stable Diffusion stand-in: text-to-image colour match %.2f (chance %.2f).",
-        check["t2i_colour_accuracy"],
-        check["t2i_colour_chance"],
-    )
-    return marker

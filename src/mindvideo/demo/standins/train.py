@@ -17,6 +17,7 @@ from mindvideo.demo.standins import classifiers, clip, sd
 from mindvideo.demo.standins.base import (
     STANDINS_VERSION,
     StandinData,
+    StandinJob,
     StandinPaths,
     data_fingerprint,
     is_complete,
@@ -157,14 +158,16 @@ def train_standins(
             start = time.perf_counter()
             logger.info("Training the %s stand-in (preset %s) ...", name, preset)
             train(
-                data=data,
-                folder=folder,
-                paths=paths,
-                spec=spec,
-                key=step_key(name),
-                seed=seed,
-                device=dev,
-                log_dir=paths.root / "logs" / name,
+                StandinJob(
+                    data=data,
+                    folder=folder,
+                    spec=spec,
+                    key=step_key(name),
+                    seed=seed,
+                    device=dev,
+                    log_dir=paths.root / "logs" / name,
+                    paths=paths,
+                )
             )
             logger.info("%s stand-in done in %.1f s.", name, time.perf_counter() - start)
     summary = {

@@ -1,4 +1,4 @@
-"""Tiny real components for pipeline tests (and later stages): seconds on a CPU, fixed seeds.
+"""Tiny real pipeline parts for the pipeline tests and later stages: seconds on a CPU, fixed seeds.
 
 Sizes: fMRI windows ``[N, 2, 64]`` (4 patches of 16 voxels); conditioning ``[N, 77, 32]``; video
 latents ``[N, 4, F, 8, 8]``; frames ``[N, F, 16, 16, 3]`` (VAE scale factor 2).
@@ -42,16 +42,17 @@ VAE_CONFIG = dict(
     norm_num_groups=4,
     sample_size=IMAGE_SIZE,
 )
-#: Stable Diffusion 1.5's scheduler settings (its scheduler_config.json, as DDIM).
-SCHEDULER_CONFIG = dict(
+#: Stable Diffusion 1.5's noise schedule (its ``scheduler/scheduler_config.json``).
+SD15_SCHEDULE = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
-    clip_sample=False,
     set_alpha_to_one=False,
     steps_offset=1,
 )
+#: SD-1.5's scheduler settings, as DDIM.
+SCHEDULER_CONFIG = dict(**SD15_SCHEDULE, clip_sample=False)
 
 
 def _perturb(module: torch.nn.Module, names: tuple[str, ...], seed: int, scale: float = 0.2):

@@ -1,10 +1,11 @@
-"""A tiny run directory for the evaluate / compare / explain / report tests (seconds on a CPU).
+"""Tiny run directories for the evaluate / compare / explain / report tests (seconds on a CPU).
 
 Layout (docs/report.md): ``RUN/prepare`` (a prepared subject: 60 voxels on V1–V4 grayordinates,
 2 test segments × 3 TRs of 32 × 32 frames showing a moving square), ``RUN/pretrain/mbm`` (a tiny
 MBM for 64 padded voxels), ``RUN/contrast/fmri_encoder`` (its spatiotemporal inflation),
-``RUN/cotrain/pipeline`` (the tiny MindVideoPipeline of ``tests/pipeline/tiny.py``, 16 × 16
+``RUN/cotrain/pipeline`` (the tiny MindVideoPipeline of :mod:`helpers.pipeline`, 16 × 16
 frames). The classifiers are tiny ViT / VideoMAE models marked as simulator stand-ins.
+:func:`write_reconstruction` writes a reconstruct folder alone, from given clips.
 """
 
 from __future__ import annotations
@@ -60,8 +61,7 @@ def write_prepared(root: Path, grayordinates: bool = True, seed: int = 0) -> Pat
 
 def save_encoders(run: Path) -> dict[str, Path]:
     """The MBM, contrast and cotrain outputs a run directory holds (tiny, fixed seeds)."""
-    from pipeline.tiny import tiny_pipeline
-
+    from helpers.pipeline import tiny_pipeline
     from mindvideo.encoder import SpatiotemporalEncoder, mbm_tiny
 
     torch.manual_seed(0)
@@ -143,3 +143,40 @@ def evaluate_overrides(classifiers: dict[str, Path]) -> list[str]:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def write_reconstruction(folder: Path, pred: np.ndarray, gt: np.ndarray, complete=True) -> Path:
+    """A folder in the documented layout of ``mindvideo reconstruct`` (docs/pipeline.md): clips
+    ``pred`` and ``gt`` uint8 ``[N, F, H, W, 3]``, window ``i`` is segment ``i // 3``, TR ``i % 3``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    n = pred.shape[0]
+    windows = [
+        {
+            "row": i,
+            "segment": i // 3,
+            "tr": i % 3,
+            "frames": f"clips/seg{i // 3:02d}_tr{i % 3:03d}.npy",
+        }
+        for i in range(n)
+    ]
+    index = {
+        "format_version": 1,
+        "split": "test",
+        "settings": {"data": "/data/prepared", "seed": 0},
+        "num_frames": pred.shape[1],
+        "height": pred.shape[2],
+        "width": pred.shape[3],
+        "fps": 3,
+        "complete": complete,
+        "windows": windows,
+    }
+    (folder / "index.json").write_text(json.dumps(index))
+    np.save(folder / "reconstructions.npy", pred)
+    np.save(folder / "ground_truth.npy", gt)
+    return folder
+
+
+def random_clips(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    """Random uint8 clips ``[n, 6, size, size, 3]``."""
+    return np.random.default_rng(seed).integers(0, 256, (n, FRAMES, size, size, 3), dtype=np.uint8)

@@ -1,27 +1,13 @@
-"""Typed configuration for every stage — the only module that reads, merges or saves YAML.
+"""The configuration dataclass of every stage and of the parts they share.
 
-Each stage has a dataclass. A run's configuration is built in three layers, later ones winning:
-the stage's preset (a factory function), the YAML file given with ``--config``, then
-``key=value`` overrides from the command line (dotted keys reach nested fields). The resolved
-configuration is saved as ``config.yaml`` beside the stage's outputs.
+Each stage's configuration is one dataclass (:data:`mindvideo.config.STAGES` names them); its
+defaults are the paper's settings where the paper gives one. Reading, merging and saving YAML is
+:mod:`mindvideo.config.loading`'s job, the shipped presets are :mod:`mindvideo.config.presets`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
-
-from mindvideo.utils import UserError, atomic_write_text
-
-T = TypeVar("T")
-
-# --------------------------------------------------------------------------------------------
-# Stage configurations
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -121,33 +107,6 @@ class SimulateConfig:
     hrf_peak_min_s: float = 4.0
     hrf_peak_max_s: float = 7.0
     rest: RestConfig = field(default_factory=RestConfig)
-
-
-def simulate_preset(name: str) -> SimulateConfig:
-    """``tiny`` (tests: seconds), ``demo`` (the demo: minutes) or ``full`` (the real scale)."""
-    if name == "tiny":
-        return SimulateConfig(
-            train_segments=4,
-            test_segments=2,
-            test_repetitions=3,
-            frame_size=32,
-            visual_vertices=2000,
-            other_vertices=300,
-            rest=RestConfig(subjects=1, runs=["REST1_LR", "REST1_RL"], volumes=300),
-        )
-    if name == "demo":
-        return SimulateConfig(
-            train_segments=18,
-            test_segments=5,
-            test_repetitions=4,
-            frame_size=64,
-            visual_vertices=2000,
-            other_vertices=1000,
-            rest=RestConfig(subjects=4, volumes=1200),
-        )
-    if name == "full":
-        return SimulateConfig(grayordinates="cortex", frame_size=128, rest=RestConfig(subjects=10))
-    raise UserError(f"Unknown simulate preset {name!r}; choose one of: tiny, demo, full.")
 
 
 @dataclass
@@ -325,6 +284,19 @@ class ContrastConfig:
     )
 
 
+def _tune_a_video(max_steps: int, batch_size: int, learning_rate: float) -> TrainConfig:
+    """Tune-A-Video's optimiser (AdamW, betas 0.9/0.999, weight decay 0.01, constant rate), which
+    the paper keeps for the video UNet in stages 4 and 5."""
+    return TrainConfig(
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=0.01,
+        betas=[0.9, 0.999],
+        lr_schedule="constant",
+    )
+
+
 @dataclass
 class TuneVideoConfig:
     """Stage 4: tune the inflated Stable Diffusion on the training videos (paper 3.4, B)."""
@@ -338,16 +310,7 @@ class TuneVideoConfig:
     size: int = 256
     trainable: list[str] = field(default_factory=lambda: ["attn1", "attn2", "attn_temp"])
     gradient_checkpointing: bool = False
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            max_steps=800,
-            batch_size=14,
-            learning_rate=2e-5,
-            weight_decay=0.01,
-            betas=[0.9, 0.999],
-            lr_schedule="constant",
-        )
-    )
+    train: TrainConfig = field(default_factory=lambda: _tune_a_video(800, 14, 2e-5))
     """Paper B: 800 steps, batch 14, lr 2e-5 (Tune-A-Video's AdamW, constant rate)."""
 
 
@@ -366,16 +329,7 @@ class CotrainConfig:
     trainable: list[str] = field(default_factory=lambda: ["attn1", "attn2", "attn_temp"])
     pad_mode: str | None = None
     """Voxel padding; unset: the one the encoder was trained with (read beside it)."""
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            max_steps=15000,
-            batch_size=9,
-            learning_rate=3e-5,
-            weight_decay=0.01,
-            betas=[0.9, 0.999],
-            lr_schedule="constant",
-        )
-    )
+    train: TrainConfig = field(default_factory=lambda: _tune_a_video(15000, 9, 3e-5))
     """Paper B: 15,000 steps, batch 9, lr 3e-5."""
 
 
@@ -457,289 +411,3 @@ class ExplainConfig:
     limit: int | None = None
     """Only the first ``limit`` test windows; unset: all of them."""
     device: str | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# CPU presets of the training and inference stages (``configs/tiny``, ``configs/demo``)
-# --------------------------------------------------------------------------------------------
-
-# The simulator's hemodynamic responses peak 4-7 s after the stimulus, so the frames of TR t
-# are best seen in TRs t+2..t+3: the demo's window covers them (w = 2 sees only 0-4 s of lag).
-DEMO_WINDOW = 4
-
-
-def _cpu(**kwargs: Any) -> TrainConfig:
-    """A TrainConfig for CPU presets: constant schedule unless given, no extra trackers."""
-    return TrainConfig(**{"cpu": True, "log_every": 10, **kwargs})
-
-
-def pretrain_preset(name: str) -> PretrainConfig:
-    if name not in ("tiny", "demo"):
-        raise UserError(f"Unknown pretrain preset {name!r}; choose one of: tiny, demo.")
-    tiny = name == "tiny"
-    return PretrainConfig(
-        encoder=EncoderSizeConfig(preset=name),
-        train=_cpu(
-            max_steps=120 if tiny else 300,
-            batch_size=32 if tiny else 64,
-            learning_rate=2e-3 if tiny else 1e-3,
-            warmup_steps=10 if tiny else 30,
-            max_grad_norm=0.8,
-            checkpoint_every=60 if tiny else 150,
-        ),
-        finetune=_cpu(
-            max_steps=200,
-            batch_size=32,
-            learning_rate=1e-3 if tiny else 5e-4,
-            warmup_steps=10 if tiny else 20,
-            max_grad_norm=0.8,
-            checkpoint_every=100,
-            eval_every=100,
-        ),
-    )
-
-
-def contrast_preset(name: str) -> ContrastConfig:
-    if name not in ("tiny", "demo"):
-        raise UserError(f"Unknown contrast preset {name!r}; choose one of: tiny, demo.")
-    tiny = name == "tiny"
-    return ContrastConfig(
-        window=2 if tiny else DEMO_WINDOW,
-        dropout=0.1 if tiny else 0.3,
-        train=_cpu(
-            max_steps=200 if tiny else 300,
-            batch_size=16 if tiny else 32,
-            learning_rate=2e-3 if tiny else 1e-3,
-            warmup_steps=10 if tiny else 30,
-            checkpoint_every=100 if tiny else 150,
-            eval_every=100 if tiny else 150,
-        ),
-    )
-
-
-def tune_video_preset(name: str) -> TuneVideoConfig:
-    if name not in ("tiny", "demo"):
-        raise UserError(f"Unknown tune-video preset {name!r}; choose one of: tiny, demo.")
-    tiny = name == "tiny"
-    return TuneVideoConfig(
-        size=32 if tiny else 64,
-        train=_cpu(
-            max_steps=20 if tiny else 200,
-            batch_size=4 if tiny else 8,
-            learning_rate=1e-3 if tiny else 3e-4,
-            betas=[0.9, 0.999],
-            weight_decay=0.01,
-            lr_schedule="constant",
-            checkpoint_every=0 if tiny else 100,
-        ),
-    )
-
-
-def cotrain_preset(name: str) -> CotrainConfig:
-    if name not in ("tiny", "demo"):
-        raise UserError(f"Unknown cotrain preset {name!r}; choose one of: tiny, demo.")
-    tiny = name == "tiny"
-    return CotrainConfig(
-        window=2 if tiny else DEMO_WINDOW,
-        size=32 if tiny else 64,
-        train=_cpu(
-            max_steps=20 if tiny else 300,
-            batch_size=4 if tiny else 8,
-            learning_rate=1e-3 if tiny else 3e-4,
-            betas=[0.9, 0.999],
-            weight_decay=0.01,
-            lr_schedule="constant",
-            checkpoint_every=0 if tiny else 150,
-        ),
-    )
-
-
-def reconstruct_preset(name: str) -> ReconstructConfig:
-    if name not in ("tiny", "demo"):
-        raise UserError(f"Unknown reconstruct preset {name!r}; choose one of: tiny, demo.")
-    tiny = name == "tiny"
-    return ReconstructConfig(
-        window=2 if tiny else DEMO_WINDOW,
-        scheduler="ddim",
-        num_inference_steps=2 if tiny else 25,
-        guidance_scale=12.5,
-        negative="mean-test",
-        batch_size=4 if tiny else 8,
-        limit=4 if tiny else None,
-        tr_stride=1 if tiny else 8,
-        gif=not tiny,
-    )
-
-
-def evaluate_preset(name: str) -> EvaluateConfig:
-    if name not in ("tiny", "demo"):
-        raise UserError(f"Unknown evaluate preset {name!r}; choose one of: tiny, demo.")
-    return EvaluateConfig(bootstrap=1000 if name == "tiny" else 10000)
-
-
-def explain_preset(name: str) -> ExplainConfig:
-    if name not in ("tiny", "demo"):
-        raise UserError(f"Unknown explain preset {name!r}; choose one of: tiny, demo.")
-    tiny = name == "tiny"
-    return ExplainConfig(window=2 if tiny else DEMO_WINDOW, limit=16 if tiny else 240)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading, merging and saving
-# --------------------------------------------------------------------------------------------
-
-
-def _field_paths(cls: type, prefix: str = "") -> list[str]:
-    """All dotted field names of a (nested) config dataclass."""
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    names = []
-    for f in dataclasses.fields(cls):
-        name = f"{prefix}{f.name}"
-        names.append(name)
-        if dataclasses.is_dataclass(hints.get(f.name)):
-            names.extend(_field_paths(hints[f.name], prefix=f"{name}."))
-    return names
-
-
-def _unknown_key_message(key: str, cls: type, source: str) -> str:
-    valid = _field_paths(cls)
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    if not close:  # try the last component alone (e.g. a key put at the wrong nesting level)
-        leaf = key.rsplit(".", 1)[-1]
-        close = [v for v in valid if v.rsplit(".", 1)[-1] == leaf][:3] or difflib.get_close_matches(
-            leaf, valid, n=3, cutoff=0.5
-        )
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"Unknown config key {key!r} in {source} for {cls.__name__}{hint}"
-
-
-def _check_keys(
-    data: Any, cls: type, source: str, root: type | None = None, prefix: str = ""
-) -> None:
-    """Raise a UserError for the first key of ``data`` that ``cls`` does not have."""
-    import typing
-
-    root = root or cls
-    if not isinstance(data, Mapping):
-        what = f"key {prefix.rstrip('.')!r}" if prefix else source
-        raise UserError(
-            f"{what} in {source} must hold a mapping of keys to values, not {type(data).__name__}."
-        )
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in fields:
-            raise UserError(_unknown_key_message(f"{prefix}{key}", root, source))
-        sub = hints.get(key)
-        if dataclasses.is_dataclass(sub) and value is not None:
-            _check_keys(value, sub, source, root=root, prefix=f"{prefix}{key}.")
-
-
-def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """Turn ``["a.b=1", "c=[1,2]"]`` into a nested dict, values parsed as YAML scalars."""
-    from omegaconf import OmegaConf
-
-    overrides = list(overrides)
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise UserError(
-                f"Override {item!r} is not of the form key=value (e.g. seed=1 or rest.volumes=600)."
-            )
-    return OmegaConf.to_container(OmegaConf.from_dotlist(overrides))  # type: ignore[return-value]
-
-
-def load_config(
-    cls: type[T],
-    path: str | Path | None = None,
-    overrides: Iterable[str] = (),
-    base: T | None = None,
-) -> T:
-    """Build a ``cls`` instance: ``base`` (or defaults) ← YAML file at ``path`` ← overrides.
-
-    Raises :class:`UserError` naming the file and key for an unknown key (with the closest valid
-    names), a value of the wrong type, or a file that cannot be read.
-    """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    layers: list[tuple[str, Any]] = []
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"Config file {path} does not exist; pass an existing YAML file.")
-        try:
-            data = OmegaConf.to_container(OmegaConf.load(path))
-        except Exception as exc:  # YAML syntax errors come in many types
-            raise UserError(
-                f"Config file {path} is not valid YAML: {exc}".rstrip(".") + "."
-            ) from exc
-        layers.append((str(path), data or {}))
-    overrides = list(overrides)
-    if overrides:
-        layers.append(("the command-line overrides", parse_overrides(overrides)))
-
-    merged = OmegaConf.structured(base if base is not None else cls)
-    for source, data in layers:
-        _check_keys(data, cls, source)
-        try:
-            merged = OmegaConf.merge(merged, data)
-        except OmegaConfBaseException as exc:
-            key = getattr(exc, "full_key", None) or "?"
-            raise UserError(
-                f"Config key {key!r} in {source} has a value of the wrong type "
-                f"({_first_line(exc)}); fix the value."
-            ) from exc
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0].rstrip(".")
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def config_to_yaml(cfg: Any) -> str:
-    """YAML of a config dataclass (or of a plain mapping of settings)."""
-    from omegaconf import OmegaConf
-
-    if isinstance(cfg, Mapping):
-        return OmegaConf.to_yaml(OmegaConf.create(dict(cfg)))
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def save_config(cfg: Any, path: str | Path) -> Path:
-    """Write the resolved configuration as YAML (atomically); returns the path."""
-    path = Path(path)
-    atomic_write_text(path, config_to_yaml(cfg))
-    return path
-
-
-STAGE_CONFIGS: dict[str, type] = {
-    "simulate": SimulateConfig,
-    "prepare": PrepareConfig,
-    "pretrain": PretrainConfig,
-    "contrast": ContrastConfig,
-    "tune-video": TuneVideoConfig,
-    "cotrain": CotrainConfig,
-    "reconstruct": ReconstructConfig,
-    "evaluate": EvaluateConfig,
-    "explain": ExplainConfig,
-}
-"""Stage name → config class; the CLI and the recipe tests use this table."""
-
-PRESETS: dict[str, Callable[[str], Any]] = {
-    "simulate": simulate_preset,
-    "pretrain": pretrain_preset,
-    "contrast": contrast_preset,
-    "tune-video": tune_video_preset,
-    "cotrain": cotrain_preset,
-    "reconstruct": reconstruct_preset,
-    "evaluate": evaluate_preset,
-    "explain": explain_preset,
-}
-"""Stage name → its CPU presets (``tiny``, ``demo``); ``configs/{tiny,demo}/STAGE.yaml`` spell
-them out."""

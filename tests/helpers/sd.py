@@ -20,44 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGE_SIZE = 16
-LATENT_SIZE = 8
-COND_DIM = 32
+from helpers.pipeline import COND_DIM, IMAGE_SIZE, LATENT_SIZE, SD15_SCHEDULE, VAE_CONFIG
+from helpers.pipeline import UNET_CONFIG as VIDEO_UNET_CONFIG
+
 MAX_LENGTH = 77
 
-UNET_CONFIG = dict(
-    sample_size=2 * LATENT_SIZE,  # like SD-1.5: made for a larger size than it is tuned at
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(16, 32),
-    layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=COND_DIM,
-    attention_head_dim=4,
-    norm_num_groups=8,
-)
-VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    block_out_channels=(8, 16),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=4,
-    sample_size=IMAGE_SIZE,
-)
+#: The pipeline's tiny UNet, made (like SD-1.5) for a larger size than it is tuned at.
+UNET_CONFIG = {**VIDEO_UNET_CONFIG, "sample_size": 2 * LATENT_SIZE}
 #: SD-1.5's ``scheduler/scheduler_config.json`` (a PNDM scheduler).
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    set_alpha_to_one=False,
-    skip_prk_steps=True,
-    steps_offset=1,
-)
+SCHEDULER_CONFIG = dict(**SD15_SCHEDULE, skip_prk_steps=True)
 TOKENIZER_CONFIG = {
     "add_prefix_space": False,
     "bos_token": "<|startoftext|>",

@@ -1,0 +1,146 @@
+"""The dry run of reconstruction (``mindvideo reconstruct --dry-run``): check, count, estimate.
+
+:func:`plan_reconstruct` makes the checks :func:`mindvideo.pipeline.reconstruct.reconstruct` makes
+(config, checkpoint folder, prepared data, the data fitting the encoder, an ``out`` made with
+other settings) with its own functions, but builds the pipeline's models from their configs on
+the meta device, so a paper-size run plans in seconds on a laptop; nothing is generated or
+written. The training stages' dry runs are in :mod:`mindvideo.training.dry_run`, what they share
+in :mod:`mindvideo.utils.dry_run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from mindvideo.config import ReconstructConfig
+from mindvideo.data.prepared import PreparedData
+from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
+from mindvideo.pipeline.reconstruct import (
+    _autocast,
+    _check_checkpoint,
+    _check_config,
+    _finished,
+    _plan_windows,
+    _Windows,
+)
+from mindvideo.pipeline.schedulers import make_scheduler
+from mindvideo.utils import UserError
+from mindvideo.utils.dry_run import (
+    FLOAT32_BYTES,
+    MemoryEstimate,
+    ModelPart,
+    PhasePlan,
+    RunPlan,
+    activation_bytes,
+    meta_like,
+    out_status,
+    trace_activations,
+)
+
+__all__ = ["plan_reconstruct"]
+
+logger = logging.getLogger(__name__)
+
+
+def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = None) -> RunPlan:
+    """A dry run of :func:`~mindvideo.pipeline.reconstruct.reconstruct` (``--dry-run``).
+
+    The same checks (config, checkpoint folder, prepared data, the data fitting the encoder,
+    an ``out`` made with other settings), the pipeline's models built from their configs on the
+    meta device, nothing generated or written. Returns a :class:`~mindvideo.utils.dry_run.RunPlan`
+    with the windows, the models' parameters and a memory estimate (:mod:`mindvideo.utils.dry_run`).
+    """
+    _check_config(cfg, False)
+    notes = []
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        _autocast(device, cfg.dtype)
+    except UserError as exc:  # a plan for a GPU machine, made on a laptop
+        notes.append(f"{str(exc).rstrip('.')}: on this machine the real run would stop here.")
+    _check_checkpoint(cfg.checkpoint)  # type: ignore[arg-type]
+    prepared = PreparedData.open(cfg.data)  # type: ignore[arg-type]
+    pipe = MindVideoPipeline.from_pretrained(cfg.checkpoint, empty_weights=True)  # type: ignore[arg-type]
+    scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
+    out_path = Path(out) if out is not None else None
+    run = _plan_windows(cfg, out_path, pipe, prepared)
+    done = 0
+    if out_path is not None and out_path.is_dir():
+        done = sum(_finished(out_path, w, cfg.gif) for w in run.windows)
+
+    enc, unet, vae = pipe.fmri_encoder, pipe.unet, pipe.vae
+    models = [
+        ModelPart.of("fmri_encoder", enc, trainable=()),
+        ModelPart.of("unet", unet, trainable=()),
+        ModelPart.of("vae", vae, trainable=()),
+    ]
+    memory = _memory_estimate(cfg, pipe, run, models)
+    cond = enc.config
+    n_batches = -(-len(run.windows) // cfg.batch_size)
+    phase = PhasePlan(
+        "reconstruct",
+        data={
+            "split": cfg.split,
+            "segments × TRs": [run.dataset.n_segments, run.dataset.n_trs],
+            "voxels": f"{prepared.n_voxels:,} (padded to {cond.num_voxels:,})",
+            "fMRI windows": (
+                f"{len(run.windows):,} of {cfg.window} TRs (TR stride {cfg.tr_stride}"
+                f"{f', the first {cfg.limit}' if cfg.limit else ''})"
+            ),
+            "already done": f"{done:,} (a re-run skips them)",
+            "video": f"{run.num_frames} frames of {run.size} × {run.size} at {cfg.fps} FPS",
+        },
+        models=models,
+        memory=memory,
+        settings={
+            "sampler": f"{type(scheduler).__name__}, {cfg.num_inference_steps} steps",
+            "guidance": f"{cfg.negative} negative, scale {cfg.guidance_scale:g}",
+            "batches": f"{n_batches:,} of {cfg.batch_size} windows"
+            f" → {n_batches * cfg.num_inference_steps:,} UNet calls",
+            "device, dtype": f"{device}, {cfg.dtype}",
+        },
+    )
+    checked = {
+        "checkpoint": f"{cfg.checkpoint}: pipeline folder (window {cond.window}, "
+        f"{cond.num_voxels:,} voxels, {pipe.config.fmri_pad_mode} padding)",
+        "data": f"{cfg.data}: prepared subject, {cfg.split} split",
+        "out": out_status(out_path),
+    }
+    return RunPlan("reconstruct", checked, [phase], notes)
+
+
+def _memory_estimate(
+    cfg: ReconstructConfig, pipe: MindVideoPipeline, run: _Windows, models: list[ModelPart]
+) -> MemoryEstimate:
+    """Weights, and the activations at the peak of one sampler step (both guidance branches in
+    one UNet call) or of decoding, traced on the meta device."""
+    enc, unet, vae = pipe.fmri_encoder, pipe.unet, pipe.vae
+    batch = min(cfg.batch_size, max(1, len(run.windows)))
+    latent = run.size // pipe.vae_scale_factor
+    channels, cond = int(unet.config.in_channels), enc.config
+    latents = meta_like((2 * batch, channels, run.num_frames, latent, latent))
+    condition = meta_like((2 * batch, cond.out_tokens, cond.cond_dim))
+    fmri = meta_like((batch, cfg.window, cond.num_voxels))
+    decode = meta_like((min(8, batch * run.num_frames), channels, latent, latent))
+    traced = None
+    try:
+        with torch.no_grad():
+            traced = max(
+                trace_activations(lambda: enc.forward_sliding(fmri), peak=True),
+                trace_activations(lambda: unet(latents, 1, condition).sample, peak=True),
+                trace_activations(lambda: vae.decode(decode).sample, peak=True),
+            )
+    except Exception as exc:  # an estimate must never stop a dry run
+        logger.warning("Could not trace the activations of the reconstruction (%s).", exc)
+    return MemoryEstimate(
+        weights=FLOAT32_BYTES * sum(p.parameters for p in models),
+        activations=activation_bytes(traced, cfg.dtype),
+        activations_how=(
+            f"peak of one UNet call on {2 * batch} videos (both guidance branches) or of "
+            "decoding 8 frames, traced"
+            + (f", halved for {cfg.dtype}" if cfg.dtype != "float32" else "")
+        ),
+    )
