@@ -21,15 +21,37 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first, longest first (``@pytest.mark.slow(minutes=N)``): run in parallel
-    (``make test`` uses pytest-xdist), the longest test starts at once and the other workers
-    take the short tests meanwhile."""
+    """The slow tests first, longest first (``@pytest.mark.slow(minutes=N)``), spread over the
+    workers of ``make test`` (pytest-xdist, ``--dist worksteal``).
+
+    worksteal first deals each worker a contiguous share of the collection, and a worker keeps
+    the test after its current one: two long tests at the head of one share would run one
+    after the other. So the k-th longest test opens share ``k mod workers``; the short tests
+    fill the shares in collection order, and workers that finish early steal them."""
 
     def minutes(item) -> float:
         marker = item.get_closest_marker("slow")
         return 0.0 if marker is None else float(marker.kwargs.get("minutes", 0.5))
 
-    items.sort(key=lambda item: -minutes(item))
+    order = sorted(items, key=lambda item: -minutes(item))
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    if workers < 2:
+        items[:] = order
+        return
+    slow = [item for item in order if minutes(item) > 0]
+    fast = [item for item in order if minutes(item) == 0]
+    # The share sizes worksteal deals: n // workers, then what is left over the rest.
+    sizes, left = [], len(items)
+    for w in range(workers):
+        sizes.append(left // (workers - w))
+        left -= sizes[-1]
+    shares = [slow[w::workers] for w in range(workers)]
+    for share, size in zip(shares, sizes, strict=True):
+        take = max(0, size - len(share))
+        share += fast[:take]
+        del fast[:take]
+    shares[-1] += fast  # only when slow tests outnumber a share
+    items[:] = [item for share in shares for item in share]
 
 
 @pytest.fixture(scope="session", autouse=True)
