@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from mindvideo.data.labels import load_scene_labels
 from mindvideo.data.prepared import PreparedData
 from mindvideo.demo.standins.base import (
     MARKER,
     StandinData,
     StandinJob,
-    load_scene_labels,
     normalise,
     standin_preset,
 )

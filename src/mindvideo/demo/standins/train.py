@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from mindvideo.data.labels import load_scene_labels
 from mindvideo.data.prepared import PreparedData
 from mindvideo.demo.standins import classifiers, clip, sd
 from mindvideo.demo.standins.base import (
@@ -22,7 +23,6 @@ from mindvideo.demo.standins.base import (
     data_fingerprint,
     is_complete,
     json_default,
-    load_scene_labels,
     read_marker,
     resolve_device,
     standin_preset,
