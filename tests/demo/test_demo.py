@@ -21,6 +21,7 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
         assert (run / name / "config.yaml").is_file(), name
     assert f"Report: {run / 'report.html'}" in out.out
     assert "video_50way_top1_strict" in out.out and "chance" in out.out
+    assert "Ridge baseline" in out.out and "shuffled chance" in out.out  # the linear ceiling
 
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     for key in ("ssim", "psnr", "frame_2way_top1_strict", "video_50way_top1_strict"):
@@ -31,6 +32,7 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert (run / "explain" / "networks.json").is_file()
     html = (run / "report.html").read_text()
     assert "Stand-in classifiers" in html and "data:image/gif;base64" in html
+    assert 'id="baseline"' in html and "frames 16x16 20-way" in html
 
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     assert main(["demo", "--preset", "tiny", "--out", str(run)]) == 0
@@ -69,6 +71,7 @@ def yaml_value(path: Path, key: str):
 def test_demo_plan_follows_the_pipeline_order():
     assert STAGES[:5] == ["simulate", "simulate-rest", "prepare", "prepare-hcp", "standins"]
     assert STAGES[5:] == [
+        "baseline",
         "pretrain",
         "contrast",
         "tune-video",

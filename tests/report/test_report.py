@@ -272,3 +272,41 @@ def test_report_renders_in_chromium(run_dir, chromium, serve, tmp_path, media):
     if keep:  # to look at the page: MINDVIDEO_REPORT_SCREENSHOT_DIR=/some/dir pytest ...
         shutil.copy(shot, keep)
         shutil.copy(site / "report.html", os.path.join(keep, f"report-{media}.html"))
+
+
+def test_report_shows_the_linear_ceiling(tmp_path):
+    """A run with a baseline/ folder gets the ceiling's table, each score beside its chance."""
+    import json
+
+    from mindvideo.report import build_report
+
+    (tmp_path / "baseline").mkdir()
+    score = {
+        "name": "scene class 50-way",
+        "value": 0.97,
+        "sem": 0.01,
+        "chance": 0.02,
+        "shuffled": 0.023,
+        "shuffled_sd": 0.01,
+        "n": 150,
+        "above_shuffled": True,
+    }
+    weak = {
+        **score,
+        "name": "motion top-1",
+        "value": 0.15,
+        "chance": 0.111,
+        "shuffled": 0.125,
+        "above_shuffled": False,
+    }
+    result = {
+        "window": 4,
+        "n_voxels": 805,
+        "n_train_windows": 4320,
+        "n_test_windows": 150,
+        "scores": [score, weak],
+    }
+    (tmp_path / "baseline" / "baseline.json").write_text(json.dumps(result))
+    page = build_report(tmp_path).read_text()
+    assert 'id="baseline"' in page and "scene class 50-way" in page
+    assert "<td>yes</td>" in page and "<td><strong>no</strong></td>" in page

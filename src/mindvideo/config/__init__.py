@@ -20,6 +20,7 @@ from mindvideo.config.presets import (
     DEMO_WINDOW,
     PRESET_DIR,
     PRESETS,
+    baseline_preset,
     contrast_preset,
     cotrain_preset,
     evaluate_preset,
@@ -34,6 +35,7 @@ from mindvideo.config.presets import (
 )
 from mindvideo.config.registry import STAGE_CONFIGS, STAGES, Stage
 from mindvideo.config.stages import (
+    BaselineConfig,
     CaptionAugConfig,
     CaptionConfig,
     ContrastConfig,
@@ -59,6 +61,7 @@ __all__ = [
     "PRESET_DIR",
     "STAGES",
     "STAGE_CONFIGS",
+    "BaselineConfig",
     "CaptionAugConfig",
     "CaptionConfig",
     "ContrastConfig",
@@ -77,6 +80,7 @@ __all__ = [
     "Stage",
     "TrainConfig",
     "TuneVideoConfig",
+    "baseline_preset",
     "config_to_dict",
     "config_to_yaml",
     "contrast_preset",

@@ -16,6 +16,7 @@ from typing import Any
 from mindvideo.config.loading import load_config
 from mindvideo.config.registry import STAGES
 from mindvideo.config.stages import (
+    BaselineConfig,
     ContrastConfig,
     CotrainConfig,
     EvaluateConfig,
@@ -53,6 +54,7 @@ def load_preset(stage: str, name: str) -> Any:
 # One function per stage with presets, as the demo and the tests call them.
 simulate_preset: Callable[[str], SimulateConfig] = partial(load_preset, "simulate")
 prepare_preset: Callable[[str], PrepareConfig] = partial(load_preset, "prepare")
+baseline_preset: Callable[[str], BaselineConfig] = partial(load_preset, "baseline")
 pretrain_preset: Callable[[str], PretrainConfig] = partial(load_preset, "pretrain")
 contrast_preset: Callable[[str], ContrastConfig] = partial(load_preset, "contrast")
 tune_video_preset: Callable[[str], TuneVideoConfig] = partial(load_preset, "tune-video")

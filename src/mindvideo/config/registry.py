@@ -55,6 +55,12 @@ STAGES: dict[str, Stage] = {
             presets=_CPU,
         ),
         Stage(
+            "baseline",
+            stages.BaselineConfig,
+            "check: ridge from the fMRI windows to frames and labels, the ceiling with chance",
+            presets=_CPU,
+        ),
+        Stage(
             "pretrain",
             stages.PretrainConfig,
             "stage 2: masked brain modeling (MBM) on HCP, then the subject's training fMRI",

@@ -394,6 +394,36 @@ class EvaluateConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """The linear ceiling (``mindvideo baseline``): ridge from the fMRI windows of a prepared
+    subject to its frames, its labels and CLIP embeddings, every score beside its chance."""
+
+    data: str | None = None
+    """A prepared subject (``mindvideo prepare``)."""
+    scenes_json: str | None = None
+    """The simulator's ``scenes.json`` (true scene class and motion); unset: found through the
+    prepared manifest when the data are simulated. Real data have no labels."""
+    pretrained: PretrainedPaths = field(default_factory=PretrainedPaths)
+    """``pretrained.clip``: also decode the CLIP image embedding of each TR's middle frame and
+    the CLIP text embedding of its caption."""
+    window: int = 4
+    """fMRI frames per window, TRs ``t .. t + window − 1`` (4 covers the haemodynamic lag)."""
+    frame_size: int = 16
+    """Side of the low-resolution frames decoded for pixel identification."""
+    n_ways: list[int] = field(default_factory=lambda: [2, 50])
+    trials: int = 100
+    shuffles: int = 20
+    """Shuffled pairings for the empirical chance of every score."""
+    tr_stride: int = 1
+    """Score every ``tr_stride``-th test TR (8: the demo's reconstructed windows)."""
+    folds: int = 5
+    """Cross-validation folds over whole training segments (alpha per target)."""
+    alphas: list[float] = field(default_factory=lambda: [10 ** (e / 2) for e in range(15)])
+    """Ridge penalties tried per target (1 to 10⁷ in half decades; the fMRI is z-scored)."""
+    seed: int = 0
+
+
+@dataclass
 class ExplainConfig:
     """Stage 8: encoder attention per layer and stage → voxel, network and flat maps (paper 3.5)."""
 

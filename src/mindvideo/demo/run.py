@@ -84,6 +84,12 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
         contrast=str(r / "contrast"),
         cotrain=str(r / "cotrain"),
     )
+    baseline = dataclasses.replace(
+        C.baseline_preset(preset),
+        data=prepared,
+        scenes_json=str(r / "simulate" / "scenes.json"),
+        pretrained=C.PretrainedPaths(clip=str(standins / "clip")),
+    )
     standin_cfg = {"preset": preset, "seed": seed, "prepared": prepared}
 
     def _simulate(out: Path) -> None:
@@ -109,6 +115,11 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
 
         train_standins(prepared, out, r / "simulate" / "scenes.json", preset=preset, seed=seed)
 
+    def _baseline(out: Path) -> None:
+        from mindvideo.evaluation.baseline import baseline as run_baseline
+
+        run_baseline(baseline, out)
+
     def _pretrain(out: Path) -> None:
         from mindvideo.training.pretrain import pretrain as run_pretrain
 
@@ -125,6 +136,7 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
         Stage("prepare", prepare, _prepare(prepare)),
         Stage("prepare-hcp", prepare_hcp, _prepare(prepare_hcp)),
         Stage("standins", standin_cfg, _standins),
+        Stage("baseline", baseline, _baseline),
         Stage("pretrain", pretrain, _pretrain),
         model_stage("contrast", contrast),
         model_stage("tune-video", tune),

@@ -9,7 +9,7 @@ offline, can be mailed, and its Content-Security-Policy forbids loading anything
 2. reconstructions: ground truth and reconstruction side by side as animated clips, for
    ``samples`` evenly spaced test windows (``reconstruct/``);
 3. metrics with chance levels, and the note on stand-in classifiers when they were used
-   (``evaluate/``);
+   (``evaluate/``), then the linear ceiling of the same fMRI windows (``baseline/``);
 4. ablations: runs side by side with t-test significance bands (``compare/``);
 5. interpretation: attention per Yeo-17 network and flat maps (``explain/``);
 6. the configuration of every stage (``*/config.yaml``), collapsed.
@@ -330,6 +330,38 @@ def _metrics(evaluation: EvaluationResult | None) -> str:
     return "".join(parts)
 
 
+def _baseline(run: Path) -> str:
+    head = '<h2 id="baseline">The linear ceiling</h2>'
+    folder = stage_dir(run, "baseline")
+    result = _read_json(folder / "baseline.json") if folder else None
+    if not result:
+        return head + _missing(
+            "No baseline/ folder: run `mindvideo baseline --data RUN/prepare --out "
+            "RUN/baseline` for what a ridge decoder reads from the same fMRI windows."
+        )
+    rows = []
+    for s in result.get("scores", []):
+        above = s.get("above_shuffled")
+        shuffled = s.get("shuffled")
+        rows.append(
+            f"<tr><td>{e(s['name'])}</td>"
+            f'<td class="num">{e(_fmt(s["value"]))} ± {e(_fmt(s["sem"]))}</td>'
+            f'<td class="num">{e(_fmt(s["chance"]))}</td>'
+            f'<td class="num">{e("—" if shuffled is None else _fmt(shuffled))}</td>'
+            f"<td>{'yes' if above else '<strong>no</strong>' if above is False else '—'}</td>"
+            "</tr>"
+        )
+    return (
+        head + f"<p>Ridge regression from the fMRI window of {e(result['window'])} TRs "
+        f"({e(result['n_voxels'])} voxels) of every scored test TR "
+        f"({e(result['n_test_windows'])} windows), fitted on the training segments only, "
+        "alpha per target by cross-validation over whole segments. A decoding claim counts "
+        "against this ceiling: the reconstructions' scores above read beside it.</p>"
+        "<table><tr><th>decoded</th><th>score ± SE</th><th>chance</th>"
+        f"<th>shuffled chance</th><th>above shuffled</th></tr>{''.join(rows)}</table>"
+    )
+
+
 def _ablations(run: Path) -> str:
     head = '<h2 id="ablations">Ablations</h2>'
     folder = stage_dir(run, "compare")
@@ -516,6 +548,7 @@ def build_report(
             _header(run, read_run_info(run), command),
             _reconstructions(run, samples, media, evaluation),
             _metrics(evaluation),
+            _baseline(run),
             _ablations(run),
             _interpretation(run),
             _configs(run),

@@ -1,0 +1,580 @@
+"""The linear ceiling: what ridge regression reads from the same fMRI windows (``baseline``).
+
+A decoding claim counts only against a ceiling. Before a reconstruction is judged, this module
+answers the first question a researcher asks of a dataset: how much of the stimulus does a plain
+linear model recover from the fMRI windows the pipeline sees? For every test TR ``t`` the window
+is TRs ``t .. t + w − 1`` (clamped at the segment end, as
+:func:`mindvideo.data.pairing.window_indices` does) flattened to ``[w · V]``; ridge maps it to
+
+- **low-resolution frames**: the mean of the TR's frames, downsampled (16 × 16 RGB by default),
+  scored by classifier-free *pixel identification* (N-way: the correlation of the decoded frame
+  with its own ground truth against N − 1 other windows' ground truths);
+- **labels**, where the dataset has them (the simulator's scene class and motion): one-hot
+  targets, scored by strict N-way identification against the true label (the true class's
+  score against N − 1 distractor classes; chance 1/N) and top-1 accuracy;
+- any other **embedding** given per frame (e.g. CLIP image or caption embeddings), scored by
+  retrieval among the test windows.
+
+Regularisation is chosen per target by cross-validation over *whole training segments*
+(neighbouring TRs are autocorrelated, so leave-one-out would pick alpha too small), as
+himalaya's ``RidgeCV`` does with a segment splitter; the closed form here shares one
+eigendecomposition per fold among all targets and penalties, which is several times faster on
+a CPU than fitting each target set on its own. Nothing fitted sees the test split: means,
+alphas and weights come from the training segments alone.
+
+Every score comes with its analytic chance and an *empirical* chance: the same score with the
+pairing between decoded outputs and ground truths shuffled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mindvideo.data.pairing import window_indices
+from mindvideo.utils import UserError
+
+__all__ = [
+    "BASELINE_JSON",
+    "BASELINE_MD",
+    "DEFAULT_ALPHAS",
+    "RidgeDecoder",
+    "Score",
+    "baseline",
+    "format_baseline",
+    "label_identification",
+    "mean_frames",
+    "pattern_identification",
+    "run_baseline",
+    "shuffled_chance",
+    "window_features",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(0, 7, 15))
+"""Ridge penalties tried by cross-validation (per target), for z-scored fMRI features."""
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and targets
+# --------------------------------------------------------------------------------------------
+
+
+def window_features(fmri: np.ndarray, window: int) -> np.ndarray:
+    """fMRI ``[S, T, V]`` → windows ``[S, T, window · V]``: TR ``t`` sees TRs ``t .. t + w − 1``
+    (clamped at the segment end), concatenated in time order."""
+    fmri = np.asarray(fmri, dtype=np.float32)
+    if fmri.ndim != 3:
+        raise UserError(f"fMRI must be [segments, TRs, voxels], got shape {fmri.shape}.")
+    n_trs = fmri.shape[1]
+    index = np.stack([window_indices(t, window, n_trs) for t in range(n_trs)])  # [T, w]
+    windows = fmri[:, index]  # [S, T, w, V]
+    return windows.reshape(fmri.shape[0], n_trs, -1)
+
+
+def mean_frames(frames: np.ndarray, size: int = 16) -> np.ndarray:
+    """uint8 frames ``[..., F, H, W, 3]`` → the mean of the F frames, area-averaged to
+    ``size × size``: float32 ``[..., size · size · 3]`` in 0..1 (pixel identification's target)."""
+    frames = np.asarray(frames)
+    *lead, f, h, w, c = frames.shape
+    if h % size or w % size:
+        raise UserError(f"Frames of {h}×{w} do not divide into {size}×{size} blocks.")
+    x = frames.reshape(-1, f, size, h // size, size, w // size, c).astype(np.float32)
+    small = x.mean(axis=(1, 3, 5)) / 255.0  # [N, size, size, 3]
+    return small.reshape(*lead, size * size * c)
+
+
+# --------------------------------------------------------------------------------------------
+# The decoder
+# --------------------------------------------------------------------------------------------
+
+
+def _ridge_solver(X: Any, alphas: Any) -> Callable[[Any], Callable[[Any, Any], Any]]:
+    """Closed-form ridge on a fixed design ``X`` ``[n, p]`` (torch, float32) for many targets
+    and penalties at once, from one eigendecomposition: of ``XᵀX`` when ``p ≤ n`` (primal),
+    else of ``XXᵀ`` (dual). Returns ``fit(Y)`` → ``predict(X_new, alpha_index)`` where
+    ``alpha_index`` ``[K]`` picks each target's penalty, or ``None`` for every penalty
+    (``[n_alphas, m, K]``)."""
+    import torch
+
+    n, p = X.shape
+    primal = p <= n
+    evals, evecs = torch.linalg.eigh(X.T @ X if primal else X @ X.T)
+    evals = evals.clamp_min(0)
+    shrink = 1.0 / (evals[None, :] + alphas[:, None])  # [A, r]
+
+    def fit(Y: Any) -> Callable[[Any, Any], Any]:
+        proj = evecs.T @ (X.T @ Y if primal else Y)  # [r, K]
+
+        def predict(X_new: Any, alpha_index: Any = None) -> Any:
+            basis = X_new @ evecs if primal else (X_new @ X.T) @ evecs  # [m, r]
+            if alpha_index is None:
+                return torch.stack(
+                    [basis @ (shrink[a, :, None] * proj) for a in range(len(alphas))]
+                )
+            coef = shrink[alpha_index].T * proj  # [r, K]: each target with its own penalty
+            return basis @ coef
+
+        return predict
+
+    return fit
+
+
+@dataclass
+class RidgeDecoder:
+    """Ridge regression from fMRI windows to targets, alpha per target by leave-segments-out CV.
+
+    ``fit(X, Y, groups)``: ``X`` ``[N, D]``, ``Y`` ``[N, K]``, ``groups`` ``[N]`` the training
+    segment of each sample; the segments are dealt into ``folds`` folds, so a fold never splits
+    a segment, and each target keeps the penalty with the least held-out squared error summed
+    over the folds. X is z-scored and Y centred with training statistics only. Learned
+    attributes end in ``_``: ``x_mean_``, ``x_scale_``, ``y_mean_``, ``alphas_`` ``[K]``.
+
+    The closed form comes from one eigendecomposition per fold (PyTorch), shared by every
+    target and penalty: decoding thousands of targets costs about as much as decoding one.
+    """
+
+    alphas: Sequence[float] = DEFAULT_ALPHAS
+    folds: int = 5
+    x_mean_: np.ndarray | None = field(default=None, repr=False)
+    x_scale_: np.ndarray | None = field(default=None, repr=False)
+    y_mean_: np.ndarray | None = field(default=None, repr=False)
+    alphas_: np.ndarray | None = field(default=None, repr=False)
+    _predict: Any = field(default=None, repr=False)
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray) -> RidgeDecoder:
+        import torch
+
+        X = np.asarray(X, dtype=np.float32)
+        Y = np.asarray(Y, dtype=np.float32)
+        groups = np.asarray(groups)
+        if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y) or len(groups) != len(X):
+            raise UserError(
+                f"Ridge needs X [N, D], Y [N, K] and groups [N]; got {X.shape}, {Y.shape}, "
+                f"{groups.shape}."
+            )
+        segments = np.unique(groups)
+        if len(segments) < 2:
+            raise UserError("Cross-validation over segments needs at least 2 training segments.")
+        fold_of = {s: i % min(self.folds, len(segments)) for i, s in enumerate(segments)}
+        fold = np.array([fold_of[g] for g in groups])
+        self.x_mean_ = X.mean(axis=0)
+        scale = X.std(axis=0)
+        self.x_scale_ = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        self.y_mean_ = Y.mean(axis=0)
+        x = torch.from_numpy(self._x(X))
+        y = torch.from_numpy(Y - self.y_mean_)
+        alphas = torch.as_tensor(np.asarray(self.alphas, dtype=np.float32))
+        error = torch.zeros(len(alphas), Y.shape[1])
+        for k in np.unique(fold):
+            train, held = torch.from_numpy(fold != k), torch.from_numpy(fold == k)
+            # Centre within the fold as the refit centres on all training data.
+            x_mean, y_mean = x[train].mean(0), y[train].mean(0)
+            predict = _ridge_solver(x[train] - x_mean, alphas)(y[train] - y_mean)
+            pred = predict(x[held] - x_mean) + y_mean  # [A, m, K]
+            error += ((pred - y[held]) ** 2).sum(dim=1)
+        best = error.argmin(dim=0)  # [K]
+        self.alphas_ = alphas[best].numpy().astype(np.float64)
+        predict = _ridge_solver(x, alphas)(y)
+        self._predict = lambda x_new: predict(x_new, best)
+        return self
+
+    def _x(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X, dtype=np.float32) - self.x_mean_) / self.x_scale_
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        if self._predict is None:
+            raise RuntimeError("fit the decoder first")
+        with torch.inference_mode():
+            pred = self._predict(torch.from_numpy(self._x(X))).numpy()
+        return pred + self.y_mean_
+
+
+# --------------------------------------------------------------------------------------------
+# Scores, with analytic and empirical chance
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Score:
+    """A mean success rate over samples with its standard error, analytic chance and the
+    empirical chance (mean and sd over shuffled pairings)."""
+
+    name: str
+    value: float
+    sem: float
+    chance: float
+    shuffled: float | None = None
+    shuffled_sd: float | None = None
+    n: int = 0
+
+    @property
+    def above_shuffled(self) -> bool | None:
+        """Whether the score beats the shuffled chance by more than two of its sds (and its own
+        standard error); None without a shuffled chance."""
+        if self.shuffled is None:
+            return None
+        margin = 2.0 * float(np.hypot(self.shuffled_sd or 0.0, self.sem))
+        return self.value > self.shuffled + margin
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "above_shuffled": self.above_shuffled}
+
+
+def _corr_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every row of ``a`` with every row of ``b``: ``[len(a), len(b)]``."""
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+def _nway_success(
+    scores: np.ndarray,
+    own: np.ndarray,
+    n_way: int,
+    trials: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Per sample ``i``, the fraction of ``trials`` in which ``scores[i, own[i]]`` beats the
+    scores of ``n_way − 1`` distractor columns drawn without replacement from all columns but
+    ``own[i]`` (ties count as failures). ``scores`` ``[N, C]``; returns ``[N]``."""
+    n, n_cols = scores.shape
+    if n_way - 1 > n_cols - 1:
+        raise UserError(
+            f"{n_way}-way identification needs {n_way - 1} distractors; only {n_cols - 1} are "
+            "available. Lower n_way."
+        )
+    rows = np.arange(n)[:, None]
+    target = scores[np.arange(n), own][:, None]  # [N, 1]
+    wins = np.zeros(n)
+    for _ in range(trials):
+        # n_way - 1 of the other n_cols - 1 columns: random keys, the smallest k, then skip own.
+        pick = np.argpartition(rng.random((n, n_cols - 1)), n_way - 2, axis=1)[:, : n_way - 1]
+        pick = pick + (pick >= own[:, None])
+        wins += (target > scores[rows, pick]).all(axis=1)
+    return wins / trials
+
+
+def pattern_identification(
+    pred: np.ndarray, truth: np.ndarray, n_way: int, trials: int = 100, seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """N-way identification of patterns (pixels, embeddings): sample ``i`` succeeds in a trial
+    when its prediction correlates more with ``truth[i]`` than with each of ``n_way − 1`` other
+    samples' truths. Returns the per-sample success rates ``[N]`` and the chance ``1/n_way``."""
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
+    truth = np.asarray(truth, dtype=np.float64).reshape(len(truth), -1)
+    if pred.shape != truth.shape:
+        raise UserError(f"Predictions {pred.shape} and ground truth {truth.shape} differ.")
+    rng = np.random.default_rng(seed)
+    r = _corr_rows(pred, truth)  # [N, N]
+    rate = _nway_success(r, np.arange(len(pred)), n_way, trials, rng)
+    return rate, 1.0 / n_way
+
+
+def label_identification(
+    scores: np.ndarray, labels: np.ndarray, n_way: int, trials: int = 100, seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """Strict N-way identification of labels: ``scores`` ``[N, C]`` (decoded class scores),
+    ``labels`` ``[N]`` the true classes; sample ``i`` succeeds in a trial when its true class
+    scores above ``n_way − 1`` distractor classes drawn from the other ``C − 1``. Chance
+    ``1/n_way``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    rate = _nway_success(scores, labels, n_way, trials, rng)
+    return rate, 1.0 / n_way
+
+
+def shuffled_chance(
+    score_fn: Callable[[np.ndarray], float], n: int, repeats: int = 20, seed: int = 0
+) -> tuple[float, float]:
+    """Empirical chance of a score: ``score_fn(perm)`` re-pairs the decoded outputs with the
+    ground truths of ``perm`` (a random permutation of the ``n`` samples); the mean and sd over
+    ``repeats`` permutations."""
+    rng = np.random.default_rng(seed)
+    values = [float(score_fn(rng.permutation(n))) for _ in range(repeats)]
+    return float(np.mean(values)), float(np.std(values, ddof=1) if repeats > 1 else 0.0)
+
+
+def summarise(name: str, rate: np.ndarray, chance: float, shuffled: tuple[float, float] | None):
+    """A :class:`Score` from per-sample success rates."""
+    rate = np.asarray(rate, dtype=np.float64)
+    sem = float(rate.std(ddof=1) / np.sqrt(len(rate))) if len(rate) > 1 else 0.0
+    return Score(
+        name=name,
+        value=float(rate.mean()),
+        sem=sem,
+        chance=float(chance),
+        shuffled=None if shuffled is None else shuffled[0],
+        shuffled_sd=None if shuffled is None else shuffled[1],
+        n=len(rate),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The whole baseline on a prepared subject
+# --------------------------------------------------------------------------------------------
+
+
+def _test_fmri(fmri: np.ndarray) -> np.ndarray:
+    """Test fMRI ``[S, T, V]``, or ``[S, R, T, V]`` averaged over its repetitions."""
+    fmri = np.asarray(fmri, dtype=np.float32)
+    return fmri.mean(axis=1) if fmri.ndim == 4 else fmri
+
+
+def _middle(labels: np.ndarray) -> np.ndarray:
+    """Per-frame labels ``[S, T, F]`` → the label of each TR's middle frame ``[S, T]``."""
+    labels = np.asarray(labels)
+    return labels[..., labels.shape[-1] // 2] if labels.ndim == 3 else labels
+
+
+@dataclass
+class _Target:
+    """One decoding target: training rows, test rows and, for labels, the number of classes."""
+
+    train: np.ndarray
+    test: np.ndarray
+    n_classes: int | None = None
+
+
+def run_baseline(
+    prepared: Any,
+    labels: dict[str, dict[str, np.ndarray]] | None = None,
+    embeddings: dict[str, dict[str, np.ndarray]] | None = None,
+    window: int = 4,
+    frame_size: int = 16,
+    n_ways: Sequence[int] = (2, 50),
+    trials: int = 100,
+    shuffles: int = 20,
+    tr_stride: int = 1,
+    folds: int = 5,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Ridge from the fMRI windows of a prepared subject to its frames, labels and embeddings.
+
+    Args:
+        prepared: a :class:`~mindvideo.data.prepared.PreparedData`.
+        labels: ``{name: {"train": [S, T(, F)], "test": [...]}}`` integer labels per TR (or per
+            frame: the middle frame's label is used), e.g. the simulator's scene class.
+        embeddings: ``{name: {"train": [S, T, D], "test": [S, T, D]}}`` per-TR targets scored
+            by retrieval (e.g. CLIP embeddings of each TR's middle frame).
+        window: fMRI frames per window (TRs ``t .. t + window − 1``).
+        frame_size: side of the low-resolution frames (must divide the frame size).
+        n_ways: the N of the N-way tests (an N larger than the candidates is skipped).
+        trials: draws of distractors per sample; shuffles: permutations for the empirical chance.
+        tr_stride: score every ``tr_stride``-th test TR (the windows the pipeline reconstructs).
+
+    Returns a JSON-able dict: ``scores`` (a list of :meth:`Score.to_dict`), ``alphas`` (median
+    chosen alpha per target set), and the settings.
+    """
+    train_x = window_features(prepared.fmri("train"), window)  # [S, T, w·V]
+    test_x = window_features(_test_fmri(prepared.fmri("test")), window)
+    n_seg, n_tr = train_x.shape[:2]
+    groups = np.repeat(np.arange(n_seg), n_tr)
+    keep = np.zeros(test_x.shape[:2], dtype=bool)
+    keep[:, ::tr_stride] = True
+    X_train = train_x.reshape(n_seg * n_tr, -1)
+    X_test = test_x[keep]
+    targets: dict[str, _Target] = {}
+    frames_train = np.stack([mean_frames(seg, frame_size) for seg in prepared.frames("train")])
+    frames_test = np.stack([mean_frames(seg, frame_size) for seg in prepared.frames("test")])
+    targets[f"frames {frame_size}x{frame_size}"] = _Target(
+        frames_train.reshape(n_seg * n_tr, -1), frames_test[keep]
+    )
+    for name, split in (labels or {}).items():
+        tr_lab, te_lab = _middle(split["train"]), _middle(split["test"])
+        n_cls = int(max(tr_lab.max(), te_lab.max())) + 1
+        targets[name] = _Target(tr_lab.reshape(-1), te_lab[keep], n_cls)
+    for name, split in (embeddings or {}).items():
+        tr_e = np.asarray(split["train"], dtype=np.float32)
+        te_e = np.asarray(split["test"], dtype=np.float32)
+        targets[name] = _Target(tr_e.reshape(n_seg * n_tr, -1), te_e[keep])
+    # One decoder for every target set: the folds' decompositions are shared, alphas are not.
+    columns = [
+        t.train if t.n_classes is None else np.eye(t.n_classes, dtype=np.float32)[t.train]
+        for t in targets.values()
+    ]
+    edges = np.cumsum([0, *(c.shape[1] for c in columns)])
+    logger.info(
+        "ridge: %d windows → %d targets (%s) ...", len(X_train), edges[-1], ", ".join(targets)
+    )
+    decoder = RidgeDecoder(alphas=alphas, folds=folds).fit(X_train, np.hstack(columns), groups)
+    decoded = decoder.predict(X_test)
+    scores: list[dict[str, Any]] = []
+    chosen: dict[str, float] = {}
+    n_test = int(keep.sum())
+    for (name, target), lo, hi in zip(targets.items(), edges[:-1], edges[1:], strict=True):
+        n_cls, y_test = target.n_classes, target.test
+        kind = "pattern" if n_cls is None else "label"
+        chosen[name] = float(np.median(decoder.alphas_[lo:hi]))
+        pred = decoded[:, lo:hi]
+        if kind == "label":
+            top1 = (pred.argmax(axis=1) == y_test).astype(np.float64)
+            shuffled = shuffled_chance(
+                lambda p, pred=pred, y=y_test: float((pred.argmax(1) == y[p]).mean()),
+                n_test,
+                shuffles,
+                seed,
+            )
+            scores.append(summarise(f"{name} top-1", top1, 1.0 / n_cls, shuffled).to_dict())
+        for n_way in n_ways:
+            pool = n_cls if kind == "label" else n_test
+            if n_way > pool:
+                continue
+
+            def score(perm: np.ndarray | None, n_way=n_way, kind=kind, pred=pred, y=y_test):
+                truth = y if perm is None else y[perm]
+                fn = label_identification if kind == "label" else pattern_identification
+                return fn(pred, truth, n_way, trials, seed)
+
+            rate, chance = score(None)
+            shuffled = shuffled_chance(
+                lambda p, s=score: float(s(p)[0].mean()), n_test, shuffles, seed
+            )
+            scores.append(summarise(f"{name} {n_way}-way", rate, chance, shuffled).to_dict())
+    return {
+        "window": window,
+        "frame_size": frame_size,
+        "tr_stride": tr_stride,
+        "n_train_windows": len(X_train),
+        "n_test_windows": n_test,
+        "n_voxels": int(prepared.fmri("train").shape[-1]),
+        "alphas": chosen,
+        "scores": scores,
+    }
+
+
+def format_baseline(result: dict[str, Any]) -> str:
+    """The baseline's scores as a Markdown table, chance and shuffled chance beside each score;
+    a score not above its shuffled chance is marked."""
+    lines = [
+        f"Ridge baseline: fMRI window of {result['window']} TRs ({result['n_voxels']} voxels), "
+        f"{result['n_train_windows']} training windows, {result['n_test_windows']} test windows.",
+        "",
+        "| decoded | score | ± s.e. | chance | shuffled chance (± sd) | above shuffled |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in result["scores"]:
+        shuffled = "—" if s["shuffled"] is None else f"{s['shuffled']:.3f} ± {s['shuffled_sd']:.3f}"
+        above = {True: "yes", False: "**no**", None: "—"}[s["above_shuffled"]]
+        lines.append(
+            f"| {s['name']} | {s['value']:.3f} | {s['sem']:.3f} | {s['chance']:.3f} | "
+            f"{shuffled} | {above} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# The command: mindvideo baseline --data PREPARED --out DIR
+# --------------------------------------------------------------------------------------------
+
+BASELINE_JSON = "baseline.json"
+BASELINE_MD = "baseline.md"
+
+
+def _scene_labels(prepared: Any, scenes_json: str | None) -> dict[str, dict[str, np.ndarray]]:
+    """The true scene class, motion and class × motion of every prepared frame, when the data
+    are simulated (or ``scenes_json`` is given); ``{}`` for real data."""
+    from mindvideo.data.labels import find_scenes_json, load_scene_labels
+
+    if scenes_json is None:
+        try:
+            find_scenes_json(prepared)
+        except UserError:
+            logger.info("No scenes.json for %s: decoding frames only (real data).", prepared.root)
+            return {}
+    labels = load_scene_labels(prepared, scenes_json)
+    return {
+        "scene class": {s: labels.class_id[s] for s in ("train", "test")},
+        "motion": {s: labels.motion_id[s] for s in ("train", "test")},
+        "class × motion": {s: labels.video_label(s) for s in ("train", "test")},
+    }
+
+
+def _clip_embeddings(prepared: Any, clip: str) -> dict[str, dict[str, np.ndarray]]:
+    """CLIP image embeddings of each TR's middle frame and CLIP text embeddings of its caption,
+    ``[S, T, D]`` per split (captions only where the prepared subject has them)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from mindvideo.evaluation.clip_similarity import CLIPImageEmbedder
+
+    embedder = CLIPImageEmbedder.from_pretrained(clip)
+    tokenizer = AutoTokenizer.from_pretrained(clip)
+    out: dict[str, dict[str, np.ndarray]] = {"CLIP image": {}, "CLIP caption": {}}
+    for split in ("train", "test"):
+        frames = prepared.frames(split)
+        s, t, f = frames.shape[:3]
+        middle = np.asarray(frames[:, :, f // 2]).reshape(s * t, *frames.shape[3:])
+        out["CLIP image"][split] = embedder.embed(middle).reshape(s, t, -1)
+        captions = prepared.captions(split)
+        if captions is None:
+            out.pop("CLIP caption", None)
+            continue
+        texts = [tr[f // 2] for seg in captions for tr in seg]
+        unique = sorted(set(texts))
+        with torch.inference_mode():
+            tokens = tokenizer(unique, padding=True, truncation=True, return_tensors="pt")
+            feats = embedder.model.get_text_features(**tokens.to(embedder.device))
+            feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+            feats = torch.nn.functional.normalize(feats.double(), dim=-1).cpu().numpy()
+        row = {text: i for i, text in enumerate(unique)}
+        if "CLIP caption" in out:
+            out["CLIP caption"][split] = feats[[row[x] for x in texts]].reshape(s, t, -1)
+    return out
+
+
+def baseline(cfg: Any, out: str | Path) -> dict[str, Any]:
+    """``mindvideo baseline``: the linear ceiling of a prepared subject, written to ``out``.
+
+    Writes ``baseline.json`` (every score with its standard error, analytic and shuffled
+    chance; the chosen alphas), ``baseline.md`` (the same as a table) and ``config.yaml``.
+    Returns the result dict.
+    """
+    from mindvideo.config import save_config
+    from mindvideo.data.prepared import PreparedData
+    from mindvideo.utils import atomic_write_text
+
+    if not cfg.data:
+        raise UserError("mindvideo baseline needs a prepared subject: --data PREPARED.")
+    if cfg.window < 1 or cfg.tr_stride < 1 or cfg.frame_size < 1:
+        raise UserError("window, tr_stride and frame_size must be at least 1.")
+    prepared = PreparedData.open(cfg.data)
+    labels = _scene_labels(prepared, cfg.scenes_json)
+    clip = cfg.pretrained.clip
+    embeddings = _clip_embeddings(prepared, clip) if clip else None
+    result = run_baseline(
+        prepared,
+        labels=labels,
+        embeddings=embeddings,
+        window=cfg.window,
+        frame_size=cfg.frame_size,
+        n_ways=cfg.n_ways,
+        trials=cfg.trials,
+        shuffles=cfg.shuffles,
+        tr_stride=cfg.tr_stride,
+        folds=cfg.folds,
+        alphas=cfg.alphas,
+        seed=cfg.seed,
+    )
+    result["data"] = str(prepared.root)
+    result["labels"] = "the simulator's scenes.json" if labels else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    atomic_write_text(out / BASELINE_JSON, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / BASELINE_MD, format_baseline(result))
+    return result
