@@ -99,7 +99,7 @@ def test_evaluate_prints_the_table(mindvideo, run, tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "| metric | mean ± SE | 95% CI | chance | n |\n" in out
+    assert "| metric | mean ± SE | 95% CI | chance | shuffled chance | n |\n" in out
     assert "| ssim |" in out and "| psnr (dB) |" in out
 
 

@@ -74,7 +74,7 @@ def test_written_tables(runs, tmp_path):
     comp = compare_runs([root / "full", root / "ablation", root / "other"], names=["A", "B", "C"])
     paths = write_comparison(comp, tmp_path / "cmp")
     doc = json.loads(paths["json"].read_text())
-    assert doc["reference"] == "A" and set(doc["metrics"]) == {"ssim", "psnr"}
+    assert doc["reference"] == "A" and set(doc["metrics"]) == {"pixel_2way", "ssim", "psnr"}
     assert doc["metrics"]["ssim"]["chance"] is None
     md = paths["markdown"].read_text()
     assert md.splitlines()[0] == "| metric | chance | A (reference) | B | C |"

@@ -77,13 +77,16 @@ def test_all_keys_with_chance_levels(models100):
         _clips(1), _clips(2), frame_model, video_model, n_resamples=200, progress=False
     )
     expected = [f"{lvl}_{k}" for lvl in ("video", "frame") for k in EXPECTED_CHANCE]
-    assert sorted(metrics) == sorted([*expected, "ssim", "psnr"])
+    assert sorted(metrics) == sorted([*expected, "pixel_2way", "ssim", "psnr"])
     for key, m in metrics.items():
         assert {"mean", "se", "chance", "n"} <= set(m)
         assert m["n"] == S
         if key in ("ssim", "psnr"):
             assert m["chance"] is None
+        elif key == "pixel_2way":  # classifier-free, chance 1/N, with its shuffled chance
+            assert m["chance"] == 0.5 and 0.0 <= m["chance_shuffled"] <= 1.0
         else:
+            assert m["chance_shuffled_sd"] >= 0.0
             assert m["chance"] == pytest.approx(EXPECTED_CHANCE[key.split("_", 1)[1]])
             assert 0.0 <= m["mean"] <= 1.0
     json.dumps(metrics, allow_nan=False)
@@ -161,7 +164,7 @@ def test_input_errors_and_resize(models100):
     with pytest.raises(UserError, match="resize_to"):
         compute_metrics(pred, big_gt, progress=False)
     metrics = compute_metrics(pred, big_gt, resize_to=(H, W), n_resamples=50, progress=False)
-    assert sorted(metrics) == ["psnr", "ssim"]
+    assert sorted(metrics) == ["pixel_2way", "psnr", "ssim"]
 
     class NotProbabilities:
         def predict_proba(self, batch):
@@ -187,9 +190,11 @@ def test_markdown_table_prints_chance_next_to_every_score():
     }
     table = format_markdown_table(metrics)
     lines = table.strip().splitlines()
-    assert lines[0] == "| metric | mean ± SE | 95% CI | chance | n |"
-    assert lines[2] == "| video_2way_top1_compat | 0.853 ± 0.030 | [0.800, 0.900] | 0.750 | 1200 |"
-    assert lines[3] == "| ssim | 0.171 ± 0.004 | — | — | 1200 |"
+    assert lines[0] == "| metric | mean ± SE | 95% CI | chance | shuffled chance | n |"
+    assert lines[2] == (
+        "| video_2way_top1_compat | 0.853 ± 0.030 | [0.800, 0.900] | 0.750 | — | 1200 |"
+    )
+    assert lines[3] == "| ssim | 0.171 ± 0.004 | — | — | — | 1200 |"
 
 
 def test_parse_metric_key():
@@ -197,3 +202,43 @@ def test_parse_metric_key():
     assert parse_metric_key("frame_2way_top5_compat") == ("frame", 2, 5, "compat")
     assert parse_metric_key("ssim") is None
     assert parse_metric_key("frame_xway_top1_compat") is None
+
+
+def test_table_marks_a_score_not_above_its_shuffled_chance():
+    metrics = {
+        "frame_2way_top1_strict": {
+            "mean": 0.90,
+            "se": 0.01,
+            "chance": 0.5,
+            "n": 100,
+            "chance_shuffled": 0.51,
+            "chance_shuffled_sd": 0.01,
+        },
+        "video_2way_top1_compat": {
+            "mean": 0.73,
+            "se": 0.02,
+            "chance": 0.75,
+            "n": 100,
+            "chance_shuffled": 0.74,
+            "chance_shuffled_sd": 0.02,
+        },
+    }
+    lines = format_markdown_table(metrics).strip().splitlines()
+    assert "| 0.900 ± 0.010 |" in lines[2] and "| 0.510 ± 0.010 |" in lines[2]
+    assert "**0.730 ± 0.020** (not above)" in lines[3]
+
+
+def test_shuffled_chance_and_pixel_identification_on_random_and_true_pairs():
+    """Unrelated clips score at chance and at their shuffled chance; identical clips at 1."""
+    from mindvideo.evaluation.metrics import compute_metric_samples
+
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 256, size=(40, 2, 16, 16, 3), dtype=np.uint8)
+    same = compute_metric_samples(gt, gt, n_ways=(2, 10), trials=20, progress=False)
+    assert same["pixel_10way"].per_sample.mean() == 1.0
+    assert same["pixel_10way"].chance == pytest.approx(0.1)
+    assert same["pixel_10way"].shuffled < 0.3  # a wrong pairing is no better than chance
+    other = rng.integers(0, 256, size=gt.shape, dtype=np.uint8)
+    rand = compute_metric_samples(other, gt, n_ways=(2,), trials=50, progress=False)
+    assert abs(rand["pixel_2way"].per_sample.mean() - 0.5) < 0.1
+    assert abs(rand["pixel_2way"].shuffled - 0.5) < 0.1

@@ -103,7 +103,7 @@ def test_identical_clips_pixel_metrics_only(tmp_path):
     cfg = EvaluateConfig(reconstructions=str(recon), bootstrap=200)
     result = evaluate_reconstructions(cfg, tmp_path / "eval", progress=False)
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(doc) == {"ssim", "psnr", "meta"}
+    assert set(doc) == {"pixel_2way", "ssim", "psnr", "meta"}
     assert doc["ssim"]["mean"] == pytest.approx(1.0) and doc["ssim"]["chance"] is None
     assert doc["psnr"]["mean"] == pytest.approx(100.0)  # PSNR_CAP_DB for identical frames
     assert set(doc["ssim"]) == {"mean", "se", "chance", "n", "ci_low", "ci_high"}
@@ -114,7 +114,10 @@ def test_identical_clips_pixel_metrics_only(tmp_path):
     assert meta["classifiers"] == {"frame": None, "video": None, "clip": None}
     assert (tmp_path / "eval" / "config.yaml").is_file()
     md = (tmp_path / "eval" / "metrics.md").read_text()
-    assert "| metric | mean ± SE | 95% CI | chance | n |" in md and "| ssim | 1.000" in md
+    assert (
+        "| metric | mean ± SE | 95% CI | chance | shuffled chance | n |" in md
+        and "| ssim | 1.000" in md
+    )
     samples = json.loads((tmp_path / "eval" / "samples.json").read_text())
     assert samples["windows"][4] == {"segment": 1, "tr": 1}
     assert samples["metrics"]["ssim"]["values"] == pytest.approx([1.0] * 5)
@@ -147,7 +150,15 @@ def test_identification_scores_match_compute_metrics_and_carry_chance(tmp_path, 
         for mode in ("compat", "strict")
         for n in (2, 5)
     ]
-    assert list(doc) == [*expected, "ssim", "psnr", "clip_similarity", "meta"]
+    assert list(doc) == [
+        *expected,
+        "pixel_2way",
+        "pixel_5way",
+        "ssim",
+        "psnr",
+        "clip_similarity",
+        "meta",
+    ]
     for key in expected:
         n_way, mode = int(key.split("_")[1][:-3]), key.split("_")[3]
         assert doc[key]["chance"] == pytest.approx(chance_level(n_way, 1, mode))
@@ -188,7 +199,9 @@ def test_identification_scores_match_compute_metrics_and_carry_chance(tmp_path, 
         "stand-ins trained on the simulated dataset"
         in (tmp_path / "eval" / "metrics.md").read_text()
     )
-    assert set(result.samples) == set(expected) | {"ssim", "psnr", "clip_similarity"}
+    pixel = {key for key in result.samples if key.startswith("pixel_")}
+    assert pixel == {"pixel_2way", "pixel_5way"}  # 50-way needs more than the 6 clips
+    assert set(result.samples) == set(expected) | {"ssim", "psnr", "clip_similarity"} | pixel
 
 
 def test_ground_truth_is_resized_to_the_reconstruction(tmp_path):

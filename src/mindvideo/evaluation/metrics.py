@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mindvideo.evaluation.classifiers import ProbabilityModel
+from mindvideo.evaluation.identification import pattern_identification
 from mindvideo.evaluation.nway import COMPAT_GT_CLASSES, MODES, nway_topk
 from mindvideo.evaluation.pixel import clip_psnr, clip_ssim, resize_frames
 from mindvideo.evaluation.stats import Score
@@ -46,12 +47,41 @@ def metric_rng(seed: int, key: str, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(key.encode()), stream]))
 
 
+SHUFFLES = 5
+"""Pairings of reconstructions with other windows' ground truth behind an empirical chance."""
+PIXEL_ID_SIZE = 16
+"""Side of the low-resolution mean frames compared by pixel identification."""
+
+
 @dataclass(frozen=True)
 class MetricSamples:
-    """Per-sample values of one metric: ``per_sample: [S]`` (one per clip) and its chance level."""
+    """Per-sample values of one metric: ``per_sample: [S]`` (one per clip), its analytic chance
+    level and, for identification, its empirical chance: the mean score with every
+    reconstruction paired with another window's ground truth (``shuffled``, with the sd over
+    :data:`SHUFFLES` such pairings in ``shuffled_sd``)."""
 
     per_sample: np.ndarray
     chance: float | None
+    shuffled: float | None = None
+    shuffled_sd: float | None = None
+
+
+def derangements(n: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` random permutations of ``range(n)`` without fixed points (``n >= 2``)."""
+    out = []
+    while len(out) < count:
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            out.append(perm)
+    return out
+
+
+def _shuffled(score: Any, n: int, rng: np.random.Generator) -> tuple[float | None, float | None]:
+    """Mean and sd of ``score(perm)`` (a mean success rate) over :data:`SHUFFLES` derangements."""
+    if n < 2:
+        return None, None
+    values = [float(score(perm)) for perm in derangements(n, SHUFFLES, rng)]
+    return float(np.mean(values)), float(np.std(values, ddof=1))
 
 
 def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
@@ -100,6 +130,8 @@ def _identification(
 ) -> dict[str, MetricSamples]:
     """N-way top-K scores of one level; rows of the probabilities are grouped per clip."""
     n_classes = pred_probs.shape[1]
+    # The empirical chance re-pairs whole clips: frame j of clip i with frame j of clip perm[i].
+    gt_clips = gt_probs.reshape(-1, frames_per_sample, n_classes)
     out: dict[str, MetricSamples] = {}
     for mode in modes:
         n_gt = COMPAT_GT_CLASSES if mode == "compat" else 1
@@ -123,17 +155,45 @@ def _identification(
                         "Skipping %s: top-%d of %d classes is not a test.", key, top_k, n_way
                     )
                     continue
-                res = nway_topk(
-                    pred_probs,
-                    gt_probs,
-                    n_way,
-                    top_k,
-                    trials,
-                    mode,  # type: ignore[arg-type]
-                    rng=metric_rng(seed, key),
-                )
+                test = (n_way, top_k, trials, mode)
+                res = nway_topk(pred_probs, gt_probs, *test, rng=metric_rng(seed, key))
                 per_clip = res.per_sample.reshape(-1, frames_per_sample).mean(axis=1)
-                out[key] = MetricSamples(per_sample=per_clip, chance=res.chance)
+
+                def score(perm: np.ndarray, test=test, key=key) -> float:
+                    gt = gt_clips[perm].reshape(gt_probs.shape)
+                    rng = metric_rng(seed, key, stream=3)
+                    return nway_topk(pred_probs, gt, *test, rng=rng).per_sample.mean()
+
+                shuffled = _shuffled(score, len(per_clip), metric_rng(seed, key, stream=2))
+                out[key] = MetricSamples(per_clip, res.chance, *shuffled)
+    return out
+
+
+def pixel_identification_samples(
+    pred: np.ndarray, gt: np.ndarray, n_ways: Sequence[int], trials: int, seed: int
+) -> dict[str, MetricSamples]:
+    """Classifier-free N-way identification of clips (``pixel_{N}way``): each clip's mean
+    frame at 16 × 16 must correlate more with its own ground truth's than with those of N − 1
+    other windows; N larger than the number of clips is skipped. Chance 1/N, and the shuffled
+    chance (:class:`MetricSamples`)."""
+
+    def low_res(clips: np.ndarray) -> np.ndarray:
+        small = resize_frames(clips, (PIXEL_ID_SIZE, PIXEL_ID_SIZE)).astype(np.float64)
+        return small.mean(axis=1).reshape(len(clips), -1)  # [S, 16·16·3]
+
+    p, g = low_res(pred), low_res(gt)
+    out: dict[str, MetricSamples] = {}
+    for n_way in n_ways:
+        if n_way > len(p):
+            logger.warning("Skipping pixel_%dway: only %d clips to identify among.", n_way, len(p))
+            continue
+        key = f"pixel_{n_way}way"
+
+        def score(perm: np.ndarray, n_way=n_way) -> float:
+            return pattern_identification(p, g[perm], n_way, trials, seed)[0].mean()
+
+        rate, chance = pattern_identification(p, g, n_way, trials, seed)
+        out[key] = MetricSamples(rate, chance, *_shuffled(score, len(p), metric_rng(seed, key)))
     return out
 
 
@@ -209,6 +269,7 @@ def compute_metric_samples(
         gf = _probabilities(frame_model, frames_gt, "frame")
         out.update(_identification("frame", pf, gf, f, n_ways_t, top_ks_t, trials, modes_t, seed))
     if pixel:
+        out.update(pixel_identification_samples(pred, gt, n_ways_t, trials, seed))
         out["ssim"] = MetricSamples(per_sample=clip_ssim(pred, gt, progress=progress), chance=None)
         out["psnr"] = MetricSamples(per_sample=clip_psnr(pred, gt), chance=None)
     return out
@@ -227,6 +288,9 @@ def summarise_metrics(
             n_resamples=n_resamples,
         )
         out[key] = score.to_dict()
+        if ms.shuffled is not None:
+            out[key]["chance_shuffled"] = ms.shuffled
+            out[key]["chance_shuffled_sd"] = ms.shuffled_sd
         chance = "" if ms.chance is None else f" (chance {ms.chance:.3f})"
         logger.info("%s = %.4f ± %.4f%s, n=%d", key, score.mean, score.se, chance, score.n)
     return out
@@ -270,17 +334,36 @@ def format_markdown_table(metrics: dict[str, dict]) -> str:
     Columns: metric, mean ± SE, 95% CI, chance, n. Pixel metrics have no chance level ("—").
     """
     lines = [
-        "| metric | mean ± SE | 95% CI | chance | n |",
-        "|---|---|---|---|---|",
+        "| metric | mean ± SE | 95% CI | chance | shuffled chance | n |",
+        "|---|---|---|---|---|---|",
     ]
     for key, m in metrics.items():
         digits = 2 if key == "psnr" else 3
         name = "psnr (dB)" if key == "psnr" else key
         score = f"{_fmt(m.get('mean'), digits)} ± {_fmt(m.get('se'), digits)}"
+        if not above_shuffled(m):
+            score = f"**{score}** (not above)"
         lo, hi = m.get("ci_low"), m.get("ci_high")
         ci = "—" if lo is None or hi is None else f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
-        lines.append(f"| {name} | {score} | {ci} | {_fmt(m.get('chance'))} | {m.get('n')} |")
+        shuffled = m.get("chance_shuffled")
+        shuffled = (
+            "—" if shuffled is None else f"{_fmt(shuffled)} ± {_fmt(m['chance_shuffled_sd'])}"
+        )
+        lines.append(
+            f"| {name} | {score} | {ci} | {_fmt(m.get('chance'))} | {shuffled or '—'} | "
+            f"{m.get('n')} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def above_shuffled(m: dict[str, Any]) -> bool:
+    """Whether a summarised score beats its shuffled chance by more than two combined
+    standard deviations (its SE and the shuffles' sd); True where there is no shuffled chance."""
+    shuffled = m.get("chance_shuffled")
+    if shuffled is None or m.get("mean") is None:
+        return True
+    margin = 2.0 * math.hypot(m.get("se") or 0.0, m.get("chance_shuffled_sd") or 0.0)
+    return m["mean"] > shuffled + margin
 
 
 def parse_metric_key(key: str) -> tuple[str, int, int, str] | None:

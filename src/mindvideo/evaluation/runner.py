@@ -334,7 +334,10 @@ def _markdown(metrics: dict[str, dict], meta: dict[str, Any]) -> str:
     lines.append(format_markdown_table(metrics))
     lines.append(
         "Mean ± standard error over windows, 95% bootstrap interval, chance level of the same "
-        "test (compat: the authors' top-3 ground-truth rule; strict: top-1). "
+        "test (compat: the authors' top-3 ground-truth rule; strict: top-1), and its shuffled "
+        "chance: the test with every reconstruction paired with another window's ground truth "
+        "(mean ± sd of 5 pairings; a score not above it by two sds is marked). pixel_Nway: "
+        "classifier-free identification of 16×16 mean frames by correlation. "
         + (
             "clip_similarity's chance is the mean similarity with the other windows' ground truth."
             if CLIP_KEY in metrics
