@@ -103,3 +103,12 @@ def prepared_dataset(prepare_config, tmp_path_factory):
     from mindvideo.data.wen2018 import prepare_wen2018
 
     return prepare_wen2018(prepare_config, tmp_path_factory.mktemp("prepared") / "subject1")
+
+
+@pytest.fixture(scope="session")
+def scene_labels(prepared_dataset, simulated_dataset):
+    """The true scene labels of the tiny prepared subject (``mindvideo.data.labels``)."""
+    from mindvideo.data.labels import load_scene_labels
+    from mindvideo.data.prepared import PreparedData
+
+    return load_scene_labels(PreparedData.open(prepared_dataset), simulated_dataset / "scenes.json")

@@ -16,16 +16,12 @@ def prepared(prepared_dataset):
     return PreparedData.open(prepared_dataset)
 
 
-@pytest.fixture(scope="module")
-def labels(prepared, simulated_dataset):
-    return load_scene_labels(prepared, simulated_dataset / "scenes.json")
-
-
 def test_scenes_json_is_found_through_the_manifest(prepared, simulated_dataset):
     assert find_scenes_json(prepared) == simulated_dataset / "scenes.json"
 
 
-def test_every_frame_is_labelled_with_the_scene_its_caption_describes(prepared, labels):
+def test_every_frame_is_labelled_with_the_scene_its_caption_describes(prepared, scene_labels):
+    labels = scene_labels
     assert labels.classes == list(CLASSES) and labels.motions == list(MOTIONS)
     for split in ("train", "test"):
         captions = prepared.captions(split)

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from mindvideo.data.labels import load_scene_labels
 from mindvideo.data.prepared import PreparedData
 from mindvideo.demo.standins.base import (
     MARKER,
@@ -48,8 +47,8 @@ def prepared(prepared_dataset):
 
 
 @pytest.fixture(scope="module")
-def labels(prepared, simulated_dataset):
-    return load_scene_labels(prepared, simulated_dataset / "scenes.json")
+def labels(scene_labels):
+    return scene_labels
 
 
 @pytest.fixture(scope="module")
