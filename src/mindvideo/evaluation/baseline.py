@@ -39,7 +39,12 @@ from typing import Any
 import numpy as np
 
 from mindvideo.data.pairing import window_indices
-from mindvideo.evaluation.identification import label_identification, pattern_identification
+from mindvideo.evaluation.identification import (
+    above_shuffled,
+    label_identification,
+    pattern_identification,
+    shuffled_chance,
+)
 from mindvideo.utils import UserError
 
 __all__ = [
@@ -225,22 +230,10 @@ class Score:
         standard error); None without a shuffled chance."""
         if self.shuffled is None:
             return None
-        margin = 2.0 * float(np.hypot(self.shuffled_sd or 0.0, self.sem))
-        return self.value > self.shuffled + margin
+        return above_shuffled(self.value, self.sem, self.shuffled, self.shuffled_sd or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "above_shuffled": self.above_shuffled}
-
-
-def shuffled_chance(
-    score_fn: Callable[[np.ndarray], float], n: int, repeats: int = 20, seed: int = 0
-) -> tuple[float, float]:
-    """Empirical chance of a score: ``score_fn(perm)`` re-pairs the decoded outputs with the
-    ground truths of ``perm`` (a random permutation of the ``n`` samples); the mean and sd over
-    ``repeats`` permutations."""
-    rng = np.random.default_rng(seed)
-    values = [float(score_fn(rng.permutation(n))) for _ in range(repeats)]
-    return float(np.mean(values)), float(np.std(values, ddof=1) if repeats > 1 else 0.0)
 
 
 def summarise(name: str, rate: np.ndarray, chance: float, shuffled: tuple[float, float] | None):

@@ -7,11 +7,20 @@ reconstructions (:mod:`mindvideo.evaluation.metrics`). Ties count as failures.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 
 from mindvideo.utils import UserError
 
-__all__ = ["label_identification", "pattern_identification"]
+__all__ = [
+    "above_shuffled",
+    "derangements",
+    "label_identification",
+    "pattern_identification",
+    "shuffled_chance",
+]
 
 
 def _corr_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -78,3 +87,40 @@ def label_identification(
     rng = np.random.default_rng(seed)
     rate = _nway_success(scores, labels, n_way, trials, rng)
     return rate, 1.0 / n_way
+
+
+# --------------------------------------------------------------------------------------------
+# Empirical chance: the same score with the pairing shuffled
+# --------------------------------------------------------------------------------------------
+
+
+def derangements(n: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` random permutations of ``range(n)`` without fixed points (``n >= 2``): no sample
+    keeps its own ground truth."""
+    if n < 2:
+        raise UserError("A shuffled pairing needs at least 2 samples.")
+    out: list[np.ndarray] = []
+    while len(out) < count:
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            out.append(perm)
+    return out
+
+
+def shuffled_chance(
+    score_fn: Callable[[np.ndarray], float],
+    n: int,
+    repeats: int = 20,
+    seed: int | np.random.Generator = 0,
+) -> tuple[float, float]:
+    """Empirical chance of a score: ``score_fn(perm)`` re-pairs the ``n`` outputs with the ground
+    truths ``perm`` (a derangement); the mean and sd over ``repeats`` pairings."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    values = [float(score_fn(perm)) for perm in derangements(n, repeats, rng)]
+    return float(np.mean(values)), float(np.std(values, ddof=1) if repeats > 1 else 0.0)
+
+
+def above_shuffled(value: float, sem: float, shuffled: float, shuffled_sd: float) -> bool:
+    """Whether a score beats its shuffled chance by more than two combined standard deviations
+    (the score's standard error and the pairings' sd)."""
+    return value > shuffled + 2.0 * math.hypot(sem or 0.0, shuffled_sd or 0.0)

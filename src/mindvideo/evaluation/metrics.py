@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from mindvideo.evaluation import identification
 from mindvideo.evaluation.classifiers import ProbabilityModel
-from mindvideo.evaluation.identification import pattern_identification
+from mindvideo.evaluation.identification import pattern_identification, shuffled_chance
 from mindvideo.evaluation.nway import COMPAT_GT_CLASSES, MODES, nway_topk
 from mindvideo.evaluation.pixel import clip_psnr, clip_ssim, resize_frames
 from mindvideo.evaluation.stats import Score
@@ -66,22 +67,9 @@ class MetricSamples:
     shuffled_sd: float | None = None
 
 
-def derangements(n: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``count`` random permutations of ``range(n)`` without fixed points (``n >= 2``)."""
-    out = []
-    while len(out) < count:
-        perm = rng.permutation(n)
-        if not (perm == np.arange(n)).any():
-            out.append(perm)
-    return out
-
-
 def _shuffled(score: Any, n: int, rng: np.random.Generator) -> tuple[float | None, float | None]:
-    """Mean and sd of ``score(perm)`` (a mean success rate) over :data:`SHUFFLES` derangements."""
-    if n < 2:
-        return None, None
-    values = [float(score(perm)) for perm in derangements(n, SHUFFLES, rng)]
-    return float(np.mean(values)), float(np.std(values, ddof=1))
+    """:func:`shuffled_chance` over :data:`SHUFFLES` pairings; ``(None, None)`` for one clip."""
+    return (None, None) if n < 2 else shuffled_chance(score, n, SHUFFLES, rng)
 
 
 def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
@@ -357,13 +345,12 @@ def format_markdown_table(metrics: dict[str, dict]) -> str:
 
 
 def above_shuffled(m: dict[str, Any]) -> bool:
-    """Whether a summarised score beats its shuffled chance by more than two combined
-    standard deviations (its SE and the shuffles' sd); True where there is no shuffled chance."""
-    shuffled = m.get("chance_shuffled")
-    if shuffled is None or m.get("mean") is None:
+    """Whether a summarised score beats its shuffled chance (:func:`~mindvideo.evaluation.
+    identification.above_shuffled`); True where there is no shuffled chance."""
+    if m.get("chance_shuffled") is None or m.get("mean") is None:
         return True
-    margin = 2.0 * math.hypot(m.get("se") or 0.0, m.get("chance_shuffled_sd") or 0.0)
-    return m["mean"] > shuffled + margin
+    se, shuffled, sd = m.get("se") or 0.0, m["chance_shuffled"], m["chance_shuffled_sd"]
+    return identification.above_shuffled(m["mean"], se, shuffled, sd)
 
 
 def parse_metric_key(key: str) -> tuple[str, int, int, str] | None:

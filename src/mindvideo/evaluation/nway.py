@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mindvideo.evaluation.identification import derangements
 from mindvideo.utils import UserError
 
 Mode = Literal["compat", "strict"]
@@ -271,11 +272,7 @@ def nway_shuffled_baseline(
     ``settings``: ``n_gt``); needs S >= 2.
     """
     pred, gt = _check_probs(pred_probs, gt_probs)
-    s = pred.shape[0]
-    if s < 2:
+    if pred.shape[0] < 2:
         raise UserError("A shuffled baseline needs at least 2 samples to pair with each other.")
-    while True:
-        perm = rng.permutation(s)
-        if not (perm == np.arange(s)).any():
-            break
+    (perm,) = derangements(pred.shape[0], 1, rng)
     return nway_topk(pred, gt[perm], n_way, *test, rng=rng, **settings)

@@ -49,6 +49,8 @@ from mindvideo.evaluation.metrics import (
 )
 from mindvideo.evaluation.pixel import resize_frames
 from mindvideo.utils import UserError, atomic_write_text
+from mindvideo.utils.freshness import sha256_file
+from mindvideo.utils.io import read_json
 
 __all__ = [
     "METRICS_FILE",
@@ -107,13 +109,6 @@ class ReconstructionSet:
         return list(self.index.get("windows", []))
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg}); {what}.") from exc
-
-
 def load_reconstructions(folder: str | os.PathLike) -> ReconstructionSet:
     """Open the output of ``mindvideo reconstruct`` (or a run directory holding ``reconstruct/``).
 
@@ -134,7 +129,7 @@ def load_reconstructions(folder: str | os.PathLike) -> ReconstructionSet:
             f"{root} has no index.json; pass the --out folder of `mindvideo reconstruct` with "
             "--reconstructions."
         )
-    index = _read_json(index_path, "re-run `mindvideo reconstruct` into it")
+    index = read_json(index_path, "re-run `mindvideo reconstruct` into it")
     if not index.get("complete"):
         raise UserError(
             f"The reconstruction in {root} is unfinished (index.json says complete: false); "
@@ -169,12 +164,6 @@ def load_reconstructions(folder: str | os.PathLike) -> ReconstructionSet:
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    from mindvideo.utils.freshness import sha256_file
-
-    return sha256_file(path)
-
-
 def classifier_identity(path: str | os.PathLike) -> dict[str, Any]:
     """What a classifier folder is: path, ``config.json`` hash, architecture, stand-in marker.
 
@@ -195,8 +184,8 @@ def classifier_identity(path: str | os.PathLike) -> dict[str, Any]:
     }
     config: dict[str, Any] = {}
     if config_path.is_file():
-        info["config_sha256"] = _sha256(config_path)
-        config = _read_json(config_path, "the classifier folder is damaged")
+        info["config_sha256"] = sha256_file(config_path)
+        config = read_json(config_path, "the classifier folder is damaged")
         archs = config.get("architectures") or []
         info["architecture"] = archs[0] if archs else config.get("model_type")
         labels = config.get("id2label")
@@ -206,7 +195,7 @@ def classifier_identity(path: str | os.PathLike) -> dict[str, Any]:
         info["standin"], info["standin_info"] = True, config[STANDIN_KEY]
     elif markers:
         info["standin"] = True
-        info["standin_info"] = _read_json(markers[0], "the stand-in marker is damaged")
+        info["standin_info"] = read_json(markers[0], "the stand-in marker is damaged")
     return info
 
 
@@ -481,7 +470,7 @@ def load_evaluation(path: str | os.PathLike) -> EvaluationResult:
     ``samples.json`` the per-window values are empty (no t-tests possible).
     """
     folder = find_evaluation(path)
-    doc = _read_json(folder / METRICS_FILE, "re-run `mindvideo evaluate`")
+    doc = read_json(folder / METRICS_FILE, "re-run `mindvideo evaluate`")
     if not isinstance(doc, dict):
         raise UserError(f"{folder / METRICS_FILE} must hold a JSON object; re-run evaluate.")
     meta = doc.pop("meta", {}) or {}
@@ -490,7 +479,7 @@ def load_evaluation(path: str | os.PathLike) -> EvaluationResult:
     gt_hash = meta.get("ground_truth_sha256")
     samples_path = folder / SAMPLES_FILE
     if samples_path.is_file():
-        sdoc = _read_json(samples_path, "re-run `mindvideo evaluate`")
+        sdoc = read_json(samples_path, "re-run `mindvideo evaluate`")
         windows = [(int(w["segment"]), int(w["tr"])) for w in sdoc.get("windows", [])]
         gt_hash = sdoc.get("ground_truth_sha256", gt_hash)
         for key, entry in (sdoc.get("metrics") or {}).items():

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from mindvideo.config.registry import STAGES
-from mindvideo.utils import UserError, atomic_write_text
+from mindvideo.utils import atomic_write_text
+from mindvideo.utils.io import read_json
 
 __all__ = ["RUN_INFO", "STAGE_DIRS", "read_run_info", "stage_dir", "write_run_info"]
 
@@ -76,8 +77,5 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(run_dir) / RUN_INFO
     if not path.is_file():
         return None
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg}); fix or delete it.") from exc
+    info = read_json(path, "fix or delete it")
     return info if isinstance(info, dict) else None

@@ -6,7 +6,6 @@ so a downloaded ``.bin``/``.pth`` cannot run code on load.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from mindvideo.utils.errors import UserError
+from mindvideo.utils.io import read_json
 
 __all__ = ["WEIGHT_SUFFIXES", "find_weights_file", "load_state_dict_safely", "read_json_object"]
 
@@ -85,10 +85,7 @@ def load_state_dict_safely(
 
 def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path`` (a ``config.json``); :class:`UserError` if it is not one."""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err}).") from err
+    data = read_json(path, "re-save the model folder")
     if not isinstance(data, dict):
         raise UserError(f"{path} does not hold a JSON object.")
     return data
