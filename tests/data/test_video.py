@@ -161,3 +161,21 @@ def test_write_gif_loops_with_all_frames(tmp_path):
         assert gif.info["loop"] == 0
         assert gif.info["duration"] == 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recon.gif"]
+
+
+def _stream(path):
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(video=0) if p.size]
+
+
+@pytest.mark.parametrize(("size", "threads"), [(32, 1), (256, 4)])
+def test_same_frames_give_the_same_stream_on_any_machine(tmp_path, size, threads):
+    """x264 runs its CPU-independent code with a fixed thread count (its output depends on
+    both), which the options line it writes into the stream records."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (45, size // 8, size // 8, 3), dtype=np.uint8)
+    frames = np.repeat(np.repeat(noise, 8, 1), 8, 2) // 2 + smooth_clip(45, size, size) // 2
+    streams = [_stream(write_video(tmp_path / f"{k}.mp4", frames, fps=30)) for k in range(3)]
+    assert streams[0] == streams[1] == streams[2]
+    options = streams[0][0]
+    assert f" threads={threads} ".encode() in options
