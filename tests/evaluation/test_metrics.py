@@ -242,3 +242,138 @@ def test_shuffled_chance_and_pixel_identification_on_random_and_true_pairs():
     rand = compute_metric_samples(other, gt, n_ways=(2,), trials=50, progress=False)
     assert abs(rand["pixel_2way"].per_sample.mean() - 0.5) < 0.1
     assert abs(rand["pixel_2way"].shuffled - 0.5) < 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# Against the true labels
+# --------------------------------------------------------------------------------------------
+
+N_TRUE = 60  # classes of the colour judges: enough for 50-way
+
+
+class ColourJudge:
+    """A ProbabilityModel that reads a label off the pixels: channel 0 of the first pixel of a
+    frame (frame judge) or channel 1 of a clip's first frame (video judge), mapped through
+    ``mapping``; the identity mapping makes a perfect judge."""
+
+    def __init__(self, video: bool = False, mapping: np.ndarray | None = None):
+        self.video = video
+        self.mapping = np.arange(N_TRUE) if mapping is None else mapping
+        self.labels = [f"class {i}" for i in range(N_TRUE)]
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        read = batch[:, 0, 0, 0, 1] if self.video else batch[:, 0, 0, 0]
+        return np.eye(N_TRUE)[self.mapping[read.astype(np.int64)]]
+
+
+def _labelled_clips(s: int, f: int = 4, seed: int = 0):
+    """Clips ``[s, f, 4, 4, 3]`` whose pixels carry their labels (see :class:`ColourJudge`),
+    with the frame labels ``[s, f]`` and the video labels ``[s]``."""
+    rng = np.random.default_rng(seed)
+    frame_labels = rng.integers(0, N_TRUE, (s, f))
+    video_labels = rng.integers(0, N_TRUE, s)
+    clips = np.zeros((s, f, 4, 4, 3), np.uint8)
+    clips[..., 0] = frame_labels[:, :, None, None]
+    clips[..., 1] = video_labels[:, None, None, None]
+    return clips, frame_labels, video_labels
+
+
+TRUE_KW = dict(n_ways=(2, 50), trials=20, pixel=False, progress=False)
+
+
+def test_a_perfect_judge_scores_one_against_the_true_labels():
+    clips, frame_labels, video_labels = _labelled_clips(8)
+    samples = compute_metric_samples(
+        clips,
+        clips,
+        ColourJudge(),
+        ColourJudge(video=True),
+        frame_labels=frame_labels,
+        video_labels=video_labels,
+        **TRUE_KW,
+    )
+    for level in ("video", "frame"):
+        for n_way in (2, 50):
+            ms = samples[f"{level}_{n_way}way_top1_true"]
+            assert ms.per_sample.shape == (8,) and ms.per_sample.mean() == 1.0
+            assert ms.chance == pytest.approx(1 / n_way)
+        judge = samples[f"{level}_judge_accuracy"]
+        assert judge.per_sample.mean() == 1.0 and judge.chance == pytest.approx(1 / N_TRUE)
+        assert judge.shuffled < 0.2  # other clips' labels: hardly ever the same
+    assert list(samples)[:4] == [
+        "video_2way_top1_compat",
+        "video_50way_top1_compat",
+        "video_2way_top1_strict",
+        "video_50way_top1_strict",
+    ]
+    assert list(samples)[4:7] == [
+        "video_2way_top1_true",
+        "video_50way_top1_true",
+        "video_judge_accuracy",
+    ]
+    # The judges' own modes do not change with labels given.
+    plain = compute_metric_samples(clips, clips, ColourJudge(), ColourJudge(video=True), **TRUE_KW)
+    assert not any(k.endswith(("_true", "_judge_accuracy")) for k in plain)
+    for key, ms in plain.items():
+        np.testing.assert_array_equal(samples[key].per_sample, ms.per_sample)
+
+
+def test_a_judge_with_shuffled_labels_is_at_chance():
+    clips, frame_labels, _ = _labelled_clips(50, seed=1)
+    mapping = np.random.default_rng(2).permutation(N_TRUE)
+    metrics = compute_metrics(
+        clips,
+        clips,
+        ColourJudge(mapping=mapping),
+        frame_labels=frame_labels,
+        n_resamples=100,
+        **TRUE_KW,
+    )
+    judge = metrics["frame_judge_accuracy"]
+    assert judge["chance"] == pytest.approx(1 / N_TRUE)
+    assert abs(judge["mean"] - 1 / N_TRUE) < 0.05
+    assert abs(judge["chance_shuffled"] - 1 / N_TRUE) < 0.05
+    table = format_markdown_table(metrics)
+    assert "| frame_judge_accuracy |" in table and "| frame_50way_top1_true |" in table
+
+
+def test_random_reconstructions_are_at_chance_against_the_true_labels():
+    rng = np.random.default_rng(3)
+    pred = rng.integers(0, 256, (40, 2, 16, 16, 3), dtype=np.uint8)
+    gt = rng.integers(0, 256, pred.shape, dtype=np.uint8)
+    labels = rng.integers(0, 100, (40, 2))
+    samples = compute_metric_samples(
+        pred,
+        gt,
+        PixelProjection(16 * 16 * 3),
+        n_ways=(2, 10),
+        trials=50,
+        pixel=False,
+        progress=False,
+        frame_labels=labels,
+    )
+    for n_way in (2, 10):
+        ms = samples[f"frame_{n_way}way_top1_true"]
+        assert ms.chance == pytest.approx(1 / n_way)
+        assert abs(ms.per_sample.mean() - 1 / n_way) < 0.08
+        assert abs(ms.shuffled - 1 / n_way) < 0.08
+    assert samples["frame_judge_accuracy"].per_sample.mean() < 0.06
+
+
+def test_true_labels_are_checked_and_true_mode_is_accepted():
+    clips, frame_labels, video_labels = _labelled_clips(3)
+    kw = dict(pixel=False, progress=False, n_ways=(2,), trials=5)
+    with pytest.raises(UserError, match=r"frame labels must be integers of shape \[3, 4\]"):
+        compute_metric_samples(clips, clips, ColourJudge(), frame_labels=video_labels, **kw)
+    with pytest.raises(UserError, match="60 classes"):
+        compute_metric_samples(clips, clips, ColourJudge(), frame_labels=frame_labels + 60, **kw)
+    # Listing "true" without labels is no error and adds nothing.
+    samples = compute_metric_samples(clips, clips, ColourJudge(), modes=("strict", "true"), **kw)
+    assert list(samples) == ["frame_2way_top1_strict"]
+
+
+def test_parse_true_and_judge_keys():
+    assert parse_metric_key("frame_50way_top1_true") == ("frame", 50, 1, "true")
+    assert parse_metric_key("video_2way_top1_true") == ("video", 2, 1, "true")
+    assert parse_metric_key("frame_judge_accuracy") is None
+    assert parse_metric_key("video_judge_accuracy") is None

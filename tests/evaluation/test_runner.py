@@ -2,11 +2,12 @@
 
 import hashlib
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
-from helpers.run import random_clips, write_reconstruction
+from helpers.run import random_clips, write_prepared, write_reconstruction
 from transformers import (
     CLIPConfig,
     CLIPImageProcessorPil,
@@ -20,6 +21,7 @@ from transformers import (
 )
 
 from mindvideo.config import EvaluateConfig, PretrainedPaths
+from mindvideo.data.prepared import PreparedData
 from mindvideo.evaluation import (
     ImageClassifier,
     VideoClassifier,
@@ -32,6 +34,7 @@ from mindvideo.evaluation.runner import (
     load_evaluation,
     load_reconstructions,
 )
+from mindvideo.evaluation.true_labels import window_labels
 from mindvideo.utils import UserError
 
 F = 6
@@ -240,3 +243,152 @@ def test_bad_inputs_are_user_errors(tmp_path):
     with pytest.raises(UserError, match=r"metrics\.json"):
         load_evaluation(tmp_path / "empty")
     assert classifier_identity(tmp_path / "empty")["standin"] is False
+
+
+# --------------------------------------------------------------------------------------------
+# True labels (simulated data)
+# --------------------------------------------------------------------------------------------
+
+WINDOWS = [(0, 0), (0, 17), (0, 60), (0, 131), (1, 5), (1, 44), (1, 98), (1, 239)]
+
+
+class OracleJudge:
+    """Knows the true label of every ground-truth frame (or clip) by its bytes: a perfect judge
+    over ``labels`` names, or any model with names when ``lookup`` is empty (class 0)."""
+
+    def __init__(self, items, ids, labels):
+        pairs = zip(items, ids, strict=True)
+        self.lookup = {np.ascontiguousarray(x).tobytes(): int(i) for x, i in pairs}
+        self.labels = list(labels)
+
+    def predict_proba(self, batch):
+        ids = [self.lookup.get(np.ascontiguousarray(x).tobytes(), 0) for x in batch]
+        return np.eye(len(self.labels))[ids]
+
+
+def _simulated_reconstruction(folder, prepared, windows=WINDOWS):
+    """A reconstruct folder over the tiny simulated subject's test windows (one TR each), the
+    reconstructions equal to the ground truth; returns it and the ground truth."""
+    frames = PreparedData.open(prepared).frames("test")
+    gt = np.stack([np.asarray(frames[s, t]) for s, t in windows])
+    write_reconstruction(folder, gt.copy(), gt)
+    index = json.loads((folder / "index.json").read_text())
+    index["settings"]["data"] = str(prepared)
+    index["windows"] = [
+        {"row": i, "segment": s, "tr": t, "frame_trs": [t]} for i, (s, t) in enumerate(windows)
+    ]
+    (folder / "index.json").write_text(json.dumps(index))
+    return folder, gt
+
+
+def _oracles(gt, scene_labels, windows=WINDOWS):
+    """A perfect frame judge and a perfect video judge of these ground-truth clips."""
+    cls = np.stack([scene_labels.class_id["test"][s, t] for s, t in windows])  # [n, 6]
+    vid = [scene_labels.video_label("test")[s, t, F // 2] for s, t in windows]
+    frame = OracleJudge(gt.reshape(-1, *gt.shape[2:]), cls.reshape(-1), scene_labels.classes)
+    video = OracleJudge(gt, vid, scene_labels.video_labels)
+    return frame, video
+
+
+TRUE_CFG = dict(n_ways=[2, 5], trials=10, bootstrap=100, seed=0)
+
+
+def test_true_label_scores_on_simulated_data(
+    tmp_path, prepared_dataset, simulated_dataset, scene_labels
+):
+    recon, gt = _simulated_reconstruction(tmp_path / "recon", prepared_dataset)
+    frame, video = _oracles(gt, scene_labels)
+    cfg = EvaluateConfig(reconstructions=str(recon), **TRUE_CFG)
+    result = evaluate_reconstructions(
+        cfg, tmp_path / "eval", frame_model=frame, video_model=video, progress=False
+    )
+    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for level, n_classes in (("frame", 73), ("video", 657)):
+        for n_way in (2, 5):
+            m = doc[f"{level}_{n_way}way_top1_true"]
+            assert m["mean"] == 1.0 and m["chance"] == pytest.approx(1 / n_way)
+            assert m["chance_shuffled"] is not None
+        judge = doc[f"{level}_judge_accuracy"]
+        assert judge["mean"] == 1.0 and judge["chance"] == pytest.approx(1 / n_classes)
+        assert judge["n"] == len(WINDOWS)
+    assert doc["meta"]["true_labels"] == {
+        "source": str((simulated_dataset / "scenes.json").resolve()),
+        "frame": True,
+        "video": True,
+    }
+    assert "frame_judge_accuracy" in result.samples
+    md = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| frame_judge_accuracy | 1.000" in md and "judge_accuracy: the classifier" in md
+
+
+def test_true_labels_skip_a_level_whose_classifier_has_other_names(
+    tmp_path, prepared_dataset, scene_labels, caplog
+):
+    recon, gt = _simulated_reconstruction(tmp_path / "recon", prepared_dataset)
+    frame, _ = _oracles(gt, scene_labels)
+    kinetics = OracleJudge([], [], [f"LABEL_{i}" for i in range(12)])
+    cfg = EvaluateConfig(reconstructions=str(recon), **TRUE_CFG)
+    with caplog.at_level(logging.WARNING, logger="mindvideo.evaluation.true_labels"):
+        result = evaluate_reconstructions(
+            cfg, tmp_path / "eval", frame_model=frame, video_model=kinetics, progress=False
+        )
+    assert "No video true-label scores" in caplog.text and "LABEL_0" in caplog.text
+    assert "frame_2way_top1_true" in result.metrics and "frame_judge_accuracy" in result.metrics
+    assert not any(k.startswith("video_") and k.endswith("_true") for k in result.metrics)
+    assert "video_judge_accuracy" not in result.metrics
+    assert "video_2way_top1_strict" in result.metrics
+    assert result.meta["true_labels"]["frame"] and not result.meta["true_labels"]["video"]
+    with pytest.raises(UserError, match="does not exist"):
+        evaluate_reconstructions(
+            EvaluateConfig(
+                reconstructions=str(recon), scenes_json=str(tmp_path / "no.json"), **TRUE_CFG
+            ),
+            tmp_path / "bad",
+            frame_model=frame,
+            progress=False,
+        )
+
+
+def test_no_true_labels_without_a_simulated_dataset(tmp_path, caplog):
+    prepared = write_prepared(tmp_path / "prepared")  # real-data layout: no scenes.json
+    gt = random_clips(4, size=32)
+    recon = write_reconstruction(tmp_path / "recon", gt.copy(), gt)
+    index = json.loads((recon / "index.json").read_text())
+    index["settings"]["data"] = str(prepared)
+    (recon / "index.json").write_text(json.dumps(index))
+    judge = OracleJudge([], [], [f"class {i}" for i in range(10)])
+    with caplog.at_level(logging.INFO, logger="mindvideo.evaluation.true_labels"):
+        result = evaluate_reconstructions(
+            EvaluateConfig(reconstructions=str(recon), **TRUE_CFG),
+            tmp_path / "eval",
+            frame_model=judge,
+            progress=False,
+        )
+    assert "No true labels" in caplog.text
+    assert "frame_2way_top1_strict" in result.metrics
+    assert not any(k.endswith(("_true", "_judge_accuracy")) for k in result.metrics)
+    assert result.meta["true_labels"] == {"source": None, "frame": False, "video": False}
+
+
+def test_window_labels_follow_the_frame_trs(prepared_dataset, scene_labels):
+    """A window of two TRs is labelled like ground_truth.npy: its TRs' frames in order, the
+    video label that of the middle frame (the second TR's first)."""
+    index = {
+        "split": "test",
+        "settings": {"data": str(prepared_dataset)},
+        "windows": [
+            {"segment": 1, "tr": 238, "frame_trs": [238, 239]},
+            {"segment": 0, "tr": 3, "frame_trs": [3, 4]},
+        ],
+    }
+    frame = OracleJudge([], [], scene_labels.classes)
+    video = OracleJudge([], [], scene_labels.video_labels)
+    labels = window_labels(index, 2 * F, None, frame, video)
+    cls, vid = scene_labels.class_id["test"], scene_labels.video_label("test")
+    np.testing.assert_array_equal(labels.frame[0], np.concatenate([cls[1, 238], cls[1, 239]]))
+    np.testing.assert_array_equal(labels.frame[1], np.concatenate([cls[0, 3], cls[0, 4]]))
+    np.testing.assert_array_equal(labels.video, [vid[1, 239, 0], vid[0, 4, 0]])
+    reversed_names = OracleJudge([], [], scene_labels.classes[::-1])  # matched by name
+    flipped = window_labels(index, 2 * F, None, reversed_names, None)
+    np.testing.assert_array_equal(flipped.frame, len(scene_labels.classes) - 1 - labels.frame)
+    assert flipped.video is None and flipped.meta["frame"] and not flipped.meta["video"]

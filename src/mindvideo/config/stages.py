@@ -391,6 +391,10 @@ class EvaluateConfig:
     """Bootstrap resamples for the confidence intervals."""
     batch_size: int = 32
     device: str | None = None
+    scenes_json: str | None = None
+    """The simulator's ``scenes.json``, for the scores against the true labels (the judges'
+    accuracy on the ground truth, ``*_true`` identification); unset: found through the prepared
+    data's manifest. Data without labels (real data) gets no true-label scores."""
 
 
 @dataclass

@@ -3,6 +3,9 @@
 ``compute_metrics`` returns a dict with stable keys ``{level}_{N}way_top{K}_{mode}`` (level is
 ``frame`` or ``video``, mode ``compat`` or ``strict``; e.g. ``video_50way_top1_strict``) plus
 ``ssim`` and ``psnr``; each value is ``{"mean", "se", "chance", "n", "ci_low", "ci_high"}``.
+Given the true labels of the ground truth (simulated data), mode ``true`` scores against the true
+class instead of the judge's reading of the ground truth, and ``{level}_judge_accuracy`` is the
+judge's own top-1 accuracy on the ground truth.
 
 The sample unit is the clip (one test window of F frames) for every metric: frame-level scores are
 computed per frame and averaged within the clip, so the mean equals the authors' mean over all
@@ -33,6 +36,15 @@ logger = logging.getLogger(__name__)
 
 LEVELS = ("video", "frame")
 PIXEL_METRICS = ("ssim", "psnr")
+TRUE_MODE = "true"
+"""Identification against the true label: the strict rule with a one-hot ground truth."""
+ALL_MODES: tuple[str, ...] = (*MODES, TRUE_MODE)
+JUDGE_ACCURACY = "judge_accuracy"
+
+
+def judge_key(level: str) -> str:
+    """The key of a judge's top-1 accuracy on the ground truth, e.g. ``frame_judge_accuracy``."""
+    return f"{level}_{JUDGE_ACCURACY}"
 
 
 def metric_key(level: str, n_way: int, top_k: int, mode: str) -> str:
@@ -105,6 +117,26 @@ def _probabilities(model: ProbabilityModel, batch: np.ndarray, level: str) -> np
     return probs
 
 
+def _skipped(key: str, level: str, n_way: int, top_k: int, n_classes: int, n_gt: int) -> bool:
+    """Whether a test cannot run (too few classes for the distractors, or K >= N); logged."""
+    if n_way - 1 > n_classes - n_gt:
+        logger.warning(
+            "Skipping %s: %d-way needs %d distractor classes but the %s classifier "
+            "has only %d classes outside the %d ground-truth classes.",
+            key,
+            n_way,
+            n_way - 1,
+            level,
+            n_classes - n_gt,
+            n_gt,
+        )
+        return True
+    if not 1 <= top_k < n_way:
+        logger.warning("Skipping %s: top-%d of %d classes is not a test.", key, top_k, n_way)
+        return True
+    return False
+
+
 def _identification(
     level: str,
     pred_probs: np.ndarray,
@@ -116,34 +148,22 @@ def _identification(
     modes: tuple[str, ...],
     seed: int,
 ) -> dict[str, MetricSamples]:
-    """N-way top-K scores of one level; rows of the probabilities are grouped per clip."""
+    """N-way top-K scores of one level; rows of the probabilities are grouped per clip.
+
+    Mode ``true`` is the strict rule (its ``gt_probs`` are one-hot true labels)."""
     n_classes = pred_probs.shape[1]
     # The empirical chance re-pairs whole clips: frame j of clip i with frame j of clip perm[i].
     gt_clips = gt_probs.reshape(-1, frames_per_sample, n_classes)
     out: dict[str, MetricSamples] = {}
     for mode in modes:
-        n_gt = COMPAT_GT_CLASSES if mode == "compat" else 1
+        rule = "strict" if mode == TRUE_MODE else mode
+        n_gt = COMPAT_GT_CLASSES if rule == "compat" else 1
         for n_way in n_ways:
             for top_k in top_ks:
                 key = metric_key(level, n_way, top_k, mode)
-                if n_way - 1 > n_classes - n_gt:
-                    logger.warning(
-                        "Skipping %s: %d-way needs %d distractor classes but the %s classifier "
-                        "has only %d classes outside the %d ground-truth classes.",
-                        key,
-                        n_way,
-                        n_way - 1,
-                        level,
-                        n_classes - n_gt,
-                        n_gt,
-                    )
+                if _skipped(key, level, n_way, top_k, n_classes, n_gt):
                     continue
-                if not 1 <= top_k < n_way:
-                    logger.warning(
-                        "Skipping %s: top-%d of %d classes is not a test.", key, top_k, n_way
-                    )
-                    continue
-                test = (n_way, top_k, trials, mode)
+                test = (n_way, top_k, trials, rule)
                 res = nway_topk(pred_probs, gt_probs, *test, rng=metric_rng(seed, key))
                 per_clip = res.per_sample.reshape(-1, frames_per_sample).mean(axis=1)
 
@@ -154,6 +174,71 @@ def _identification(
 
                 shuffled = _shuffled(score, len(per_clip), metric_rng(seed, key, stream=2))
                 out[key] = MetricSamples(per_clip, res.chance, *shuffled)
+    return out
+
+
+def _check_labels(
+    labels: np.ndarray, shape: tuple[int, ...], level: str, n_classes: int
+) -> np.ndarray:
+    """The true labels of one level as int64 ``shape`` (``[S, F]`` frames, ``[S]`` clips)."""
+    arr = np.asarray(labels)
+    if arr.shape != shape or not np.issubdtype(arr.dtype, np.integer):
+        raise UserError(
+            f"The {level} labels must be integers of shape {list(shape)} (one per "
+            f"{'frame' if len(shape) == 2 else 'clip'}), got {arr.dtype} {list(arr.shape)}."
+        )
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        raise UserError(
+            f"The {level} labels must index the {level} classifier's {n_classes} classes; "
+            f"got values in {int(arr.min())}..{int(arr.max())}."
+        )
+    return arr.astype(np.int64)
+
+
+def judge_accuracy_samples(
+    gt_probs: np.ndarray, labels: np.ndarray, seed: int, key: str
+) -> MetricSamples:
+    """A judge's top-1 accuracy on the ground truth: ``gt_probs`` ``[S·F, C]``, ``labels``
+    ``[S, F]`` true classes; per clip the fraction of its frames whose most probable class is
+    the true one. Chance 1/C; the shuffled chance pairs the judge's readings with other clips'
+    labels."""
+    n_clips = labels.shape[0]
+    top1 = gt_probs.argmax(axis=1).reshape(labels.shape)
+    per_clip = (top1 == labels).mean(axis=1)
+
+    def score(perm: np.ndarray) -> float:
+        return float((top1 == labels[perm]).mean())
+
+    shuffled = _shuffled(score, n_clips, metric_rng(seed, key, stream=2))
+    return MetricSamples(per_clip, 1.0 / gt_probs.shape[1], *shuffled)
+
+
+def _level_samples(
+    level: str,
+    probs: tuple[np.ndarray, np.ndarray],
+    labels: np.ndarray | None,
+    frames_per_sample: int,
+    tests: tuple[tuple[int, ...], tuple[int, ...], int],
+    modes: tuple[str, ...],
+    seed: int,
+) -> dict[str, MetricSamples]:
+    """Every score of one level: the judges' modes and, given ``labels`` (``[S, F]`` or
+    ``[S]``), the ``true`` mode and the judge's accuracy."""
+    pred_probs, gt_probs = probs
+    out = _identification(level, pred_probs, gt_probs, frames_per_sample, *tests, modes, seed)
+    if labels is None:
+        return out
+    n_classes = gt_probs.shape[1]
+    n_clips = gt_probs.shape[0] // frames_per_sample
+    shape = (n_clips, frames_per_sample) if level == "frame" else (n_clips,)
+    labels = _check_labels(labels, shape, level, n_classes).reshape(n_clips, frames_per_sample)
+    one_hot = np.eye(n_classes)[labels.reshape(-1)]
+    true_modes = (TRUE_MODE,)
+    out.update(
+        _identification(level, pred_probs, one_hot, frames_per_sample, *tests, true_modes, seed)
+    )
+    key = judge_key(level)
+    out[key] = judge_accuracy_samples(gt_probs, labels, seed, key)
     return out
 
 
@@ -199,6 +284,8 @@ def compute_metric_samples(
     resize_to: tuple[int, int] | None = None,
     pixel: bool = True,
     progress: bool = True,
+    frame_labels: np.ndarray | None = None,
+    video_labels: np.ndarray | None = None,
 ) -> dict[str, MetricSamples]:
     """Per-clip values of every metric (what :func:`compute_metrics` summarises).
 
@@ -214,23 +301,30 @@ def compute_metric_samples(
             the classifier has classes outside the ground-truth ones is skipped with a warning.
         top_k: K, or several.
         trials: distractor draws per sample (100 in the paper).
-        modes: ``"compat"`` (top-3 ground truth, the authors' rule) and/or ``"strict"`` (top-1).
+        modes: ``"compat"`` (top-3 ground truth, the authors' rule) and/or ``"strict"`` (top-1);
+            ``"true"`` may be listed but changes nothing: the true-label scores come with labels.
         seed: seeds every metric's own generator (:func:`metric_rng`).
         resize_to: ``(H, W)`` to resize both reconstructions and ground truth to before scoring
             (the authors scored at the reconstruction's resolution).
         pixel: compute SSIM and PSNR.
         progress: progress bars for the slow parts.
+        frame_labels: ``[S, F]`` int true class of every ground-truth frame, as indices into the
+            frame classifier's classes; adds ``frame_{N}way_top{K}_true`` and
+            ``frame_judge_accuracy``.
+        video_labels: ``[S]`` int true class of every ground-truth clip (video classifier's
+            classes); adds ``video_{N}way_top{K}_true`` and ``video_judge_accuracy``.
 
     Returns:
-        ``{key: MetricSamples}``, each ``per_sample: [S]``; keys in the order video identification,
-        frame identification, ``ssim``, ``psnr``.
+        ``{key: MetricSamples}``, each ``per_sample: [S]``; keys in the order video identification
+        (judges' modes, ``true``, judge accuracy), the same for frames, pixel identification,
+        ``ssim``, ``psnr``.
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
     _check_clips(pred, gt)
-    modes_t = tuple(modes)
-    for mode in modes_t:
-        if mode not in MODES:
+    for mode in modes:
+        if mode not in ALL_MODES:
             raise UserError(f"Unknown N-way mode {mode!r}; use 'compat' and/or 'strict'.")
+    modes_t = tuple(m for m in modes if m != TRUE_MODE)
     n_ways_t, top_ks_t = _as_tuple(n_ways), _as_tuple(top_k)
     if any(n < 2 for n in n_ways_t) or any(k < 1 for k in top_ks_t) or trials < 1:
         raise UserError(
@@ -240,22 +334,27 @@ def compute_metric_samples(
     if resize_to is not None:
         pred, gt = resize_frames(pred, resize_to), resize_frames(gt, resize_to)
     s, f = pred.shape[:2]
+    tests = (n_ways_t, top_ks_t, trials)
 
     out: dict[str, MetricSamples] = {}
     if video_model is not None:
         logger.info("Video identification: classifying %d reconstructed and ground-truth clips", s)
-        pv = _probabilities(video_model, pred, "video")
-        gv = _probabilities(video_model, gt, "video")
-        out.update(_identification("video", pv, gv, 1, n_ways_t, top_ks_t, trials, modes_t, seed))
+        probs = (
+            _probabilities(video_model, pred, "video"),
+            _probabilities(video_model, gt, "video"),
+        )
+        out.update(_level_samples("video", probs, video_labels, 1, tests, modes_t, seed))
     if frame_model is not None:
         logger.info(
             "Frame identification: classifying %d reconstructed and ground-truth frames", s * f
         )
         frames_pred = pred.reshape(s * f, *pred.shape[2:])
         frames_gt = gt.reshape(s * f, *gt.shape[2:])
-        pf = _probabilities(frame_model, frames_pred, "frame")
-        gf = _probabilities(frame_model, frames_gt, "frame")
-        out.update(_identification("frame", pf, gf, f, n_ways_t, top_ks_t, trials, modes_t, seed))
+        probs = (
+            _probabilities(frame_model, frames_pred, "frame"),
+            _probabilities(frame_model, frames_gt, "frame"),
+        )
+        out.update(_level_samples("frame", probs, frame_labels, f, tests, modes_t, seed))
     if pixel:
         out.update(pixel_identification_samples(pred, gt, n_ways_t, trials, seed))
         out["ssim"] = MetricSamples(per_sample=clip_ssim(pred, gt, progress=progress), chance=None)
@@ -302,7 +401,8 @@ def compute_metrics(
 
     Returns:
         ``{key: {"mean", "se", "chance", "n", "ci_low", "ci_high"}}`` with keys
-        ``{level}_{N}way_top{K}_{mode}``, ``ssim``, ``psnr`` (chance None for the last two).
+        ``{level}_{N}way_top{K}_{mode}``, ``{level}_judge_accuracy`` (with labels), ``ssim``,
+        ``psnr`` (chance None for the last two).
     """
     samples = compute_metric_samples(pred, gt, frame_model, video_model, seed=seed, **settings)
     return summarise_metrics(samples, seed=seed, n_resamples=n_resamples)
@@ -354,9 +454,10 @@ def above_shuffled(m: dict[str, Any]) -> bool:
 
 
 def parse_metric_key(key: str) -> tuple[str, int, int, str] | None:
-    """``(level, N, K, mode)`` of an identification key; None for ``ssim``, ``psnr`` and others."""
+    """``(level, N, K, mode)`` of an identification key (mode ``compat``, ``strict`` or
+    ``true``); None for ``ssim``, ``psnr``, ``{level}_judge_accuracy`` and others."""
     parts = key.split("_")
-    if len(parts) != 4 or parts[0] not in LEVELS or parts[3] not in MODES:
+    if len(parts) != 4 or parts[0] not in LEVELS or parts[3] not in ALL_MODES:
         return None
     if not (parts[1].endswith("way") and parts[2].startswith("top")):
         return None

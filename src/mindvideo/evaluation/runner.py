@@ -13,6 +13,12 @@ computes every metric of Table 1 (paper 4.3, 5) with :func:`compute_metric_sampl
 Resolution: the authors scored at the reconstruction's resolution, so when the ground truth was
 stored at another size it is resized to the reconstruction's (``resize_to`` resizes both).
 
+True labels: when the prepared data the reconstructions came from is simulated (its
+``scenes.json`` is found through the manifest, or given as ``scenes_json``), every level whose
+classifier names the simulator's labels also gets ``{level}_{N}way_top{K}_true`` (identification
+against the true class) and ``{level}_judge_accuracy`` (the judge's accuracy on the ground
+truth); ``meta["true_labels"]`` records the source (:mod:`mindvideo.evaluation.true_labels`).
+
 Stand-in classifiers: a model folder holding ``standin.json`` (the marker the stand-in trainer,
 ``mindvideo.demo.standins``, writes) or ``mindvideo_standin.json``, or whose ``config.json``
 has a ``mindvideo_standin`` key, is one of the small models trained on the simulator's labels.
@@ -42,12 +48,15 @@ from mindvideo.evaluation.clip_similarity import (
     clip_similarity_samples,
 )
 from mindvideo.evaluation.metrics import (
+    JUDGE_ACCURACY,
+    TRUE_MODE,
     MetricSamples,
     compute_metric_samples,
     format_markdown_table,
     summarise_metrics,
 )
 from mindvideo.evaluation.pixel import resize_frames
+from mindvideo.evaluation.true_labels import window_labels
 from mindvideo.utils import UserError, atomic_write_text
 from mindvideo.utils.freshness import sha256_file
 from mindvideo.utils.io import read_json
@@ -332,8 +341,20 @@ def _markdown(metrics: dict[str, dict], meta: dict[str, Any]) -> str:
             if CLIP_KEY in metrics
             else ""
         )
+        + (_TRUE_NOTE if any(_is_true_label_key(k) for k in metrics) else "")
     )
     return "\n".join(lines).rstrip() + "\n"
+
+
+_TRUE_NOTE = (
+    " true: identification against the simulator's true class of the ground truth (the strict "
+    "rule, chance K/N); judge_accuracy: the classifier's top-1 accuracy on the ground truth "
+    "itself (chance 1/classes; shuffled: against other windows' labels)."
+)
+
+
+def _is_true_label_key(key: str) -> bool:
+    return key.endswith((f"_{TRUE_MODE}", f"_{JUDGE_ACCURACY}"))
 
 
 def evaluate_reconstructions(
@@ -377,6 +398,7 @@ def evaluate_reconstructions(
             "No classifiers configured (pretrained.image_classifier, "
             "pretrained.video_classifier): computing SSIM and PSNR only."
         )
+    labels = window_labels(recon.index, f, cfg.scenes_json, frame_model, video_model)
     samples: dict[str, MetricSamples] = compute_metric_samples(
         pred_c,
         gt_c,
@@ -388,6 +410,8 @@ def evaluate_reconstructions(
         modes=cfg.modes,
         seed=cfg.seed,
         progress=progress,
+        frame_labels=labels.frame,
+        video_labels=labels.video,
     )
     if clip_model is not None:
         samples[CLIP_KEY] = clip_similarity_samples(pred_c, gt_c, clip_model)
@@ -416,6 +440,7 @@ def evaluate_reconstructions(
         "bootstrap": cfg.bootstrap,
         "classifiers": identities,
         "standin_classifiers": standin,
+        "true_labels": labels.meta,
         "ground_truth_sha256": gt_hash,
     }
 
