@@ -366,6 +366,13 @@ class ReconstructConfig:
     gif: bool = True
     """Also write a GIF beside each mp4."""
     fps: int = 3
+    condition: str = "fmri"
+    """``fmri``: each window's fMRI through the encoder (the reconstruction). ``caption``: the
+    oracle — each window's caption through ``text_encoder``, the condition a perfect encoder
+    would give; through the same UNet, sampler and seeds it measures the generator's ceiling."""
+    text_encoder: str | None = None
+    """With ``condition=caption``: a folder with ``text_encoder/`` and ``tokenizer/`` (Stable
+    Diffusion 1.5, or the output of ``mindvideo tune-video``)."""
 
 
 @dataclass

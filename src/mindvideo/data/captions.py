@@ -15,6 +15,9 @@ Three pieces:
   gives 6 identical frames per TR) are captioned once.
 - :class:`CaptionAugmenter` — synonym replacement and random word swaps that work offline, from
   a curated lexicon shipped with the package (``synonyms.json``, see :func:`load_lexicon`).
+
+And :func:`clip_caption`, the one caption of a clip (the most common of its frames' captions),
+which video tuning trains with and ``reconstruct condition=caption`` generates from.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +50,7 @@ __all__ = [
     "CaptionAugmenter",
     "FrameCaptioner",
     "caption_frames",
+    "clip_caption",
     "frame_key",
     "load_lexicon",
 ]
@@ -310,6 +315,19 @@ def _folder_identity(folder: Path, settings: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # cache
+
+
+def clip_caption(captions: Sequence[str]) -> str:
+    """The one caption of a clip: the most common of its frames' captions, ties to the earliest.
+
+    BLIP captions each frame; a 6-frame clip usually shows one scene, so its frames mostly
+    share a caption. When they all differ this is the first frame's caption.
+    """
+    if not captions:
+        raise ValueError("a clip needs at least one caption")
+    counts = Counter(captions)
+    best = max(counts.values())
+    return next(c for c in captions if counts[c] == best)
 
 
 def frame_key(frame: np.ndarray, identity: str) -> str:

@@ -97,7 +97,12 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         memory=memory,
         settings={
             "sampler": f"{type(scheduler).__name__}, {cfg.num_inference_steps} steps",
-            "guidance": f"{cfg.negative} negative, scale {cfg.guidance_scale:g}",
+            "condition": (
+                "each window's caption through the text encoder (the generator's ceiling)"
+                if cfg.condition == "caption"
+                else "each window's fMRI through the encoder"
+            ),
+            "guidance": f"{run.settings['negative']} negative, scale {cfg.guidance_scale:g}",
             "batches": f"{n_batches:,} of {cfg.batch_size} windows"
             f" → {n_batches * cfg.num_inference_steps:,} UNet calls",
             "device, dtype": f"{device}, {cfg.dtype}",
@@ -109,6 +114,10 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         "data": f"{cfg.data}: prepared subject, {cfg.split} split",
         "out": out_status(out_path),
     }
+    if cfg.condition == "caption":
+        captions = {c for w in run.windows for c in w["captions"]}
+        checked["text_encoder"] = f"{cfg.text_encoder}: text_encoder/ and tokenizer/ present"
+        checked["data"] += f", {len(captions):,} unique window captions"
     return RunPlan("reconstruct", checked, [phase], notes)
 
 

@@ -13,6 +13,10 @@ saved as a pipeline folder (``model_index.json``, ``vae/``, ``unet/``, ``fmri_en
 ``__call__`` reads as numbered steps: check inputs, encode the condition (positive and negative),
 prepare timesteps, prepare latents, denoise with adversarial guidance (eq. 6) — both branches in
 one batched UNet call — decode, return.
+
+The condition may also be given directly as tokens, ``pipe(prompt_embeds=..., ...)`` with
+``[N, 77, d]`` (e.g. a caption through the text encoder: the oracle of ``mindvideo reconstruct
+condition=caption``); everything after step 2 is the same.
 """
 
 from __future__ import annotations
@@ -217,25 +221,41 @@ class MindVideoPipeline(DiffusionPipeline):
         width: int,
         output_type: str,
         generator: torch.Generator | list[torch.Generator] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
-        """Validate the inputs; return ``fmri [N, W, V]``, the negative as ``[1|N, w', V]`` or
-        embeddings ``[1|N, 77, d]``, and the number of frames. Mistakes are :class:`UserError`."""
-        fmri = self._check_fmri(_as_tensor(fmri, "fmri"), "fmri")
-        n, w_in = fmri.shape[:2]
-        max_window = int(self.fmri_encoder.config.max_window)
-        if not self.window <= w_in <= max_window:
+        prompt_embeds: Any = None,
+    ) -> tuple[
+        torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, int
+    ]:
+        """Validate the inputs; return ``fmri [N, W, V]`` (or None), ``prompt_embeds
+        [N, S, 77, d]`` (or None), the negative as fMRI ``[1|N, w', V]`` or embeddings
+        ``[1|N, 77, d]``, and the number of frames. Mistakes are :class:`UserError`."""
+        if (fmri is None) == (prompt_embeds is None):
             raise UserError(
-                f"The fMRI windows have {w_in} TRs, but this encoder takes windows of "
-                f"{self.window} TRs (6 frames) up to max_window = {max_window} TRs (longer "
-                f"videos); pass fMRI of shape [N, {self.window}..{max_window}, {self.num_voxels}]."
+                "Pass the condition as fmri (fMRI windows [N, w, V]) or as prompt_embeds "
+                "(condition tokens [N, 77, d]): exactly one of them."
             )
-        conditions = w_in - self.window + 1
+        if fmri is not None:
+            fmri = self._check_fmri(_as_tensor(fmri, "fmri"), "fmri")
+            n, w_in = fmri.shape[:2]
+            conditions = self._check_fmri_window(w_in)
+        else:
+            prompt_embeds = self._check_prompt_embeds(prompt_embeds)
+            n, conditions = prompt_embeds.shape[:2]
+            if negative_fmri is not None:
+                raise UserError(
+                    "With prompt_embeds pass the negative condition as negative_embeddings "
+                    "(tokens [77, d]), not as negative_fmri."
+                )
         if num_frames is None:
             num_frames = self.config.frames_per_tr * conditions
         if num_frames < conditions or num_frames % conditions:
+            source = (
+                f"a {fmri.shape[1]}-TR window gives (one per sub-window of {self.window} TRs)"
+                if fmri is not None
+                else "of prompt_embeds [N, S, 77, d] (S)"
+            )
             raise UserError(
                 f"num_frames = {num_frames} must be a positive multiple of the {conditions} "
-                f"conditions a {w_in}-TR window gives (one per sub-window of {self.window} TRs)."
+                f"conditions {source}."
             )
         if negative_fmri is not None and negative_embeddings is not None:
             raise UserError("Pass negative_fmri or negative_embeddings, not both.")
@@ -275,9 +295,51 @@ class MindVideoPipeline(DiffusionPipeline):
             raise UserError(f"output_type must be one of {OUTPUT_TYPES}, not {output_type!r}.")
         if isinstance(generator, list) and len(generator) != n:
             raise UserError(
-                f"A list of generators needs one per fMRI window: got {len(generator)} for {n}."
+                f"A list of generators needs one per fMRI window (per video): got "
+                f"{len(generator)} for {n}."
             )
-        return fmri, negative_fmri, negative_embeddings, num_frames
+        return fmri, prompt_embeds, negative_fmri, negative_embeddings, num_frames
+
+    def _check_fmri_window(self, w_in: int) -> int:
+        """The number of conditions ``W − w + 1`` a ``W``-TR window gives (checked)."""
+        max_window = int(self.fmri_encoder.config.max_window)
+        if not self.window <= w_in <= max_window:
+            raise UserError(
+                f"The fMRI windows have {w_in} TRs, but this encoder takes windows of "
+                f"{self.window} TRs (6 frames) up to max_window = {max_window} TRs (longer "
+                f"videos); pass fMRI of shape [N, {self.window}..{max_window}, {self.num_voxels}]."
+            )
+        return w_in - self.window + 1
+
+    def _check_prompt_embeds(self, prompt_embeds: Any) -> torch.Tensor:
+        """``[77, d]``, ``[N, 77, d]`` or ``[N, S, 77, d]`` → float ``[N, S, 77, d]``, with the
+        encoder's token count, the UNet's cross-attention width and finite values."""
+        embeds = _as_tensor(prompt_embeds, "prompt_embeds")
+        if embeds.ndim in (2, 3):
+            embeds = embeds[None] if embeds.ndim == 2 else embeds
+            embeds = embeds[:, None]  # one condition per video
+        tokens = int(self.fmri_encoder.config.out_tokens)
+        dim = int(self.unet.config.cross_attention_dim)
+        if (
+            embeds.ndim != 4
+            or min(embeds.shape[:2]) < 1
+            or tuple(embeds.shape[2:])
+            != (
+                tokens,
+                dim,
+            )
+        ):
+            raise UserError(
+                f"prompt_embeds must be condition tokens [N, {tokens}, {dim}] (or [{tokens}, "
+                f"{dim}], or [N, S, {tokens}, {dim}] for S conditions per video: {tokens} tokens "
+                f"of the UNet's cross_attention_dim {dim}); got {list(prompt_embeds.shape)}."
+            )
+        if not embeds.dtype.is_floating_point:
+            raise UserError(f"prompt_embeds must be floating point, not {embeds.dtype}.")
+        bad = int((~torch.isfinite(embeds)).sum())
+        if bad:
+            raise UserError(f"prompt_embeds contains {bad} NaN or infinite values.")
+        return embeds
 
     def _check_fmri(self, fmri: torch.Tensor, name: str) -> torch.Tensor:
         """``[W, V]`` or ``[N, W, V]`` → float ``[N, W, V]``; V and finiteness checked."""
@@ -449,7 +511,7 @@ class MindVideoPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        fmri: torch.Tensor | np.ndarray,
+        fmri: torch.Tensor | np.ndarray | None = None,
         negative_fmri: torch.Tensor | np.ndarray | None = None,
         negative_embeddings: torch.Tensor | None = None,
         guidance_scale: float = 12.5,
@@ -464,8 +526,9 @@ class MindVideoPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         decode_chunk_size: int = 8,
+        prompt_embeds: torch.Tensor | np.ndarray | None = None,
     ) -> MindVideoPipelineOutput | tuple:
-        """Reconstruct one video per fMRI window.
+        """Reconstruct one video per fMRI window (or per given condition, ``prompt_embeds``).
 
         Args:
             fmri: ``[N, W, V]`` fMRI windows (or one ``[W, V]``), normalised and padded as in
@@ -492,11 +555,17 @@ class MindVideoPipeline(DiffusionPipeline):
             callback_on_step_end: ``f(pipe, i, t, {"latents", "noise_pred"}) → dict`` after each
                 step; a returned ``"latents"`` replaces the latents.
             decode_chunk_size: frames per VAE decoder call.
+            prompt_embeds: the condition c itself instead of ``fmri`` (pass ``fmri=None``):
+                tokens ``[N, 77, d]`` (or one ``[77, d]``), ``d`` the UNet's
+                ``cross_attention_dim``, or ``[N, S, 77, d]`` for ``S`` conditions per video as a
+                longer fMRI window gives. E.g. a caption's text embedding, the condition a perfect
+                fMRI encoder would give (``mindvideo reconstruct condition=caption``). The
+                negative then goes as ``negative_embeddings`` (or none: the null condition).
         """
         # 1. Check inputs
         height = height or self.default_size
         width = width or self.default_size
-        fmri, negative_fmri, negative_embeddings, num_frames = self.check_inputs(
+        fmri, prompt_embeds, negative_fmri, negative_embeddings, num_frames = self.check_inputs(
             fmri,
             negative_fmri,
             negative_embeddings,
@@ -505,13 +574,17 @@ class MindVideoPipeline(DiffusionPipeline):
             width,
             output_type,
             generator,
+            prompt_embeds,
         )
-        batch = fmri.shape[0]
         device = self._execution_device
         do_guidance = guidance_scale > 1.0
 
-        # 2. Encode the condition c and the negative condition c̄
-        condition = self.encode_fmri(fmri)  # [N, S, 77, d]
+        # 2. Encode the condition c (or take it as given) and the negative condition c̄
+        if fmri is not None:
+            condition = self.encode_fmri(fmri)  # [N, S, 77, d]
+        else:
+            condition = prompt_embeds.to(device, self.fmri_encoder.dtype)  # [N, S, 77, d]
+        batch = condition.shape[0]
         negative = None
         if do_guidance:
             negative = self.encode_negative(batch, negative_fmri, negative_embeddings)

@@ -15,6 +15,10 @@ The two stacked arrays are written once every window is finished. Window ``i``'s
 comes from its own generator seeded with :func:`window_seed` ``(seed, segment, tr)`` and windows
 are batched in fixed groups of ``batch_size`` by index, so a clip is bit-for-bit the same whether
 or not the run was interrupted.
+
+``condition=caption`` (:mod:`mindvideo.pipeline.oracle`) generates each window from its caption
+through a text encoder instead of its fMRI — the generator's ceiling — into the same files; each
+``index.json`` window then also records its ``caption`` (and ``captions``, one per sub-window).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,12 @@ from mindvideo.data.pairing import padded_size, window_indices
 from mindvideo.data.prepared import PreparedData
 from mindvideo.data.video import write_gif, write_video
 from mindvideo.pipeline.guidance import NEGATIVE_SOURCES, negative_fmri_from_prepared
+from mindvideo.pipeline.oracle import (
+    EMPTY_CAPTION_NEGATIVE,
+    CaptionEncoder,
+    add_window_captions,
+    check_condition,
+)
 from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
 from mindvideo.pipeline.schedulers import make_scheduler
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
@@ -68,7 +79,11 @@ SETTINGS = (
     "batch_size",
     "tr_stride",
     "dtype",
+    "condition",
+    "text_encoder",
 )
+#: What an index written before a setting existed means by its absence.
+SETTINGS_BEFORE = {"condition": "fmri", "text_encoder": None}
 RECONSTRUCTIONS = "reconstructions.npy"
 GROUND_TRUTH = "ground_truth.npy"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -120,7 +135,11 @@ def _clip_stem(segment: int, tr: int) -> str:
 
 def _settings(cfg: ReconstructConfig) -> dict[str, Any]:
     values = {k: getattr(cfg, k) for k in SETTINGS}
-    for key in ("checkpoint", "data"):
+    if cfg.condition == "caption":
+        values["negative"] = EMPTY_CAPTION_NEGATIVE  # the fMRI negative is not used
+    else:
+        values["text_encoder"] = None  # only used with condition=caption
+    for key in ("checkpoint", "data", "text_encoder"):
         if values[key] is not None:
             values[key] = str(Path(values[key]).resolve())
     return values
@@ -150,6 +169,7 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
             raise UserError(f"Config key {key} must be at least 1, not {getattr(cfg, key)}.")
     if cfg.limit is not None and cfg.limit < 1:
         raise UserError(f"Config key limit must be at least 1 or unset, not {cfg.limit}.")
+    check_condition(cfg)
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -214,12 +234,13 @@ def _plan_windows(
     cfg: ReconstructConfig, out: Path | None, pipe: MindVideoPipeline, prepared: PreparedData
 ) -> _Windows:
     """Check that the data fits the pipeline's encoder and that ``out`` (if it holds an earlier
-    run) was made with the same settings; list the windows. Writes nothing."""
-    # The data must be what the encoder was trained on.
+    run) was made with the same settings; list the windows (with ``condition=caption``, their
+    captions). Writes nothing."""
+    # The data must be what the encoder was trained on (the oracle does not read the fMRI).
     enc = pipe.fmri_encoder.config
     pad_mode, normalize = pipe.config.fmri_pad_mode, pipe.config.fmri_normalize
     n_padded = padded_size(prepared.n_voxels, enc.patch_size, pad_mode)
-    if n_padded != enc.num_voxels:
+    if n_padded != enc.num_voxels and cfg.condition == "fmri":
         raise UserError(
             f"The prepared data {cfg.data} has {prepared.n_voxels} voxels ({n_padded} after "
             f"padding to the patch size {enc.patch_size}) but the checkpoint's fMRI encoder "
@@ -267,10 +288,13 @@ def _plan_windows(
                 "gif": f"{stem}.gif" if cfg.gif else None,
             }
         )
+    if cfg.condition == "caption":
+        add_window_captions(windows, prepared, cfg.split, (dataset.n_segments, dataset.n_trs))
     settings = _settings(cfg)
     previous = _read_index(out / "index.json") if out is not None else None
-    if previous is not None and previous.get("settings") != settings:
-        changed = stale_fields(previous.get("settings") or {}, settings)
+    before = None if previous is None else {**SETTINGS_BEFORE, **(previous.get("settings") or {})}
+    if before is not None and before != settings:
+        changed = stale_fields(before, settings)
         raise UserError(
             f"{out} holds reconstructions made with other settings ({', '.join(changed)} "
             "differ); use a new --out directory or delete the old one."
@@ -290,7 +314,8 @@ def reconstruct(
     (``cfg.checkpoint`` is still recorded; the pipeline's scheduler is replaced by
     ``cfg.scheduler``). Raises :class:`UserError` for a missing checkpoint or
     data directory, a voxel count that does not fit the checkpoint's encoder, a window shorter
-    than the encoder's, or an ``out`` holding clips made with other settings.
+    than the encoder's, or an ``out`` holding clips made with other settings; with
+    ``condition=caption`` also for a missing ``text_encoder`` folder or missing captions.
     """
     from mindvideo.config import save_config
 
@@ -346,15 +371,7 @@ def _generate_clips(
     clips were generated."""
     from tqdm.auto import tqdm
 
-    enc = pipe.fmri_encoder.config
-    negative = negative_fmri_from_prepared(
-        prepared,
-        cfg.negative,
-        enc.window,
-        enc.patch_size,
-        pipe.config.fmri_pad_mode,
-        pipe.config.fmri_normalize,
-    )
+    conditions: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     windows = run.windows
     done = [_finished(out, w, cfg.gif) for w in windows]
     generated = 0
@@ -369,14 +386,13 @@ def _generate_clips(
                 continue
             # The whole fixed batch is generated so every clip sees the same batch as in an
             # uninterrupted run; only the missing clips are written.
-            fmri = np.stack(
-                [run.dataset.fmri_window(windows[i]["segment"], windows[i]["tr"]) for i in batch]
-            )
+            if conditions is None:  # loaded once, and only when a clip is missing
+                conditions = _conditions(cfg, pipe, prepared, run)
+            condition = conditions([windows[i] for i in batch])
             generators = [torch.Generator().manual_seed(windows[i]["seed"]) for i in batch]
             with autocast:
                 frames = pipe(
-                    torch.from_numpy(fmri),
-                    negative_fmri=negative,
+                    **condition,
                     guidance_scale=cfg.guidance_scale,
                     num_inference_steps=cfg.num_inference_steps,
                     num_frames=run.num_frames,
@@ -391,6 +407,41 @@ def _generate_clips(
             _write_index(out, index)
             bar.update(len(todo))
     return generated
+
+
+def _conditions(
+    cfg: ReconstructConfig, pipe: MindVideoPipeline, prepared: PreparedData, run: _Windows
+) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The pipeline's condition arguments for a batch of windows: their fMRI and the negative
+    fMRI (``negative``), or with ``condition=caption`` their captions' text conditions and the
+    empty caption's (:class:`~mindvideo.pipeline.oracle.CaptionEncoder`)."""
+    enc = pipe.fmri_encoder.config
+    if cfg.condition == "caption":
+        text = CaptionEncoder(
+            cfg.text_encoder,  # type: ignore[arg-type]  # checked by check_condition
+            pipe.device,
+            tokens=int(enc.out_tokens),
+            dim=int(pipe.unet.config.cross_attention_dim),
+        )
+        empty = text.negative()
+        return lambda batch: {
+            "prompt_embeds": text.conditions(batch),
+            "negative_embeddings": empty,
+        }
+    negative = negative_fmri_from_prepared(
+        prepared,
+        cfg.negative,
+        enc.window,
+        enc.patch_size,
+        pipe.config.fmri_pad_mode,
+        pipe.config.fmri_normalize,
+    )
+
+    def fmri(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        windows = np.stack([run.dataset.fmri_window(w["segment"], w["tr"]) for w in batch])
+        return {"fmri": torch.from_numpy(windows), "negative_fmri": negative}
+
+    return fmri
 
 
 def _write_clip(

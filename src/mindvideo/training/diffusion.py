@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mindvideo.data.captions import clip_caption  # re-exported: it lives with the captions
 from mindvideo.data.prepared import data_fingerprint
 from mindvideo.utils import UserError, atomic_path
 from mindvideo.utils.freshness import fingerprint, module_fingerprint, read_marker, write_marker
@@ -278,19 +278,6 @@ def frames_to_pixels(frames: torch.Tensor, size: int) -> torch.Tensor:
         x = x[:, :, top : top + size, left : left + size]
     x = (x / 127.5 - 1.0).clamp(-1.0, 1.0)
     return x.reshape(*lead, 3, size, size)
-
-
-def clip_caption(captions: Sequence[str]) -> str:
-    """The one caption of a clip: the most common of its frames' captions, ties to the earliest.
-
-    BLIP captions each frame; a 6-frame clip usually shows one scene, so its frames mostly
-    share a caption. When they all differ this is the first frame's caption.
-    """
-    if not captions:
-        raise ValueError("a clip needs at least one caption")
-    counts = Counter(captions)
-    best = max(counts.values())
-    return next(c for c in captions if counts[c] == best)
 
 
 def check_model_folder(
