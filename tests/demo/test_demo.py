@@ -33,19 +33,29 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     html = (run / "report.html").read_text()
     assert "Stand-in classifiers" in html and "data:image/gif;base64" in html
     assert 'id="baseline"' in html and "frames 16x16 20-way" in html
+    # The generator's ceiling: the same reconstruction from the true captions, evaluated.
+    oracle = yaml_value(run / "oracle" / "reconstruct" / "config.yaml", "condition")
+    assert oracle == "caption" and (run / "oracle" / "evaluate" / "metrics.json").is_file()
+    # Where the information goes: every link on one table, printed, written and reported.
+    links = {row["link"] for row in json.loads((run / "information.json").read_text())}
+    assert {"fMRI (linear ridge)", "CLIP stand-in", "frame judge", "video judge"} <= links
+    assert {"encoder (contrast)", "generator (oracle caption)", "reconstructions"} <= links
+    assert "## Where the information goes" in out.out
+    assert 'id="information"' in html and (run / "information.png").is_file()
 
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     assert main(["demo", "--preset", "tiny", "--out", str(run)]) == 0
     err = capsys.readouterr().err
-    assert err.count("reused") == len(STAGES)
+    assert err.count("reused") == len(STAGES) + 2  # and the oracle's reconstruct and evaluate
     after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     changed = {p.relative_to(run) for p in before if before[p] != after.get(p)}
-    assert changed <= {Path("run.json"), Path("report.html")}
+    summaries = {Path(f"information.{ext}") for ext in ("json", "md", "png")}
+    assert changed <= {Path("run.json"), Path("report.html"), *summaries}
 
     # The ablations reuse every stage of the full run and add their own short chains.
     assert main(["demo", "--preset", "tiny", "--out", str(run), "--ablations"]) == 0
     out = capsys.readouterr()
-    assert out.err.count("reused") == len(STAGES)
+    assert out.err.count("reused") == len(STAGES) + 2
     comparison = json.loads((run / "compare" / "comparison.json").read_text())
     assert [r["name"] for r in comparison["runs"]] == ["full", "window-1", "no-contrast", "cfg"]
     assert all(r["paired_with_reference"] for r in comparison["runs"][1:])

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from mindvideo.demo.run import run_demo
 
     report = run_demo(args.preset, args.out, args.seed, argv, ablations=args.ablations)
-    for table in ("baseline/baseline.md", "evaluate/metrics.md", "compare/comparison.md"):
+    tables = ("baseline/baseline.md", "evaluate/metrics.md", "compare/comparison.md")
+    for table in (*tables, "information.md"):
         path = args.out / table
         if path.is_file():
             sys.stdout.write("\n" + path.read_text(encoding="utf-8") + "\n")

@@ -1,10 +1,12 @@
 """The CPU demo (``mindvideo demo``): the whole pipeline, stages 0 → 8, on the simulated dataset.
 
 simulate → prepare → train the stand-ins for the pretrained models a GPU user loads (CLIP, Stable
-Diffusion, evaluation classifiers) → pretrain (MBM) → contrast → tune-video → cotrain →
-reconstruct → evaluate → explain → report. Every stage writes into ``RUN/<stage>/`` (the run
-directory of docs/report.md) with its ``config.yaml``, through the same functions the stage
-commands call. A stage that finished with the same configuration is reused on a re-run.
+Diffusion, evaluation classifiers) → baseline → pretrain (MBM) → contrast → tune-video → cotrain →
+reconstruct → evaluate → explain → the generator's ceiling (``RUN/oracle``: reconstruct from the
+true captions, evaluate) → the "where the information goes" table (``RUN/information.md``) →
+report. Every stage writes into ``RUN/<stage>/`` (the run directory of docs/report.md) with its
+``config.yaml``, through the same functions the stage commands call. A stage that finished with
+the same configuration is reused on a re-run.
 """
 
 from __future__ import annotations
@@ -243,6 +245,28 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
 # --------------------------------------------------------------------------------------------
 
 
+def oracle_plan(stages: list[Stage], run_dir: Path) -> list[Stage]:
+    """The generator's ceiling: the run's reconstruction with each window's true caption as the
+    condition (``condition=caption``, the stand-in's text encoder) instead of its fMRI — the
+    same UNet, sampler and seeds, on every other window (half the time; still enough windows
+    for 50-way identification) — then evaluated like the reconstructions, into
+    ``RUN/oracle/{reconstruct,evaluate}``."""
+    from mindvideo.report.information import ORACLE_DIR
+
+    by = {s.name: s.config for s in stages}
+    r = run_dir.resolve()
+    recon = dataclasses.replace(
+        by["reconstruct"],
+        condition="caption",
+        text_encoder=str(r / "standins" / "stable_diffusion"),
+        tr_stride=2 * by["reconstruct"].tr_stride,
+    )
+    evaluate = dataclasses.replace(
+        by["evaluate"], reconstructions=str(r / ORACLE_DIR / "reconstruct")
+    )
+    return [model_stage("reconstruct", recon), model_stage("evaluate", evaluate)]
+
+
 def run_stage(stage: Stage, run_dir: Path, upstream_changed: bool) -> tuple[bool, float]:
     """Run one stage into ``RUN/<name>`` unless it already finished with the same config and
     nothing upstream ran again. Returns (ran, seconds)."""
@@ -292,12 +316,15 @@ def run_demo(
     from rich.console import Console
 
     from mindvideo.report import build_report, write_run_info
+    from mindvideo.report.information import ORACLE_DIR, write_information
 
     console = Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
     stages = plan(preset, out, seed)
     total = time.perf_counter()
     changed = _run_chain(stages, out, False, console)
+    _run_chain(oracle_plan(stages, out), out / ORACLE_DIR, changed, console, prefix="oracle/")
+    write_information(out)
     if ablations:
         variants = ablation_plan(stages, out)
         for name, chain in variants.items():

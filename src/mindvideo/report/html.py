@@ -247,9 +247,14 @@ def _metric_label(key: str) -> str:
         return f"{level} · {n_way}-way top-{top_k} · {mode}"
     if key.startswith("pixel_") and key.endswith("way"):
         return f"pixel identification · {key[len('pixel_') : -len('way')]}-way"
-    return {"ssim": "SSIM", "psnr": "PSNR (dB)", "clip_similarity": "CLIP image similarity"}.get(
-        key, key
-    )
+    names = {
+        "ssim": "SSIM",
+        "psnr": "PSNR (dB)",
+        "clip_similarity": "CLIP image similarity",
+        "frame_judge_accuracy": "frame judge · top-1 on the ground truth · true",
+        "video_judge_accuracy": "video judge · top-1 on the ground truth · true",
+    }
+    return names.get(key, key)
 
 
 def _metrics(evaluation: EvaluationResult | None) -> str:
@@ -367,6 +372,42 @@ def _baseline(run: Path) -> str:
         "against this ceiling: the reconstructions' scores above read beside it.</p>"
         "<table><tr><th>decoded</th><th>score ± SE</th><th>chance</th>"
         f"<th>shuffled chance</th><th>above shuffled</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _information(run: Path) -> str:
+    """The "where the information goes" table (:mod:`mindvideo.report.information`)."""
+    from mindvideo.report.information import information_rows
+
+    rows = information_rows(run)
+    if not rows:
+        return ""
+    cells = []
+    for r in rows:
+        score = _fmt(r.value) + ("" if r.sem is None else f" ± {_fmt(r.sem)}")
+        met = {True: "yes", False: "<strong>no</strong>", None: ""}[r.met]
+        cells.append(
+            f"<tr><td>{e(r.link)}</td><td>{e(r.measure)}</td>"
+            f'<td class="num">{e(score)}</td><td class="num">{e(_fmt(r.chance))}</td>'
+            f'<td class="num">{e(_fmt(r.shuffled))}</td><td>{e(r.target_text)}</td>'
+            f"<td>{met}</td></tr>"
+        )
+    figure = run / "information.png"
+    img = (
+        f'<img src="{file_data_uri(figure)}" alt="each link\'s score against its chance">'
+        if figure.is_file()
+        else ""
+    )
+    return (
+        '<h2 id="information">Where the information goes</h2>'
+        "<p>Every link of the chain fMRI → encoder → generator → clip → judge on the same test "
+        "windows, beside its chance and its shuffled chance: what a linear decoder reads from "
+        "the fMRI (the ceiling), the judges' own accuracy on the ground truth, the generator "
+        "given the true captions (the oracle), and the reconstructions. A link far below the "
+        "one before it is where the information is lost.</p>"
+        "<table><tr><th>link</th><th>measure</th><th>score ± SE</th><th>chance</th>"
+        f"<th>shuffled chance</th><th>target</th><th>met</th></tr>{''.join(cells)}</table>"
+        f"{img}"
     )
 
 
@@ -555,6 +596,7 @@ def build_report(
         [
             _header(run, read_run_info(run), command),
             _reconstructions(run, samples, media, evaluation),
+            _information(run),
             _metrics(evaluation),
             _baseline(run),
             _ablations(run),
