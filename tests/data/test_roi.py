@@ -215,3 +215,128 @@ def test_roi_recovers_the_simulators_responsive_voxels(simulated_dataset):
         f"{precision:.3f}, recall {recall:.3f}"
     )
     assert precision >= 0.9 and recall >= 0.8
+
+
+# --------------------------------------------------------------------------------------------
+# the per-area rule
+
+AREA_SNR = (1.5, 0.5, 0.0)  # a strong area, a weaker-but-reliable one, noise
+AREA_SIZE = 100
+
+
+def make_area_segments(seed: int = 11, n_seg: int = N_SEG):
+    """Three areas of 100 vertices; area k's vertices share a stimulus signal at AREA_SNR[k]."""
+    rng = np.random.default_rng(seed)
+    snr = np.repeat(AREA_SNR, AREA_SIZE)
+    segments = []
+    for _ in range(n_seg):
+        signal = rng.standard_normal((N_T, snr.size)) * snr
+        segments.append(tuple(zscore(signal + rng.standard_normal(signal.shape)) for _ in "ab"))
+    return segments, np.repeat(np.arange(len(AREA_SNR)), AREA_SIZE)
+
+
+@pytest.fixture(scope="module")
+def area_segments():
+    return make_area_segments()
+
+
+def test_per_area_keeps_a_weaker_area_the_papers_rule_drops(area_segments):
+    segments, areas = area_segments
+    paper = ReproducibilityROI().fit(segments, areas=areas)
+    per_area = ReproducibilityROI(rule="per-area").fit(segments, areas=areas)
+    weak = areas == 1
+    # The weak area is reproducible: most of its vertices pass Bonferroni...
+    assert per_area.significant_[weak].mean() >= 0.8
+    np.testing.assert_array_equal(per_area.significant_, paper.significant_)
+    # ... but its t values all lie below the strong area's, so the paper's top half has none.
+    assert paper.mask_[weak].sum() == 0 and paper.mask_[areas == 0].sum() > 0
+    n_weak = int(per_area.significant_[weak].sum())
+    assert per_area.mask_[weak].sum() == math.ceil(0.5 * n_weak) > 0
+    assert not per_area.mask_[areas == 2].any()
+    # The paper's rule is unchanged by passing areas (which it only counts).
+    np.testing.assert_array_equal(paper.mask_, ReproducibilityROI().fit(segments).mask_)
+    assert paper.area_counts_[1] == (n_weak, 0)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 1.0])
+def test_per_area_keeps_ceil_fraction_of_each_areas_significant(area_segments, fraction):
+    segments, ids = area_segments
+    # Labels as names, areas not contiguous and uneven: the noise area split over two labels.
+    names = np.array(["V1", "MT", "A", "B"])[np.where(np.arange(ids.size) % 7 == 0, 3, ids)]
+    roi = ReproducibilityROI(rule="per-area", top_fraction=fraction, correction="none")
+    roi.fit(segments, areas=names)
+    assert (roi.mask_ <= roi.significant_).all()
+    expected = {}
+    for name in np.unique(names):
+        members = names == name
+        n_sig = int(roi.significant_[members].sum())
+        kept = roi.mask_ & members
+        assert kept.sum() == math.ceil(fraction * n_sig), name
+        if n_sig:
+            expected[str(name)] = (n_sig, int(kept.sum()))
+            dropped = roi.significant_ & members & ~kept
+            if dropped.any():
+                assert roi.t_[kept].min() >= roi.t_[dropped].max()
+    assert roi.area_counts_ == expected
+    summary = roi.summary()
+    assert summary["rule"] == "per-area" and summary["n_kept"] == roi.n_voxels_
+    assert summary["areas"] == {k: {"significant": n, "kept": m} for k, (n, m) in expected.items()}
+    assert "rule='per-area'" in repr(roi)
+    # Integer ids give the same mask as names.
+    by_id = ReproducibilityROI(rule="per-area", top_fraction=fraction, correction="none")
+    np.testing.assert_array_equal(
+        by_id.fit(segments, areas=np.unique(names, return_inverse=True)[1]).mask_, roi.mask_
+    )
+
+
+def test_per_area_errors(area_segments):
+    segments, areas = area_segments
+    with pytest.raises(UserError, match="per-area ROI rule needs the area of each vertex"):
+        ReproducibilityROI(rule="per-area").fit(segments)
+    with pytest.raises(UserError, match=r"300 vertices but areas has shape \(299,\)"):
+        ReproducibilityROI(rule="per-area").fit(segments, areas=areas[:-1])
+    with pytest.raises(UserError, match="one area per vertex"):
+        ReproducibilityROI().fit(segments, areas=areas[None])
+    with pytest.raises(UserError, match="rule must be 'top' or 'per-area', got 'area'"):
+        ReproducibilityROI(rule="area")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="no statistics"):
+        ReproducibilityROI.from_mask(np.ones(3, bool)).summary()
+    # prepare refuses an unknown rule before it reads any run.
+    from mindvideo.config import PrepareConfig, RoiConfig
+    from mindvideo.data.wen2018 import check_prepare_config
+
+    with pytest.raises(UserError, match=r"roi\.rule must be 'top' or 'per-area', not 'area'"):
+        check_prepare_config(PrepareConfig(root="x", roi=RoiConfig(rule="area")))
+
+
+def test_prepare_per_area_keeps_the_simulators_motion_voxels(
+    prepare_config, prepared_dataset, simulated_dataset, tmp_path
+):
+    """Prepare with ``roi.rule=per-area``: the Glasser area of each vertex reaches the ROI, the
+    manifest records the rule and the counts per area, and the motion areas keep voxels."""
+    import dataclasses
+
+    from mindvideo.data import atlas
+    from mindvideo.data.prepared import PreparedData
+    from mindvideo.data.wen2018 import prepare_wen2018
+
+    cfg = dataclasses.replace(
+        prepare_config, roi=dataclasses.replace(prepare_config.roi, rule="per-area")
+    )
+    new = PreparedData.open(prepare_wen2018(cfg, tmp_path / "per-area"))
+    old = PreparedData.open(prepared_dataset)
+    truth = np.load(simulated_dataset / "ground_truth.npz")
+    labels = atlas.mmp_labels()[truth["grayordinate_index"]]  # the simulator writes cortex only
+    roi, old_roi = new.manifest["roi"], old.manifest["roi"]
+    assert roi["rule"] == "per-area" and old_roi["rule"] == "top"
+    assert roi["n_significant"] == old_roi["n_significant"]
+    areas = roi["areas"]
+    assert sum(a["significant"] for a in areas.values()) == roi["n_significant"]
+    assert sum(a["kept"] for a in areas.values()) == roi["n_kept"] == new.n_voxels
+    for name, a in areas.items():
+        assert a["kept"] == math.ceil(0.5 * a["significant"]), name
+        assert a["kept"] == int((new.roi_mask & (labels == name)).sum()), name
+        assert old_roi["areas"][name]["kept"] == int((old.roi_mask & (labels == name)).sum())
+    motion = truth["responsive"] & (truth["role_names"][truth["role"]] == "motion")
+    assert (new.roi_mask & motion).sum() >= (old.roi_mask & motion).sum()
+    assert (new.roi_mask & motion).sum() > 0

@@ -141,6 +141,11 @@ class RoiConfig:
     (for small simulated sets, where 3 degrees of freedom make Bonferroni keep almost nothing)."""
     alternative: str = "greater"
     """``greater`` (reproducible = positively correlated across viewings) or ``two-sided``."""
+    rule: str = "top"
+    """``top`` (the paper): the ``top_fraction`` most significant of all significant vertices.
+    ``per-area``: the ``top_fraction`` most significant of each atlas area's significant
+    vertices, so that every responsive visual area (MT+ and its motion signal too) keeps its
+    share."""
 
 
 @dataclass

@@ -55,7 +55,8 @@ def _subject_summary(out: Path) -> str:
         kept = (
             f"{data.n_voxels} voxels kept by the reproducibility ROI ({roi['n_significant']} of "
             f"{roi['n_vertices']} cortical vertices significant at P < {roi['alpha']}, "
-            f"{roi['correction']}, top {roi['top_fraction']:g})"
+            f"{roi['correction']}, top {roi['top_fraction']:g}"
+            f"{' per area' if roi.get('rule') == 'per-area' else ''})"
         )
     else:
         kept = f"{data.n_voxels} voxels (the authors' selection; no ROI mask)"

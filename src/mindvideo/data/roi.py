@@ -20,6 +20,14 @@ reports 6016 / 6224 / 3744 voxels for subjects 1 / 2 / 3 (about 10% of cortex), 
 :func:`mindvideo.data.pairing.pad_voxels`); the authors' data loader annotates the subject-3
 array as ``(18, 240, 3731)``, and 3731 pads to 3744. So the ROI itself has 1–16 fewer voxels than
 the numbers in the paper.
+
+The ``rule`` option: ``"top"`` (the paper) ranks all significant vertices together, so a
+weaker-but-reliable area (on the simulated data, the motion areas MT+ / dorsal stream, whose
+t values lie below those of early visual cortex) can lose every vertex to the strongest areas.
+``"per-area"`` applies the same top fraction inside each atlas area (``fit(..., areas=...)``, on
+prepared Wen 2018 data the Glasser MMP 1.0 parcel of each vertex, per hemisphere): every area
+with a significant vertex keeps ``ceil(top_fraction * n_significant_in_area)`` of them, most
+significant first.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import itertools
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,6 +45,8 @@ from mindvideo.utils import UserError
 logger = logging.getLogger(__name__)
 
 _R_CLIP = 1.0 - 1e-7  # keeps arctanh finite for (near-)identical repetitions
+RULES = ("top", "per-area")
+"""How the top fraction is taken: of all significant vertices (paper), or within each area."""
 
 
 def reproducibility(repetitions: Sequence[np.ndarray]) -> np.ndarray:
@@ -92,13 +102,20 @@ class ReproducibilityROI:
         (default) asks whether responses reproduce (positive correlation); a reliably
         *negative* correlation between viewings is not reproducibility, so a two-sided test
         (``"two-sided"``, which would also select those) is only offered as an option.
+    rule:
+        ``"top"`` (paper): the ``top_fraction`` most significant of all significant vertices.
+        ``"per-area"``: the ``top_fraction`` most significant of each area's significant
+        vertices (``ceil`` per area), so every area with a reproducible vertex is represented;
+        :meth:`fit` then needs ``areas``.
 
     Learned attributes (after :meth:`fit`)
     --------------------------------------
     ``mean_z_`` ``[V]`` (mean Fisher z over segments), ``t_`` ``[V]``, ``p_`` ``[V]``,
     ``significant_`` bool ``[V]``, ``mask_`` bool ``[V]`` (the ROI), ``indices_`` ``[V_roi]``
     (sorted, in file order), ``n_segments_``, ``n_repetitions_`` (the smallest R seen),
-    ``n_features_in_`` (V), ``threshold_p_`` (the per-vertex P threshold).
+    ``n_features_in_`` (V), ``threshold_p_`` (the per-vertex P threshold); when ``areas`` was
+    given: ``area_counts_``, area label → ``(n_significant, n_kept)`` for every area with a
+    significant vertex (``None`` otherwise).
 
     Use
     ---
@@ -114,6 +131,7 @@ class ReproducibilityROI:
         top_fraction: float = 0.5,
         correction: Literal["bonferroni", "none"] = "bonferroni",
         alternative: Literal["greater", "two-sided"] = "greater",
+        rule: Literal["top", "per-area"] = "top",
     ) -> None:
         if not 0.0 < alpha < 1.0:
             raise UserError(f"ROI alpha must be in (0, 1), got {alpha}.")
@@ -122,6 +140,7 @@ class ReproducibilityROI:
         for key, value, choices in (
             ("correction", correction, ("bonferroni", "none")),
             ("alternative", alternative, ("greater", "two-sided")),
+            ("rule", rule, RULES),
         ):
             if value not in choices:
                 allowed = " or ".join(repr(c) for c in choices)
@@ -130,26 +149,40 @@ class ReproducibilityROI:
         self.top_fraction = top_fraction
         self.correction = correction
         self.alternative = alternative
+        self.rule = rule
 
     def __repr__(self) -> str:
         return (
             f"ReproducibilityROI(alpha={self.alpha}, top_fraction={self.top_fraction}, "
-            f"correction={self.correction!r}, alternative={self.alternative!r})"
+            f"correction={self.correction!r}, alternative={self.alternative!r}, rule={self.rule!r})"
         )
 
     # -- fitting --------------------------------------------------------------------------------
 
-    def fit(self, segments: Iterable[Sequence[np.ndarray]]) -> ReproducibilityROI:
+    def fit(
+        self, segments: Iterable[Sequence[np.ndarray]], areas: np.ndarray | None = None
+    ) -> ReproducibilityROI:
         """Fit on the training segments: ``segments`` yields, per segment, R >= 2 ``[T, V]``
         repetitions (preprocessed). Per segment: Pearson r per vertex for each pair of
         repetitions → Fisher z → mean over pairs; then a one-sample t-test of the segments' z
         against 0 (DOF = n_segments - 1), the correction over V vertices, and the top fraction of
-        the significant vertices by t. Returns ``self``.
+        the significant vertices by t — of all of them (``rule="top"``) or of each area's.
+
+        ``areas``: the area label of each vertex ``[V]`` (int ids, or names such as ``"L_MT"``;
+        all vertices sharing a label form one area); needed by ``rule="per-area"``, and with
+        ``"top"`` only used to count the vertices kept per area (``area_counts_``).
+        Returns ``self``.
         """
         from scipy import stats
 
+        if areas is None and self.rule == "per-area":
+            raise UserError(
+                "The per-area ROI rule needs the area of each vertex: pass areas=[V] labels to "
+                "fit() (prepare passes the Glasser area of each cortical vertex)."
+            )
         zs: list[np.ndarray] = []
         n_reps: set[int] = set()
+        labels: np.ndarray | None = None
         for k, reps in enumerate(segments):
             if len(reps) < 2:
                 raise UserError(
@@ -163,6 +196,8 @@ class ReproducibilityROI:
                 )
             zs.append(reproducibility(reps))
             n_reps.add(len(reps))
+            if k == 0 and areas is not None:  # a wrong length fails before the long part
+                labels = _check_areas(areas, zs[0].shape[0])
         if len(zs) < 2:
             raise UserError(
                 f"ROI selection needs at least 2 training segments for its t-test, got {len(zs)}."
@@ -182,11 +217,8 @@ class ReproducibilityROI:
                 "repetitions of each segment are the same stimulus and aligned in time, or "
                 "raise alpha / set correction to 'none'."
             )
-        n_keep = math.ceil(self.top_fraction * n_sig)
-        # Rank by t (equivalent to p, all vertices share the DOF) — p underflows to 0 for huge t.
-        order = np.argsort(np.where(significant, -t, np.inf), kind="stable")
-        mask = np.zeros(n_vox, dtype=bool)
-        mask[order[:n_keep]] = True
+        mask = self._select(t, significant, labels)
+        n_keep = int(mask.sum())
 
         self.mean_z_ = z.mean(axis=0)
         self.t_ = t
@@ -198,16 +230,69 @@ class ReproducibilityROI:
         self.n_repetitions_ = min(n_reps)
         self.n_features_in_ = n_vox
         self.threshold_p_ = threshold
+        self.area_counts_ = None if labels is None else _area_counts(labels, significant, mask)
         logger.info(
-            "ROI: %d of %d vertices significant (P < %g, %s, DOF %d); kept the top %d",
+            "ROI: %d of %d vertices significant (P < %g, %s, DOF %d); kept the top %d (%s)",
             n_sig,
             n_vox,
             self.alpha,
             self.correction,
             n_seg - 1,
             n_keep,
+            "of all significant vertices" if self.rule == "top" else "per area",
         )
         return self
+
+    def _select(
+        self, t: np.ndarray, significant: np.ndarray, labels: np.ndarray | None
+    ) -> np.ndarray:
+        """The ROI mask: the top fraction of the significant vertices by t, overall or per area.
+        Ties keep the lower vertex index (stable sorts)."""
+        mask = np.zeros(t.shape[0], dtype=bool)
+        if self.rule == "top":
+            n_keep = math.ceil(self.top_fraction * int(significant.sum()))
+            # Rank by t (equivalent to p: all vertices share the DOF); p underflows for huge t.
+            order = np.argsort(np.where(significant, -t, np.inf), kind="stable")
+            mask[order[:n_keep]] = True
+            return mask
+        assert labels is not None
+        sig = np.flatnonzero(significant)
+        _, group = np.unique(labels[sig], return_inverse=True)
+        order = np.lexsort((-t[sig], group))  # by area, then by t descending (stable)
+        group = group[order]
+        counts = np.bincount(group)
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        rank = np.arange(sig.size) - starts[group]  # 0 = the area's most significant vertex
+        n_keep = np.ceil(self.top_fraction * counts).astype(np.int64)
+        mask[sig[order][rank < n_keep[group]]] = True
+        return mask
+
+    def summary(self) -> dict[str, Any]:
+        """The fitted ROI's settings and statistics for a manifest (JSON-ready): vertex counts,
+        P threshold, options, the largest t not kept and, when areas were given, the counts per
+        area (``{label: {"significant": n, "kept": k}}``)."""
+        self._check_fitted()
+        if self.t_ is None:
+            raise UserError("An ROI rebuilt from a saved mask has no statistics to summarise.")
+        rejected = self.t_[~self.mask_]
+        out: dict[str, Any] = {
+            "n_vertices": int(self.n_features_in_),
+            "n_segments": int(self.n_segments_),
+            "n_significant": int(self.significant_.sum()),
+            "n_kept": self.n_voxels_,
+            "threshold_p": float(self.threshold_p_),
+            "alpha": self.alpha,
+            "correction": self.correction,
+            "alternative": self.alternative,
+            "top_fraction": self.top_fraction,
+            "rule": self.rule,
+            "max_t_rejected": float(rejected.max()) if rejected.size else None,
+        }
+        if self.area_counts_ is not None:
+            out["areas"] = {
+                str(k): {"significant": n, "kept": m} for k, (n, m) in self.area_counts_.items()
+            }
+        return out
 
     @classmethod
     def from_mask(cls, mask: np.ndarray, **params: object) -> ReproducibilityROI:
@@ -223,7 +308,7 @@ class ReproducibilityROI:
         roi.indices_ = np.flatnonzero(mask)
         roi.n_features_in_ = mask.shape[0]
         roi.mean_z_ = roi.t_ = roi.p_ = roi.significant_ = None
-        roi.n_segments_ = roi.n_repetitions_ = roi.threshold_p_ = None
+        roi.n_segments_ = roi.n_repetitions_ = roi.threshold_p_ = roi.area_counts_ = None
         return roi
 
     # -- applying -------------------------------------------------------------------------------
@@ -253,8 +338,31 @@ class ReproducibilityROI:
             )
         return np.asarray(x)[..., self.indices_]
 
-    def fit_transform(self, segments: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+    def fit_transform(
+        self, segments: Sequence[Sequence[np.ndarray]], areas: np.ndarray | None = None
+    ) -> list[list[np.ndarray]]:
         """:meth:`fit` on ``segments`` then :meth:`transform` each repetition of each segment."""
         segments = [list(reps) for reps in segments]
-        self.fit(segments)
+        self.fit(segments, areas)
         return [[self.transform(rep) for rep in reps] for reps in segments]
+
+
+def _check_areas(areas: np.ndarray, n_vox: int) -> np.ndarray:
+    """``areas`` as a 1-D array (a copy) of one label per vertex; a UserError otherwise."""
+    labels = np.array(areas)
+    if labels.ndim != 1 or labels.shape[0] != n_vox:
+        raise UserError(
+            f"ROI areas must give one area per vertex: the data has {n_vox} vertices but areas "
+            f"has shape {labels.shape}."
+        )
+    return labels
+
+
+def _area_counts(
+    labels: np.ndarray, significant: np.ndarray, mask: np.ndarray
+) -> dict[Any, tuple[int, int]]:
+    """Area label → (significant vertices, kept vertices), areas with a significant vertex."""
+    names, group = np.unique(labels[significant], return_inverse=True)
+    n_sig = np.bincount(group, minlength=len(names))
+    n_kept = np.bincount(group, weights=mask[significant], minlength=len(names))
+    return {name.item(): (int(a), int(b)) for name, a, b in zip(names, n_sig, n_kept, strict=True)}

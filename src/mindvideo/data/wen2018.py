@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mindvideo.data.prepared import hash_inputs, relative_key
+from mindvideo.data.roi import RULES
 from mindvideo.utils import UserError
 from mindvideo.utils.io import read_json
 from mindvideo.utils.timing import timed
@@ -293,7 +294,8 @@ def _prepare_fmri(
             top_fraction=cfg.roi.top_fraction,
             correction=cfg.roi.correction,  # type: ignore[arg-type]
             alternative=cfg.roi.alternative,  # type: ignore[arg-type]
-        ).fit(reps for _, reps in train_runs)
+            rule=cfg.roi.rule,  # type: ignore[arg-type]
+        ).fit((reps for _, reps in train_runs), areas=_cortex_areas(reader))
         # Training repetitions averaged: 18 segments x 240 TRs = the paper's 4,320 pairs.
         fmri_train = np.stack(
             [
@@ -320,6 +322,16 @@ def _prepare_fmri(
             seg = np.stack(selected)  # [R, T, V]
             test.append(seg if keep else seg.mean(axis=0, dtype=np.float32))
     return fmri_train, np.stack(test).astype(np.float32, copy=False), roi
+
+
+def _cortex_areas(reader: _RunReader) -> np.ndarray:
+    """Glasser MMP label (``"L_V1"``, ``"R_MT"``, ...) of each cortical vertex read, in file
+    order; ``""`` for a vertex without one (the ROI's per-area rule and its counts per area)."""
+    from mindvideo.data import atlas
+
+    assert reader.axis is not None and reader.cortex is not None
+    gray = atlas.grayordinate_index(reader.axis)[reader.cortex]
+    return np.where(gray >= 0, atlas.mmp_labels()[np.maximum(gray, 0)], "")
 
 
 def _check_lengths(train_runs: list, files: dict[str, tuple[Path, ...]]) -> None:
@@ -464,6 +476,8 @@ def check_prepare_config(cfg: PrepareConfig) -> None:
         problems.append(f"frame_size must be at least 1, not {cfg.frame_size}")
     if cfg.subject < 1:
         problems.append(f"subject must be at least 1, not {cfg.subject}")
+    if cfg.roi.rule not in RULES:  # before the runs are read (the ROI checks its other options)
+        problems.append(f"roi.rule must be {' or '.join(map(repr, RULES))}, not {cfg.roi.rule!r}")
     if problems:
         raise UserError(f"Invalid prepare config: {problems[0]}.")
 
@@ -668,22 +682,5 @@ def _manifest_info(
         "volumes_dropped": {
             k: {"volumes": v[0], "start": v[1], "end": v[2]} for k, v in reader.dropped.items()
         },
-        "roi": {
-            "n_vertices": int(roi.n_features_in_),
-            "n_segments": int(roi.n_segments_),
-            "n_significant": int(roi.significant_.sum()),
-            "n_kept": int(roi.n_voxels_),
-            "threshold_p": float(roi.threshold_p_),
-            "alpha": roi.alpha,
-            "correction": roi.correction,
-            "alternative": roi.alternative,
-            "top_fraction": roi.top_fraction,
-            "max_t_rejected": _max_t_rejected(roi),
-        },
+        "roi": roi.summary(),
     }
-
-
-def _max_t_rejected(roi: ReproducibilityROI) -> float | None:
-    """Largest t among the vertices not kept (the effective threshold on t), or None."""
-    rejected = roi.t_[~roi.mask_]
-    return float(rejected.max()) if rejected.size else None
