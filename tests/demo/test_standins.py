@@ -389,6 +389,28 @@ def test_a_second_call_reuses_finished_models_and_retrains_only_what_is_missing(
             assert after[name] == stamp, name
 
 
+def test_a_new_budget_retrains_that_model_alone(standins, prepared_dataset, monkeypatch):
+    import dataclasses
+
+    from mindvideo.demo.standins import base
+
+    tiny = base.PRESETS["tiny"]
+    video = tiny.video_classifier
+    fewer = dataclasses.replace(video, train=dataclasses.replace(video.train, steps=20))
+    monkeypatch.setitem(base.PRESETS, "tiny", dataclasses.replace(tiny, video_classifier=fewer))
+    before = _files(standins.root)
+    train_standins(prepared_dataset, standins.root, preset="tiny", seed=0, num_threads=THREADS)
+    after = _files(standins.root)
+    marker = json.loads((standins.video_classifier / MARKER).read_text())
+    assert marker["train"]["steps"] == 20
+    assert (
+        after["video_classifier/model.safetensors"] != before["video_classifier/model.safetensors"]
+    )
+    for name, stamp in before.items():
+        if name.startswith(("clip/", "stable_diffusion/", "image_classifier/")):
+            assert after[name] == stamp, name
+
+
 def test_unknown_preset_and_missing_prepared_data_are_user_errors(tmp_path, prepared_dataset):
     with pytest.raises(UserError, match="preset"):
         train_standins(prepared_dataset, tmp_path / "out", preset="huge")

@@ -92,7 +92,15 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
         scenes_json=str(r / "simulate" / "scenes.json"),
         pretrained=C.PretrainedPaths(clip=str(standins / "clip")),
     )
-    standin_cfg = {"preset": preset, "seed": seed, "prepared": prepared}
+    from mindvideo.demo.standins.base import standin_preset
+
+    # The stand-ins' sizes and budgets too: changing them trains the stand-ins again.
+    standin_cfg = {
+        "preset": preset,
+        "seed": seed,
+        "prepared": prepared,
+        "spec": dataclasses.asdict(standin_preset(preset)),
+    }
 
     def _simulate(out: Path) -> None:
         from mindvideo.sim.simulate import simulate_wen2018

@@ -192,7 +192,7 @@ PRESETS: dict[str, StandinPreset] = {
         "demo",
         vae_crop=32,
         unet_frame_stride=2,
-        steps=dict(clip=300, vae=600, unet=500, image_classifier=800, video_classifier=500),
+        steps=dict(clip=300, vae=600, unet=500, image_classifier=800, video_classifier=1500),
         eval_frames=1024,
     ),
 }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from mindvideo.demo.standins.base import (
     weights_digest,
 )
 from mindvideo.utils import atomic_write_text
+from mindvideo.utils.freshness import fingerprint
 
 __all__ = ["README", "train_standins"]
 
@@ -115,8 +117,8 @@ def train_standins(
         device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
         num_threads: torch intra-op threads while training (``None``: torch's default).
 
-    A folder whose ``standin.json`` records the same preset, seed and prepared data is reused;
-    only the missing ones are trained.
+    A folder whose ``standin.json`` records the same preset, seed, prepared data and the model's
+    own sizes and budgets is reused; only the missing or outdated ones are trained.
     """
     spec = standin_preset(preset)
     prepared = PreparedData.open(prepared_dir)
@@ -135,11 +137,21 @@ def train_standins(
         ("video_classifier", paths.video_classifier, classifiers.train_video_standin),
     ]
 
+    # Each model's own sizes and budgets: a stand-in trained with other ones is retrained.
+    shared = (spec.frames_per_tr, spec.eval_frames)
+    specs = {
+        "clip": (spec.clip,),
+        "stable_diffusion": (spec.vae, spec.unet),
+        "image_classifier": (spec.image_classifier,),
+        "video_classifier": (spec.video_classifier,),
+    }
+
     def step_key(name: str) -> dict[str, Any]:
+        own = {**key, "spec": fingerprint([*map(dataclasses.asdict, specs[name]), *shared])}
         # Stable Diffusion's text encoder is CLIP's text tower: a new CLIP makes it stale.
         if name == "stable_diffusion":
-            return {**key, "clip": weights_digest(paths.clip)}
-        return key
+            return {**own, "clip": weights_digest(paths.clip)}
+        return own
 
     summary_ok = paths.summary.is_file() and (paths.root / "README.md").is_file()
     if summary_ok and all(is_complete(folder, step_key(name)) for name, folder, _ in steps):
