@@ -36,7 +36,8 @@ def _run(tmp_path: Path) -> Path:
             ("scene class 2-way", 0.99, 0.5),
         )
     ]
-    _write(run / "baseline" / "baseline.json", {"scores": scores})
+    baseline = {"window": 4, "n_voxels": 816, "n_test_windows": 150, "scores": scores}
+    _write(run / "baseline" / "baseline.json", baseline)
     clip = {"retrieval_class_top1": 0.33, "retrieval_class_n": 72, "retrieval_class_chance": 1 / 72}
     _write(run / "standins" / "clip" / "standin.json", {"metrics": clip})
     _write(
@@ -139,3 +140,15 @@ def test_files_and_a_partial_run(tmp_path):
     (empty / "evaluate" / "metrics.json").write_text("{not json")
     assert information_rows(empty) == []
     assert "figure" not in write_information(empty)
+
+
+def test_the_report_shows_the_table_and_its_figure(tmp_path):
+    from mindvideo.report import build_report
+
+    run = _run(tmp_path)
+    write_information(run)
+    html = build_report(run, tmp_path / "report.html").read_text()
+    section = html[html.index('id="information"') :]
+    assert "<td>frame judge</td>" in section and "<strong>no</strong>" in section
+    assert "<td>0.950 ± 0.010</td>" in section  # the frame judge's score
+    assert 'src="data:image/png;base64,' in section

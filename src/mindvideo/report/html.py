@@ -384,14 +384,9 @@ def _information(run: Path) -> str:
         return ""
     cells = []
     for r in rows:
-        score = _fmt(r.value) + ("" if r.sem is None else f" ± {_fmt(r.sem)}")
+        text = [f"<td>{e(c)}</td>" for c in r.cells()]
         met = {True: "yes", False: "<strong>no</strong>", None: ""}[r.met]
-        cells.append(
-            f"<tr><td>{e(r.link)}</td><td>{e(r.measure)}</td>"
-            f'<td class="num">{e(score)}</td><td class="num">{e(_fmt(r.chance))}</td>'
-            f'<td class="num">{e(_fmt(r.shuffled))}</td><td>{e(r.target_text)}</td>'
-            f"<td>{met}</td></tr>"
-        )
+        cells.append(f"<tr>{''.join(text)}<td>{met}</td></tr>")
     figure = run / "information.png"
     img = (
         f'<img src="{file_data_uri(figure)}" alt="each link\'s score against its chance">'

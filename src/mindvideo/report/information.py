@@ -74,6 +74,12 @@ class InformationRow:
             return "the ceiling" if self.link == RIDGE else "—"
         return self.target if isinstance(self.target, str) else f"≥ {self.target:.2f}"
 
+    def cells(self) -> list[str]:
+        """The table's text cells: link, measure, score ± SE, chance, shuffled chance, target."""
+        score = _fmt(self.value) + ("" if self.sem is None else f" ± {self.sem:.3f}")
+        chances = [_fmt(self.chance), _fmt(self.shuffled)]
+        return [self.link, self.measure, score, *chances, self.target_text]
+
     @property
     def above_shuffled(self) -> bool | None:
         return None if self.shuffled is None else self.value > self.shuffled
@@ -213,12 +219,8 @@ def format_information(rows: list[InformationRow]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        score = _fmt(r.value) + ("" if r.sem is None else f" ± {r.sem:.3f}")
         met = {True: "yes", False: "**no**", None: ""}[r.met]
-        lines.append(
-            f"| {r.link} | {r.measure} | {score} | {_fmt(r.chance)} | {_fmt(r.shuffled)} | "
-            f"{r.target_text} | {met} |"
-        )
+        lines.append("| " + " | ".join([*r.cells(), met]) + " |")
     return "\n".join(lines) + "\n"
 
 
