@@ -217,6 +217,7 @@ def test_the_dry_run_names_the_condition_and_its_negative(setup):
     settings = plan.phases[0].settings
     assert "caption" in settings["condition"] and "empty-caption" in settings["guidance"]
     assert "text_encoder" in plan.checked and "2 unique window captions" in plan.checked["data"]
+    assert "caption windows" in plan.phases[0].data and "fMRI windows" not in plan.phases[0].data
 
 
 def write_uncaptioned(root):

@@ -86,7 +86,8 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
             "split": cfg.split,
             "segments × TRs": [run.dataset.n_segments, run.dataset.n_trs],
             "voxels": f"{prepared.n_voxels:,} (padded to {cond.num_voxels:,})",
-            "fMRI windows": (
+            # A caption run reads the same windows' captions instead of their fMRI.
+            ("fMRI windows" if cfg.condition == "fmri" else "caption windows"): (
                 f"{len(run.windows):,} of {cfg.window} TRs (TR stride {cfg.tr_stride}"
                 f"{f', the first {cfg.limit}' if cfg.limit else ''})"
             ),
