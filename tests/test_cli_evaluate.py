@@ -103,6 +103,23 @@ def test_evaluate_prints_the_table(mindvideo, run, tmp_path, capsys):
     assert "| ssim |" in out and "| psnr (dB) |" in out
 
 
+def test_evaluate_scenes_json_that_does_not_exist_is_a_user_error(mindvideo, run, tmp_path, capsys):
+    # The run's data is not simulated: without --scenes-json it simply has no true-label scores.
+    doc = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert doc["meta"]["true_labels"]["source"] is None
+    assert not any(k.endswith(("_true", "_judge_accuracy")) for k in doc)
+    classifiers = {
+        "image": run.parent / "models" / "vit",
+        "video": run.parent / "models" / "videomae",
+    }
+    argv = ["evaluate", "--reconstructions", run / "reconstruct", "--out", tmp_path / "e"]
+    argv += ["--scenes-json", tmp_path / "none.json", *evaluate_overrides(classifiers)]
+    assert mindvideo(*argv) == 2
+    err = capsys.readouterr().err
+    line = err.splitlines()[-1]  # after the classifiers' loading bars
+    assert line.startswith("mindvideo evaluate: error: ") and "none.json does not exist" in line
+
+
 def test_compare_gives_paired_t_tests(run):
     doc = json.loads((run / "compare" / "comparison.json").read_text())
     assert doc["reference"] == "RUN" and [r["name"] for r in doc["runs"]] == ["RUN", "other"]

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "5): SSIM and PSNR, frame- and video-level N-way top-K identification in compat "
         "(the authors' top-3 rule) and strict mode with the classifiers in "
         "pretrained.image_classifier / pretrained.video_classifier, and the CLIP image "
-        "similarity with pretrained.clip. Writes OUT/metrics.json, OUT/metrics.md, "
+        "similarity with pretrained.clip; on simulated data also against the true labels and "
+        "each judge's own accuracy on the ground truth. Writes OUT/metrics.json, OUT/metrics.md, "
         "OUT/samples.json (per-window values for `mindvideo compare`) and OUT/config.yaml.",
     )
     parser.add_key_option(
@@ -42,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--clip",
         "CLIP model folder; sets pretrained.clip (CLIP similarity)",
         key="pretrained.clip",
+        type=Path,
+    )
+    parser.add_key_option(
+        "--scenes-json",
+        "the simulator's scenes.json for the true-label scores; found automatically for "
+        "simulated data",
         type=Path,
     )
     parser.add_stage_arguments()
