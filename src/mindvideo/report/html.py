@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ import numpy as np
 from mindvideo.evaluation.metrics import above_shuffled, parse_metric_key
 from mindvideo.evaluation.runner import STANDIN_NOTE, EvaluationResult, load_evaluation
 from mindvideo.report.figures import clip_data_uri, file_data_uri, sample_rows
-from mindvideo.report.run_dir import STAGE_DIRS, read_run_info, stage_dir
+from mindvideo.report.run_dir import STAGE_DIRS, read_run_info, read_stage_json, stage_dir
 from mindvideo.utils import UserError, atomic_write_text
 
 __all__ = ["REPORT_FILE", "build_report"]
@@ -116,14 +115,6 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        logger.warning("Skipping %s in the report: %s", path, exc)
-        return None
-
-
 def _missing(text: str) -> str:
     return f'<p class="note">{e(text)}</p>'
 
@@ -196,7 +187,7 @@ def _reconstructions(
             "No reconstruct/ folder: run `mindvideo reconstruct --out RUN/reconstruct` to add "
             "the reconstructed clips."
         )
-    index = _read_json(folder / "index.json") if (folder / "index.json").is_file() else None
+    index = read_stage_json(folder / "index.json")
     paths = [folder / "reconstructions.npy", folder / "ground_truth.npy"]
     if not index or not all(p.is_file() for p in paths):
         return head + _missing(
@@ -346,7 +337,7 @@ def _metrics(evaluation: EvaluationResult | None) -> str:
 def _baseline(run: Path) -> str:
     head = '<h2 id="baseline">The linear ceiling</h2>'
     folder = stage_dir(run, "baseline")
-    result = _read_json(folder / "baseline.json") if folder else None
+    result = read_stage_json(folder / "baseline.json") if folder else None
     if not result:
         return head + _missing(
             "No baseline/ folder: run `mindvideo baseline --data RUN/prepare --out "
@@ -409,11 +400,7 @@ def _information(run: Path) -> str:
 def _ablations(run: Path) -> str:
     head = '<h2 id="ablations">Ablations</h2>'
     folder = stage_dir(run, "compare")
-    doc = (
-        _read_json(folder / "comparison.json")
-        if folder and (folder / "comparison.json").is_file()
-        else None
-    )
+    doc = read_stage_json(folder / "comparison.json") if folder else None
     if not doc:
         return head + _missing(
             "No compare/ folder: run `mindvideo compare RUN_A RUN_B ... --out RUN/compare` to "
@@ -477,11 +464,9 @@ def _interpretation(run: Path) -> str:
             "--cotrain ... --out RUN/explain` to add the attention maps."
         )
     parts = [head]
-    networks = (
-        _read_json(folder / "networks.json") if (folder / "networks.json").is_file() else None
-    )
+    networks = read_stage_json(folder / "networks.json")
     if not networks:
-        info = _read_json(folder / "explain.json") if (folder / "explain.json").is_file() else None
+        info = read_stage_json(folder / "explain.json")
         note = (info or {}).get("note") or (
             "explain/ holds no networks.json: the attention summaries could not be placed on "
             "the brain."

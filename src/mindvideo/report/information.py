@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mindvideo.report.run_dir import read_stage_json
 from mindvideo.utils import atomic_write_text
 
 __all__ = [
@@ -88,15 +89,8 @@ class InformationRow:
         return {**dataclasses.asdict(self), "met": self.met, "above_shuffled": self.above_shuffled}
 
 
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _baseline_rows(run: Path) -> list[InformationRow]:
-    result = _read(run / "baseline" / "baseline.json") or {}
+    result = read_stage_json(run / "baseline" / "baseline.json") or {}
     wanted = {
         "scene class 50-way": "scene class, 50-way",
         "class × motion 50-way": "class × motion, 50-way",
@@ -122,7 +116,9 @@ def _baseline_rows(run: Path) -> list[InformationRow]:
 
 
 def _clip_rows(run: Path) -> list[InformationRow]:
-    metrics = (_read(run / "standins" / "clip" / "standin.json") or {}).get("metrics") or {}
+    metrics = (read_stage_json(run / "standins" / "clip" / "standin.json") or {}).get(
+        "metrics"
+    ) or {}
     if "retrieval_class_top1" not in metrics:
         return []
     return [
@@ -137,7 +133,7 @@ def _clip_rows(run: Path) -> list[InformationRow]:
 
 
 def _encoder_rows(run: Path) -> list[InformationRow]:
-    report = _read(run / "contrast" / "retrieval.json") or {}
+    report = read_stage_json(run / "contrast" / "retrieval.json") or {}
     after, chance = report.get("after") or {}, report.get("chance") or {}
     n = report.get("candidates") or {}
     rows = []
@@ -190,8 +186,8 @@ EVALUATION_ROWS = (
 
 def _evaluation_rows(run: Path) -> list[InformationRow]:
     metrics = {
-        "run": _read(run / "evaluate" / "metrics.json") or {},
-        "oracle": _read(run / ORACLE_DIR / "evaluate" / "metrics.json") or {},
+        "run": read_stage_json(run / "evaluate" / "metrics.json") or {},
+        "oracle": read_stage_json(run / ORACLE_DIR / "evaluate" / "metrics.json") or {},
     }
     rows = [_metric(metrics[which], *rest) for which, *rest in EVALUATION_ROWS]
     return [r for r in rows if r is not None]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import shlex
 from collections.abc import Sequence
@@ -32,7 +33,16 @@ from mindvideo.config.registry import STAGES
 from mindvideo.utils import atomic_write_text
 from mindvideo.utils.io import read_json
 
-__all__ = ["RUN_INFO", "STAGE_DIRS", "read_run_info", "stage_dir", "write_run_info"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "RUN_INFO",
+    "STAGE_DIRS",
+    "read_run_info",
+    "read_stage_json",
+    "stage_dir",
+    "write_run_info",
+]
 
 #: Stage folders of a run directory, in pipeline order: one per stage of the registry, then the
 #: ablation comparison (``mindvideo compare``, not a pipeline stage).
@@ -46,6 +56,19 @@ def stage_dir(run_dir: str | os.PathLike, stage: str) -> Path | None:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGE_DIRS}")
     path = Path(run_dir) / stage
     return path if path.is_dir() else None
+
+
+def read_stage_json(path: str | os.PathLike) -> Any:
+    """A stage's JSON output for a summary of the run: None when the file does not exist (the
+    stage has not run), None with a warning when it cannot be read (the summary skips it)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        logger.warning("Skipping %s: %s", path, exc)
+        return None
 
 
 def write_run_info(
