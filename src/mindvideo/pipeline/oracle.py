@@ -46,6 +46,7 @@ __all__ = [
     "CaptionEncoder",
     "add_window_captions",
     "check_condition",
+    "encode_captions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,23 @@ def _tr_caption(frame_captions: Sequence[str], split: str, segment: int, tr: int
     return clip_caption(frame_captions)
 
 
+@torch.no_grad()
+def encode_captions(
+    text_encoder: Any, tokenizer: Any, captions: Sequence[str], device: torch.device | str
+) -> torch.Tensor:
+    """Stable Diffusion 1.5's condition of each caption: the text encoder's last hidden state
+    ``[n, 77, d]``, the tokens padded to the tokenizer's ``model_max_length`` (77), no attention
+    mask. Video tuning and the oracle condition both encode captions this way."""
+    ids = tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=int(tokenizer.model_max_length),
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids.to(device))[0]
+
+
 class CaptionEncoder:
     """Captions → text conditions ``[77, d]`` (SD-1.5's way), each caption encoded once.
 
@@ -178,15 +196,7 @@ class CaptionEncoder:
     def encode(self, caption: str) -> torch.Tensor:
         """One caption's condition: the text encoder's last hidden state float32 ``[77, d]``."""
         if caption not in self._cache:
-            ids = self.tokenizer(
-                [caption],
-                padding="max_length",
-                max_length=self.max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            with torch.no_grad():
-                hidden = self.text_encoder(ids.to(self.device))[0]  # [1, 77, d]
+            hidden = encode_captions(self.text_encoder, self.tokenizer, [caption], self.device)
             self._cache[caption] = hidden[0].float()
         return self._cache[caption]
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from mindvideo.data.captions import clip_caption  # re-exported: it lives with the captions
 from mindvideo.data.prepared import data_fingerprint
+from mindvideo.pipeline.oracle import encode_captions
 from mindvideo.utils import UserError, atomic_path
 from mindvideo.utils.freshness import fingerprint, module_fingerprint, read_marker, write_marker
 
@@ -539,23 +540,15 @@ def build_text_cache(
         return cache
 
     text_encoder = text_encoder.to(device).eval()
-    max_length = int(tokenizer.model_max_length)
     root.mkdir(parents=True, exist_ok=True)
     (root / TEXT_META).unlink(missing_ok=True)
     chunks = []
-    with torch.no_grad():
-        for start in tqdm(
-            range(0, len(unique), batch_size), desc="text embeddings", unit="batch", leave=False
-        ):
-            ids = tokenizer(
-                unique[start : start + batch_size],
-                padding="max_length",
-                max_length=max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            hidden = text_encoder(ids.to(device))[0]  # [b, 77, d]
-            chunks.append(hidden.float().cpu().numpy())
+    for start in tqdm(
+        range(0, len(unique), batch_size), desc="text embeddings", unit="batch", leave=False
+    ):
+        batch = unique[start : start + batch_size]
+        hidden = encode_captions(text_encoder, tokenizer, batch, device)  # [b, 77, d]
+        chunks.append(hidden.float().cpu().numpy())
     embeddings = np.concatenate(chunks).astype(np.float32)
     with atomic_path(root / "text_embeddings.npy") as tmp:
         np.save(tmp, embeddings)
