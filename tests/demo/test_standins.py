@@ -23,7 +23,12 @@ from mindvideo.demo.standins.base import (
     normalise,
     standin_preset,
 )
-from mindvideo.demo.standins.classifiers import FactorisedVideoClassifier, video_clips
+from mindvideo.demo.standins.classifiers import (
+    FactorisedVideoClassifier,
+    WordLinear,
+    build_image_classifier,
+    video_clips,
+)
 from mindvideo.demo.standins.clip import (
     build_clip_tokenizer,
     caption_words,
@@ -152,6 +157,56 @@ def test_factorised_video_head_folds_into_one_linear_layer_over_class_x_motion()
     torch.testing.assert_close(joint, expected)
     product = class_logits.softmax(-1)[:, :, None] * motion_logits.softmax(-1)[:, None, :]
     torch.testing.assert_close(joint.softmax(-1), product.reshape(2, 15))
+
+
+def test_word_head_shares_words_and_folds_into_the_linear_layer_it_equals():
+    torch.manual_seed(0)
+    labels = ["red circle", "red square", "blue circle", "man on the phone"]
+    head = WordLinear(8, labels)
+    assert head.words == ["blue", "circle", "man", "on", "phone", "red", "square", "the"]
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        logits = head(x)
+        words = head.word_head(x)
+        folded = head.folded()(x)
+    torch.testing.assert_close(folded, logits)
+    # "red circle" - "red square" = "circle" - "square", and "red circle" - "blue circle" =
+    # "red" - "blue", whatever the input.
+    torch.testing.assert_close(logits[:, 0] - logits[:, 1], words[:, 1] - words[:, 6])
+    torch.testing.assert_close(logits[:, 0] - logits[:, 2], words[:, 5] - words[:, 0])
+    with pytest.raises(ValueError, match="same words"):
+        WordLinear(8, ["red circle", "circle red"])
+
+
+def test_video_head_with_class_names_folds_the_word_head_too():
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    torch.manual_seed(0)
+    config = VideoMAEConfig(
+        image_size=16, patch_size=8, num_frames=6, tubelet_size=2, hidden_size=16,
+        num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3 * 2,
+    )  # fmt: skip
+    names = ["red circle", "blue circle", "red square"]
+    wrapped = FactorisedVideoClassifier(VideoMAEForVideoClassification(config), 3, 2, names)
+    assert isinstance(wrapped.class_head, WordLinear)
+    x = torch.randn(2, 6, 3, 16, 16)
+    with torch.no_grad():
+        class_logits, motion_logits = wrapped.eval()(x)
+        joint = wrapped.fold()(pixel_values=x).logits
+    expected = (class_logits[:, :, None] + motion_logits[:, None, :]).reshape(2, 6)
+    torch.testing.assert_close(joint, expected)
+    with pytest.raises(ValueError, match="2 class names for 3 classes"):
+        FactorisedVideoClassifier(VideoMAEForVideoClassification(config), 3, 2, names[:2])
+
+
+def test_image_classifier_is_a_resnet_that_fits_the_frame_size():
+    spec = standin_preset("demo").image_classifier
+    model = build_image_classifier(spec, 64, ["a", "b"])
+    assert type(model).__name__ == "ResNetForImageClassification"
+    assert model.config.id2label == {0: "a", 1: "b"} and model.config.mindvideo_standin
+    assert model(pixel_values=torch.zeros(1, 3, 64, 64)).logits.shape == (1, 2)
+    with pytest.raises(ValueError, match="too small"):
+        build_image_classifier(spec, 8, ["a", "b"])
 
 
 def test_colour_of_names_the_saturated_colour_and_none_for_grey():
@@ -297,6 +352,7 @@ def test_classifiers_beat_chance_on_held_out_test_frames_and_clips(standins, pre
 
     image = ImageClassifier.from_pretrained(standins.image_classifier, device="cpu")
     assert image.labels == list(CLASSES)
+    assert type(image.model).__name__ == "ResNetForImageClassification"
     frames = np.asarray(prepared.frames("test")[:, ::2, 3]).reshape(
         -1, *prepared.frames("test").shape[3:]
     )

@@ -26,6 +26,7 @@ __all__ = [
     "PRESETS",
     "ClassifierPreset",
     "ClipPreset",
+    "ConvClassifierPreset",
     "StandinJob",
     "StandinPaths",
     "StandinPreset",
@@ -105,6 +106,17 @@ class UnetPreset:
 
 
 @dataclass(frozen=True)
+class ConvClassifierPreset:
+    """ResNet stand-in: ``len(channels)`` stages of ``depths`` basic blocks of ``channels``
+    after a ``stem``-channel stem (``ResNetConfig``'s ``embedding_size``)."""
+
+    stem: int
+    channels: tuple[int, ...]
+    depths: tuple[int, ...]
+    train: TrainBudget
+
+
+@dataclass(frozen=True)
 class ClassifierPreset:
     """ViT / VideoMAE stand-in: ``layers`` × ``width``, ``grid`` × ``grid`` patches."""
 
@@ -128,7 +140,7 @@ class StandinPreset:
     clip: ClipPreset
     vae: VaePreset
     unet: UnetPreset
-    image_classifier: ClassifierPreset
+    image_classifier: ConvClassifierPreset
     video_classifier: ClassifierPreset
     eval_frames: int = 512
     """Held-out test frames (clips) each quality number is measured on, at most."""
@@ -166,8 +178,8 @@ def _preset(
             frame_stride=unet_frame_stride,
             train=budget("unet", 32),
         ),
-        image_classifier=ClassifierPreset(
-            width=64, layers=2, heads=4, grid=4, train=budget("image_classifier", 64)
+        image_classifier=ConvClassifierPreset(
+            stem=32, channels=(32, 64, 128), depths=(1, 1, 1), train=budget("image_classifier", 64)
         ),
         video_classifier=ClassifierPreset(
             width=64, layers=2, heads=4, grid=4, train=budget("video_classifier", 32)
@@ -192,7 +204,7 @@ PRESETS: dict[str, StandinPreset] = {
         "demo",
         vae_crop=32,
         unet_frame_stride=2,
-        steps=dict(clip=300, vae=600, unet=500, image_classifier=800, video_classifier=1500),
+        steps=dict(clip=300, vae=600, unet=500, image_classifier=1600, video_classifier=1500),
         eval_frames=1024,
     ),
 }
