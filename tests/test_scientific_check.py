@@ -26,8 +26,10 @@ def test_demo_preset_identifies_test_videos_well_above_chance(tmp_path, capsys):
         # above chance with one-sided p < 0.05 over the test windows (the scores of repeated
         # demo runs vary a little: multithreaded CPU training is not bitwise reproducible)
         assert score["mean"] - 1.645 * score["se"] > chance, (key, score)
-    # 50-way video identification, where chance is 2%: at least three times chance
-    assert metrics["video_50way_top1_strict"]["mean"] > 3 / 50
+    # 50-way video identification, where chance is 2%: at least twice chance (seed 0: 0.097;
+    # the fairer word-factorised video judge has fewer favourite classes than the earlier one,
+    # whose 0.15 came with a shuffled chance of 0.084 against 0.058 now)
+    assert metrics["video_50way_top1_strict"]["mean"] > 2 / 50
 
     # Where the information goes: every link against its chance and ceiling.
     rows = {
@@ -45,6 +47,10 @@ def test_demo_preset_identifies_test_videos_well_above_chance(tmp_path, capsys):
     # The judges read the ground truth; the generator draws the class from the true caption;
     # the clips keep the pixels of what was shown, judged by no classifier.
     above_shuffled("frame judge", "top-1 on the ground truth vs the true class")
+    # The frame judge (a ResNet with a word-factorised head) reads the ground truth near its
+    # 0.90 target: 0.93 on seed 0 with 2 threads; the bound leaves room for thread-count noise.
+    judge = rows["frame judge", "top-1 on the ground truth vs the true class"]
+    assert judge["value"] - 1.645 * judge["sem"] > 0.8, judge
     above_shuffled("generator (oracle caption)", "frame 2-way vs the true class")
     above_shuffled("reconstructions", "pixel identification 50-way")
     above_shuffled("reconstructions", "frame 2-way vs the true class")
