@@ -3,8 +3,10 @@
 A GPU user points every stage at local folders of the real models (DESIGN.md, "Real weights
 from local folders only"): Stable Diffusion 1.5, CLIP ViT-L/14, an ImageNet ViT and a
 Kinetics-400 VideoMAE. The CPU demo has none of them, so :func:`train_standins` trains small
-models of the same classes on the simulated dataset and saves them **in exactly those folder
-formats**; every stage then runs the code it runs on a GPU, with another folder::
+models of the same classes (a ResNet for the frame classifier, which the same auto class loads:
+small ViTs do not learn shape on a CPU budget) on the simulated dataset and saves them **in
+exactly those folder formats**; every stage then runs the code it runs on a GPU, with another
+folder::
 
     OUT/
       clip/                  CLIPModel + CLIPProcessor (tokenizer, CLIPImageProcessor), like
@@ -12,7 +14,7 @@ formats**; every stage then runs the code it runs on a GPU, with another folder:
       stable_diffusion/      a StableDiffusionPipeline folder, like runwayml/stable-diffusion-v1-5
         model_index.json     (safety_checker and feature_extractor null)
         unet/ vae/ text_encoder/ tokenizer/ scheduler/                → pretrained.stable_diffusion
-      image_classifier/      ViTForImageClassification + ViTImageProcessor over the simulator's
+      image_classifier/      ResNetForImageClassification + ViTImageProcessor over the simulator's
                              73 scene classes                         → pretrained.image_classifier
       video_classifier/      VideoMAEForVideoClassification + VideoMAEImageProcessor over
                              class × motion (657 labels), 6 frames    → pretrained.video_classifier

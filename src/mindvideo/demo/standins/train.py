@@ -50,7 +50,8 @@ format and loads with the same calls:
   the VAE trained on training frames, the UNet on their latents with their captions, the text
   encoder is `clip/`'s text tower.
 - `image_classifier/` replaces google/vit-base-patch16-224 (`pretrained.image_classifier`):
-  training frames → the simulator's {n_classes} scene classes.
+  training frames → the simulator's {n_classes} scene classes; a ResNet, which loads with the
+  same `AutoModelForImageClassification` call as the real ViT.
 - `video_classifier/` replaces MCG-NJU/videomae-base-finetuned-kinetics
   (`pretrained.video_classifier`): training clips → {n_video} class × motion labels.
 
