@@ -13,10 +13,13 @@ from mindvideo.evaluation.classifiers import (
     VideoClassifier,
 )
 from mindvideo.evaluation.metrics import (
+    TRUE_MODE,
     MetricSamples,
     compute_metric_samples,
     compute_metrics,
     format_markdown_table,
+    judge_accuracy_samples,
+    judge_key,
     metric_key,
     metric_rng,
     parse_metric_key,
@@ -50,6 +53,7 @@ from mindvideo.evaluation.stats import (
 
 __all__ = [
     "PSNR_CAP_DB",
+    "TRUE_MODE",
     "ImageClassifier",
     "MetricSamples",
     "NWayResult",
@@ -68,6 +72,8 @@ __all__ = [
     "frame_psnr",
     "frame_ssim",
     "ground_truth_classes",
+    "judge_accuracy_samples",
+    "judge_key",
     "mean_se",
     "metric_key",
     "metric_rng",
