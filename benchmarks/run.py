@@ -10,14 +10,16 @@ Runs, each in its own process and one after the other (so they do not share the 
   shape (ViT-L, 6,016 voxels, w = 2) and the demo's, SDPA against plain attention;
 - ``sampling.py`` — one denoising step of the inflated UNet at Stable Diffusion 1.5 size, and
   the sampling cost per clip the authors' way (DDIM 200, two UNet calls per step) against ours
-  (batched guidance, DPM-Solver++ 25).
+  (batched guidance, the demo preset's sampler);
+- ``threads.py`` — the tiny demo from scratch, idle and beside one competing busy thread, with
+  torch's threads chosen automatically and fixed to every CPU (about 10 minutes).
 
 Each writes ``benchmarks/results/NAME.{json,md}``; this script then writes
 ``benchmarks/results/suite.json`` (every result, the machine, versions, the wall time of each
 benchmark) and ``benchmarks/results/suite.md`` (the headline figures, with the peak memory of
 each, followed by every benchmark's own table).
 
-Run:  python benchmarks/run.py [--data DIR] [--only prepare_full,detrend,encoder,sampling]
+Run:  python benchmarks/run.py [--data DIR] [--only prepare_full,detrend,encoder,sampling,threads]
 Not part of the test suite.
 """
 
@@ -34,7 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SUITE = ("prepare_full", "detrend", "encoder", "sampling")
+SUITE = ("prepare_full", "detrend", "encoder", "sampling", "threads")
 
 
 def _run(name: str, extra: list[str]) -> float:
@@ -105,10 +107,24 @@ def headline(results: dict) -> list[str]:
                     "sampling per clip, authors' way / ours (tiny model)",
                     f"{tiny['ratio_authors_over_ours']:.1f}× "
                     f"({tiny['authors_ddim200_two_calls_s']:.2f} s vs "
-                    f"{tiny['ours_dpmpp25_batched_s']:.2f} s)",
+                    f"{tiny['ours_batched_s']:.2f} s, {tiny['ours_sampler']} "
+                    f"{tiny['ours_steps']})",
                     "—",
                 )
             )
+    thr = results.get("threads")
+    if thr:
+        r = thr["ratios"]
+        rows.append(
+            (
+                f"demo ({thr['preset']}) beside one busy thread / idle, threads chosen "
+                "automatically",
+                f"{r['auto_busy_over_idle']:.2f}× (target ≤ 2×; fixed at {thr['cpus']}: "
+                f"{r['fixed_busy_over_idle']:.2f}×); idle, auto / fixed "
+                f"{r['auto_over_fixed_idle']:.3f} (target ≤ 1)",
+                "—",
+            )
+        )
     return rows
 
 
@@ -153,6 +169,7 @@ def main() -> int:
         "detrend": [],
         "encoder": ["--threads", "1"],
         "sampling": ["--threads", "1", "--repeats", "2"],
+        "threads": [],
     }
     wall = {name: round(_run(name, extra[name]), 1) for name in chosen}
     results = {name: _load(name) for name in chosen}

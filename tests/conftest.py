@@ -10,6 +10,8 @@ import tempfile
 # Before anything imports nilearn or matplotlib: nothing may touch the user's home or a display.
 os.environ["NILEARN_DATA"] = tempfile.mkdtemp(prefix="mindvideo-nilearn-")
 os.environ["MPLBACKEND"] = "Agg"
+# Commands run in-process (main([...])) use one torch thread, as the tests do (see below).
+os.environ["MINDVIDEO_THREADS"] = "1"
 
 from pathlib import Path
 

@@ -16,6 +16,7 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["demo", "--preset", "tiny", "--out", str(run)]) == 0
     out = capsys.readouterr()
+    assert out.err.startswith("torch threads: 1 (fixed by MINDVIDEO_THREADS")  # the first line
     for name in STAGES:
         assert (run / name / DONE).is_file(), name
         assert (run / name / "config.yaml").is_file(), name

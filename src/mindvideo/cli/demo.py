@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     argv = ["--preset", args.preset, "--out", str(args.out), "--seed", str(args.seed)]
     if args.ablations:
         argv.append("--ablations")
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
     from mindvideo.demo.run import run_demo
 
     report = run_demo(args.preset, args.out, args.seed, argv, ablations=args.ablations)

@@ -20,6 +20,9 @@ from mindvideo.utils import UserError
 # mindvideo.cli.NAME (dashes as underscores).
 SUBCOMMANDS = ["demo", "env", *STAGES, "compare", "report", "convert"]
 
+# Commands that never run torch: they take no --threads and leave torch unimported.
+NO_TORCH = {"prepare", "compare", "report"}
+
 log = logging.getLogger("mindvideo")
 
 
@@ -38,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"mindvideo.cli.{name.replace('-', '_')}")
         module.register(sub)
+    for name, command in sub.choices.items():
+        if name not in NO_TORCH:
+            command.add_argument(
+                "--threads",
+                type=int,
+                metavar="N",
+                help=(
+                    "torch intra-op threads (default: the usable CPUs not busy with other "
+                    "work, re-checked as the run goes on; or MINDVIDEO_THREADS)"
+                ),
+            )
     return parser
 
 
@@ -68,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(args.debug, args.quiet)
     try:
+        if args.command not in NO_TORCH:
+            from mindvideo.utils.threads import configure_threads
+
+            configure_threads(args.threads)
         result = args.func(args)
     except UserError as exc:
         if args.debug:

@@ -325,8 +325,12 @@ def run_demo(
 
     from mindvideo.report import build_report, write_run_info
     from mindvideo.report.information import ORACLE_DIR, write_information
+    from mindvideo.utils.threads import current_choice
 
     console = Console(stderr=True)
+    threads = current_choice()
+    if threads is not None:
+        console.print(f"torch threads: {threads.describe()}")
     out.mkdir(parents=True, exist_ok=True)
     stages = plan(preset, out, seed)
     total = time.perf_counter()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from mindvideo.utils import UserError
+from mindvideo.utils.threads import adapt_threads
 
 if TYPE_CHECKING:
     import torch
@@ -201,6 +202,7 @@ class TorchClassifier:
         bar = tqdm(starts, desc=f"{self.kind} classifier", unit="batch", leave=False, disable=None)
         with torch.inference_mode():
             for start in bar:
+                adapt_threads()
                 x = self.preprocess(arr[start : start + self.batch_size])
                 x = x.to(self.device, dtype=self.dtype) if self.dtype else x.to(self.device)
                 out = self.model(x)

@@ -21,6 +21,7 @@ import numpy as np
 
 from mindvideo.evaluation.metrics import MetricSamples
 from mindvideo.utils import UserError
+from mindvideo.utils.threads import adapt_threads
 
 if TYPE_CHECKING:
     import torch
@@ -115,6 +116,7 @@ class CLIPImageEmbedder:
         bar = tqdm(starts, desc="CLIP images", unit="batch", leave=False, disable=None)
         with torch.inference_mode():
             for start in bar:
+                adapt_threads()
                 pixels = self.processor(
                     images=list(arr[start : start + self.batch_size]), return_tensors="pt"
                 )["pixel_values"]

@@ -38,6 +38,7 @@ from mindvideo.generator.unet import VideoUNet
 from mindvideo.pipeline.guidance import adversarial_guidance, null_condition
 from mindvideo.pipeline.output import MindVideoPipelineOutput
 from mindvideo.utils import UserError
+from mindvideo.utils.threads import adapt_threads
 
 __all__ = ["MindVideoPipeline"]
 
@@ -607,6 +608,7 @@ class MindVideoPipeline(DiffusionPipeline):
         # 5. Denoising loop with adversarial guidance (eq. 6)
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
+                adapt_threads()  # another job may have started or ended (CPU only)
                 noise_pred = self.predict_noise(latents, t, condition, negative, guidance_scale)
                 latents = self.scheduler.step(
                     noise_pred, t, latents, **extra_step_kwargs, return_dict=False

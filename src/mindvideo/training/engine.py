@@ -56,6 +56,7 @@ from mindvideo.training.tracking import (
     truncate_metrics,
 )
 from mindvideo.utils import UserError
+from mindvideo.utils.threads import adapt_threads
 
 logger = logging.getLogger(__name__)
 
@@ -510,6 +511,7 @@ class Trainer:
         epoch_loader = accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
         batch_index = skip
         for batch in epoch_loader:
+            adapt_threads()  # another job may have started or ended: use the CPUs now free
             self._train_batch(run, batch)
             batch_index += 1
             if not accelerator.sync_gradients:

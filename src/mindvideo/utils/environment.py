@@ -25,7 +25,8 @@ PACKAGES = [
 
 def collect_environment() -> dict[str, str]:
     """Python, platform, the version of every package in :data:`PACKAGES` (or "not installed"),
-    the torch device (CUDA with names and bf16 support, MPS or CPU) and torch's thread count."""
+    the torch device (CUDA with names and bf16 support, MPS or CPU), the usable CPUs and torch's
+    thread count with how it was chosen (:mod:`mindvideo.utils.threads`)."""
     import torch
 
     info = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -43,5 +44,9 @@ def collect_environment() -> dict[str, str]:
         info["device"] = "mps"
     else:
         info["device"] = "cpu"
-    info["torch threads"] = str(torch.get_num_threads())
+    from mindvideo.utils.threads import current_choice, usable_cpus
+
+    choice = current_choice()
+    info["usable cpus"] = str(usable_cpus())
+    info["torch threads"] = str(torch.get_num_threads()) if choice is None else choice.describe()
     return info
