@@ -61,7 +61,7 @@ def run_demo(preset: str, out: Path, threads: int | None, busy: bool) -> dict:
             competitor.kill()
             competitor.wait()
     stages = {}
-    for marker in sorted(out.rglob(DONE)):
+    for marker in sorted(out.rglob(DONE), key=lambda m: m.stat().st_mtime):  # run order
         name = marker.parent.relative_to(out).as_posix()
         stages[name] = round(json.loads(marker.read_text())["seconds"], 1)
     first = next((line for line in done.stderr.splitlines() if "torch threads" in line), "")
