@@ -30,14 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from mindvideo.utils.threads import usable_cpus
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DONE = ".mindvideo-stage.json"
-
-
-def usable_cpus() -> int:
-    from mindvideo.utils.threads import usable_cpus
-
-    return usable_cpus()
 
 
 def run_demo(preset: str, out: Path, threads: int | None, busy: bool) -> dict:

@@ -135,3 +135,19 @@ def test_numpy_blas_follows_the_choice():
     assert blas_threads() == {2}
     configure_threads(1)
     assert blas_threads() == {1}
+
+
+def test_a_fixed_block_is_left_alone_and_automatic_mode_resumes_after(auto, monkeypatch):
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
+    configure_threads(probe=0)
+    governor = threads._GOVERNOR
+    monkeypatch.setattr(governor.meter, "others", lambda: 0.0)
+    with threads.fixed_threads(1):  # e.g. train_standins(num_threads=1)
+        governor.next_look = 0.0
+        adapt_threads()
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 4 and current_choice().automatic
+    monkeypatch.setattr(governor.meter, "others", lambda: 1.0)
+    governor.next_look = 0.0
+    adapt_threads()
+    assert torch.get_num_threads() == 3

