@@ -157,6 +157,28 @@ def test_inflate_from_a_saved_2d_unet_folder(tmp_path):
         assert torch.equal(direct(frame.repeat(1, 1, 3, 1, 1), t, cond).sample, out)
 
 
+def test_inflation_is_the_same_in_any_random_state_and_leaves_that_state_alone(tmp_path):
+    """The fresh temporal layers come from a fixed seed: a run repeats (and a resumed run
+    matches an uninterrupted one) however much randomness was drawn before the inflation."""
+    u2 = unet_2d()
+    u2.save_pretrained(tmp_path / "unet")
+    inflated = []
+    for seed, build in [
+        (1, lambda: VideoUNet.from_unet2d(u2)),
+        (2, lambda: VideoUNet.from_unet2d(u2)),
+        (3, lambda: VideoUNet.from_pretrained(tmp_path / "unet")),
+        (4, lambda: VideoUNet.from_pretrained(tmp_path / "unet")),
+    ]:
+        torch.manual_seed(seed)
+        inflated.append(build().state_dict())
+        # the caller's random stream goes on as if no inflation had drawn from it
+        assert torch.equal(torch.rand(3), torch.manual_seed(seed) and torch.rand(3))
+    temporal = [k for k in inflated[0] if ".attn_temp." in k and k.endswith(".to_q.weight")]
+    assert temporal and inflated[0][temporal[0]].abs().sum() > 0  # drawn, not zeros
+    for other in inflated[1:]:
+        assert all(torch.equal(inflated[0][k], other[k]) for k in inflated[0])
+
+
 def test_trainable_parameters_are_the_papers_attention_layers():
     unet = VideoUNet.from_unet2d(unet_2d())
     params = trainable_parameters(unet)

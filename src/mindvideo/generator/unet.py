@@ -117,6 +117,11 @@ def _video_block_like(
     return video_block
 
 
+INFLATION_SEED = 0
+"""Seed of the temporal layers an inflation adds (their output projections start at zero, so
+the inflated UNet computes what the 2D one did; the other weights still need values)."""
+
+
 class VideoUNet(UNet2DConditionModel):
     """Stable Diffusion's UNet inflated for video (paper 3.4, B), built like diffusers'
     ``UNetMotionModel.from_unet2d``: the 2D config and weights, plus fresh temporal layers.
@@ -138,8 +143,18 @@ class VideoUNet(UNet2DConditionModel):
 
     @classmethod
     def from_unet2d(cls, unet: UNet2DConditionModel) -> VideoUNet:
-        """Inflate a 2D UNet: same config, its weights copied, temporal layers fresh (identity)."""
-        model = cls.from_config(unet.config)
+        """Inflate a 2D UNet: same config, its weights copied, temporal layers fresh (identity).
+
+        The fresh layers are drawn from a fixed seed (:data:`INFLATION_SEED`), not the global
+        random state: the same 2D UNet always inflates to the same video UNet, so a run repeats
+        exactly and a resumed run matches an uninterrupted one."""
+        with torch.random.fork_rng(devices=[]):
+            model = cls.from_config(unet.config)
+            # the same draws as from_pretrained's inflation: the same 2D UNet, the same result
+            torch.manual_seed(INFLATION_SEED)
+            for block in model.modules():
+                if isinstance(block, VideoTransformerBlock):
+                    block.reset_temporal_attention()
         missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
         if unexpected or not all(is_temporal_key(k) for k in missing):
             missing_2d = [k for k in missing if not is_temporal_key(k)]
@@ -174,16 +189,19 @@ class VideoUNet(UNet2DConditionModel):
         Stable Diffusion's ``unet/``) is inflated: its temporal layers start as the identity."""
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         fresh = 0
-        for block in model.modules():
-            if isinstance(block, VideoTransformerBlock) and any(
-                p.is_meta for p in (*block.norm_temp.parameters(), *block.attn_temp.parameters())
-            ):
-                # Not in the checkpoint, so the fast loader left them unallocated.
-                like = block.attn1.to_q.weight
-                block.reset_temporal_attention()
-                block.norm_temp.to(like.device, like.dtype)
-                block.attn_temp.to(like.device, like.dtype)
-                fresh += 1
+        with torch.random.fork_rng(devices=[]):  # fresh layers from a fixed seed, as above
+            torch.manual_seed(INFLATION_SEED)
+            for block in model.modules():
+                if isinstance(block, VideoTransformerBlock) and any(
+                    p.is_meta
+                    for p in (*block.norm_temp.parameters(), *block.attn_temp.parameters())
+                ):
+                    # Not in the checkpoint, so the fast loader left them unallocated.
+                    like = block.attn1.to_q.weight
+                    block.reset_temporal_attention()
+                    block.norm_temp.to(like.device, like.dtype)
+                    block.attn_temp.to(like.device, like.dtype)
+                    fresh += 1
         if fresh:
             logger.info(
                 "%s has no temporal weights: inflated %d transformer blocks with identity "

@@ -344,10 +344,15 @@ def tune_video(
             record_trained_size(trained.unet, latent_size)
             with atomic_dir(folder / "unet") as tmp:
                 trained.unet.save_pretrained(tmp)
+            # The tokenizer as loaded: one that has encoded captions saves its last padding
+            # and truncation settings too, so the folder would depend on the caption cache.
+            tokenizer = type(sd.tokenizer).from_pretrained(
+                str(cfg.pretrained.stable_diffusion), subfolder="tokenizer"
+            )
             for name, part in (
                 ("vae", sd.vae),
                 ("text_encoder", sd.text_encoder),
-                ("tokenizer", sd.tokenizer),
+                ("tokenizer", tokenizer),
             ):
                 with atomic_dir(folder / name) as tmp:
                     part.save_pretrained(tmp)
