@@ -54,7 +54,7 @@ from mindvideo.utils.freshness import (
     stale_fields,
     write_marker,
 )
-from mindvideo.utils.io import read_json
+from mindvideo.utils.io import open_memmap_allocated, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -175,13 +175,11 @@ class PreparedWriter:
 
         On an exception the temporary file is removed and no array is recorded.
         """
-        from numpy.lib.format import open_memmap
-
         _check_name(name)
         shape = tuple(int(s) for s in shape)
         path = self.root / f"{name}.npy"
         with atomic_path(path) as tmp:
-            arr = open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=shape)
+            arr = open_memmap_allocated(tmp, np.dtype(dtype), shape)
             yield arr
             arr.flush()
             del arr

@@ -38,6 +38,7 @@ from mindvideo.generator.unet import VideoUNet
 from mindvideo.pipeline.guidance import adversarial_guidance, null_condition
 from mindvideo.pipeline.output import MindVideoPipelineOutput
 from mindvideo.utils import UserError
+from mindvideo.utils.io import follow_umask
 from mindvideo.utils.threads import adapt_threads
 
 __all__ = ["MindVideoPipeline"]
@@ -101,7 +102,13 @@ class MindVideoPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
-    # ------------------------------------------------------------------ loading
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``, with every file given the user's umask (the weights
+        are otherwise private, ``0600``, in a folder others may read)."""
+        super().save_pretrained(save_directory, **kwargs)
+        follow_umask(save_directory)
+
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any

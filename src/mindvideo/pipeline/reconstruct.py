@@ -51,7 +51,7 @@ from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
 from mindvideo.pipeline.schedulers import make_scheduler
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
 from mindvideo.utils.freshness import files_present, npy_shape, stale_fields
-from mindvideo.utils.io import read_json
+from mindvideo.utils.io import open_memmap_allocated, read_json
 
 __all__ = [
     "INDEX_VERSION",
@@ -206,11 +206,9 @@ def _finished(out: Path, entry: dict[str, Any], gif: bool) -> bool:
 
 def _stack(out: Path, name: str, shape: tuple[int, ...], rows: Any) -> None:
     """Write ``name`` uint8 ``shape`` row by row into a memory map (atomically)."""
-    from numpy.lib.format import open_memmap
-
     path = out / name
     with atomic_path(path) as tmp:
-        arr = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        arr = open_memmap_allocated(tmp, np.uint8, shape)
         for i, row in enumerate(rows):
             arr[i] = row
         arr.flush()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mindvideo.utils import UserError, atomic_write_text
+from mindvideo.utils.io import follow_umask
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +110,17 @@ def save_checkpoint(accelerator: Any, out_dir: Path, state: dict[str, Any], keep
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2) + "\n")
+            follow_umask(tmp)
+    except BaseException:  # a full disk, an interrupt: no half-written checkpoint stays
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2) + "\n")
         old = root / f".step_{step}.old"
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -46,6 +46,7 @@ from mindvideo.data.prepared import data_fingerprint
 from mindvideo.pipeline.oracle import encode_captions
 from mindvideo.utils import UserError, atomic_path
 from mindvideo.utils.freshness import fingerprint, module_fingerprint, read_marker, write_marker
+from mindvideo.utils.io import open_memmap_allocated
 
 __all__ = [
     "CACHE_DIR",
@@ -437,15 +438,13 @@ def build_latent_cache(
     shape = [n, probe.shape[1], frames, probe.shape[2], probe.shape[3]]
     root.mkdir(parents=True, exist_ok=True)
     (root / LATENTS_META).unlink(missing_ok=True)  # the meta file marks a complete cache
-    from numpy.lib.format import open_memmap
-
     logger.info("Encoding %d training clips with the VAE into %s.", n, root)
     with (
         atomic_path(root / "latents_mean.npy") as mean_tmp,
         atomic_path(root / "latents_std.npy") as std_tmp,
     ):
-        mean_out = open_memmap(mean_tmp, mode="w+", dtype=np.float32, shape=tuple(shape))
-        std_out = open_memmap(std_tmp, mode="w+", dtype=np.float32, shape=tuple(shape))
+        mean_out = open_memmap_allocated(mean_tmp, np.float32, tuple(shape))
+        std_out = open_memmap_allocated(std_tmp, np.float32, tuple(shape))
         with torch.no_grad(), tqdm(total=n, desc="VAE latents", unit="clip") as bar:
             for start in range(0, n, batch_size):
                 idx = range(start, min(start + batch_size, n))

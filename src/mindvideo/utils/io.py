@@ -20,12 +20,24 @@ def _umask() -> int:
     return mask
 
 
-def _as_if_created(path: Path, directory: bool = False) -> None:
-    """Give a temp file/dir the permissions a plain open()/mkdir() would have had.
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give ``root`` and everything under it the modes a plain ``open()``/``mkdir()`` would have
+    given under the user's umask.
 
-    mkstemp/mkdtemp create 0600/0700 entries; shared datasets should stay readable by others.
+    Some writers create private files (safetensors and ``huggingface_hub`` write weights
+    ``0600`` through temporary files): a pipeline folder on a shared machine would then be
+    unreadable to the colleagues its folders are readable to.
     """
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+    root = Path(root)
+    mask = _umask()
+    entries = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for entry in entries:
+        if entry.is_symlink():
+            continue
+        mode = (0o777 if entry.is_dir() else 0o666) & ~mask
+        if entry.is_file() and entry.stat().st_mode & 0o111:
+            mode |= 0o111 & ~mask  # keep a script executable
+        os.chmod(entry, mode)
 
 
 @contextlib.contextmanager
@@ -44,7 +56,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         if tmp_path.exists():
-            _as_if_created(tmp_path)
+            follow_umask(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -59,7 +71,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp_path
-        _as_if_created(tmp_path, directory=True)
+        follow_umask(tmp_path)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -71,6 +83,32 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def open_memmap_allocated(path: str | os.PathLike, dtype: Any, shape: tuple[int, ...]) -> Any:
+    """``numpy.lib.format.open_memmap(path, "w+", ...)`` with the file's blocks allocated first.
+
+    A memory-mapped file is sparse: writing into it on a full disk kills the process with
+    SIGBUS and no message. Allocating every block up front makes a full disk an
+    ``OSError(ENOSPC)`` naming the file, raised before any data is written.
+    """
+    import errno
+
+    from numpy.lib.format import open_memmap
+
+    arr = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate: writes may still fail
+            return arr
+        del arr
+        raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
+    finally:
+        os.close(fd)
+    return arr
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
