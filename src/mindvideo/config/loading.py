@@ -102,8 +102,9 @@ def load_config(
         try:
             data = OmegaConf.to_container(OmegaConf.load(path))
         except Exception as exc:  # YAML syntax errors come in many types
+            detail = " ".join(str(exc).split()).rstrip(".")  # the parser's spans lines
             raise UserError(
-                f"Config file {path} is not valid YAML: {exc}".rstrip(".") + "."
+                f"Config file {path} is not valid YAML ({detail}); fix its syntax there."
             ) from exc
         layers.append((str(path), data or {}))
     overrides = list(overrides)

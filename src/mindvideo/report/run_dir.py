@@ -67,7 +67,9 @@ def read_stage_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        logger.warning("Skipping %s: %s", path, exc)
+        stage = path.parent.name
+        fix = f"re-run mindvideo {stage} to write it again" if stage in STAGES else "re-write it"
+        logger.warning("Skipping %s, which cannot be read (%s); %s.", path, exc, fix)
         return None
 
 
