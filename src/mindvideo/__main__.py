@@ -1,3 +1,3 @@
-from mindvideo.cli.main import main
+from mindvideo.cli.main import entry_point
 
-raise SystemExit(main())
+raise SystemExit(entry_point())

@@ -293,6 +293,32 @@ def test_short_stimulus_is_a_user_error(simulated_dataset, tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_runs_whose_tr_leaves_half_the_stimulus_unpaired_are_refused_unless_allowed(
+    simulated_dataset, tmp_path
+):
+    """Every run saying TR 1 s while the stimuli last 480 s: 240 s of each stimulus would never
+    be paired with fMRI. An error with both figures before any fMRI work, unless the user says
+    the stimulus did run on (then the first 240 s are paired, at 1 s per TR)."""
+    from mindvideo.data.cifti import read_dtseries, write_dtseries
+
+    root = copy_dataset(simulated_dataset, tmp_path / "ds", train=(1, 2), test=(1,))
+    for path in sorted(root.glob("subject1/fmri/*/cifti/*.dtseries.nii")):
+        data, axis, _ = read_dtseries(path)
+        write_dtseries(path, data, axis, 1.0)
+    run = root / "subject1/fmri/seg1/cifti/seg1_1_Atlas.dtseries.nii"
+    message = (
+        rf"{re.escape(str(root / 'stimuli' / 'seg1.mp4'))} lasts 480\.00 s but the fMRI run "
+        rf"{re.escape(str(run))} covers 240 TRs of 1 s = 240 s \(its header's TR\): 240\.0 s of "
+        r"the stimulus would never be paired with fMRI\..*--allow-duration-mismatch"
+    )
+    with pytest.raises(UserError, match=message):
+        prepare_wen2018(tiny_config(root), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    prepare_wen2018(tiny_config(root, allow_duration_mismatch=True), tmp_path / "out")
+    prepared = PreparedData.open(tmp_path / "out")
+    assert prepared.frames_train.shape[1:3] == (240, 3)  # 3 FPS x 1 s: 3 frames per TR
+
+
 # --------------------------------------------------------------------------------------------
 # BLIP captions
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from mindvideo.config import STAGES, load_config, save_config
 from mindvideo.utils import UserError
+from mindvideo.utils.integrity import check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,18 @@ class CommandParser:
         help = help if help is not None else STAGES[name].summary
         self.parser = sub.add_parser(name, help=help, description=description)
         self.parser.set_defaults(func=run, stage=name, config_keys={})
+
+    def set_output(
+        self,
+        estimate: Callable[[argparse.Namespace], int] | None = None,
+        path: Callable[[argparse.Namespace], Path | None] | None = None,
+        is_file: bool = False,
+    ) -> None:
+        """How the CLI guards what the command writes (:func:`mindvideo.utils.outputs.
+        guard_output`, before any work): ``estimate(args)``, the bytes it will write (estimated
+        from its inputs; default: only a margin); ``path(args)``, what it writes (default
+        ``--out``); ``is_file``: that is a file, not a folder."""
+        self.parser.set_defaults(estimate_output=estimate, output_of=path, out_is_file=is_file)
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         """An option of the command that sets no config key."""
@@ -103,7 +116,46 @@ def resolve_config(args: argparse.Namespace, base: Any = None) -> Any:
         if value is not None:
             value = os.fspath(value) if isinstance(value, os.PathLike) else value
             cfg = _replace_key(cfg, key.split("."), value)
+    if not getattr(args, "inputs_checked", False):  # once per command, before any work
+        check_inputs(_inputs(cfg, args.stage))
+        args.inputs_checked = True
     return cfg
+
+
+# The stage that writes the input a config key names (the fix for a damaged file in it); keys
+# of a nested ``pretrained`` section are downloads.
+_WRITTEN_BY = {
+    "data": "prepare",
+    "finetune_data": "prepare",
+    "init": "pretrain",
+    "mbm": "pretrain",
+    "contrast": "contrast",
+    "cotrain": "cotrain",
+    "generator": "tune-video",
+    "checkpoint": "cotrain",
+    "reconstructions": "reconstruct",
+    "text_encoder": "tune-video",
+}
+_ENCODER_WRITTEN_BY = {"contrast": "pretrain", "cotrain": "contrast", "explain": "contrast"}
+
+
+def _inputs(cfg: Any, stage: str, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(what, path, fix) for every existing path among the config's values (nested too)."""
+    found = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(value):
+            found += _inputs(value, stage, f"{key}.")
+        elif isinstance(value, str) and value and f.name != "device" and os.path.exists(value):
+            writer = _ENCODER_WRITTEN_BY.get(stage) if f.name == "encoder" else None
+            writer = writer or _WRITTEN_BY.get(f.name)
+            if key.startswith("pretrained.") or key == "root" or writer is None:
+                fix = "re-download it (or re-run the command that wrote it)"
+            else:
+                fix = f"re-run mindvideo {writer} to write it again"
+            found.append((f"the {key} input", value, fix))
+    return found
 
 
 def _replace_key(cfg: Any, key: list[str], value: Any) -> Any:
@@ -131,15 +183,29 @@ def run_stage(
     run: Callable[..., Any],
     plan: Callable[..., Any] | None = None,
     report: Callable[[Any], str | None] = "wrote {}".format,
+    staged: bool = False,
     **kwargs: Any,
 ) -> int:
     """Resolve the stage's config (:func:`resolve_config`); with ``--dry-run`` print
     ``plan(cfg, OUT, **kwargs)``, else call ``run(cfg, OUT, **kwargs)`` (``--out`` required) and
-    log the line ``report`` makes of its result (default: "wrote RESULT"; None logs nothing)."""
+    log the line ``report`` makes of its result (default: "wrote RESULT"; None logs nothing).
+
+    ``staged``: the stage writes a temporary folder beside ``OUT`` that replaces ``OUT`` only
+    when the stage has finished (:func:`~mindvideo.utils.io.atomic_dir`), so a failed or
+    interrupted run leaves no partial folder and an earlier result untouched. For stages whose
+    folder is one result written at the end (not resumable state)."""
     cfg = resolve_config(args)
     if plan is not None and args.dry_run:
         return print_plan(plan(cfg, args.out, **kwargs))
-    line = report(run(cfg, require_out(args), **kwargs))
+    out = require_out(args)
+    if staged:
+        from mindvideo.utils.io import atomic_dir
+
+        with atomic_dir(out) as tmp:
+            result = run(cfg, tmp, **kwargs)
+    else:
+        result = run(cfg, out, **kwargs)
+    line = report(result)
     if line is not None:
         log.info("%s", line)
     return 0

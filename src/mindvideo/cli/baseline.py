@@ -49,4 +49,4 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(format_baseline(result))
         return f"Wrote {Path(args.out) / BASELINE_JSON}"
 
-    return run_stage(args, baseline, report=table)
+    return run_stage(args, baseline, report=table, staged=True)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mindvideo.cli import _estimate
 from mindvideo.cli._stage import CommandParser, run_stage
 
 
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
     )
     parser.add_stage_arguments(dry_run=True, resume="OUT/checkpoints/step_N")
+    parser.set_output(estimate=_estimate.training)
 
 
 def run(args: argparse.Namespace) -> int:

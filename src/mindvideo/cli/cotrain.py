@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindvideo.cli import _estimate
 from mindvideo.cli._stage import CommandParser, run_stage
 
 
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--generator", "tune-video's output folder; key: generator", metavar="DIR"
     )
     parser.add_stage_arguments(dry_run=True, resume="OUT/checkpoints/step_N")
+    parser.set_output(estimate=_estimate.training)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -63,4 +63,4 @@ def run(args: argparse.Namespace) -> int:
         return f"Wrote {Path(args.out) / 'metrics.json'}"
 
     # evaluate_reconstructions() also writes OUT/config.yaml
-    return run_stage(args, evaluate_reconstructions, report=table)
+    return run_stage(args, evaluate_reconstructions, report=table, staged=True)

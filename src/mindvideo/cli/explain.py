@@ -49,5 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from mindvideo.interpretation.run import explain
 
     return run_stage(
-        args, explain, report=lambda written: f"Wrote {len(written)} files to {args.out}"
+        args,
+        explain,
+        report=lambda written: f"Wrote {len(written)} files to {args.out}",
+        staged=True,
     )

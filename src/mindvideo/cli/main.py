@@ -7,9 +7,12 @@ Each subcommand lives in its own module with ``register(subparsers)`` (adds its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
 
 from mindvideo import __version__
 from mindvideo.config.registry import STAGES
@@ -81,12 +84,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     setup_logging(args.debug, args.quiet)
+    out = _output(args)
+    interrupted = _Interrupts()
     try:
-        if args.command not in NO_TORCH:
-            from mindvideo.utils.threads import configure_threads
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(interrupted)
+            if out is not None:
+                from mindvideo.utils.outputs import guard_output
 
-            configure_threads(args.threads)
-        result = args.func(args)
+                estimate = getattr(args, "estimate_output", None)
+                need = estimate(args) if estimate is not None else 0
+                is_file = getattr(args, "out_is_file", False)
+                stack.enter_context(guard_output(out, args.command, need, is_file))
+            if args.command not in NO_TORCH:
+                from mindvideo.utils.threads import configure_threads
+
+                configure_threads(args.threads)
+            result = args.func(args)
     except UserError as exc:
         if args.debug:
             raise
@@ -95,4 +109,78 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mindvideo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from mindvideo.utils.outputs import write_failure
+
+        if interrupted.seen and not args.debug:  # a library turned the interrupt into its error
+            print(f"mindvideo {args.command}: interrupted", file=sys.stderr)
+            return 130
+        line = None if args.debug else write_failure(exc, out)
+        if line is None:
+            raise
+        print(f"mindvideo {args.command}: error: {line}", file=sys.stderr)
+        return 2
     return int(result or 0)
+
+
+class _Interrupts:
+    """Within the block, record that SIGINT arrived (then raise ``KeyboardInterrupt`` as
+    Python's own handler does). Some libraries catch the interrupt of a read they were in and
+    raise their own error instead (diffusers' weight loading: "Unable to load weights"); the
+    record lets :func:`main` report the interrupt the user caused, not that error."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._before: object = None
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupts:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._before = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._before is not None:
+            signal.signal(signal.SIGINT, self._before)  # type: ignore[arg-type]
+
+
+def entry_point() -> int:
+    """The ``mindvideo`` program: :func:`main`, then Ctrl-C ignored while Python shuts down.
+
+    An interrupt that lands after the command has finished would otherwise kill the interpreter
+    during its shutdown, with no message and a signal for an exit status, though the work is
+    done. After an interrupt the process ends at once with status 130: the command has cleaned
+    up already, and CPython may otherwise still die of the interrupt it had handled (it flags
+    an interrupt raised inside code that a compiled extension ran, even when caught).
+    """
+    import signal
+
+    try:
+        code = main()
+    except KeyboardInterrupt:  # between main's own handler and here
+        code = 130
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return code
+
+
+def _output(args: argparse.Namespace) -> Path | None:
+    """The folder (or file) the command writes, guarded by :func:`guard_output`; ``None`` for a
+    dry run, a command that writes nothing, and every process of a multi-process launch but the
+    main one (rank 0 holds the lock for all)."""
+    if getattr(args, "dry_run", False) or os.environ.get("RANK", "0") not in ("", "0"):
+        return None
+    output_of = getattr(args, "output_of", None)
+    out = output_of(args) if output_of is not None else getattr(args, "out", None)
+    return Path(out) if out is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mindvideo.cli import _estimate
 from mindvideo.cli._stage import CommandParser, resolve_config
 from mindvideo.data.prepare import DATASETS
 
@@ -27,7 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_key_option("--root", "folder of the raw dataset", type=Path)
     parser.add_key_option("--subject", "Wen 2018 subject number (1-3)", type=int)
+    parser.add_key_option(
+        "--allow-duration-mismatch",
+        "accept stimuli that last more than one TR longer than their runs (the rest is unused)",
+        action="store_true",
+        default=None,
+    )
     parser.add_stage_arguments()
+    parser.set_output(estimate=_estimate.prepare)
 
 
 def run(args: argparse.Namespace) -> int:

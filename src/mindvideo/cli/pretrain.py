@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from mindvideo.cli import _estimate
 from mindvideo.cli._stage import CommandParser, run_stage
 
 
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
     )
     parser.add_stage_arguments(dry_run=True, resume="OUT/{pretrain,finetune}/checkpoints/step_N")
+    parser.set_output(estimate=_estimate.pretrain)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mindvideo.cli import _estimate
 from mindvideo.cli._stage import CommandParser, run_stage
 
 
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_key_option("--data", "prepared subject directory; sets config key data", type=Path)
     parser.add_stage_arguments(dry_run=True)
+    parser.set_output(estimate=_estimate.reconstruct)
 
 
 def run(args: argparse.Namespace) -> int:

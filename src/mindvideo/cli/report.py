@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="gif",
         help="embed clips as animated GIFs (default) or H.264 mp4 videos (smaller)",
     )
+    parser.set_output(path=lambda args: args.out or args.run_dir / "report.html", is_file=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindvideo.cli import _estimate
 from mindvideo.cli._stage import CommandParser, run_stage
 
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
     )
     parser.add_stage_arguments(dry_run=True, resume="OUT/checkpoints/step_N")
+    parser.set_output(estimate=_estimate.training)
 
 
 def run(args: argparse.Namespace) -> int:

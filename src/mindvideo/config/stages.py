@@ -193,6 +193,10 @@ class PrepareConfig:
     detrend_order: int = 4
     nan_policy: str = "raise"
     """Vertices with NaN/Inf: ``raise`` an error naming the file, or ``zero`` them (logged)."""
+    allow_duration_mismatch: bool = False
+    """Accept a stimulus that lasts more than one TR longer than its runs' kept TRs × TR (the
+    rest is never paired with fMRI). Off: that is an error with both figures, since it is what
+    a wrong TR in the runs' headers looks like. A stimulus too short is always an error."""
     roi: RoiConfig = field(default_factory=RoiConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)
     hcp: HcpConfig = field(default_factory=HcpConfig)

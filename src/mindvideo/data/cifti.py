@@ -224,6 +224,13 @@ def read_brain_models(path: str | os.PathLike) -> BrainModelAxis:
     return axis1
 
 
+def dtseries_shape(path: str | os.PathLike) -> tuple[int, int, float]:
+    """(volumes, grayordinates, TR in s) of a dense time series, from its header alone (the
+    data are not read; :func:`read_dtseries` checks the rest)."""
+    axis0, _, _, (rows, cols), *_ = _read_header(Path(path))
+    return rows, cols, float(getattr(axis0, "step", 0.0))
+
+
 def read_dtseries(path: str | os.PathLike) -> tuple[np.ndarray, BrainModelAxis, float]:
     """Read a CIFTI-2 dense time series: (data ``[T, G]`` float32, brain-model axis, TR in s).
 

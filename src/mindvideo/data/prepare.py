@@ -10,7 +10,7 @@ from typing import Any
 from mindvideo.config import config_to_yaml, save_config
 from mindvideo.utils import UserError
 
-__all__ = ["DATASETS", "prepare", "save_config_if_changed"]
+__all__ = ["DATASETS", "estimate_prepare_bytes", "prepare", "save_config_if_changed"]
 
 DATASETS = ("wen2018", "wen2018-preprocessed", "hcp")
 """What ``prepare`` reads: raw CIFTI + mp4, the authors' arrays, or HCP-layout runs."""
@@ -36,6 +36,33 @@ def prepare(cfg: Any, out: Path) -> str:
             f"Unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)} (--dataset)."
         )
     return _subject_summary(out)
+
+
+def estimate_prepare_bytes(cfg: Any) -> int:
+    """About how many bytes :func:`prepare` writes for ``cfg``, from the inputs' headers (no
+    data read): the frames (uint8, ``fps`` × TR per TR, ``frame_size``²) and the fMRI (float32,
+    at most every grayordinate), or the HCP corpus (the visual areas' voxels of every volume),
+    or a copy of the authors' arrays."""
+    from mindvideo.data.cifti import dtseries_shape
+
+    root = Path(cfg.root)
+    if cfg.dataset == "wen2018-preprocessed":
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    if cfg.dataset == "hcp":
+        from mindvideo.data import atlas
+        from mindvideo.data.hcp import find_hcp_runs
+
+        voxels = int(atlas.area_mask(cfg.hcp.areas).sum())
+        return sum(4 * dtseries_shape(p)[0] * voxels for p in find_hcp_runs(root))
+    from mindvideo.data.wen2018 import find_wen2018_runs
+
+    layout = find_wen2018_runs(root, cfg.subject)
+    volumes, grayordinates, tr_s = dtseries_shape(layout.runs()[0])
+    segments = len(layout.train) + len(layout.test)
+    frames = segments * volumes * round(cfg.fps * tr_s) * cfg.frame_size**2 * 3
+    keep = cfg.test_repetitions == "keep"
+    test_rows = sum(len(reps) if keep else 1 for reps in layout.test.values())
+    return frames + 4 * volumes * grayordinates * (len(layout.train) + test_rows)
 
 
 def save_config_if_changed(cfg: Any, out: Path) -> None:

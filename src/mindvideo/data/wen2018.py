@@ -362,17 +362,38 @@ def _frame_index(n_trs: int, fps: float, tr_s: float) -> np.ndarray:
     return idx
 
 
-def _check_stimuli(layout: Wen2018Layout, n_trs: int, tr_s: float) -> None:
-    """Every stimulus covers the 240 TRs (checked from the container header: no decoding)."""
+def _check_durations(layout: Wen2018Layout, allow_longer: bool = False) -> None:
+    """Every stimulus lasts as long as its runs' kept TRs × TR, read from the headers alone
+    (before any fMRI work).
+
+    Shorter by more than half a frame is always an error (TRs would have no frames). Longer by
+    more than one TR is an error unless ``allow_longer``: the rest of the stimulus would never
+    be paired with fMRI, which is what a wrong TR in the runs' headers (1 s for 2 s) looks like.
+    """
+    from mindvideo.data.cifti import dtseries_shape
+    from mindvideo.data.preprocess import volumes_to_drop
     from mindvideo.data.video import video_info
 
-    need = n_trs * tr_s
+    runs = {**layout.train, **layout.test}
     for name, path in layout.stimuli.items():
+        run = runs[name][0]
+        volumes, _, tr_s = dtseries_shape(run)
+        first, last = volumes_to_drop(volumes, source=str(run))
+        n_trs = volumes - first - last
+        need = n_trs * tr_s
         info = video_info(path)
+        covers = f"{run} covers {n_trs} TRs of {tr_s:g} s = {need:g} s (its header's TR)"
         if info.duration_s < need - 0.5 / max(info.fps, 1.0):
             raise UserError(
-                f"{path} lasts {info.duration_s:.2f} s but the fMRI of {name} covers {n_trs} TRs "
-                f"of {tr_s:g} s = {need:g} s; use the stimulus that was shown with these runs."
+                f"{path} lasts {info.duration_s:.2f} s but the fMRI run {covers}; use the "
+                "stimulus that was shown with these runs."
+            )
+        if info.duration_s > need + tr_s and not allow_longer:
+            raise UserError(
+                f"{path} lasts {info.duration_s:.2f} s but the fMRI run {covers}: "
+                f"{info.duration_s - need:.1f} s of the stimulus would never be paired with "
+                "fMRI. Check the runs' TR and that this is the stimulus shown with them; if it "
+                "did run on after the scan, pass --allow-duration-mismatch."
             )
 
 
@@ -518,6 +539,7 @@ def prepare_wen2018(
         times["total"] = time.perf_counter() - start
         return out
 
+    _check_durations(layout, allow_longer=cfg.allow_duration_mismatch)
     captioner = None  # without BLIP: the ground truth of scenes.json
     if cfg.pretrained.blip:  # a bad BLIP folder fails here, before the long part
         from mindvideo.data.captions import BlipCaptioner
@@ -528,7 +550,6 @@ def prepare_wen2018(
     times.update(reader.timings)
     n_trs = fmri_train.shape[1]
     index = _frame_index(n_trs, cfg.fps, reader.tr_s)  # [T, F]
-    _check_stimuli(layout, n_trs, reader.tr_s)
 
     # Staged beside `out` and moved in by finish(): a failure (e.g. a video truncated inside
     # its frames, found only when decoding) leaves no partial output.

@@ -53,6 +53,7 @@ __all__ = [
     "MOVIE_S",
     "TR_S",
     "SegmentTiming",
+    "estimate_simulate_bytes",
     "simulate_hcp_rest",
     "simulate_wen2018",
     "simulated_axis",
@@ -124,6 +125,28 @@ def simulated_axis(cfg: SimulateConfig) -> BrainModelAxis:
         _rng(cfg.seed, 0),
         visual_vertices=cfg.visual_vertices,
     )
+
+
+VISUAL_AREA_VERTICES = 8200
+"""About how many grayordinates the visual areas hold (``grayordinates: visual``)."""
+ALL_GRAYORDINATES = 91282
+MP4_RATIO = 0.05
+"""Rough bytes of H.264 per raw RGB byte for the stimuli (an estimate, not a promise)."""
+
+
+def estimate_simulate_bytes(cfg: SimulateConfig, rest: bool = False) -> int:
+    """About how many bytes :func:`simulate_wen2018` (or, with ``rest``,
+    :func:`simulate_hcp_rest`) writes for ``cfg``: the float32 CIFTI runs and the mp4 stimuli."""
+    if cfg.grayordinates == "visual":
+        n_gray = (cfg.visual_vertices or VISUAL_AREA_VERTICES) + cfg.other_vertices
+    else:
+        n_gray = ALL_GRAYORDINATES
+    if rest:
+        return 4 * n_gray * cfg.rest.subjects * len(cfg.rest.runs) * cfg.rest.volumes
+    volumes = sum(seg.n_volumes * seg.repetitions for seg in wen2018_segments(cfg))
+    segments = cfg.train_segments + cfg.test_segments
+    video = segments * MOVIE_S * cfg.fps * cfg.frame_size**2 * 3 * MP4_RATIO
+    return int(4 * n_gray * cfg.subjects * volumes + video)
 
 
 def _check_out(out: Path) -> None:

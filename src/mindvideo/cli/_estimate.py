@@ -1,0 +1,121 @@
+"""What a stage will write, estimated from its inputs before any work (``--out``'s room check).
+
+Each function takes the parsed arguments, resolves the stage's config as the run will, and
+returns bytes. The figures are estimates of the large outputs only (arrays, weights, checkpoints);
+:data:`mindvideo.utils.outputs.ROOM_MARGIN` covers configs, logs and reports. They read headers
+and manifests, never data, so they take well under a second even at full scale. An input that
+cannot be read is left to the stage, which names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mindvideo.cli._stage import resolve_config
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+FLOAT32 = 4
+ADAMW_COPIES = 3
+"""A checkpoint holds the trained weights and AdamW's two states per weight."""
+
+
+def _paths(cfg: Any) -> Iterator[Path]:
+    """Every existing path among the (nested) config's string values."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _paths(value)
+        elif isinstance(value, str) and value and os.path.exists(value):
+            yield Path(value)
+
+
+def _weights_bytes(paths: Iterator[Path]) -> int:
+    """Bytes of the weight files under ``paths`` (checkpoint folders left out)."""
+    total = 0
+    for root in paths:
+        files = [root] if root.is_file() else root.rglob("*")
+        for path in files:
+            if path.suffix in WEIGHT_SUFFIXES and "checkpoints" not in path.parts:
+                total += path.stat().st_size
+    return total
+
+
+def _checkpoints(train: Any) -> int:
+    if not train.checkpoint_every:
+        return 0
+    saved = -(-int(train.max_steps) // int(train.checkpoint_every))
+    return saved if not train.keep_checkpoints else min(saved, int(train.keep_checkpoints))
+
+
+def _safely(estimate: Any) -> Any:
+    """An estimate that gives 0 when an input or the config cannot be read yet: the stage then
+    reports the problem itself, with its own checks and in their order."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(estimate(args))
+        except Exception:  # the stage's own checks name the problem
+            return 0
+
+    return run
+
+
+@_safely
+def training(args: argparse.Namespace) -> int:
+    """The models the stage saves (the size of the weights it starts from) and its checkpoints
+    (weights plus AdamW states each)."""
+    cfg = resolve_config(args)
+    weights = _weights_bytes(_paths(cfg))
+    return weights * (1 + ADAMW_COPIES * _checkpoints(cfg.train))
+
+
+@_safely
+def pretrain(args: argparse.Namespace) -> int:
+    """The MBM autoencoder (its size preset, counted on the meta device) and the checkpoints of
+    both phases."""
+    import torch
+
+    from mindvideo.training.common import mbm_from_size_config
+
+    cfg = resolve_config(args)
+    patch = int(cfg.encoder.patch_size)
+    with torch.device("meta"):
+        model = mbm_from_size_config(cfg.encoder, 64 * patch)  # the voxel count barely matters
+    weights = FLOAT32 * sum(p.numel() for p in model.parameters())
+    phases = [cfg.train] if cfg.data else []
+    phases += [cfg.finetune] if cfg.finetune_data else []
+    return weights * (len(phases) + ADAMW_COPIES * sum(_checkpoints(t) for t in phases))
+
+
+@_safely
+def prepare(args: argparse.Namespace) -> int:
+    from mindvideo.data.prepare import estimate_prepare_bytes
+
+    return estimate_prepare_bytes(resolve_config(args))
+
+
+@_safely
+def reconstruct(args: argparse.Namespace) -> int:
+    """The clips (uint8, at the generator's resolution) and their ground truth, for every test
+    window of the prepared data."""
+    import json
+
+    import numpy as np
+
+    from mindvideo.data.prepared import PreparedData
+
+    cfg = resolve_config(args)
+    data = PreparedData.open(cfg.data)
+    windows = int(np.prod(data.fmri_test.shape[:-1]))
+    frames = data.frames_test.shape[2]
+    unet = json.loads((Path(cfg.checkpoint) / "unet" / "config.json").read_text())
+    size = 8 * int(unet.get("sample_size") or 32)
+    if cfg.limit is not None:
+        windows = min(windows, int(cfg.limit))
+    gt = int(np.prod(data.frames_test.shape[3:]))
+    return windows * frames * (size * size * 3 + gt)
