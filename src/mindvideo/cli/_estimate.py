@@ -67,11 +67,30 @@ def _safely(estimate: Any) -> Any:
 
 @_safely
 def training(args: argparse.Namespace) -> int:
-    """The models the stage saves (the size of the weights it starts from) and its checkpoints
-    (weights plus AdamW states each)."""
+    """The models the stage saves (the size of the weights it starts from), its checkpoints
+    (weights plus AdamW states each) and its latent cache."""
     cfg = resolve_config(args)
     weights = _weights_bytes(_paths(cfg))
-    return weights * (1 + ADAMW_COPIES * _checkpoints(cfg.train))
+    return weights * (1 + ADAMW_COPIES * _checkpoints(cfg.train)) + _latent_cache(cfg)
+
+
+def _latent_cache(cfg: Any) -> int:
+    """tune-video and cotrain cache the VAE posterior (mean and std, float32) of every
+    training window's clip: the VAE's latent channels × ``frames`` × (``size`` / its scale)²."""
+    if not (hasattr(cfg, "size") and hasattr(cfg, "frames") and cfg.data):
+        return 0
+    import json
+
+    import numpy as np
+
+    from mindvideo.data.prepared import PreparedData
+
+    generator = getattr(cfg, "generator", None) or cfg.pretrained.stable_diffusion
+    vae = json.loads((Path(generator) / "vae" / "config.json").read_text(encoding="utf-8"))
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    channels = int(vae.get("latent_channels", 4))
+    windows = int(np.prod(PreparedData.open(cfg.data).frames_train.shape[:2]))
+    return windows * 2 * FLOAT32 * channels * int(cfg.frames) * (int(cfg.size) // scale) ** 2
 
 
 @_safely
