@@ -59,8 +59,8 @@ def headline(results: dict) -> list[str]:
         rows.append(
             (
                 f"prepare, full scale: fMRI of one subject ({prep['runs']} runs)",
-                f"{prep['fmri_s']:.1f} s (target < 120 s); frames {prep['frames_s']:.1f} s",
-                f"{prep['peak_rss_gb']:.2f} GB (target < 8)",
+                f"{prep['fmri_s']:.1f} s (target ≤ 30 s); frames {prep['frames_s']:.1f} s",
+                f"{prep['peak_rss_gb']:.2f} GB (target ≤ 4)",
             )
         )
     det = results.get("detrend")
