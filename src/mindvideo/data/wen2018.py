@@ -31,6 +31,7 @@ preprocessed arrays into the same format instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -38,6 +39,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +282,19 @@ READ_WORKERS = min(4, usable_cpus())
 """fMRI runs read and preprocessed at a time (each holds ~0.3 GB while it is worked on)."""
 
 
+@contextlib.contextmanager
+def _workers() -> Iterator[ThreadPoolExecutor]:
+    """A pool of :data:`READ_WORKERS` threads whose queued work is dropped on an error or
+    Ctrl-C (a plain ``with`` would run every queued run or segment to the end first)."""
+    pool = ThreadPoolExecutor(max_workers=READ_WORKERS)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def _prepare_fmri(
     layout: Wen2018Layout, cfg: PrepareConfig, reader: _RunReader
 ) -> tuple[np.ndarray, np.ndarray, ReproducibilityROI]:
@@ -292,7 +307,7 @@ def _prepare_fmri(
     reader.order_of.update({relative_key(p, reader.root): i for i, p in enumerate(layout.runs())})
     with (
         tqdm(total=len(layout.runs()), desc="fMRI runs", unit="run", disable=None) as bar,
-        ThreadPoolExecutor(max_workers=READ_WORKERS) as pool,
+        _workers() as pool,
     ):
 
         def read(path: Path) -> np.ndarray:
@@ -649,7 +664,7 @@ def _write_frames(
     size = int(cfg.frame_size)
     with (
         tqdm(total=len(layout.stimuli), desc="stimuli", unit="video", disable=None) as bar,
-        ThreadPoolExecutor(max_workers=READ_WORKERS) as pool,
+        _workers() as pool,
     ):
         for split, names in _splits(layout).items():
             shape = (len(names), index.shape[0], index.shape[1], size, size, 3)
