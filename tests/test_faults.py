@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import assert_one_line_error, run_quiet
 from helpers.clip import build_tiny_clip
 from helpers.mounts import read_only_folder, tmpfs
 from helpers.pipeline import tiny_pipeline
@@ -46,7 +47,7 @@ from helpers.run import (
 )
 from helpers.sd import COND_DIM, build_sd_folder, write_tiny_prepared
 
-from mindvideo.cli.main import main
+from mindvideo.config import STAGES as REGISTERED
 from mindvideo.encoder import SpatiotemporalEncoder, mbm_tiny
 from mindvideo.utils import outputs
 from mindvideo.utils.outputs import lock_path, output_lock
@@ -54,19 +55,8 @@ from mindvideo.utils.outputs import lock_path, output_lock
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny"
 
-STAGES = [
-    "simulate",
-    "prepare",
-    "pretrain",
-    "contrast",
-    "tune-video",
-    "cotrain",
-    "reconstruct",
-    "evaluate",
-    "explain",
-    "report",
-    "baseline",
-]
+# Every stage of the registry, in pipeline order, and the report.
+STAGES = [*REGISTERED, "report"]
 TRAINING = {"pretrain", "contrast", "tune-video", "cotrain"}
 # Stages whose folder (or file) appears whole or not at all; the others keep resumable state
 # (training checkpoints, a reconstruction's finished windows), marked as unfinished.
@@ -182,24 +172,6 @@ def out_path(stage: str, folder: Path) -> Path:
     return folder / ("page.html" if stage == "report" else "out")
 
 
-def run_here(args: list[str], capsys) -> tuple[int, str]:
-    """``mindvideo -q ARGS`` in this process: (exit code, stderr)."""
-    capsys.readouterr()
-    code = main(["-q", *args])
-    return code, capsys.readouterr().err.strip()
-
-
-def assert_one_line(code: int, err: str, stage: str, *needles: str) -> None:
-    """Exit 2 and one line on stderr (beside the progress bars that ran before the fault)."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.split("\n") if line.strip() and "%|" not in line]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"mindvideo {stage}: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-
-
 def entries(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
@@ -230,26 +202,26 @@ def test_a_folder_in_use_is_refused_at_once(stage, inputs, tmp_path, capsys):
     out = out_path(stage, tmp_path)
     with output_lock(out, stage):
         start = time.perf_counter()
-        code, err = run_here(argv(stage, inputs, out), capsys)
+        code, err = run_quiet(argv(stage, inputs, out), capsys)
         assert time.perf_counter() - start < 5.0
-    assert_one_line(code, err, stage, "is in use by another run", f"PID {os.getpid()}")
+    assert_one_line_error(code, err, stage, "is in use by another run", f"PID {os.getpid()}")
     assert entries(tmp_path) == []
 
 
 @pytest.mark.parametrize("stage", REFUSED)
 def test_a_read_only_output_parent_is_one_line_before_any_work(stage, inputs, tmp_path, capsys):
     with read_only_folder(tmp_path / "ro") as ro:
-        code, err = run_here(argv(stage, inputs, out_path(stage, ro)), capsys)
+        code, err = run_quiet(argv(stage, inputs, out_path(stage, ro)), capsys)
         assert entries(ro) == []
-    assert_one_line(code, err, stage, "cannot be written", "choose another --out")
+    assert_one_line_error(code, err, stage, "cannot be written", "choose another --out")
 
 
 @pytest.mark.parametrize("stage", REFUSED)
 def test_no_room_is_one_line_before_any_work(stage, inputs, tmp_path, capsys):
     with tmpfs(tmp_path / "small", size="1m") as small:
-        code, err = run_here(argv(stage, inputs, out_path(stage, small)), capsys)
+        code, err = run_quiet(argv(stage, inputs, out_path(stage, small)), capsys)
         assert entries(small) == []
-    assert_one_line(code, err, stage, "needs about", "is free on the file system")
+    assert_one_line_error(code, err, stage, "needs about", "is free on the file system")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -260,8 +232,8 @@ def test_a_disk_that_fills_during_the_run_is_one_line_and_nothing_partial(
     size = "8k" if stage in ("evaluate", "baseline") else "64k"  # small outputs: a smaller disk
     with tmpfs(tmp_path / "full", size=size) as full:
         out = out_path(stage, full)
-        code, err = run_here(argv(stage, inputs, out), capsys)
-        assert_one_line(code, err, stage, "could not write", "no space is left")
+        code, err = run_quiet(argv(stage, inputs, out), capsys)
+        assert_one_line_error(code, err, stage, "could not write", "no space is left")
         assert_nothing_partial(stage, out)
         assert not out.exists() or stage not in WHOLE, entries(out)
         assert not lock_path(out).exists()
@@ -329,13 +301,13 @@ def test_a_corrupt_input_is_one_line_naming_the_file_and_the_fix(stage, inputs, 
     args = argv(stage, f, out_path(stage, tmp_path / "o"))
     if stage == "simulate":
         args[args.index("--config") + 1] = str(bad)
-    code, err = run_here(args, capsys)
+    code, err = run_quiet(args, capsys)
     if stage == "report":  # the page leaves out what it cannot read, with one warning
         lines = err.splitlines()
         assert code == 0 and len(lines) == 1 and lines[0].startswith("WARNING"), err
         assert f"Skipping {bad}, which cannot be read" in lines[0] and fix in lines[0], err
         return
-    assert_one_line(code, err, stage, str(bad), fix)
+    assert_one_line_error(code, err, stage, str(bad), fix)
     assert not (tmp_path / "o").exists() or entries(tmp_path / "o") == []
 
 
@@ -446,7 +418,7 @@ def test_sigint_then_sigkill_at_a_random_point_then_the_same_command(
     time.sleep(rng.uniform(0.4, 0.95) * work if began is not None else 0.0)
     proc.kill()
     proc.wait()
-    code, err = run_here(argv(stage, inputs, out), capsys)
+    code, err = run_quiet(argv(stage, inputs, out), capsys)
     assert code == 0, err
     check_finished(out)
 

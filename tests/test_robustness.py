@@ -25,34 +25,19 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers.cli import assert_one_line_error, run_quiet
 from helpers.clip import write_class_prepared
 from helpers.datasets import copy_dataset
 from helpers.pipeline import tiny_pipeline
 from helpers.sd import build_sd_folder, write_tiny_prepared
 from safetensors.torch import load_file
 
-from mindvideo.cli.main import main
 from mindvideo.data.cifti import read_dtseries, write_dtseries
 from mindvideo.data.prepared import PreparedData
 from mindvideo.training.engine import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-
-
-def run(argv: list[str], capsys) -> tuple[int, str]:
-    """``mindvideo ARGV`` in-process (quiet); returns (exit code, stderr)."""
-    capsys.readouterr()
-    code = main(["-q", *argv])
-    return code, capsys.readouterr().err.strip()
-
-
-def assert_one_line_error(code: int, err: str, stage: str, *needles: str) -> None:
-    assert code == 2, err
-    assert err.count("\n") == 0 and "Traceback" not in err, err
-    assert err.startswith(f"mindvideo {stage}: error: "), err
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 @contextlib.contextmanager
@@ -201,7 +186,7 @@ def test_a_voxel_count_the_checkpoint_does_not_take_is_one_line_and_writes_nothi
         flags = ["--encoder", str(inputs["checkpoint"]), "--generator", str(inputs["sd"])]
         overrides = ["size=16", "train.max_steps=1", "train.batch_size=2", "train.cpu=true"]
     argv = [stage, "--data", str(inputs["data80"]), *flags, "--out", str(out), *overrides]
-    code, err = run(argv, capsys)
+    code, err = run_quiet(argv, capsys)
     assert_one_line_error(code, err, stage, "80", "64", str(inputs["data80"]))
     assert not out.exists(), leftovers(out)
 
@@ -230,7 +215,7 @@ def test_an_empty_input_folder_is_one_line_and_writes_nothing(case, inputs, tmp_
     stage, flags = EMPTY_INPUTS[case]
     flags = [a.format(empty=inputs["empty"]) for a in flags]
     out = tmp_path / "out"
-    code, err = run([stage, *flags, "--out", str(out)], capsys)
+    code, err = run_quiet([stage, *flags, "--out", str(out)], capsys)
     assert_one_line_error(code, err, stage, str(inputs["empty"]))
     assert not out.exists(), leftovers(out)
 
@@ -238,7 +223,7 @@ def test_an_empty_input_folder_is_one_line_and_writes_nothing(case, inputs, tmp_
 def test_an_empty_checkpoint_folder_with_good_data_is_one_line(inputs, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["reconstruct", "--checkpoint", str(inputs["empty"]), "--data", str(inputs["data60"])]
-    code, err = run([*argv, "--out", str(out)], capsys)
+    code, err = run_quiet([*argv, "--out", str(out)], capsys)
     assert_one_line_error(code, err, "reconstruct", str(inputs["empty"]))
     assert not out.exists()
 
@@ -280,7 +265,7 @@ def test_a_truncated_last_video_leaves_no_partial_prepared_folder(
     mp4 = root / "stimuli" / "test1.mp4"  # decoded last, after frames_train.npy is complete
     cut_inside_the_frames(mp4)
     out = tmp_path / "runs" / "subject1"
-    code, err = run(prepare_argv(root, out), capsys)
+    code, err = run_quiet(prepare_argv(root, out), capsys)
     assert_one_line_error(code, err, "prepare", str(mp4), "truncated")
     assert not out.exists(), leftovers(out)
     assert leftovers(tmp_path / "runs") == []  # no staging folder beside it either
@@ -291,10 +276,10 @@ def test_a_failed_re_prepare_keeps_the_earlier_complete_subject(
 ):
     root = copy_dataset(simulated_dataset, tmp_path / "ds", train=(1, 2, 3), test=(1,))
     out = tmp_path / "subject1"
-    assert run(prepare_argv(root, out), capsys)[0] == 0
+    assert run_quiet(prepare_argv(root, out), capsys)[0] == 0
     before = {p: p.read_bytes() for p in out.iterdir()}
     cut_inside_the_frames(root / "stimuli" / "test1.mp4")
-    code, err = run(prepare_argv(root, out, "fps=1.5"), capsys)  # would prepare again
+    code, err = run_quiet(prepare_argv(root, out, "fps=1.5"), capsys)  # would prepare again
     assert_one_line_error(code, err, "prepare", "test1.mp4")
     assert {p: p.read_bytes() for p in out.iterdir()} == before
     assert PreparedData.open(out).manifest["prepare_config"]["fps"] == 3.0
@@ -311,7 +296,7 @@ def test_a_bad_last_hcp_run_leaves_no_partial_corpus(simulated_rest, tmp_path, c
     write_dtseries(last, data, axis, tr)
     out = tmp_path / "corpus"
     argv = ["prepare", "--dataset", "hcp", "--root", str(root), "--out", str(out)]
-    code, err = run([*argv, "hcp.shard_frames=100"], capsys)  # run 1 fills 3 shards first
+    code, err = run_quiet([*argv, "hcp.shard_frames=100"], capsys)  # run 1 fills 3 shards first
     assert_one_line_error(code, err, "prepare", str(last), "NaN or Inf")
     assert not out.exists(), leftovers(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rest"]
@@ -333,12 +318,12 @@ def test_inf_voxels_are_an_error_or_zeroed_and_constant_voxels_are_left_out(
         write_dtseries(path, data, axis, tr)
 
     out = tmp_path / "out"
-    code, err = run(prepare_argv(root, out), capsys)
+    code, err = run_quiet(prepare_argv(root, out), capsys)
     assert_one_line_error(code, err, "prepare", str(bad), "4 of", "NaN or Inf", "nan_policy")
     assert not out.exists(), leftovers(out)
 
     with data_logs(caplog):
-        code, err = run(prepare_argv(root, out, "nan_policy=zero"), capsys)
+        code, err = run_quiet(prepare_argv(root, out, "nan_policy=zero"), capsys)
     assert code == 0, err
     assert f"{bad}: 4 vertices with NaN or Inf values set to 0" in caplog.text
     assert "10 constant vertices set to 0" in caplog.text
@@ -360,13 +345,13 @@ def test_nan_in_the_authors_fmri_arrays_is_an_error_or_zeroed(tmp_path, capsys, 
     argv = ["prepare", "--dataset", "wen2018-preprocessed", "--root", str(tmp_path)]
     argv += ["--out", str(tmp_path / "out"), "frame_size=16"]
 
-    code, err = run(argv, capsys)
+    code, err = run_quiet(argv, capsys)
     path = tmp_path / "fmri_train_subject1.npy"
     assert_one_line_error(code, err, "prepare", str(path), "2 of 20 voxels", "nan_policy")
     assert not (tmp_path / "out").exists()
 
     with data_logs(caplog):
-        code, err = run([*argv, "nan_policy=zero"], capsys)
+        code, err = run_quiet([*argv, "nan_policy=zero"], capsys)
     assert code == 0, err
     assert "2 voxels with NaN or Inf values set to 0" in caplog.text
     prepared = PreparedData.open(tmp_path / "out")
@@ -384,7 +369,7 @@ def test_the_same_seed_gives_byte_identical_reconstructions(inputs, tmp_path, ca
         argv = ["reconstruct", "--checkpoint", str(inputs["checkpoint"])]
         argv += ["--data", str(inputs["data60"]), "--out", str(out)]
         argv += [f"seed={seed}", "limit=2", "num_inference_steps=2", "gif=false"]
-        code, err = run(argv, capsys)
+        code, err = run_quiet(argv, capsys)
         assert code == 0, err
         return np.load(out / "reconstructions.npy")
 
