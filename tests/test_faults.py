@@ -96,9 +96,10 @@ def _steps(section: str = "train") -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def inputs(tmp_path_factory, simulated_dataset, prepared_dataset) -> dict[str, Path]:
-    """Every stage's tiny inputs (a few seconds in all)."""
+    """Every stage's tiny inputs (a few seconds in all; built once per worker, and never
+    changed: the corrupt-input tests damage copies)."""
     root = tmp_path_factory.mktemp("faults")
     data = write_tiny_prepared(root / "data", voxels=60)
     torch.manual_seed(0)

@@ -56,9 +56,13 @@ def labels(scene_labels):
     return scene_labels
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def standins(prepared_dataset, tmp_path_factory):
-    """All stand-ins, ``tiny`` preset, seed 0; scenes.json found through the manifest."""
+    """All stand-ins, ``tiny`` preset, seed 0; scenes.json found through the manifest.
+
+    Session-scoped: a module-scoped fixture is built again each time a worker comes back to
+    this module between others (``--dist worksteal``), and this one takes over a minute. No
+    test changes it (the retraining test works on a copy)."""
     out = tmp_path_factory.mktemp("standins") / "models"
     return train_standins(prepared_dataset, out, preset="tiny", seed=0, num_threads=THREADS)
 
@@ -409,7 +413,7 @@ def test_summary_says_these_are_standins_with_their_numbers(standins):
 
 @pytest.mark.slow
 def test_a_second_call_reuses_finished_models_and_retrains_only_what_is_missing(
-    standins, prepared_dataset
+    standins, prepared_dataset, tmp_path
 ):
     before = _files(standins.root)
     start = time.perf_counter()
@@ -420,17 +424,21 @@ def test_a_second_call_reuses_finished_models_and_retrains_only_what_is_missing(
     assert again == standins
     assert _files(standins.root) == before
 
-    # An interrupted run (no marker) is trained again; the finished ones are kept.
-    (standins.video_classifier / MARKER).unlink()
-    train_standins(prepared_dataset, standins.root, preset="tiny", seed=0, num_threads=THREADS)
-    after = _files(standins.root)
-    assert (standins.video_classifier / MARKER).is_file()
+    # An interrupted run (no marker) is trained again; the finished ones are kept (on a copy:
+    # the session's stand-ins stay as they are).
+    root = tmp_path / "models"
+    shutil.copytree(standins.root, root)
+    video = root / standins.video_classifier.name
+    (video / MARKER).unlink()
+    train_standins(prepared_dataset, root, preset="tiny", seed=0, num_threads=THREADS)
+    after = _files(root)
+    assert (video / MARKER).is_file()
     for name, stamp in before.items():
         if name.startswith(("clip/", "stable_diffusion/", "image_classifier/")):
             assert after[name] == stamp, name
 
 
-def test_a_new_budget_retrains_that_model_alone(standins, prepared_dataset, monkeypatch):
+def test_a_new_budget_retrains_that_model_alone(standins, prepared_dataset, monkeypatch, tmp_path):
     import dataclasses
 
     from mindvideo.demo.standins import base
@@ -439,10 +447,12 @@ def test_a_new_budget_retrains_that_model_alone(standins, prepared_dataset, monk
     video = tiny.video_classifier
     fewer = dataclasses.replace(video, train=dataclasses.replace(video.train, steps=20))
     monkeypatch.setitem(base.PRESETS, "tiny", dataclasses.replace(tiny, video_classifier=fewer))
-    before = _files(standins.root)
-    train_standins(prepared_dataset, standins.root, preset="tiny", seed=0, num_threads=THREADS)
-    after = _files(standins.root)
-    marker = json.loads((standins.video_classifier / MARKER).read_text())
+    root = tmp_path / "models"
+    shutil.copytree(standins.root, root)
+    before = _files(root)
+    train_standins(prepared_dataset, root, preset="tiny", seed=0, num_threads=THREADS)
+    after = _files(root)
+    marker = json.loads((root / standins.video_classifier.name / MARKER).read_text())
     assert marker["train"]["steps"] == 20
     assert (
         after["video_classifier/model.safetensors"] != before["video_classifier/model.safetensors"]
