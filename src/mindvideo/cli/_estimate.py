@@ -10,31 +10,19 @@ cannot be read is left to the stage, which names it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mindvideo.cli._stage import resolve_config
+from mindvideo.cli._stage import input_paths, resolve_config
+from mindvideo.utils.integrity import WEIGHT_SUFFIXES
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 FLOAT32 = 4
 ADAMW_COPIES = 3
 """A checkpoint holds the trained weights and AdamW's two states per weight."""
 
 
-def _paths(cfg: Any) -> Iterator[Path]:
-    """Every existing path among the (nested) config's string values."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _paths(value)
-        elif isinstance(value, str) and value and os.path.exists(value):
-            yield Path(value)
-
-
-def _weights_bytes(paths: Iterator[Path]) -> int:
+def _weights_bytes(paths: Iterable[Path]) -> int:
     """Bytes of the weight files under ``paths`` (checkpoint folders left out)."""
     total = 0
     for root in paths:
@@ -70,7 +58,7 @@ def training(args: argparse.Namespace) -> int:
     """The models the stage saves (the size of the weights it starts from), its checkpoints
     (weights plus AdamW states each) and its latent cache."""
     cfg = resolve_config(args)
-    weights = _weights_bytes(_paths(cfg))
+    weights = _weights_bytes(Path(path) for _, path, _ in input_paths(cfg, args.stage))
     return weights * (1 + ADAMW_COPIES * _checkpoints(cfg.train)) + _latent_cache(cfg)
 
 
@@ -138,3 +126,35 @@ def reconstruct(args: argparse.Namespace) -> int:
         windows = min(windows, int(cfg.limit))
     gt = int(np.prod(data.frames_test.shape[3:]))
     return windows * frames * (size * size * 3 + gt)
+
+
+@_safely
+def simulate(args: argparse.Namespace) -> int:
+    from mindvideo.config import simulate_preset
+    from mindvideo.sim.simulate import estimate_simulate_bytes
+
+    cfg = resolve_config(args, base=simulate_preset(args.preset))
+    return estimate_simulate_bytes(cfg, rest=args.rest)
+
+
+DEMO_MODELS_SHARE = 0.5
+"""The demo's models, caches and clips, as a share of its datasets (measured on the default
+preset: about 0.4 GB next to 0.9 GB of simulated and prepared data)."""
+HCP_VISUAL_VOXELS = 5000
+"""About how many voxels the HCP corpus keeps per volume (Glasser V1–V4)."""
+
+
+@_safely
+def demo(args: argparse.Namespace) -> int:
+    """The demo's datasets from its preset (simulated runs, stimuli, prepared frames and fMRI,
+    the HCP corpus) and a share for its models; the finished stages it reuses are counted too."""
+    from mindvideo.config import prepare_preset, simulate_preset
+    from mindvideo.sim.simulate import TR_S, estimate_simulate_bytes
+
+    sim = simulate_preset(args.preset)
+    prepare = prepare_preset(args.preset)
+    segments = sim.train_segments + sim.test_segments
+    frames = segments * 240 * round(prepare.fps * TR_S) * prepare.frame_size**2 * 3
+    rest = sim.rest.subjects * len(sim.rest.runs) * sim.rest.volumes * HCP_VISUAL_VOXELS * 4
+    data = estimate_simulate_bytes(sim) + estimate_simulate_bytes(sim, rest=True) + frames + rest
+    return int(data * (1 + DEMO_MODELS_SHARE))

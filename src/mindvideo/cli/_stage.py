@@ -117,7 +117,7 @@ def resolve_config(args: argparse.Namespace, base: Any = None) -> Any:
             value = os.fspath(value) if isinstance(value, os.PathLike) else value
             cfg = _replace_key(cfg, key.split("."), value)
     if not getattr(args, "inputs_checked", False):  # once per command, before any work
-        check_inputs(_inputs(cfg, args.stage))
+        check_inputs(input_paths(cfg, args.stage))
         args.inputs_checked = True
     return cfg
 
@@ -139,14 +139,15 @@ _WRITTEN_BY = {
 _ENCODER_WRITTEN_BY = {"contrast": "pretrain", "cotrain": "contrast", "explain": "contrast"}
 
 
-def _inputs(cfg: Any, stage: str, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(what, path, fix) for every existing path among the config's values (nested too)."""
+def input_paths(cfg: Any, stage: str, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(what, path, fix) for every existing path among the config's values (nested too): the
+    stage's inputs, checked whole before it runs and sized for its output estimate."""
     found = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         key = prefix + f.name
         if dataclasses.is_dataclass(value):
-            found += _inputs(value, stage, f"{key}.")
+            found += input_paths(value, stage, f"{key}.")
         elif isinstance(value, str) and value and f.name != "device" and os.path.exists(value):
             writer = _ENCODER_WRITTEN_BY.get(stage) if f.name == "encoder" else None
             writer = writer or _WRITTEN_BY.get(f.name)

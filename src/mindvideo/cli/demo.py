@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mindvideo.cli import _estimate
 from mindvideo.cli._stage import CommandParser
 
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated dataset")
-    parser.set_output(estimate=_estimate)
+    parser.set_output(estimate=_estimate.demo)
     parser.add_argument(
         "--ablations",
         action="store_true",
@@ -37,28 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             "classifier-free guidance) and compare them with the full run (RUN/compare)"
         ),
     )
-
-
-MODELS_SHARE = 0.5
-"""The demo's models, caches and clips, as a share of its datasets (measured on the default
-preset: about 0.4 GB next to 0.9 GB of simulated and prepared data)."""
-HCP_VISUAL_VOXELS = 5000
-"""About how many voxels the HCP corpus keeps per volume (Glasser V1–V4)."""
-
-
-def _estimate(args: argparse.Namespace) -> int:
-    """The demo's datasets from its preset (simulated runs, stimuli, prepared frames and fMRI,
-    the HCP corpus) and a share for its models; the finished stages it reuses are counted too."""
-    from mindvideo.config import prepare_preset, simulate_preset
-    from mindvideo.sim.simulate import TR_S, estimate_simulate_bytes
-
-    sim = simulate_preset(args.preset)
-    prepare = prepare_preset(args.preset)
-    segments = sim.train_segments + sim.test_segments
-    frames = segments * 240 * round(prepare.fps * TR_S) * prepare.frame_size**2 * 3
-    rest = sim.rest.subjects * len(sim.rest.runs) * sim.rest.volumes * HCP_VISUAL_VOXELS * 4
-    data = estimate_simulate_bytes(sim) + estimate_simulate_bytes(sim, rest=True) + frames + rest
-    return int(data * (1 + MODELS_SHARE))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindvideo.cli import _estimate
 from mindvideo.cli._stage import CommandParser, resolve_config, save_resolved
 from mindvideo.config import STAGES
 
@@ -28,19 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rest", action="store_true", help="write the HCP-style resting-state corpus instead"
     )
     parser.add_stage_arguments()
-    parser.set_output(estimate=_estimate)
-
-
-def _estimate(args: argparse.Namespace) -> int:
-    """What the dataset will take (0 when the config cannot be read: the run says why)."""
-    from mindvideo.config import simulate_preset
-    from mindvideo.sim.simulate import estimate_simulate_bytes
-
-    try:
-        cfg = resolve_config(args, base=simulate_preset(args.preset))
-    except Exception:
-        return 0
-    return estimate_simulate_bytes(cfg, rest=args.rest)
+    parser.set_output(estimate=_estimate.simulate)
 
 
 def run(args: argparse.Namespace) -> int:

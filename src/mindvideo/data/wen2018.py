@@ -221,8 +221,6 @@ class _RunReader:
     n_cortex: int = 0
     dropped: dict[str, list[int]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "preprocess": 0.0})
-    order_of: dict[str, int] = field(default_factory=dict)
-    """Each run's place in the layout's order (runs may be read several at a time)."""
     _first: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -304,7 +302,6 @@ def _prepare_fmri(
 
     from mindvideo.data.roi import ReproducibilityROI
 
-    reader.order_of.update({relative_key(p, reader.root): i for i, p in enumerate(layout.runs())})
     with (
         tqdm(total=len(layout.runs()), desc="fMRI runs", unit="run", disable=None) as bar,
         _workers() as pool,
@@ -326,13 +323,8 @@ def _prepare_fmri(
             return first + list(pool.map(one, paths[len(first) :]))
 
         # The ROI needs every training run at once (~2 GB at full scale: 18 × 2 × 240 × 59,412).
-        names = list(layout.train)
-        flat = read_all([p for reps in layout.train.values() for p in reps])
-        train_runs = []
-        for name in names:
-            n = len(layout.train[name])
-            train_runs.append((name, flat[:n]))
-            flat = flat[n:]
+        runs = iter(read_all([p for reps in layout.train.values() for p in reps]))
+        train_runs = [(name, [next(runs) for _ in reps]) for name, reps in layout.train.items()]
         _check_lengths(train_runs, layout.train)
         t0 = time.perf_counter()
         roi = ReproducibilityROI(
@@ -755,9 +747,9 @@ def _manifest_info(
             "test": [len(r) for r in layout.test.values()],
         },
         "test_repetitions": cfg.test_repetitions,
-        "volumes_dropped": {
-            k: {"volumes": v[0], "start": v[1], "end": v[2]}
-            for k, v in sorted(reader.dropped.items(), key=lambda kv: reader.order_of[kv[0]])
+        "volumes_dropped": {  # in the layout's order (runs are read several at a time)
+            key: dict(zip(("volumes", "start", "end"), reader.dropped[key], strict=True))
+            for key in (relative_key(p, reader.root) for p in layout.runs())
         },
         "roi": roi.summary(),
     }

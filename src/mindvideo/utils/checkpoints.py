@@ -14,12 +14,10 @@ from typing import Any
 import torch
 
 from mindvideo.utils.errors import UserError
+from mindvideo.utils.integrity import WEIGHT_SUFFIXES
 from mindvideo.utils.io import read_json
 
 __all__ = ["WEIGHT_SUFFIXES", "find_weights_file", "load_state_dict_safely", "read_json_object"]
-
-#: The file endings a weights file may have.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 
 
 def find_weights_file(folder: Path, names: Sequence[str]) -> Path:

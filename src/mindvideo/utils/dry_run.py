@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mindvideo.utils.integrity import WEIGHT_SUFFIXES
+
 __all__ = [
     "FLOAT32_BYTES",
     "Batching",
@@ -55,7 +57,6 @@ FLOAT32_BYTES = 4
 ADAMW_STATES = 2
 """AdamW keeps ``exp_avg`` and ``exp_avg_sq`` per trainable parameter."""
 HALF_PRECISION = ("bf16", "fp16", "bfloat16", "float16")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from mindvideo.utils.errors import UserError
 
-__all__ = ["check_file", "check_inputs", "damage"]
+__all__ = ["WEIGHT_SUFFIXES", "check_inputs", "damage"]
 
-WEIGHT_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
-CHECKED = (".safetensors", ".json", ".npy", *WEIGHT_SUFFIXES)
+#: The file endings a weights file may have.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+CHECKED = (*WEIGHT_SUFFIXES, ".json", ".npy")
 MAX_DEPTH = 5
 """How deep :func:`check_inputs` looks into an input folder."""
 
@@ -127,13 +128,6 @@ def damage(path: str | os.PathLike) -> str | None:
     if suffix == ".json":
         return _json(path, size)
     return _torch_file(path, size)
-
-
-def check_file(path: str | os.PathLike, fix: str) -> None:
-    """:class:`UserError` ``"PATH is PROBLEM; FIX."`` when ``path`` is damaged."""
-    problem = damage(path)
-    if problem is not None:
-        raise UserError(f"{path} is {problem}; {fix}.")
 
 
 def _files(root: Path) -> Iterator[Path]:
