@@ -4,11 +4,14 @@ The fixtures are session-scoped (built once per test run, ~10 s for both) and re
 convention: a test that modifies files copies them first.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Before anything imports nilearn or matplotlib: nothing may touch the user's home or a display.
 os.environ["NILEARN_DATA"] = tempfile.mkdtemp(prefix="mindvideo-nilearn-")
+atexit.register(shutil.rmtree, os.environ["NILEARN_DATA"], ignore_errors=True)
 os.environ["MPLBACKEND"] = "Agg"
 # Commands run in-process (main([...])) use one torch thread, as the tests do (see below).
 os.environ["MINDVIDEO_THREADS"] = "1"

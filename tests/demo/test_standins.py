@@ -20,6 +20,7 @@ from mindvideo.demo.standins.base import (
     MARKER,
     StandinData,
     StandinJob,
+    UnetPreset,
     normalise,
     standin_preset,
 )
@@ -36,7 +37,7 @@ from mindvideo.demo.standins.clip import (
     image_processor_for,
     train_clip_standin,
 )
-from mindvideo.demo.standins.sd import colour_of, latent_scaling_factor
+from mindvideo.demo.standins.sd import colour_of, draw_timesteps, latent_scaling_factor
 from mindvideo.demo.standins.train import train_standins
 from mindvideo.sim.vocabulary import CLASSES, COLOURS, MOTIONS
 from mindvideo.utils import UserError
@@ -210,6 +211,24 @@ def test_scaling_factor_makes_latents_unit_variance():
     latents = 5.0 * torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(0)) + 1.0
     scale = latent_scaling_factor(latents)
     assert abs(float((latents * scale).std()) - 1.0) < 1e-4
+
+
+def test_logit_normal_timesteps_follow_the_normal_cdf_and_uniform_ones_do_not():
+    """⌊sigmoid(z) · T⌋, z ~ N(0, 1): the middle half of the schedule (t/T in [1/4, 3/4))
+    holds P(|z| < logit(3/4) = ln 3) = erf(ln 3 / √2) ≈ 0.728 of the draws; uniform 0.5."""
+    import math
+
+    expected = math.erf(math.log(3) / math.sqrt(2))
+    torch.manual_seed(0)
+    t = draw_timesteps("logit-normal", 200_000, 1000, torch.device("cpu"))
+    assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) <= 999
+    middle = ((t >= 250) & (t < 750)).double().mean().item()
+    assert abs(middle - expected) < 0.005
+    assert abs(t.double().median().item() - 499.5) < 5
+    u = draw_timesteps("uniform", 200_000, 1000, torch.device("cpu"))
+    assert abs(((u >= 250) & (u < 750)).double().mean().item() - 0.5) < 0.005
+    with pytest.raises(ValueError, match="timesteps must be one of"):
+        UnetPreset(channels=(8, 16), heads=2, caption_dropout=0.1, train=None, timesteps="cosine")
 
 
 def test_clip_standin_training_depends_only_on_the_seed(prepared, labels, tmp_path):

@@ -92,6 +92,10 @@ class VaePreset:
     faster on these simple frames than SD's 2 (measured: PSNR after a few hundred steps)."""
 
 
+#: How a diffusion stand-in may draw its training timesteps (:class:`UnetPreset`).
+TIMESTEP_SAMPLING = ("uniform", "logit-normal")
+
+
 @dataclass(frozen=True)
 class UnetPreset:
     """UNet2DConditionModel stand-in: cross-attention blocks of ``channels``."""
@@ -102,6 +106,18 @@ class UnetPreset:
     train: TrainBudget
     frame_stride: int = 1
     """Train on every n-th of the ``frames_per_tr`` training frames (2: one per TR)."""
+    timesteps: str = "logit-normal"
+    """How training draws each sample's diffusion timestep ``t`` of the schedule's ``T``:
+    ``uniform`` (SD-1.5's recipe) or ``logit-normal`` (``t / T = sigmoid(n)``, ``n ~ N(0, 1)``;
+    Esser et al. 2024, "Scaling Rectified Flow Transformers", section 3.1), which spends the
+    small budget on the middle noise levels, where a sample's layout and colour are decided,
+    rather than on the nearly clean and the nearly pure-noise ends (docs/standins.md)."""
+
+    def __post_init__(self) -> None:
+        if self.timesteps not in TIMESTEP_SAMPLING:
+            raise ValueError(
+                f"timesteps must be one of {TIMESTEP_SAMPLING}, not {self.timesteps!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ __all__ = [
     "build_unet",
     "build_vae",
     "colour_of",
+    "draw_timesteps",
     "latent_scaling_factor",
     "train_sd_standin",
 ]
@@ -278,11 +279,29 @@ def noise_schedule(config: dict[str, Any]) -> torch.Tensor:
     return DDPMScheduler.from_config(config).alphas_cumprod.float()
 
 
+def draw_timesteps(sampling: str, n: int, num_timesteps: int, device: torch.device) -> torch.Tensor:
+    """``n`` training timesteps in ``0 .. num_timesteps − 1`` (int64 ``[n]``), drawn from the
+    global torch RNG: ``uniform``, or ``logit-normal`` — ``⌊sigmoid(z) · T⌋`` with ``z ~ N(0, 1)``
+    (:attr:`UnetPreset.timesteps`)."""
+    if sampling == "uniform":
+        return torch.randint(0, num_timesteps, (n,), device=device)
+    if sampling == "logit-normal":
+        u = torch.sigmoid(torch.randn(n, device=device))
+        return (u * num_timesteps).long().clamp_(0, num_timesteps - 1)
+    raise ValueError(f"unknown timestep sampling {sampling!r}")
+
+
 def _unet_loss_fn(
-    text: torch.Tensor, empty_row: int, alphas: torch.Tensor, scale: float, dropout: float
+    text: torch.Tensor,
+    empty_row: int,
+    alphas: torch.Tensor,
+    scale: float,
+    dropout: float,
+    timesteps: str = "uniform",
 ):
     """SD's objective: ``‖ UNet(√ᾱ z0 + √(1−ᾱ) ε, t, c) − ε ‖²`` with ``z0 = scale · (mean +
-    std · ε')`` and the caption ``c`` replaced by the empty one with probability ``dropout``."""
+    std · ε')``, the caption ``c`` replaced by the empty one with probability ``dropout`` and
+    ``t`` drawn by :func:`draw_timesteps` (``timesteps``)."""
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]):
         mean, std, rows = batch["mean"], batch["std"], batch["row"]
@@ -291,7 +310,7 @@ def _unet_loss_fn(
         drop = torch.rand(len(rows), device=device) < dropout
         rows = torch.where(drop, torch.full_like(rows, empty_row), rows)
         cond = text[rows.cpu()].to(device)
-        t = torch.randint(0, len(alphas), (len(z0),), device=device)
+        t = draw_timesteps(timesteps, len(z0), len(alphas), device)
         a = alphas.to(device)[t].view(-1, 1, 1, 1)
         noise = torch.randn_like(z0)
         pred = model(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, cond).sample
@@ -612,7 +631,7 @@ def _train_unet_part(
         "UNet",
         unet,
         LatentCaptions(mean, std, rows),
-        _unet_loss_fn(embeddings, len(used), alphas, scale, spec.caption_dropout),
+        _unet_loss_fn(embeddings, len(used), alphas, scale, spec.caption_dropout, spec.timesteps),
         spec.train,
         log_dir,
         seed,
