@@ -11,7 +11,6 @@ import tempfile
 
 # Before anything imports nilearn or matplotlib: nothing may touch the user's home or a display.
 os.environ["NILEARN_DATA"] = tempfile.mkdtemp(prefix="mindvideo-nilearn-")
-atexit.register(shutil.rmtree, os.environ["NILEARN_DATA"], ignore_errors=True)
 os.environ["MPLBACKEND"] = "Agg"
 # Commands run in-process (main([...])) use one torch thread, as the tests do (see below).
 os.environ["MINDVIDEO_THREADS"] = "1"
@@ -23,6 +22,7 @@ import pytest
 from mindvideo.config import PrepareConfig, SimulateConfig, load_config, simulate_preset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+atexit.register(shutil.rmtree, os.environ["NILEARN_DATA"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -378,10 +378,13 @@ class ReconstructConfig:
     condition: str = "fmri"
     """``fmri``: each window's fMRI through the encoder (the reconstruction). ``caption``: the
     oracle — each window's caption through ``text_encoder``, the condition a perfect encoder
-    would give; through the same UNet, sampler and seeds it measures the generator's ceiling."""
+    would give; through the same UNet, sampler and seeds it measures the generator's ceiling.
+    ``linear``: each window's fMRI through a ridge map to that text condition, fitted on the
+    training split's windows and captions — what a linear encoder carries through the
+    generator."""
     text_encoder: str | None = None
-    """With ``condition=caption``: a folder with ``text_encoder/`` and ``tokenizer/`` (Stable
-    Diffusion 1.5, or the output of ``mindvideo tune-video``)."""
+    """With ``condition=caption`` or ``linear``: a folder with ``text_encoder/`` and
+    ``tokenizer/`` (Stable Diffusion 1.5, or the output of ``mindvideo tune-video``)."""
 
 
 @dataclass

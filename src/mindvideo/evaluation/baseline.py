@@ -15,11 +15,8 @@ is TRs ``t .. t + w − 1`` (clamped at the segment end, as
 - any other **embedding** given per frame (e.g. CLIP image or caption embeddings), scored by
   retrieval among the test windows.
 
-Regularisation is chosen per target by cross-validation over *whole training segments*
-(neighbouring TRs are autocorrelated, so leave-one-out would pick alpha too small), as
-himalaya's ``RidgeCV`` does with a segment splitter; the closed form here shares one
-eigendecomposition per fold among all targets and penalties, which is several times faster on
-a CPU than fitting each target set on its own. Nothing fitted sees the test split: means,
+The ridge model (:class:`~mindvideo.data.ridge.RidgeDecoder`) chooses its penalty per target
+by cross-validation over *whole training segments*. Nothing fitted sees the test split: means,
 alphas and weights come from the training segments alone.
 
 Every score comes with its analytic chance and an *empirical* chance: the same score with the
@@ -31,14 +28,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mindvideo.data.pairing import window_indices
+from mindvideo.data.ridge import DEFAULT_ALPHAS, RidgeDecoder, window_features
 from mindvideo.evaluation.identification import (
     above_shuffled,
     label_identification,
@@ -65,25 +62,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(0, 7, 15))
-"""Ridge penalties tried by cross-validation (per target), for z-scored fMRI features."""
-
-
 # --------------------------------------------------------------------------------------------
 # Inputs and targets
 # --------------------------------------------------------------------------------------------
-
-
-def window_features(fmri: np.ndarray, window: int) -> np.ndarray:
-    """fMRI ``[S, T, V]`` → windows ``[S, T, window · V]``: TR ``t`` sees TRs ``t .. t + w − 1``
-    (clamped at the segment end), concatenated in time order."""
-    fmri = np.asarray(fmri, dtype=np.float32)
-    if fmri.ndim != 3:
-        raise UserError(f"fMRI must be [segments, TRs, voxels], got shape {fmri.shape}.")
-    n_trs = fmri.shape[1]
-    index = np.stack([window_indices(t, window, n_trs) for t in range(n_trs)])  # [T, w]
-    windows = fmri[:, index]  # [S, T, w, V]
-    return windows.reshape(fmri.shape[0], n_trs, -1)
 
 
 def mean_frames(frames: np.ndarray, size: int = 16) -> np.ndarray:
@@ -96,114 +77,6 @@ def mean_frames(frames: np.ndarray, size: int = 16) -> np.ndarray:
     x = frames.reshape(-1, f, size, h // size, size, w // size, c).astype(np.float32)
     small = x.mean(axis=(1, 3, 5)) / 255.0  # [N, size, size, 3]
     return small.reshape(*lead, size * size * c)
-
-
-# --------------------------------------------------------------------------------------------
-# The decoder
-# --------------------------------------------------------------------------------------------
-
-
-def _ridge_solver(X: Any, alphas: Any) -> Callable[[Any], Callable[[Any, Any], Any]]:
-    """Closed-form ridge on a fixed design ``X`` ``[n, p]`` (torch, float32) for many targets
-    and penalties at once, from one eigendecomposition: of ``XᵀX`` when ``p ≤ n`` (primal),
-    else of ``XXᵀ`` (dual). Returns ``fit(Y)`` → ``predict(X_new, alpha_index)`` where
-    ``alpha_index`` ``[K]`` picks each target's penalty, or ``None`` for every penalty
-    (``[n_alphas, m, K]``)."""
-    import torch
-
-    n, p = X.shape
-    primal = p <= n
-    evals, evecs = torch.linalg.eigh(X.T @ X if primal else X @ X.T)
-    evals = evals.clamp_min(0)
-    shrink = 1.0 / (evals[None, :] + alphas[:, None])  # [A, r]
-
-    def fit(Y: Any) -> Callable[[Any, Any], Any]:
-        proj = evecs.T @ (X.T @ Y if primal else Y)  # [r, K]
-
-        def predict(X_new: Any, alpha_index: Any = None) -> Any:
-            basis = X_new @ evecs if primal else (X_new @ X.T) @ evecs  # [m, r]
-            if alpha_index is None:
-                return torch.stack(
-                    [basis @ (shrink[a, :, None] * proj) for a in range(len(alphas))]
-                )
-            coef = shrink[alpha_index].T * proj  # [r, K]: each target with its own penalty
-            return basis @ coef
-
-        return predict
-
-    return fit
-
-
-@dataclass
-class RidgeDecoder:
-    """Ridge regression from fMRI windows to targets, alpha per target by leave-segments-out CV.
-
-    ``fit(X, Y, groups)``: ``X`` ``[N, D]``, ``Y`` ``[N, K]``, ``groups`` ``[N]`` the training
-    segment of each sample; the segments are dealt into ``folds`` folds, so a fold never splits
-    a segment, and each target keeps the penalty with the least held-out squared error summed
-    over the folds. X is z-scored and Y centred with training statistics only. Learned
-    attributes end in ``_``: ``x_mean_``, ``x_scale_``, ``y_mean_``, ``alphas_`` ``[K]``.
-
-    The closed form comes from one eigendecomposition per fold (PyTorch), shared by every
-    target and penalty: decoding thousands of targets costs about as much as decoding one.
-    """
-
-    alphas: Sequence[float] = DEFAULT_ALPHAS
-    folds: int = 5
-    x_mean_: np.ndarray | None = field(default=None, repr=False)
-    x_scale_: np.ndarray | None = field(default=None, repr=False)
-    y_mean_: np.ndarray | None = field(default=None, repr=False)
-    alphas_: np.ndarray | None = field(default=None, repr=False)
-    _predict: Any = field(default=None, repr=False)
-
-    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray) -> RidgeDecoder:
-        import torch
-
-        X = np.asarray(X, dtype=np.float32)
-        Y = np.asarray(Y, dtype=np.float32)
-        groups = np.asarray(groups)
-        if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y) or len(groups) != len(X):
-            raise UserError(
-                f"Ridge needs X [N, D], Y [N, K] and groups [N]; got {X.shape}, {Y.shape}, "
-                f"{groups.shape}."
-            )
-        segments = np.unique(groups)
-        if len(segments) < 2:
-            raise UserError("Cross-validation over segments needs at least 2 training segments.")
-        fold_of = {s: i % min(self.folds, len(segments)) for i, s in enumerate(segments)}
-        fold = np.array([fold_of[g] for g in groups])
-        self.x_mean_ = X.mean(axis=0)
-        scale = X.std(axis=0)
-        self.x_scale_ = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        self.y_mean_ = Y.mean(axis=0)
-        x = torch.from_numpy(self._x(X))
-        y = torch.from_numpy(Y - self.y_mean_)
-        alphas = torch.as_tensor(np.asarray(self.alphas, dtype=np.float32))
-        error = torch.zeros(len(alphas), Y.shape[1])
-        for k in np.unique(fold):
-            train, held = torch.from_numpy(fold != k), torch.from_numpy(fold == k)
-            # Centre within the fold as the refit centres on all training data.
-            x_mean, y_mean = x[train].mean(0), y[train].mean(0)
-            predict = _ridge_solver(x[train] - x_mean, alphas)(y[train] - y_mean)
-            pred = predict(x[held] - x_mean) + y_mean  # [A, m, K]
-            error += ((pred - y[held]) ** 2).sum(dim=1)
-        best = error.argmin(dim=0)  # [K]
-        self.alphas_ = alphas[best].numpy().astype(np.float64)
-        predict = _ridge_solver(x, alphas)(y)
-        self._predict = lambda x_new: predict(x_new, best)
-        return self
-
-    def _x(self, X: np.ndarray) -> np.ndarray:
-        return (np.asarray(X, dtype=np.float32) - self.x_mean_) / self.x_scale_
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        import torch
-
-        if self._predict is None:
-            raise RuntimeError("fit the decoder first")
-        with torch.inference_mode():
-            pred = self._predict(torch.from_numpy(self._x(X))).numpy()
-        return pred + self.y_mean_
 
 
 # --------------------------------------------------------------------------------------------

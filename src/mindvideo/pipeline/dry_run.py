@@ -98,11 +98,12 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         memory=memory,
         settings={
             "sampler": f"{type(scheduler).__name__}, {cfg.num_inference_steps} steps",
-            "condition": (
-                "each window's caption through the text encoder (the generator's ceiling)"
-                if cfg.condition == "caption"
-                else "each window's fMRI through the encoder"
-            ),
+            "condition": {
+                "caption": "each window's caption through the text encoder (the generator's "
+                "ceiling)",
+                "linear": "each window's fMRI through a ridge map to the text condition, fitted "
+                "on the training split (the linear encoder)",
+            }.get(cfg.condition, "each window's fMRI through the encoder"),
             "guidance": f"{run.settings['negative']} negative, scale {cfg.guidance_scale:g}",
             "batches": f"{n_batches:,} of {cfg.batch_size} windows"
             f" → {n_batches * cfg.num_inference_steps:,} UNet calls",
@@ -119,6 +120,8 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         captions = {c for w in run.windows for c in w["captions"]}
         checked["text_encoder"] = f"{cfg.text_encoder}: text_encoder/ and tokenizer/ present"
         checked["data"] += f", {len(captions):,} unique window captions"
+    elif cfg.condition == "linear":
+        checked["text_encoder"] = f"{cfg.text_encoder}: text_encoder/ and tokenizer/ present"
     return RunPlan("reconstruct", checked, [phase], notes)
 
 

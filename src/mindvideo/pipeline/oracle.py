@@ -43,17 +43,21 @@ from mindvideo.utils import UserError
 __all__ = [
     "CONDITIONS",
     "EMPTY_CAPTION_NEGATIVE",
+    "TEXT_CONDITIONS",
     "CaptionEncoder",
     "add_window_captions",
     "check_condition",
     "encode_captions",
+    "tr_caption",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: The values of ``ReconstructConfig.condition``.
-CONDITIONS = ("fmri", "caption")
-#: What the settings record as ``negative`` with ``condition=caption``.
+CONDITIONS = ("fmri", "caption", "linear")
+#: The conditions made with a text encoder (the caption's, or decoded into its space).
+TEXT_CONDITIONS = ("caption", "linear")
+#: What the settings record as ``negative`` with ``condition=caption`` or ``linear``.
 EMPTY_CAPTION_NEGATIVE = "empty-caption"
 TEXT_PARTS = ("text_encoder", "tokenizer")
 _DEFAULT_NEGATIVE = next(
@@ -62,20 +66,23 @@ _DEFAULT_NEGATIVE = next(
 
 
 def check_condition(cfg: ReconstructConfig) -> None:
-    """Check ``condition``, and with ``caption`` the ``text_encoder`` folder and ``negative``
-    (cheap checks: nothing is loaded). Mistakes are :class:`UserError`."""
+    """Check ``condition``, and with ``caption`` or ``linear`` the ``text_encoder`` folder and
+    ``negative`` (cheap checks: nothing is loaded). Mistakes are :class:`UserError`."""
     if cfg.condition not in CONDITIONS:
         raise UserError(
             f"Unknown condition {cfg.condition!r} (config key condition); choose one of "
             f"{', '.join(CONDITIONS)}."
         )
-    if cfg.condition != "caption":
+    if cfg.condition not in TEXT_CONDITIONS:
         if cfg.text_encoder is not None:
-            logger.warning("text_encoder is only used with condition=caption; ignoring it.")
+            logger.warning(
+                "text_encoder is only used with condition=caption or linear; ignoring it."
+            )
         return
+    what = f"condition={cfg.condition}"
     if cfg.text_encoder is None:
         raise UserError(
-            "condition=caption needs a text encoder: set text_encoder=DIR to a folder with "
+            f"{what} needs a text encoder: set text_encoder=DIR to a folder with "
             "text_encoder/ and tokenizer/ (Stable Diffusion 1.5, or the output of "
             "`mindvideo tune-video`)."
         )
@@ -94,7 +101,7 @@ def check_condition(cfg: ReconstructConfig) -> None:
         )
     if cfg.negative != _DEFAULT_NEGATIVE:
         raise UserError(
-            f"negative={cfg.negative} chooses the negative fMRI condition, which condition=caption "
+            f"negative={cfg.negative} chooses the negative fMRI condition, which {what} "
             "does not use: its negative is the empty caption through the text encoder. Leave "
             f"negative unset (or {_DEFAULT_NEGATIVE})."
         )
@@ -121,12 +128,12 @@ def add_window_captions(
         )
     for w in windows:
         seg = captions[w["segment"]]
-        per_tr = [_tr_caption(seg[t], split, w["segment"], t) for t in w["frame_trs"]]
+        per_tr = [tr_caption(seg[t], split, w["segment"], t) for t in w["frame_trs"]]
         w["caption"] = per_tr[0]
         w["captions"] = per_tr
 
 
-def _tr_caption(frame_captions: Sequence[str], split: str, segment: int, tr: int) -> str:
+def tr_caption(frame_captions: Sequence[str], split: str, segment: int, tr: int) -> str:
     if not frame_captions:
         raise UserError(
             f"The prepared {split} split has no frame captions for segment {segment}, TR {tr}; "

@@ -41,8 +41,10 @@ from mindvideo.data.pairing import padded_size, window_indices
 from mindvideo.data.prepared import PreparedData
 from mindvideo.data.video import write_gif, write_video
 from mindvideo.pipeline.guidance import NEGATIVE_SOURCES, negative_fmri_from_prepared
+from mindvideo.pipeline.linear_condition import LinearCondition
 from mindvideo.pipeline.oracle import (
     EMPTY_CAPTION_NEGATIVE,
+    TEXT_CONDITIONS,
     CaptionEncoder,
     add_window_captions,
     check_condition,
@@ -135,10 +137,10 @@ def _clip_stem(segment: int, tr: int) -> str:
 
 def _settings(cfg: ReconstructConfig) -> dict[str, Any]:
     values = {k: getattr(cfg, k) for k in SETTINGS}
-    if cfg.condition == "caption":
+    if cfg.condition in TEXT_CONDITIONS:
         values["negative"] = EMPTY_CAPTION_NEGATIVE  # the fMRI negative is not used
     else:
-        values["text_encoder"] = None  # only used with condition=caption
+        values["text_encoder"] = None  # only used with condition=caption or linear
     for key in ("checkpoint", "data", "text_encoder"):
         if values[key] is not None:
             values[key] = str(Path(values[key]).resolve())
@@ -411,10 +413,12 @@ def _conditions(
     cfg: ReconstructConfig, pipe: MindVideoPipeline, prepared: PreparedData, run: _Windows
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The pipeline's condition arguments for a batch of windows: their fMRI and the negative
-    fMRI (``negative``), or with ``condition=caption`` their captions' text conditions and the
-    empty caption's (:class:`~mindvideo.pipeline.oracle.CaptionEncoder`)."""
+    fMRI (``negative``); with ``condition=caption`` their captions' text conditions, with
+    ``condition=linear`` the conditions a ridge map fitted on the training split decodes from
+    their fMRI (:class:`~mindvideo.pipeline.linear_condition.LinearCondition`), and the empty
+    caption's (:class:`~mindvideo.pipeline.oracle.CaptionEncoder`) as the negative."""
     enc = pipe.fmri_encoder.config
-    if cfg.condition == "caption":
+    if cfg.condition in TEXT_CONDITIONS:
         text = CaptionEncoder(
             cfg.text_encoder,  # type: ignore[arg-type]  # checked by check_condition
             pipe.device,
@@ -422,6 +426,13 @@ def _conditions(
             dim=int(pipe.unet.config.cross_attention_dim),
         )
         empty = text.negative()
+        if cfg.condition == "linear":
+            linear = LinearCondition().fit(prepared, text, cfg.window)
+            linear.predict(prepared, cfg.split)
+            return lambda batch: {
+                "prompt_embeds": linear.conditions(batch),
+                "negative_embeddings": empty,
+            }
         return lambda batch: {
             "prompt_embeds": text.conditions(batch),
             "negative_embeddings": empty,
