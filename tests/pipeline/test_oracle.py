@@ -317,11 +317,11 @@ def test_a_linear_clip_is_the_pipeline_on_the_decoded_condition(setup, linear_ru
     checkpoint, _, data = setup
     prepared = PreparedData.open(data)
     text = text_encoder(setup)
-    linear = LinearCondition().fit(prepared, text, window=index["settings"]["window"])
-    linear.predict(prepared, "test")
-    windows = index["windows"][2:4]
     pipe = MindVideoPipeline.from_pretrained(checkpoint)
     pipe.set_progress_bar_config(disable=True)
+    linear = LinearCondition().fit(prepared, text, window=pipe.fmri_encoder.config.window)
+    linear.predict(prepared, "test")
+    windows = index["windows"][2:4]
     frames = pipe(
         prompt_embeds=linear.conditions(windows)[:, 0],
         negative_embeddings=text.negative(),

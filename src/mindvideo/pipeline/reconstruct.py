@@ -427,7 +427,8 @@ def _conditions(
         )
         empty = text.negative()
         if cfg.condition == "linear":
-            linear = LinearCondition().fit(prepared, text, cfg.window)
+            # One condition per sub-window, from the encoder's window of TRs (as condition=fmri).
+            linear = LinearCondition().fit(prepared, text, int(enc.window))
             linear.predict(prepared, cfg.split)
             return lambda batch: {
                 "prompt_embeds": linear.conditions(batch),
