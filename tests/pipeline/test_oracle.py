@@ -75,6 +75,23 @@ def text_encoder(setup) -> CaptionEncoder:
     return CaptionEncoder(setup[1], "cpu", tokens=77, dim=COND_DIM)
 
 
+def load_pipeline(checkpoint) -> MindVideoPipeline:
+    pipe = MindVideoPipeline.from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, prompt_embeds, negative, windows) -> np.ndarray:
+    """The pipeline by hand, as reconstruct runs a batch: the windows' own seeds."""
+    return pipe(
+        prompt_embeds=prompt_embeds,
+        negative_embeddings=negative,
+        generator=[seeded(w["seed"]) for w in windows],
+        num_inference_steps=STEPS,
+        guidance_scale=12.5,
+    ).frames
+
+
 # ------------------------------------------------------------------ the pipeline
 
 
@@ -171,15 +188,9 @@ def test_a_caption_clip_is_the_pipeline_on_its_captions_text_embedding(setup, ca
     text encoder, the empty caption as the negative, the windows' own seeds."""
     index = json.loads((caption_run / "index.json").read_text())
     windows = index["windows"][2:4]
-    pipe, text = MindVideoPipeline.from_pretrained(setup[0]), text_encoder(setup)
-    pipe.set_progress_bar_config(disable=True)
-    frames = pipe(
-        prompt_embeds=torch.stack([text.encode(w["caption"]) for w in windows]),
-        negative_embeddings=text.negative(),
-        generator=[seeded(w["seed"]) for w in windows],
-        num_inference_steps=STEPS,
-        guidance_scale=12.5,
-    ).frames
+    pipe, text = load_pipeline(setup[0]), text_encoder(setup)
+    embeds = torch.stack([text.encode(w["caption"]) for w in windows])
+    frames = generate(pipe, embeds, text.negative(), windows)
     np.testing.assert_array_equal(np.load(caption_run / "reconstructions.npy")[2:4], frames)
 
 
@@ -317,18 +328,11 @@ def test_a_linear_clip_is_the_pipeline_on_the_decoded_condition(setup, linear_ru
     checkpoint, _, data = setup
     prepared = PreparedData.open(data)
     text = text_encoder(setup)
-    pipe = MindVideoPipeline.from_pretrained(checkpoint)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(checkpoint)
     linear = LinearCondition().fit(prepared, text, window=pipe.fmri_encoder.config.window)
     linear.predict(prepared, "test")
     windows = index["windows"][2:4]
-    frames = pipe(
-        prompt_embeds=linear.conditions(windows)[:, 0],
-        negative_embeddings=text.negative(),
-        generator=[seeded(w["seed"]) for w in windows],
-        num_inference_steps=STEPS,
-        guidance_scale=12.5,
-    ).frames
+    frames = generate(pipe, linear.conditions(windows)[:, 0], text.negative(), windows)
     np.testing.assert_array_equal(np.load(linear_run / "reconstructions.npy")[2:4], frames)
     fmri_recon = np.load(fmri_run / "reconstructions.npy")
     assert np.abs(np.load(linear_run / "reconstructions.npy").astype(int) - fmri_recon).mean() > 1

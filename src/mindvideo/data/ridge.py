@@ -25,10 +25,17 @@ import numpy as np
 from mindvideo.data.pairing import window_indices
 from mindvideo.utils import UserError
 
-__all__ = ["DEFAULT_ALPHAS", "RidgeDecoder", "window_features"]
+__all__ = ["DEFAULT_ALPHAS", "RidgeDecoder", "mean_repetitions", "window_features"]
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(0, 7, 15))
 """Ridge penalties tried by cross-validation (per target), for z-scored fMRI features."""
+
+
+def mean_repetitions(fmri: np.ndarray) -> np.ndarray:
+    """fMRI ``[S, T, V]`` as it is, or a test split's ``[S, R, T, V]`` averaged over its ``R``
+    repetitions; float32."""
+    fmri = np.asarray(fmri, dtype=np.float32)
+    return fmri.mean(axis=1) if fmri.ndim == 4 else fmri
 
 
 def window_features(fmri: np.ndarray, window: int) -> np.ndarray:

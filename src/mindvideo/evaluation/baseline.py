@@ -35,7 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from mindvideo.data.ridge import DEFAULT_ALPHAS, RidgeDecoder, window_features
+from mindvideo.data.ridge import (
+    DEFAULT_ALPHAS,
+    RidgeDecoder,
+    mean_repetitions,
+    window_features,
+)
 from mindvideo.evaluation.identification import (
     above_shuffled,
     label_identification,
@@ -129,12 +134,6 @@ def summarise(name: str, rate: np.ndarray, chance: float, shuffled: tuple[float,
 # --------------------------------------------------------------------------------------------
 
 
-def _test_fmri(fmri: np.ndarray) -> np.ndarray:
-    """Test fMRI ``[S, T, V]``, or ``[S, R, T, V]`` averaged over its repetitions."""
-    fmri = np.asarray(fmri, dtype=np.float32)
-    return fmri.mean(axis=1) if fmri.ndim == 4 else fmri
-
-
 def _middle(labels: np.ndarray) -> np.ndarray:
     """Per-frame labels ``[S, T, F]`` → the label of each TR's middle frame ``[S, T]``."""
     labels = np.asarray(labels)
@@ -182,7 +181,7 @@ def run_baseline(
     chosen alpha per target set), and the settings.
     """
     train_x = window_features(prepared.fmri("train"), window)  # [S, T, w·V]
-    test_x = window_features(_test_fmri(prepared.fmri("test")), window)
+    test_x = window_features(mean_repetitions(prepared.fmri("test")), window)
     n_seg, n_tr = train_x.shape[:2]
     groups = np.repeat(np.arange(n_seg), n_tr)
     keep = np.zeros(test_x.shape[:2], dtype=bool)

@@ -31,19 +31,18 @@ import numpy as np
 import torch
 
 from mindvideo.data.prepared import PreparedData
-from mindvideo.data.ridge import DEFAULT_ALPHAS, RidgeDecoder, window_features
+from mindvideo.data.ridge import (
+    DEFAULT_ALPHAS,
+    RidgeDecoder,
+    mean_repetitions,
+    window_features,
+)
 from mindvideo.pipeline.oracle import CaptionEncoder, tr_caption
 from mindvideo.utils import UserError
 
 __all__ = ["LinearCondition"]
 
 logger = logging.getLogger(__name__)
-
-
-def _split_fmri(prepared: PreparedData, split: str) -> np.ndarray:
-    """The split's fMRI ``[S, T, V]`` (a test split's repetitions averaged)."""
-    fmri = np.asarray(prepared.fmri(split), dtype=np.float32)
-    return fmri.mean(axis=1) if fmri.ndim == 4 else fmri
 
 
 class LinearCondition:
@@ -71,7 +70,7 @@ class LinearCondition:
                 f"{prepared.root} has no captions_train.json; run `mindvideo prepare` with "
                 "captions (a BLIP folder, pretrained.blip, or the captions the dataset ships)."
             )
-        features = window_features(_split_fmri(prepared, "train"), window)  # [S, T, w·V]
+        features = window_features(mean_repetitions(prepared.fmri("train")), window)  # [S, T, w·V]
         n_seg, n_tr = features.shape[:2]
         if len(captions) != n_seg or min((len(c) for c in captions), default=0) < n_tr:
             raise UserError(
@@ -107,7 +106,7 @@ class LinearCondition:
         """Every TR's decoded condition of ``split``: float32 ``[S, T, tokens, d]``."""
         if self.window is None or self.shape is None:
             raise RuntimeError("fit the linear condition first")
-        features = window_features(_split_fmri(prepared, split), self.window)
+        features = window_features(mean_repetitions(prepared.fmri(split)), self.window)
         n_seg, n_tr = features.shape[:2]
         pred = self.decoder.predict(features.reshape(n_seg * n_tr, -1))
         self._predicted = pred.reshape(n_seg, n_tr, *self.shape).astype(np.float32)
