@@ -286,6 +286,10 @@ class ContrastConfig:
     """Probability of a random crop of the frame (image augmentation)."""
     caption_aug: CaptionAugConfig = field(default_factory=CaptionAugConfig)
     pad_mode: str = "zero"
+    condition_loss: float = 0.0
+    """Weight of a token-level loss beside eq. 3: the MSE between the encoder's conditioning
+    tokens and the text encoder's last hidden state of the caption (the generator's condition).
+    0 is the paper's method."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             max_steps=12000, batch_size=20, learning_rate=2e-5, weight_decay=0.05, warmup_steps=200

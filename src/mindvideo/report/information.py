@@ -137,13 +137,18 @@ def _encoder_rows(run: Path) -> list[InformationRow]:
     after, chance = report.get("after") or {}, report.get("chance") or {}
     n = report.get("candidates") or {}
     rows = []
-    for kind in ("caption", "image"):
+    measures = {
+        "caption": f"fMRI → caption, top-1 of {n.get('caption')}",
+        "image": f"fMRI → image, top-1 of {n.get('image')}",
+        "condition": f"fMRI → caption by its [77, d] tokens, top-1 of {n.get('caption')}",
+    }
+    for kind, measure in measures.items():
         key = f"{kind}_top1"
         if key in after:
             rows.append(
                 InformationRow(
                     "encoder (contrast)",
-                    f"fMRI → {kind}, top-1 of {n.get(kind)}",
+                    measure,
                     float(after[key]),
                     chance=chance.get(key),
                 )

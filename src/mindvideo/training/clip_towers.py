@@ -78,6 +78,17 @@ class ClipTowers:
         return out if torch.is_tensor(out) else out.pooler_output
 
     @torch.no_grad()
+    def text_condition(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[N, 77]`` token ids → the text encoder's last hidden state ``[N, 77, hidden]``.
+
+        This is the condition Stable Diffusion's UNet cross-attends to: SD-1.5's text encoder
+        is CLIP ViT-L/14's text tower, and its pipelines encode a prompt without an attention
+        mask, as here.
+        """
+        text = self.model.text_model
+        return text(input_ids=input_ids.to(self.device))[0]
+
+    @torch.no_grad()
     def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[N, 3, S, S]`` → projected image embeddings ``[N, projection_dim]``."""
         out = self.model.get_image_features(pixel_values=pixel_values.to(self.device))

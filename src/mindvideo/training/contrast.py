@@ -225,8 +225,12 @@ class ContrastiveModel(nn.Module):
         self.encoder = encoder
         self.temperature = temperature
 
-    def forward(self, fmri: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(fmri).pooled, self.temperature()
+    def forward(self, fmri: torch.Tensor, with_tokens: bool = False) -> tuple[torch.Tensor, ...]:
+        """``(pooled, ε)``; with ``with_tokens`` also the conditioning tokens ``[N, 77, d]``."""
+        out = self.encoder(fmri)
+        if with_tokens:
+            return out.pooled, self.temperature(), out.embeddings
+        return out.pooled, self.temperature()
 
     def enable_gradient_checkpointing(self) -> None:
         self.encoder.enable_gradient_checkpointing()
@@ -279,11 +283,19 @@ def _gather_no_grad(x: torch.Tensor | None) -> torch.Tensor | None:
     return torch.cat(parts, dim=0)
 
 
-def contrastive_loss_fn(towers: ClipTowers, mode: str = "both"):
+def contrastive_loss_fn(towers: ClipTowers, mode: str = "both", condition_loss: float = 0.0):
     """The engine's loss function for eq. 3: ``loss_fn(model, batch) -> (loss, logs)``.
 
     ``batch``: ``fmri [N, w, V]`` and, as ``mode`` needs, ``input_ids`` / ``attention_mask``
     ``[N, 77]`` and ``pixel_values [N, 3, S, S]``. CLIP runs frozen on the batch's device.
+
+    ``condition_loss`` > 0 adds ``condition_loss · MSE(tokens, c)``: the encoder's conditioning
+    tokens ``[N, 77, d]`` against ``c``, the text encoder's last hidden state of the sample's
+    caption (:meth:`ClipTowers.text_condition`) — the condition the generator was trained on.
+    Eq. 3 aligns only the tokens' mean; this term makes every token what the UNet's
+    cross-attention expects (the token-level alignment of MindEye's and Brain-Diffuser's
+    regressions to CLIP's hidden states). It needs the captions (``mode`` ``both`` or
+    ``text``).
     """
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -291,7 +303,11 @@ def contrastive_loss_fn(towers: ClipTowers, mode: str = "both"):
         if towers.device != fmri.device:
             towers.to(fmri.device)
         getattr(model, "module", model).temperature.clamp_()  # CLIP clamps after each step
-        emb_f, scale = model(fmri)  # [N, D], scalar
+        logs: dict[str, torch.Tensor] = {}
+        if condition_loss > 0:
+            emb_f, scale, tokens = model(fmri, with_tokens=True)  # [N, D], scalar, [N, 77, d]
+        else:
+            emb_f, scale = model(fmri)  # [N, D], scalar
         emb_t = emb_i = None
         if mode in ("both", "text"):
             emb_t = towers.text_embeds(batch["input_ids"], batch["attention_mask"])  # [N, D]
@@ -300,7 +316,14 @@ def contrastive_loss_fn(towers: ClipTowers, mode: str = "both"):
         emb_f = gather_with_grad(emb_f)
         emb_t, emb_i = _gather_no_grad(emb_t), _gather_no_grad(emb_i)
         loss = contrastive_loss(emb_f, emb_t, emb_i, scale, mode)
-        return loss, {"logit_scale": scale.detach()}
+        if condition_loss > 0:
+            target = towers.text_condition(batch["input_ids"]).to(tokens.dtype)  # [N, 77, d]
+            mse = torch.nn.functional.mse_loss(tokens, target)
+            logs["contrastive_loss"] = loss.detach()
+            logs["condition_mse"] = mse.detach()
+            loss = loss + condition_loss * mse
+        logs["logit_scale"] = scale.detach()
+        return loss, logs
 
     return loss_fn
 
@@ -345,6 +368,16 @@ def check_contrast_config(cfg: ContrastConfig) -> None:
         raise UserError(f"Config key 'window' must be at least 1, not {cfg.window}.")
     if cfg.out_tokens < 1:
         raise UserError(f"Config key 'out_tokens' must be at least 1, not {cfg.out_tokens}.")
+    if cfg.condition_loss < 0:
+        raise UserError(
+            f"Config key 'condition_loss' must be at least 0, not {cfg.condition_loss}."
+        )
+    if cfg.condition_loss > 0 and cfg.mode == "image":
+        raise UserError(
+            "Config key 'condition_loss' regresses the encoder's tokens to the captions' text "
+            "condition, but mode 'image' loads no captions; use mode 'both' or 'text', or set "
+            "condition_loss: 0."
+        )
     if cfg.train.batch_size < 2:
         raise UserError(
             f"Training key 'batch_size' is {cfg.train.batch_size}; contrastive learning needs at "
@@ -505,7 +538,7 @@ def contrast(
     trainer = Trainer(
         setup.model,
         setup.dataset,
-        contrastive_loss_fn(setup.towers, cfg.mode),
+        contrastive_loss_fn(setup.towers, cfg.mode, cfg.condition_loss),
         cfg.train,
         out,
         batch_sampler=setup.sampler,
@@ -535,7 +568,12 @@ def contrast(
             "are the unique captions of the test windows' middle frames (CLIP text embeddings); "
             "image: candidates are the test scenes, each the mean CLIP image embedding of its "
             "windows' middle frames. A query is right when its own caption / scene is among the "
-            "k most cosine-similar candidates (ties count against it)."
+            "k most cosine-similar candidates (ties count against it). condition: the "
+            "encoder's [77, d] conditioning tokens against each candidate caption's text "
+            "condition (the text encoder's last hidden state, what the generator reads), both "
+            "flattened and centred on the candidates' mean condition; condition_mse: the mean "
+            "squared error against the query's own caption's condition, its 'chance' the error "
+            "of the best constant condition."
         ),
     }
     if trainer.is_main_process:
@@ -551,4 +589,14 @@ def contrast(
             after["image_top1"],
             evaluator.chance["image_top1"],
         )
+        if "condition_top1" in after:
+            logger.info(
+                "Conditioning tokens → caption top-1: %.3f before, %.3f after (chance %.3f); "
+                "MSE to the caption's text condition %.3f after (a constant condition: %.3f).",
+                before["condition_top1"],
+                after["condition_top1"],
+                evaluator.chance["condition_top1"],
+                after["condition_mse"],
+                evaluator.chance["condition_mse"],
+            )
     return ContrastResult(encoder_dir=out / ENCODER_DIR, retrieval=report)

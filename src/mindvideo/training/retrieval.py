@@ -44,6 +44,15 @@ class RetrievalEvaluator:
       most similar. Chance = 1 / number of scenes.
 
     Top-5 likewise (chance 5 / candidates). Ties count against the right answer.
+
+    The pooled embedding is what eq. 3 aligns; the generator reads the ``[77, d]`` tokens. So the
+    tokens are scored too, against the text condition the generator was trained on (the text
+    encoder's last hidden state of the caption, :meth:`ClipTowers.text_condition`):
+
+    - **condition_mse**: mean squared error against the query's own caption's condition;
+    - **condition_top1 / top5**: token-level caption retrieval — the cosine of the flattened
+      tokens with every candidate caption's flattened condition, both centred on the
+      candidates' mean condition (which every caption shares and so identifies none).
     """
 
     def __init__(self, windows: Any, towers: ClipTowers, batch_size: int = 64) -> None:
@@ -64,6 +73,7 @@ class RetrievalEvaluator:
         lookup = {s: i for i, s in enumerate(self.unique_scenes)}
         self.scene_index = torch.tensor([lookup[s] for s in scenes])  # [N]
         self._targets: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._conditions: torch.Tensor | None = None
         self.last: tuple[int, dict[str, float]] | None = None
         """(step, metrics) of the last evaluation run through :meth:`eval_fn`."""
 
@@ -78,7 +88,20 @@ class RetrievalEvaluator:
             "caption_top5": min(5, c) / c,
             "image_top1": 1 / s,
             "image_top5": min(5, s) / s,
+            "condition_top1": 1 / c,
+            "condition_top5": min(5, c) / c,
+            "condition_mse": self._constant_mse(),
         }
+
+    @torch.no_grad()
+    def _constant_mse(self) -> float:
+        """The reference of ``condition_mse``: the error of one constant condition for every
+        query, the mean of the queries' own captions' conditions (the best constant)."""
+        conditions = self._candidate_conditions().flatten(1)  # [C, 77·d]
+        counts = torch.bincount(self.caption_index, minlength=len(conditions)).to(conditions)
+        mean = (counts[:, None] * conditions).sum(dim=0) / counts.sum()
+        squared = (counts * ((conditions - mean) ** 2).sum(dim=1)).sum()
+        return (squared / (counts.sum() * conditions.shape[1])).item()
 
     def _candidate_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(captions ``[C, D]``, scenes ``[S, D]``), L2-normalised, computed once."""
@@ -98,33 +121,69 @@ class RetrievalEvaluator:
             self._targets = (F.normalize(text, dim=-1), F.normalize(sums, dim=-1))
         return self._targets
 
+    def _candidate_conditions(self) -> torch.Tensor:
+        """The unique captions' text conditions ``[C, 77, d]`` (float32), computed once."""
+        if self._conditions is None:
+            chunks = []
+            for start in range(0, len(self.unique_captions), self.batch_size):
+                tokens = self.towers.tokenize(self.unique_captions[start : start + self.batch_size])
+                chunks.append(self.towers.text_condition(tokens["input_ids"]).float())
+            self._conditions = torch.cat(chunks)
+        return self._conditions
+
     @torch.no_grad()
-    def pooled(self, encoder: SpatiotemporalEncoder) -> torch.Tensor:
-        """Pooled embeddings of all test windows, ``[N, D]`` float32 (encoder in eval mode)."""
+    def _encode(self, encoder: SpatiotemporalEncoder) -> tuple[torch.Tensor, dict[str, float]]:
+        """Pooled embeddings of all test windows ``[N, D]`` and the condition scores of their
+        tokens (:meth:`__call__`), the encoder in eval mode."""
         was_training = encoder.training
         encoder.eval()
-        out = []
+        conditions = self._candidate_conditions().to(encoder.device)  # [C, 77, d]
+        mean = conditions.mean(dim=0)  # [77, d]
+        candidates = F.normalize((conditions - mean).flatten(1), dim=-1)  # [C, 77·d]
+        index = self.caption_index.to(encoder.device)
+        pooled, ranks, squared = [], [], 0.0
         for start in range(0, len(self), self.batch_size):
             stop = min(start + self.batch_size, len(self))
             windows = []
-            for index in range(start, stop):
-                seg, rep, t = self.windows.locate(index)
+            for i in range(start, stop):
+                seg, rep, t = self.windows.locate(i)
                 windows.append(self.windows.fmri_window(seg, t, rep))  # [w, V]
             fmri = torch.from_numpy(np.stack(windows))  # [n, w, V]
-            fmri = fmri.to(device=encoder.device, dtype=encoder.dtype)
-            out.append(encoder(fmri).pooled.float())
+            out = encoder(fmri.to(device=encoder.device, dtype=encoder.dtype))
+            pooled.append(out.pooled.float())
+            tokens = out.embeddings.float()  # [n, 77, d]
+            if tokens.shape[1:] == conditions.shape[1:]:
+                squared += ((tokens - conditions[index[start:stop]]) ** 2).sum().item()
+                sim = F.normalize((tokens - mean).flatten(1), dim=-1) @ candidates.T  # [n, C]
+                correct = sim.gather(1, index[start:stop, None])
+                ranks.append((sim >= correct).sum(dim=1) - 1)
         encoder.train(was_training)
-        return torch.cat(out)
+        scores: dict[str, float] = {}
+        if ranks:
+            rank = torch.cat(ranks)
+            scores = {
+                "condition_top1": (rank < 1).float().mean().item(),
+                "condition_top5": (rank < 5).float().mean().item(),
+                "condition_mse": squared / (len(self) * conditions[0].numel()),
+            }
+        return torch.cat(pooled), scores
+
+    def pooled(self, encoder: SpatiotemporalEncoder) -> torch.Tensor:
+        """Pooled embeddings of all test windows, ``[N, D]`` float32 (encoder in eval mode)."""
+        return self._encode(encoder)[0]
 
     @torch.no_grad()
     def __call__(self, encoder: SpatiotemporalEncoder) -> dict[str, float]:
         """Retrieval accuracies of ``encoder``: ``caption_top1``, ``caption_top5``,
-        ``image_top1``, ``image_top5`` (fractions in [0, 1])."""
+        ``image_top1``, ``image_top5`` (fractions in [0, 1]); and, where the encoder's tokens
+        have the text condition's shape, ``condition_top1`` / ``condition_top5`` /
+        ``condition_mse``."""
         if self.towers.device != encoder.device:
             self.towers.to(encoder.device)
-            self._targets = None
+            self._targets = self._conditions = None
         text, scenes = self._candidate_embeddings()
-        emb = F.normalize(self.pooled(encoder).to(text.device), dim=-1)  # [N, D]
+        pooled, condition = self._encode(encoder)
+        emb = F.normalize(pooled.to(text.device), dim=-1)  # [N, D]
         cap = _topk_hits(emb @ text.T, self.caption_index.to(text.device), (1, 5))
         img = _topk_hits(emb @ scenes.T, self.scene_index.to(text.device), (1, 5))
         return {
@@ -132,6 +191,7 @@ class RetrievalEvaluator:
             "caption_top5": cap[5],
             "image_top1": img[1],
             "image_top5": img[5],
+            **condition,
         }
 
     def eval_fn(self, model: nn.Module, step: int) -> dict[str, float]:
