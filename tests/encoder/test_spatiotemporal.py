@@ -243,3 +243,37 @@ def test_dropout_is_active_in_training_only(mbm):
     assert not torch.equal(encoder(fmri).embeddings, encoder(fmri).embeddings)
     encoder.eval()
     torch.testing.assert_close(encoder(fmri).embeddings, encoder(fmri).embeddings, rtol=0, atol=0)
+
+
+def test_linear_readout_adds_a_linear_map_of_the_window_to_every_entry_point(mbm, tmp_path):
+    """readout_rank > 0: a fresh path adds zero; once set, forward, forward_sliding and a saved
+    copy all add readout_out(readout_in(flattened window)) to the head's tokens."""
+    torch.manual_seed(6)
+    encoder = SpatiotemporalEncoder.from_mbm(
+        mbm, window=2, max_window=4, cond_dim=COND, readout_rank=3
+    ).eval()
+    assert encoder.readout_in.weight.shape == (3, 2 * V)
+    assert encoder.readout_out.weight.shape == (77 * COND, 3)
+    fmri = torch.randn(2, 4, V)
+
+    def head(window: torch.Tensor) -> torch.Tensor:
+        return encoder.forward_head(encoder.forward_encoder(window)[0])
+
+    with torch.no_grad():
+        assert torch.equal(encoder(fmri[:, :2]).embeddings, head(fmri[:, :2]))
+        for p in (*encoder.readout_in.parameters(), *encoder.readout_out.parameters()):
+            p.normal_(std=0.2)
+        w_in, b_in = encoder.readout_in.weight, encoder.readout_in.bias
+        w_out, b_out = encoder.readout_out.weight, encoder.readout_out.bias
+        sliding = encoder.forward_sliding(fmri)
+        for s in range(3):
+            flat = fmri[:, s : s + 2].reshape(2, -1)  # [N, w·V]
+            linear = (flat @ w_in.T + b_in) @ w_out.T + b_out
+            expected = head(fmri[:, s : s + 2]) + linear.reshape(2, 77, COND)
+            torch.testing.assert_close(encoder(fmri[:, s : s + 2]).embeddings, expected)
+            torch.testing.assert_close(sliding[:, s], expected, rtol=0, atol=1e-5)
+    encoder.save_pretrained(tmp_path / "fmri_encoder")
+    loaded = SpatiotemporalEncoder.from_pretrained(tmp_path / "fmri_encoder").eval()
+    assert loaded.config.readout_rank == 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_sliding(fmri), sliding, rtol=0, atol=0)

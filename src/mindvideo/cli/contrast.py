@@ -49,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _retrieval(result: Any) -> str:
     after, chance = result.retrieval["after"], result.retrieval["chance"]
+    tokens = (
+        f", by the conditioning tokens {after['condition_top1']:.3f}"
+        if "condition_top1" in after
+        else ""
+    )
     return (
-        f"fMRI → caption top-1 on the test windows: {after['caption_top1']:.3f} "
+        f"fMRI → caption top-1 on the test windows: {after['caption_top1']:.3f}{tokens} "
         f"(chance {chance['caption_top1']:.3f}); wrote {result.encoder_dir}"
     )

@@ -286,6 +286,11 @@ class ContrastConfig:
     """Probability of a random crop of the frame (image augmentation)."""
     caption_aug: CaptionAugConfig = field(default_factory=CaptionAugConfig)
     pad_mode: str = "zero"
+    linear_readout: int = 0
+    """If > 0, the rank of a linear path from the fMRI window to the conditioning tokens, added
+    to the encoder's head and fitted before training by ridge regression on the training split
+    to the principal components of the captions' text conditions (the head then starts at
+    zero). 0 is the paper's encoder."""
     condition_loss: float = 0.0
     """Weight of a token-level loss beside eq. 3: the MSE between the encoder's conditioning
     tokens and the text encoder's last hidden state of the caption (the generator's condition).

@@ -179,6 +179,11 @@ class SpatiotemporalEncoder(ModelMixin, ConfigMixin):
         drop_path: stochastic-depth rate of every residual branch (spatial, temporal, MLP).
             MinD-Video's release passes its one dropout value (0.6) both here and to the head.
         output_norm: a LayerNorm on the conditioning tokens (off in the release).
+        readout_rank: if > 0, a linear path from the flattened fMRI window to the conditioning
+            tokens, added to the head's output: ``readout_out(readout_in(fmri))``, ``w·V →
+            readout_rank → out_tokens·cond_dim`` (not in the release; 0 = the paper's encoder).
+            ``mindvideo contrast`` with ``linear_readout`` starts it from a ridge fit on the
+            training split; a fresh one adds zero.
     """
 
     _supports_gradient_checkpointing = True
@@ -202,6 +207,7 @@ class SpatiotemporalEncoder(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         drop_path: float = 0.0,
         output_norm: bool = False,
+        readout_rank: int = 0,
     ):
         super().__init__()
         L = check_patching(num_voxels, patch_size)
@@ -231,6 +237,10 @@ class SpatiotemporalEncoder(ModelMixin, ConfigMixin):
             window * L, out_tokens, embed_dim, cond_dim, dropout, output_norm
         )
         self.pool_proj = nn.Linear(cond_dim, pooled_dim, bias=False) if pooled_dim else None
+        self.readout_in = self.readout_out = None
+        if readout_rank > 0:
+            self.readout_in = nn.Linear(window * num_voxels, readout_rank)
+            self.readout_out = nn.Linear(readout_rank, out_tokens * cond_dim)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -243,6 +253,9 @@ class SpatiotemporalEncoder(ModelMixin, ConfigMixin):
         for blk in self.blocks:
             nn.init.zeros_(blk.attn_temp.proj.weight)
             nn.init.zeros_(blk.attn_temp.proj.bias)
+        if self.readout_out is not None:  # a fresh linear path adds nothing
+            nn.init.zeros_(self.readout_out.weight)
+            nn.init.zeros_(self.readout_out.bias)
 
     # ------------------------------------------------------------------ inflation
     @classmethod
@@ -268,7 +281,14 @@ class SpatiotemporalEncoder(ModelMixin, ConfigMixin):
         encoder_keys = ("patch_embed.", "cls_token", "blocks.", "norm.")
         state = {k: v for k, v in mbm.state_dict().items() if k.startswith(encoder_keys)}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        new_parts = (".norm_temp.", ".attn_temp.", "temporal_pos_embed", "proj_head.", "pool_proj")
+        new_parts = (
+            ".norm_temp.",
+            ".attn_temp.",
+            "temporal_pos_embed",
+            "proj_head.",
+            "pool_proj",
+            "readout_",
+        )
         not_new = [k for k in missing if not any(part in k for part in new_parts)]
         if unexpected or not_new:  # would mean the two classes disagree on parameter names
             raise RuntimeError(
@@ -385,6 +405,8 @@ class SpatiotemporalEncoder(ModelMixin, ConfigMixin):
             fmri, output_attentions, attention_layers, average_heads
         )  # [N, w, L, D]
         embeddings = self.forward_head(tokens)  # [N, 77, cond]
+        if self.readout_in is not None:
+            embeddings = embeddings + self.readout(fmri)
         pooled = self.pool(embeddings)  # [N, pooled]
         spatial = temporal = layers = None
         if attentions is not None:
@@ -420,4 +442,15 @@ class SpatiotemporalEncoder(ModelMixin, ConfigMixin):
         subs = tokens.unfold(1, w, 1)  # [N, W-w+1, L, D, w]
         subs = subs.permute(0, 1, 4, 2, 3).reshape(N * (W - w + 1), w, *tokens.shape[2:])
         out = self.forward_head(subs)  # [N·S, 77, cond]
+        if self.readout_in is not None:
+            windows = fmri.unfold(1, w, 1).permute(0, 1, 3, 2)  # [N, W-w+1, w, V]
+            out = out + self.readout(windows.reshape(N * (W - w + 1), w, -1))
         return out.reshape(N, W - w + 1, *out.shape[1:])  # [N, S, 77, cond]
+
+    def readout(self, fmri: torch.Tensor) -> torch.Tensor:
+        """The linear path (``readout_rank`` > 0): windows ``[N, w, V]`` → ``[N, 77, cond]``."""
+        if self.readout_in is None or self.readout_out is None:
+            raise RuntimeError("this encoder has no linear readout (readout_rank 0)")
+        c = self.config
+        out = self.readout_out(self.readout_in(fmri.reshape(fmri.shape[0], -1)))
+        return out.reshape(fmri.shape[0], c.out_tokens, c.cond_dim)

@@ -78,10 +78,12 @@ __all__ = [
     "check_contrast_config",
     "contrast",
     "contrastive_loss_fn",
+    "fit_linear_readout",
     "gather_with_grad",
     "load_clip",
     "random_crop",
     "sparsify_voxels",
+    "training_conditions",
 ]
 
 ENCODER_DIR = "fmri_encoder"
@@ -378,6 +380,10 @@ def check_contrast_config(cfg: ContrastConfig) -> None:
             "condition, but mode 'image' loads no captions; use mode 'both' or 'text', or set "
             "condition_loss: 0."
         )
+    if cfg.linear_readout < 0:
+        raise UserError(
+            f"Config key 'linear_readout' must be at least 0, not {cfg.linear_readout}."
+        )
     if cfg.train.batch_size < 2:
         raise UserError(
             f"Training key 'batch_size' is {cfg.train.batch_size}; contrastive learning needs at "
@@ -424,7 +430,87 @@ def build_encoder(
         pooled_dim=pooled_dim,
         dropout=cfg.dropout,
         drop_path=cfg.drop_path,
+        readout_rank=cfg.linear_readout,
     )
+
+
+def training_conditions(windows: Any, towers: ClipTowers, batch_size: int = 64) -> torch.Tensor:
+    """Every training window's caption condition ``[N, 77·d]`` float32, in window order: the
+    text condition (:meth:`ClipTowers.text_condition`) of the caption that sums up the TR's
+    clip (:func:`~mindvideo.data.captions.clip_caption`, as ``condition=caption`` uses)."""
+    from mindvideo.data.captions import clip_caption
+
+    captions = []
+    for index in range(len(windows)):
+        segment, _, t = windows.locate(index)
+        captions.append(clip_caption(windows.captions[segment][t]))
+    unique = sorted(set(captions))
+    encoded: dict[str, torch.Tensor] = {}
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start : start + batch_size]
+        cond = towers.text_condition(towers.tokenize(chunk)["input_ids"]).float().cpu()
+        encoded.update(zip(chunk, cond.flatten(1), strict=True))
+    return torch.stack([encoded[c] for c in captions])
+
+
+@torch.no_grad()
+def fit_linear_readout(
+    encoder: SpatiotemporalEncoder, windows: Any, towers: ClipTowers
+) -> dict[str, float]:
+    """Start the encoder's linear path from ridge regression on the training windows.
+
+    The targets are the training captions' text conditions (:func:`training_conditions`),
+    reduced to their first ``readout_rank`` principal components; ridge
+    (:class:`~mindvideo.data.ridge.RidgeDecoder`, the penalty chosen per component by
+    cross-validation over whole training segments) maps the encoder's own input — the
+    normalised, padded window ``[w, V]``, flattened — to them. ``readout_in`` becomes the
+    ridge map, ``readout_out`` the components and the mean condition, so the path alone gives
+    the ridge's prediction of the condition; the head's projection is zeroed, so training starts
+    there (a zero-initialised branch, as ControlNet's). Test windows are never read.
+    """
+    from mindvideo.data.ridge import DEFAULT_ALPHAS, RidgeDecoder
+
+    rank = int(encoder.config.readout_rank)
+    n = len(windows)
+    fmri = np.stack(
+        [windows.fmri_window(s, t, r) for s, r, t in (windows.locate(i) for i in range(n))]
+    ).reshape(n, -1)  # [N, w·V]
+    groups = np.array([windows.locate(i)[0] for i in range(n)])
+    targets = training_conditions(windows, towers)  # [N, 77·d]
+    mean = targets.mean(dim=0)
+    centred = targets - mean
+    rank = min(rank, *centred.shape)
+    torch.manual_seed(0)
+    _, _, components = torch.svd_lowrank(centred, q=min(rank + 10, *centred.shape), niter=4)
+    basis = components[:, :rank]  # [77·d, K]
+    scores = (centred @ basis).numpy()  # [N, K]
+    ridge = RidgeDecoder(alphas=DEFAULT_ALPHAS, folds=5).fit(fmri, scores, groups)
+    p = fmri.shape[1]
+    offset = ridge.predict(np.zeros((1, p), dtype=np.float32))[0]  # [K]
+    weight = np.concatenate(
+        [
+            ridge.predict(np.eye(p, dtype=np.float32)[i : i + 1024]) - offset
+            for i in range(0, p, 1024)
+        ]
+    )  # [w·V, K]: the prediction is affine in the window
+    dtype = encoder.readout_in.weight.dtype
+    encoder.readout_in.weight.copy_(torch.from_numpy(weight.T).to(dtype))
+    encoder.readout_in.bias.copy_(torch.from_numpy(offset).to(dtype))
+    encoder.readout_out.weight.copy_(basis.to(dtype))
+    encoder.readout_out.bias.copy_(mean.to(dtype))
+    encoder.proj_head.projection.weight.zero_()
+    explained = float((centred @ basis).pow(2).sum() / centred.pow(2).sum())
+    logger.info(
+        "Linear readout: ridge from %d training windows (%d values) to the first %d principal "
+        "components of their captions' conditions (%.0f%% of their variance); median penalty "
+        "%.3g.",
+        n,
+        p,
+        rank,
+        100 * explained,
+        float(np.median(ridge.alphas_)),
+    )
+    return {"components_variance": explained, "median_alpha": float(np.median(ridge.alphas_))}
 
 
 @dataclass
@@ -471,6 +557,8 @@ def build_contrast(cfg: ContrastConfig, empty_weights: bool = False) -> Contrast
     with meta_device(empty_weights):
         encoder = build_encoder(cfg, mbm, towers, windows["train"].n_voxels_padded)
         temperature = LearnableTemperature()
+    if cfg.linear_readout > 0 and not empty_weights:
+        fit_linear_readout(encoder, windows["train"], towers)
     augmenter = CaptionAugmenter(
         p_synonym=cfg.caption_aug.p_synonym,
         p_swap=cfg.caption_aug.p_swap,
