@@ -39,7 +39,7 @@ chromium:
 
 # Tests run in parallel (one worker per core), slow ones first; workers steal queued tests.
 test: lint chromium
-	$(BIN)/python -m pytest -n auto --dist worksteal
+	$(BIN)/python -m pytest -n auto --dist worksteal --durations=25
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
