@@ -64,6 +64,16 @@ def test_ridge_sees_only_training_statistics(planted):
     np.testing.assert_allclose(decoder.y_mean_, y[train].mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("train_segments", [6, 1])  # 240 windows × 60 values; 40 windows (dual)
+def test_ridge_linear_map_gives_its_predictions(planted, train_segments):
+    x, y, groups, _ = planted
+    train = groups < train_segments + 1  # at least two segments
+    decoder = RidgeDecoder(folds=2).fit(x[train], y[train], groups[train])
+    weight, bias = decoder.linear_map()
+    assert weight.shape == (60, 12) and bias.shape == (12,)
+    np.testing.assert_allclose(x[~train] @ weight + bias, decoder.predict(x[~train]), atol=1e-3)
+
+
 def test_ridge_needs_two_segments():
     x = np.zeros((10, 3), dtype=np.float32)
     with pytest.raises(UserError, match="at least 2 training segments"):

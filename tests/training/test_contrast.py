@@ -334,6 +334,18 @@ def test_condition_scores_match_their_definitions(prepared, mbm_dir, clip_dir):
     assert evaluator.chance["condition_top1"] == pytest.approx(1 / len(captions))
 
 
+def test_one_text_forward_gives_the_masked_pooled_embedding_and_sd_condition(clip_dir):
+    towers = load_clip(clip_dir)
+    captions = ["a red dog", "a blue car drives left over the grass", "green"]
+    tokens = towers.tokenize(captions)
+    pooled, condition = towers.text_embeds_and_condition(tokens["input_ids"])
+    torch.testing.assert_close(pooled, towers.text_embeds(**tokens), rtol=0, atol=1e-5)
+    torch.testing.assert_close(condition, towers.encode_conditions(captions), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        reference = towers.model.text_model(input_ids=tokens["input_ids"]).last_hidden_state
+    torch.testing.assert_close(condition, reference, rtol=0, atol=0)
+
+
 def test_condition_loss_brings_the_tokens_to_the_text_condition(
     prepared, mbm_dir, clip_dir, tmp_path
 ):

@@ -76,6 +76,12 @@ def _ridge_solver(X: Any, alphas: Any) -> Callable[[Any], Callable[[Any, Any], A
             coef = shrink[alpha_index].T * proj  # [r, K]: each target with its own penalty
             return basis @ coef
 
+        def weights(alpha_index: Any) -> Any:
+            """The map ``W`` ``[p, K]`` with ``predict(X_new, alpha_index) = X_new @ W``."""
+            coef = evecs @ (shrink[alpha_index].T * proj)  # [p or n, K]
+            return coef if primal else X.T @ coef
+
+        predict.weights = weights  # type: ignore[attr-defined]
         return predict
 
     return fit
@@ -102,6 +108,7 @@ class RidgeDecoder:
     y_mean_: np.ndarray | None = field(default=None, repr=False)
     alphas_: np.ndarray | None = field(default=None, repr=False)
     _predict: Any = field(default=None, repr=False)
+    _weights: Any = field(default=None, repr=False)
 
     def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray) -> RidgeDecoder:
         import torch
@@ -138,7 +145,16 @@ class RidgeDecoder:
         self.alphas_ = alphas[best].numpy().astype(np.float64)
         predict = _ridge_solver(x, alphas)(y)
         self._predict = lambda x_new: predict(x_new, best)
+        self._weights = predict.weights(best)
         return self
+
+    def linear_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted decoder as one affine map on raw features: ``(W [D, K], b [K])`` with
+        ``predict(X) = X @ W + b`` (the z-scoring folded in)."""
+        if self._predict is None or self._weights is None:
+            raise RuntimeError("fit the decoder first")
+        weight = self._weights.numpy() / self.x_scale_[:, None]  # [D, K]
+        return weight, self.y_mean_ - self.x_mean_ @ weight
 
     def _x(self, X: np.ndarray) -> np.ndarray:
         return (np.asarray(X, dtype=np.float32) - self.x_mean_) / self.x_scale_

@@ -78,15 +78,39 @@ class ClipTowers:
         return out if torch.is_tensor(out) else out.pooler_output
 
     @torch.no_grad()
-    def text_condition(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[N, 77]`` token ids → the text encoder's last hidden state ``[N, 77, hidden]``.
+    def text_embeds_and_condition(
+        self, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[N, 77]`` token ids → (projected pooled embeddings ``[N, projection_dim]``, the
+        text encoder's last hidden state ``[N, 77, hidden]``) from one forward of the text
+        tower.
 
-        This is the condition Stable Diffusion's UNet cross-attends to: SD-1.5's text encoder
-        is CLIP ViT-L/14's text tower, and its pipelines encode a prompt without an attention
-        mask, as here.
+        The hidden state is the condition Stable Diffusion's UNet cross-attends to (SD-1.5's
+        text encoder is CLIP ViT-L/14's text tower; its pipelines encode prompts without an
+        attention mask, as here). The pooled embedding equals :meth:`text_embeds`' with the
+        mask: the tower is causal and pools at the end-of-text token, which no padding token
+        after it can reach.
         """
-        text = self.model.text_model
-        return text(input_ids=input_ids.to(self.device))[0]
+        out = self.model.text_model(input_ids=input_ids.to(self.device))
+        return self.model.text_projection(out.pooler_output), out.last_hidden_state
+
+    @torch.no_grad()
+    def encode_conditions(self, captions: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Captions → text conditions ``[N, 77, hidden]`` float32 (on the towers' device),
+        encoded as Stable Diffusion encodes a prompt
+        (:func:`mindvideo.pipeline.oracle.encode_captions`)."""
+        from mindvideo.pipeline.oracle import encode_captions
+
+        chunks = [
+            encode_captions(
+                self.model.text_model,
+                self.tokenizer,
+                captions[start : start + batch_size],
+                self.device,
+            ).float()
+            for start in range(0, len(captions), batch_size)
+        ]
+        return torch.cat(chunks)
 
     @torch.no_grad()
     def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:

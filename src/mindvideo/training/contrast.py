@@ -293,7 +293,8 @@ def contrastive_loss_fn(towers: ClipTowers, mode: str = "both", condition_loss: 
 
     ``condition_loss`` > 0 adds ``condition_loss · MSE(tokens, c)``: the encoder's conditioning
     tokens ``[N, 77, d]`` against ``c``, the text encoder's last hidden state of the sample's
-    caption (:meth:`ClipTowers.text_condition`) — the condition the generator was trained on.
+    caption (:meth:`ClipTowers.text_embeds_and_condition`) — the condition the generator was
+    trained on.
     Eq. 3 aligns only the tokens' mean; this term makes every token what the UNet's
     cross-attention expects (the token-level alignment of MindEye's and Brain-Diffuser's
     regressions to CLIP's hidden states). It needs the captions (``mode`` ``both`` or
@@ -310,8 +311,10 @@ def contrastive_loss_fn(towers: ClipTowers, mode: str = "both", condition_loss: 
             emb_f, scale, tokens = model(fmri, with_tokens=True)  # [N, D], scalar, [N, 77, d]
         else:
             emb_f, scale = model(fmri)  # [N, D], scalar
-        emb_t = emb_i = None
-        if mode in ("both", "text"):
+        emb_t = emb_i = target = None
+        if condition_loss > 0:  # one text forward gives both (mode is both or text)
+            emb_t, target = towers.text_embeds_and_condition(batch["input_ids"])
+        elif mode in ("both", "text"):
             emb_t = towers.text_embeds(batch["input_ids"], batch["attention_mask"])  # [N, D]
         if mode in ("both", "image"):
             emb_i = towers.image_embeds(batch["pixel_values"])  # [N, D]
@@ -319,8 +322,7 @@ def contrastive_loss_fn(towers: ClipTowers, mode: str = "both", condition_loss: 
         emb_t, emb_i = _gather_no_grad(emb_t), _gather_no_grad(emb_i)
         loss = contrastive_loss(emb_f, emb_t, emb_i, scale, mode)
         if condition_loss > 0:
-            target = towers.text_condition(batch["input_ids"]).to(tokens.dtype)  # [N, 77, d]
-            mse = torch.nn.functional.mse_loss(tokens, target)
+            mse = torch.nn.functional.mse_loss(tokens, target.to(tokens.dtype))  # [N, 77, d]
             logs["contrastive_loss"] = loss.detach()
             logs["condition_mse"] = mse.detach()
             loss = loss + condition_loss * mse
@@ -436,8 +438,9 @@ def build_encoder(
 
 def training_conditions(windows: Any, towers: ClipTowers, batch_size: int = 64) -> torch.Tensor:
     """Every training window's caption condition ``[N, 77·d]`` float32, in window order: the
-    text condition (:meth:`ClipTowers.text_condition`) of the caption that sums up the TR's
-    clip (:func:`~mindvideo.data.captions.clip_caption`, as ``condition=caption`` uses)."""
+    text condition (:meth:`ClipTowers.encode_conditions`) of the caption that sums up the TR's
+    clip (:func:`~mindvideo.data.captions.clip_caption`, as ``condition=caption`` uses), each
+    distinct caption encoded once."""
     from mindvideo.data.captions import clip_caption
 
     captions = []
@@ -445,12 +448,9 @@ def training_conditions(windows: Any, towers: ClipTowers, batch_size: int = 64) 
         segment, _, t = windows.locate(index)
         captions.append(clip_caption(windows.captions[segment][t]))
     unique = sorted(set(captions))
-    encoded: dict[str, torch.Tensor] = {}
-    for start in range(0, len(unique), batch_size):
-        chunk = unique[start : start + batch_size]
-        cond = towers.text_condition(towers.tokenize(chunk)["input_ids"]).float().cpu()
-        encoded.update(zip(chunk, cond.flatten(1), strict=True))
-    return torch.stack([encoded[c] for c in captions])
+    encoded = towers.encode_conditions(unique, batch_size).flatten(1).cpu()  # [U, 77·d]
+    lookup = {c: i for i, c in enumerate(unique)}
+    return encoded[[lookup[c] for c in captions]]
 
 
 @torch.no_grad()
@@ -471,11 +471,10 @@ def fit_linear_readout(
     from mindvideo.data.ridge import DEFAULT_ALPHAS, RidgeDecoder
 
     rank = int(encoder.config.readout_rank)
-    n = len(windows)
-    fmri = np.stack(
-        [windows.fmri_window(s, t, r) for s, r, t in (windows.locate(i) for i in range(n))]
-    ).reshape(n, -1)  # [N, w·V]
-    groups = np.array([windows.locate(i)[0] for i in range(n)])
+    located = [windows.locate(i) for i in range(len(windows))]  # (segment, repetition, TR)
+    fmri = np.stack([windows.fmri_window(s, t, r) for s, r, t in located])
+    fmri = fmri.reshape(len(located), -1)  # [N, w·V]
+    groups = np.array([s for s, _, _ in located])
     targets = training_conditions(windows, towers)  # [N, 77·d]
     mean = targets.mean(dim=0)
     centred = targets - mean
@@ -485,14 +484,7 @@ def fit_linear_readout(
     basis = components[:, :rank]  # [77·d, K]
     scores = (centred @ basis).numpy()  # [N, K]
     ridge = RidgeDecoder(alphas=DEFAULT_ALPHAS, folds=5).fit(fmri, scores, groups)
-    p = fmri.shape[1]
-    offset = ridge.predict(np.zeros((1, p), dtype=np.float32))[0]  # [K]
-    weight = np.concatenate(
-        [
-            ridge.predict(np.eye(p, dtype=np.float32)[i : i + 1024]) - offset
-            for i in range(0, p, 1024)
-        ]
-    )  # [w·V, K]: the prediction is affine in the window
+    weight, offset = ridge.linear_map()  # [w·V, K], [K]
     dtype = encoder.readout_in.weight.dtype
     encoder.readout_in.weight.copy_(torch.from_numpy(weight.T).to(dtype))
     encoder.readout_in.bias.copy_(torch.from_numpy(offset).to(dtype))
@@ -504,8 +496,7 @@ def fit_linear_readout(
         "Linear readout: ridge from %d training windows (%d values) to the first %d principal "
         "components of their captions' conditions (%.0f%% of their variance); median penalty "
         "%.3g.",
-        n,
-        p,
+        *fmri.shape,
         rank,
         100 * explained,
         float(np.median(ridge.alphas_)),

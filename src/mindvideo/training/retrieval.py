@@ -47,7 +47,7 @@ class RetrievalEvaluator:
 
     The pooled embedding is what eq. 3 aligns; the generator reads the ``[77, d]`` tokens. So the
     tokens are scored too, against the text condition the generator was trained on (the text
-    encoder's last hidden state of the caption, :meth:`ClipTowers.text_condition`):
+    encoder's last hidden state of the caption, :meth:`ClipTowers.encode_conditions`):
 
     - **condition_mse**: mean squared error against the query's own caption's condition;
     - **condition_top1 / top5**: token-level caption retrieval — the cosine of the flattened
@@ -124,11 +124,7 @@ class RetrievalEvaluator:
     def _candidate_conditions(self) -> torch.Tensor:
         """The unique captions' text conditions ``[C, 77, d]`` (float32), computed once."""
         if self._conditions is None:
-            chunks = []
-            for start in range(0, len(self.unique_captions), self.batch_size):
-                tokens = self.towers.tokenize(self.unique_captions[start : start + self.batch_size])
-                chunks.append(self.towers.text_condition(tokens["input_ids"]).float())
-            self._conditions = torch.cat(chunks)
+            self._conditions = self.towers.encode_conditions(self.unique_captions, self.batch_size)
         return self._conditions
 
     @torch.no_grad()
