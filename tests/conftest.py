@@ -31,8 +31,10 @@ def pytest_collection_modifyitems(config, items):
 
     worksteal first deals each worker a contiguous share of the collection, and a worker keeps
     the test after its current one: two long tests at the head of one share would run one
-    after the other. So the k-th longest test opens share ``k mod workers``; the short tests
-    fill the shares in collection order, and workers that finish early steal them."""
+    after the other. So the k-th longest test opens share ``k mod workers``, followed by a short
+    test (the one its worker keeps: a slow test there would wait for the longest and then run
+    after it, session fixtures included, while the other workers idle); the short tests fill
+    the shares in collection order, and workers that finish early steal them."""
 
     def minutes(item) -> float:
         marker = item.get_closest_marker("slow")
@@ -51,6 +53,9 @@ def pytest_collection_modifyitems(config, items):
         sizes.append(left // (workers - w))
         left -= sizes[-1]
     shares = [slow[w::workers] for w in range(workers)]
+    for share in shares:
+        if len(share) > 1 and fast:
+            share.insert(1, fast.pop(0))
     for share, size in zip(shares, sizes, strict=True):
         take = max(0, size - len(share))
         share += fast[:take]

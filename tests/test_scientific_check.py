@@ -1,8 +1,9 @@
 """The scientific check (docs/scientific-check.md): the `demo` preset, trained from scratch on the
 simulated dataset, identifies the test videos well above chance.
 
-This is the default `mindvideo demo` — every stage at its demo size, about 14 minutes on an idle
-2-core CPU — so it is the slowest test of the suite, and the one that says the system works.
+This is the default `mindvideo demo` — every stage at its demo size, about 12 minutes on an idle
+2-core CPU, two stages at a time — so it is the slowest test of the suite, and the one that says
+the system works.
 """
 
 import json
@@ -15,14 +16,15 @@ from mindvideo.utils.threads import configure_threads
 
 @pytest.fixture
 def automatic_threads(monkeypatch):
-    """The demo chooses its threads as a user's run does: one while the other test worker is
-    busy, both cores once it has finished its share. Afterwards the worker is back on one."""
+    """The demo chooses its stages' threads as a user's run does: one each while two run side
+    by side or the other test worker is busy, both cores for a stage alone on an idle machine.
+    Afterwards the worker is back on one."""
     monkeypatch.delenv("MINDVIDEO_THREADS")
     yield
     configure_threads(1)
 
 
-@pytest.mark.slow(minutes=14)
+@pytest.mark.slow(minutes=12)
 def test_demo_preset_identifies_test_videos_well_above_chance(tmp_path, capsys, automatic_threads):
     run = tmp_path / "demo"
     assert main(["demo", "--out", str(run)]) == 0

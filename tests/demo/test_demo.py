@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from mindvideo.cli.main import main
-from mindvideo.demo.run import DONE, plan
+from mindvideo.demo.run import DONE, Recipe, Stage, needs, plan, run_demo, run_stages, stages_of
 
-STAGES = [s.name for s in plan("tiny", Path("run"))]
+STAGES = [s.folder for s in plan("tiny", Path("run"))]
 
 
 @pytest.mark.slow(minutes=2)
@@ -79,15 +79,96 @@ def yaml_value(path: Path, key: str):
     return OmegaConf.to_container(OmegaConf.load(path))[key]
 
 
-def test_demo_plan_follows_the_pipeline_order():
-    assert STAGES[:5] == ["simulate", "simulate-rest", "prepare", "prepare-hcp", "standins"]
-    assert STAGES[5:] == [
-        "baseline",
-        "pretrain",
-        "contrast",
-        "tune-video",
-        "cotrain",
-        "reconstruct",
-        "evaluate",
-        "explain",
-    ]
+def test_demo_plan_runs_in_order_and_each_stage_after_what_it_reads(tmp_path):
+    run = tmp_path / "run"
+    stages = stages_of(Recipe("tiny", str(run), 0, ablations=True))
+    folders = [s.folder for s in stages]
+    assert folders[: len(STAGES)] == STAGES
+    assert folders[len(STAGES) : len(STAGES) + 2] == ["oracle/reconstruct", "oracle/evaluate"]
+    inputs = {s.folder: set(needs(s, stages, run)) for s in stages}
+    # one after another, the listed order is a valid order
+    for i, folder in enumerate(folders):
+        assert inputs[folder] <= set(folders[:i]), folder
+    assert inputs["simulate"] == inputs["simulate-rest"] == set()
+    assert inputs["prepare"] == {"simulate"} and inputs["prepare-hcp"] == {"simulate-rest"}
+    assert inputs["standins/clip"] == {"simulate", "prepare"}  # scenes.json and the frames
+    assert inputs["standins/stable_diffusion"] == {"simulate", "prepare", "standins/clip"}
+    assert inputs["pretrain"] == {"prepare-hcp", "prepare"}
+    assert inputs["contrast"] == {"prepare", "pretrain", "standins/clip"}
+    assert inputs["tune-video"] == {"prepare", "standins/stable_diffusion"}
+    assert inputs["cotrain"] == {"prepare", "contrast", "tune-video"}
+    assert inputs["reconstruct"] == {"prepare", "cotrain"}
+    classifiers = {"standins/image_classifier", "standins/video_classifier"}
+    assert inputs["evaluate"] == {"reconstruct", *classifiers}
+    assert inputs["oracle/reconstruct"] == {"prepare", "cotrain", "standins/stable_diffusion"}
+    assert inputs["oracle/evaluate"] == {"oracle/reconstruct", *classifiers}
+    assert inputs["explain"] == {"prepare", "pretrain", "contrast", "cotrain"}
+    ablation = "ablations/window-1"
+    assert inputs[f"{ablation}/cotrain"] == {"prepare", f"{ablation}/contrast", "tune-video"}
+    assert inputs["ablations/cfg/reconstruct"] == {"prepare", "cotrain"}  # the full model
+    assert inputs["ablations/no-contrast/cotrain"] == {"prepare", "pretrain", "tune-video"}
+
+
+def _fake_stage(name: str, config: dict, log: list[str]) -> Stage:
+    def go(out: Path) -> None:
+        log.append(name)
+        out.mkdir(parents=True)
+        (out / "made").write_text(json.dumps(config))
+
+    return Stage(name, config, go)
+
+
+def test_a_stage_runs_again_when_what_it_reads_ran_again_and_only_then(tmp_path):
+    from rich.console import Console
+
+    run = tmp_path / "run"
+    log: list[str] = []
+
+    def stages(b_setting: int) -> list[Stage]:
+        return [
+            _fake_stage("a", {"n": 1}, log),
+            _fake_stage("b", {"n": b_setting}, log),
+            _fake_stage("c", {"reads": str(run / "b" / "made")}, log),
+            _fake_stage("d", {"reads": str(run / "a")}, log),
+        ]
+
+    recipe = Recipe("tiny", str(run), 0, ablations=False)
+    console = Console(stderr=True, quiet=True)
+    assert run_stages(recipe, console, stages=stages(1)) == dict.fromkeys("abcd", True)
+    assert log == ["a", "b", "c", "d"]
+    for name in "abcd":
+        assert (run / name / DONE).is_file() and (run / name / "config.yaml").is_file()
+    # b's configuration changed: b and c (which reads b) run again; a and d are reused
+    assert run_stages(recipe, console, stages=stages(2)) == {
+        "a": False,
+        "b": True,
+        "c": True,
+        "d": False,
+    }
+    assert log[4:] == ["b", "c"]
+    # an unfinished stage (no marker) starts afresh, and what reads it runs again
+    (run / "a" / DONE).unlink()
+    (run / "a" / "partial").write_text("left by a killed run")
+    assert run_stages(recipe, console, stages=stages(2))["d"] is True
+    assert log[6:] == ["a", "d"] and not (run / "a" / "partial").exists()
+
+
+def test_side_by_side_a_failing_stage_stops_the_run_and_leaves_the_others_unfinished(tmp_path):
+    # prepare-hcp cannot write where a file stands in its way; simulate, running beside it in
+    # the other worker, is stopped and keeps no marker, so a re-run does it again.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "prepare-hcp").write_text("not a folder")
+    with pytest.raises(NotADirectoryError):
+        run_demo("tiny", run, jobs=2)
+    assert (run / "simulate-rest" / DONE).is_file()
+    assert not (run / "simulate" / DONE).exists()
+    assert not (run / "prepare-hcp" / DONE).exists()
+
+
+def test_jobs_must_be_at_least_one(tmp_path):
+    from mindvideo.utils.errors import UserError
+
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        run_demo("tiny", tmp_path / "run", jobs=0)
+    assert not (tmp_path / "run").exists()

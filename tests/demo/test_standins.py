@@ -487,3 +487,38 @@ def test_unknown_preset_and_missing_prepared_data_are_user_errors(tmp_path, prep
     with pytest.raises(UserError, match="does not exist"):
         train_standins(tmp_path / "nothing", tmp_path / "out", preset="tiny")
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_models_one_at_a_time_and_the_summary_once_all_are_finished(
+    standins, prepared_dataset, tmp_path
+):
+    # The demo trains each stand-in as its own stage (side by side in separate processes).
+    root = tmp_path / "models"
+    shutil.copytree(standins.root, root)
+    (root / "clip" / MARKER).unlink()  # an unfinished CLIP
+    with pytest.raises(UserError, match="needs a finished CLIP stand-in"):
+        train_standins(prepared_dataset, root, preset="tiny", seed=0, models=["stable_diffusion"])
+    with pytest.raises(ValueError, match="no stand-in called 'vae'"):
+        train_standins(prepared_dataset, root, preset="tiny", seed=0, models=["vae"])
+
+    root = tmp_path / "again"
+    shutil.copytree(standins.root, root)
+    (root / "standins.json").unlink()
+    shutil.rmtree(root / "image_classifier")
+    before = _files(root)
+    one = dict(preset="tiny", seed=0, num_threads=THREADS)
+    train_standins(prepared_dataset, root, **one, models=["video_classifier"])  # finished: kept
+    assert _files(root) == before  # and no summary while the image classifier is missing
+    train_standins(prepared_dataset, root, **one, models=["image_classifier"])
+    assert (root / "image_classifier" / MARKER).is_file()
+    summary = json.loads((root / "standins.json").read_text())
+    assert set(summary["models"]) == {
+        "clip",
+        "stable_diffusion",
+        "image_classifier",
+        "video_classifier",
+    }
+    after = _files(root)
+    for name, stamp in before.items():  # the other models untouched
+        if name.startswith(("clip/", "stable_diffusion/", "video_classifier/")):
+            assert after[name] == stamp, name

@@ -31,6 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated dataset")
     parser.set_output(estimate=_estimate.demo)
     parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help=(
+            "stages run side by side, each in its own process, where their inputs allow "
+            "(default: one per usable CPU; 1 runs them one after another in this process)"
+        ),
+    )
+    parser.add_argument(
         "--ablations",
         action="store_true",
         help=(
@@ -48,7 +57,17 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--threads", str(args.threads)]
     from mindvideo.demo.run import run_demo
 
-    report = run_demo(args.preset, args.out, args.seed, argv, ablations=args.ablations)
+    if args.jobs is not None:
+        argv += ["--jobs", str(args.jobs)]
+    report = run_demo(
+        args.preset,
+        args.out,
+        args.seed,
+        argv,
+        ablations=args.ablations,
+        jobs=args.jobs,
+        threads=args.threads,
+    )
     tables = ("baseline/baseline.md", "evaluate/metrics.md", "compare/comparison.md")
     for table in (*tables, "information.md"):
         path = args.out / table

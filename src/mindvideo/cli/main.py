@@ -59,22 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(debug: bool = False, quiet: bool = False) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
+    from mindvideo.utils.logs import configure_logging
 
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    # Logs go to stderr so that tables and paths printed on stdout stay clean for pipes.
-    handler = RichHandler(
-        console=Console(stderr=True),
-        show_path=debug,
-        show_time=False,
-        markup=False,
-        rich_tracebacks=False,
-    )
-    root = logging.getLogger("mindvideo")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    configure_logging(level, show_path=debug)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,13 +11,17 @@ the same configuration is reused on a re-run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from mindvideo.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,11 @@ class Stage:
     config: Any
     run: Callable[[Path], Any]
     """Runs the stage into its (fresh) folder."""
+    folder: str = ""
+    """Where it writes, relative to the run directory (default: ``name``)."""
+
+    def __post_init__(self) -> None:
+        self.folder = self.folder or self.name
 
 
 def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
@@ -94,13 +103,19 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
     )
     from mindvideo.demo.standins.base import standin_preset
 
-    # The stand-ins' sizes and budgets too: changing them trains the stand-ins again.
-    standin_cfg = {
-        "preset": preset,
-        "seed": seed,
-        "prepared": prepared,
-        "spec": dataclasses.asdict(standin_preset(preset)),
-    }
+    def standin_cfg(model: str) -> dict[str, Any]:
+        # The stand-ins' sizes and budgets too: changing them trains the stand-ins again.
+        cfg = {
+            "model": model,
+            "preset": preset,
+            "seed": seed,
+            "prepared": prepared,
+            "scenes_json": str(r / "simulate" / "scenes.json"),
+            "spec": dataclasses.asdict(standin_preset(preset)),
+        }
+        if model == "stable_diffusion":  # its text encoder is CLIP's text tower
+            cfg["clip"] = str(standins / "clip")
+        return cfg
 
     def _simulate(out: Path) -> None:
         from mindvideo.sim.simulate import simulate_wen2018
@@ -120,10 +135,17 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
 
         return go
 
-    def _standins(out: Path) -> None:
-        from mindvideo.demo.standins import train_standins
+    def _standin(model: str) -> Callable[[Path], Any]:
+        def go(out: Path) -> None:
+            from mindvideo.demo.standins import train_standins
 
-        train_standins(prepared, out, r / "simulate" / "scenes.json", preset=preset, seed=seed)
+            scenes = r / "simulate" / "scenes.json"
+            train_standins(prepared, out.parent, scenes, preset=preset, seed=seed, models=[model])
+
+        return go
+
+    def standin_stage(model: str) -> Stage:
+        return Stage(f"standins/{model}", standin_cfg(model), _standin(model))
 
     def _baseline(out: Path) -> None:
         from mindvideo.evaluation.baseline import baseline as run_baseline
@@ -140,24 +162,30 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
 
         run_explain(explain, out)
 
+    # In an order that runs them one after another; side by side (``jobs`` > 1), a free worker
+    # takes the first stage whose inputs are ready, so the longest chain (stand-in Stable
+    # Diffusion → tune-video → cotrain) comes first and the classifiers fill the gaps.
     return [
         Stage("simulate", sim, _simulate),
         Stage("simulate-rest", sim.rest, _simulate_rest),
-        Stage("prepare", prepare, _prepare(prepare)),
         Stage("prepare-hcp", prepare_hcp, _prepare(prepare_hcp)),
-        Stage("standins", standin_cfg, _standins),
-        Stage("baseline", baseline, _baseline),
+        Stage("prepare", prepare, _prepare(prepare)),
+        standin_stage("clip"),
+        standin_stage("stable_diffusion"),
         Stage("pretrain", pretrain, _pretrain),
         model_stage("contrast", contrast),
         model_stage("tune-video", tune),
         model_stage("cotrain", cotrain),
         model_stage("reconstruct", recon),
+        standin_stage("image_classifier"),
+        standin_stage("video_classifier"),
         model_stage("evaluate", evaluate),
+        Stage("baseline", baseline, _baseline),
         Stage("explain", explain, _explain),
     ]
 
 
-def model_stage(name: str, cfg: Any) -> Stage:
+def model_stage(name: str, cfg: Any, folder: str = "") -> Stage:
     """A stage from contrast to evaluate, run through the function its command calls."""
 
     def go(out: Path) -> None:
@@ -184,7 +212,7 @@ def model_stage(name: str, cfg: Any) -> Stage:
         else:
             raise ValueError(f"no model stage called {name!r}")
 
-    return Stage(name, cfg, go)
+    return Stage(name, cfg, go, folder)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,13 +244,14 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
         here = r / ABLATIONS_DIR / name
         chain = []
         if cotrain_cfg is not None:
-            chain.append(model_stage("cotrain", cotrain_cfg))
+            chain.append(model_stage("cotrain", cotrain_cfg, f"{ABLATIONS_DIR}/{name}/cotrain"))
             recon_cfg = dataclasses.replace(recon_cfg, checkpoint=str(here / "cotrain/pipeline"))
-        chain.append(model_stage("reconstruct", recon_cfg))
+        chain.append(model_stage("reconstruct", recon_cfg, f"{ABLATIONS_DIR}/{name}/reconstruct"))
         chain.append(
             model_stage(
                 "evaluate",
                 dataclasses.replace(evaluate, reconstructions=str(here / "reconstruct")),
+                f"{ABLATIONS_DIR}/{name}/evaluate",
             )
         )
         return chain
@@ -238,7 +267,7 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
         )
         variant_recon = dataclasses.replace(recon, window=window)
         variants[name] = [
-            model_stage("contrast", variant_contrast),
+            model_stage("contrast", variant_contrast, f"{ABLATIONS_DIR}/{name}/contrast"),
             *tail(name, variant_cotrain, variant_recon),
         ]
     variants["no-contrast"] = tail(
@@ -272,19 +301,53 @@ def oracle_plan(stages: list[Stage], run_dir: Path) -> list[Stage]:
     evaluate = dataclasses.replace(
         by["evaluate"], reconstructions=str(r / ORACLE_DIR / "reconstruct")
     )
-    return [model_stage("reconstruct", recon), model_stage("evaluate", evaluate)]
+    return [
+        model_stage("reconstruct", recon, f"{ORACLE_DIR}/reconstruct"),
+        model_stage("evaluate", evaluate, f"{ORACLE_DIR}/evaluate"),
+    ]
 
 
-def run_stage(stage: Stage, run_dir: Path, upstream_changed: bool) -> tuple[bool, float]:
-    """Run one stage into ``RUN/<name>`` unless it already finished with the same config and
-    nothing upstream ran again. Returns (ran, seconds)."""
-    from mindvideo.config import save_config
-    from mindvideo.utils.freshness import fingerprint, read_marker, write_marker
+def needs(stage: Stage, stages: list[Stage], run_dir: Path) -> list[str]:
+    """The stages ``stage`` reads from: those whose folders its configuration names (every
+    input of a stage is a path in its configuration, so the graph cannot miss one)."""
+    r = run_dir.resolve()
+    paths = set(_strings(stage.config))
+    found = []
+    for other in stages:
+        folder = str(r / other.folder)
+        if other is not stage and any(p == folder or p.startswith(folder + "/") for p in paths):
+            found.append(other.folder)
+    return found
 
-    folder = run_dir / stage.name
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a configuration (dataclasses, mappings, sequences)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+
+
+def is_finished(stage: Stage, run_dir: Path) -> bool:
+    """Whether ``RUN/<stage folder>`` finished with the same configuration."""
+    from mindvideo.utils.freshness import fingerprint, read_marker
+
     key = {"config_sha256": fingerprint(stage.config)}
-    if not upstream_changed and read_marker(folder / DONE, key) is not None:
-        return False, 0.0
+    return read_marker(run_dir / stage.folder / DONE, key) is not None
+
+
+def run_stage(stage: Stage, run_dir: Path) -> float:
+    """Run one stage into ``RUN/<stage folder>`` from scratch; returns its seconds."""
+    from mindvideo.config import save_config
+    from mindvideo.utils.freshness import fingerprint, write_marker
+
+    folder = run_dir / stage.folder
     # A half-finished or outdated stage starts afresh: its checkpoints belong to other settings.
     if folder.exists():
         shutil.rmtree(folder)
@@ -294,22 +357,174 @@ def run_stage(stage: Stage, run_dir: Path, upstream_changed: bool) -> tuple[bool
     if not (folder / "config.yaml").exists():
         save_config(stage.config, folder / "config.yaml")
     seconds = time.perf_counter() - start
+    key = {"config_sha256": fingerprint(stage.config)}
     write_marker(folder / DONE, {**key, "seconds": seconds}, indent=None)
-    return True, seconds
+    return seconds
 
 
-def _run_chain(
-    stages: list[Stage], run_dir: Path, changed: bool, console: Any, prefix: str = ""
-) -> bool:
-    """Run ``stages`` in order with one progress line each; returns whether any of them ran."""
-    for i, stage in enumerate(stages, 1):
-        label = f"[{i:>2}/{len(stages)}] {prefix}{stage.name:<13}"
-        with console.status(f"{label} running…"):
-            ran, seconds = run_stage(stage, run_dir, upstream_changed=changed)
-        changed = changed or ran
-        status = f"done in {seconds:6.1f} s" if ran else "reused"
-        console.print(f"{label} {status}")
-    return changed
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What rebuilds a run's stages in a worker process (stages hold closures, which do not
+    travel between processes)."""
+
+    preset: str
+    run_dir: str
+    seed: int
+    ablations: bool
+
+
+def stages_of(recipe: Recipe) -> list[Stage]:
+    """Every stage of a run, in an order that runs them one after another: the demo's stages,
+    the generator's ceiling (``RUN/oracle``) and, with ``ablations``, the ablations' chains."""
+    run_dir = Path(recipe.run_dir)
+    stages = plan(recipe.preset, run_dir, recipe.seed)
+    everything = [*stages, *oracle_plan(stages, run_dir)]
+    if recipe.ablations:
+        for chain in ablation_plan(stages, run_dir).values():
+            everything += chain
+    return everything
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_stages(recipe: Recipe) -> dict[str, Stage]:
+    return {s.folder: s for s in stages_of(recipe)}
+
+
+def _worker_init(threads: int | None, level: int) -> None:
+    """A worker process: the CLI's logging and thread choice; no progress bars, which would
+    interleave with the other workers' (the demo shows what is running)."""
+    import tqdm.std
+
+    bar_init = tqdm.std.tqdm.__init__
+
+    def no_bar(self: Any, *args: Any, **kwargs: Any) -> None:
+        bar_init(self, *args, **{**kwargs, "disable": True})
+
+    tqdm.std.tqdm.__init__ = no_bar  # this process only: it is a worker, made for this
+
+    from mindvideo.utils.logs import configure_logging
+    from mindvideo.utils.threads import configure_threads
+
+    configure_logging(level)
+    configure_threads(threads)
+
+
+def _run_in_worker(recipe: Recipe, folder: str) -> float:
+    return run_stage(_worker_stages(recipe)[folder], Path(recipe.run_dir))
+
+
+def default_jobs(threads: int | None = None) -> int:
+    """Stages side by side: one per usable CPU (each worker chooses its own threads from what
+    is free), or as many as fit when every stage uses a fixed ``threads``."""
+    from mindvideo.utils.threads import fixed_request, usable_cpus
+
+    fixed = fixed_request(threads)[1]
+    return max(1, usable_cpus() // (fixed or 1))
+
+
+def run_stages(
+    recipe: Recipe,
+    console: Any,
+    jobs: int = 1,
+    threads: int | None = None,
+    stages: list[Stage] | None = None,
+) -> dict[str, bool]:
+    """Run the stages of ``recipe`` that are not finished, each once its inputs are, at most
+    ``jobs`` at a time (``jobs`` > 1: in worker processes). A stage is reused when it finished
+    with the same configuration and none of its inputs ran again. Returns ``{folder: ran}``.
+
+    The first failure stops the run: the stages still running are stopped, their folders left
+    unfinished (a re-run starts them afresh), and the error is raised here.
+
+    ``stages`` (one after another only) runs these instead of the recipe's.
+    """
+    run_dir = Path(recipe.run_dir)
+    if stages is None:
+        stages = stages_of(recipe)
+    elif jobs > 1:
+        raise ValueError("worker processes rebuild the stages from the recipe: give jobs=1")
+    inputs = {s.folder: needs(s, stages, run_dir) for s in stages}
+    ran: dict[str, bool] = {}
+    pending = list(stages)
+    running: dict[Any, Stage] = {}
+    width = max(len(s.folder) for s in stages)
+    count = 0
+    pool = None
+
+    def finish(stage: Stage, seconds: float | None) -> None:
+        nonlocal count
+        count += 1
+        ran[stage.folder] = seconds is not None
+        status = "reused" if seconds is None else f"done in {seconds:6.1f} s"
+        console.print(f"[{count:>2}/{len(stages)}] {stage.folder:<{width}} {status}")
+
+    status = console.status("running…")
+    status.start()
+    try:
+        while pending or running:
+            for stage in list(pending):  # reuse what is fresh, start what is ready and fits
+                if any(need not in ran for need in inputs[stage.folder]):
+                    continue
+                upstream = any(ran[need] for need in inputs[stage.folder])
+                if not upstream and is_finished(stage, run_dir):
+                    pending.remove(stage)
+                    finish(stage, None)
+                elif jobs <= 1:
+                    pending.remove(stage)
+                    status.update(f"{stage.folder} running…")
+                    finish(stage, run_stage(stage, run_dir))
+                    break  # look again from the top: later stages may be ready now
+                elif len(running) < jobs:
+                    if pool is None:
+                        pool = _worker_pool(jobs, threads)
+                    pending.remove(stage)
+                    running[pool.submit(_run_in_worker, recipe, stage.folder)] = stage
+            else:
+                if not running:
+                    if pending:  # cannot happen with a plan in order; say so if it does
+                        raise RuntimeError(f"stage {pending[0].folder!r} waits for itself")
+                    continue
+                status.update(", ".join(s.folder for s in running.values()) + " running…")
+                done, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    stage = running.pop(future)
+                    finish(stage, future.result())
+    except BaseException:
+        if pool is not None:
+            _stop_workers(pool)
+            pool = None
+        raise
+    finally:
+        status.stop()
+        if pool is not None:
+            pool.shutdown()
+    return ran
+
+
+def _worker_pool(jobs: int, threads: int | None) -> concurrent.futures.ProcessPoolExecutor:
+    import multiprocessing
+
+    level = logging.getLogger("mindvideo").getEffectiveLevel()
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=jobs,
+        # a fresh interpreter: forking a process that has run OpenMP threads can hang
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(threads, level),
+    )
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop the workers now, the stages they run included (a re-run redoes those)."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_demo(
@@ -318,30 +533,33 @@ def run_demo(
     seed: int = 0,
     argv: list[str] | None = None,
     ablations: bool = False,
+    jobs: int | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Run every stage into ``out`` (and the ablations with ``ablations=True``, compared with
-    the full run in ``out/compare``); returns the path of the HTML report."""
+    the full run in ``out/compare``), ``jobs`` stages at a time (default :func:`default_jobs`);
+    returns the path of the HTML report."""
     from rich.console import Console
 
     from mindvideo.report import build_report, write_run_info
-    from mindvideo.report.information import ORACLE_DIR, write_information
+    from mindvideo.report.information import write_information
     from mindvideo.utils.threads import current_choice
 
     console = Console(stderr=True)
-    threads = current_choice()
-    if threads is not None:
-        console.print(f"torch threads: {threads.describe()}")
+    jobs = default_jobs(threads) if jobs is None else jobs
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1 (got {jobs}).")
+    choice = current_choice()
+    if choice is not None:
+        console.print(f"torch threads: {choice.describe()}")
+    console.print(f"stages: {jobs} at a time" + (" (each in its own process)" if jobs > 1 else ""))
     out.mkdir(parents=True, exist_ok=True)
-    stages = plan(preset, out, seed)
+    recipe = Recipe(preset, str(out), seed, ablations)
     total = time.perf_counter()
-    changed = _run_chain(stages, out, False, console)
-    _run_chain(oracle_plan(stages, out), out / ORACLE_DIR, changed, console, prefix="oracle/")
+    run_stages(recipe, console, jobs, threads)
     write_information(out)
     if ablations:
-        variants = ablation_plan(stages, out)
-        for name, chain in variants.items():
-            _run_chain(chain, out / ABLATIONS_DIR / name, changed, console, prefix=f"{name}/")
-        write_ablation_comparison(out, list(variants))
+        write_ablation_comparison(out, list(ablation_plan(plan(preset, out, seed), out)))
     command = ["mindvideo", "demo", *(argv or [])]
     write_run_info(out, command, preset=preset, seed=seed)
     report = build_report(out, out / "report.html", command=" ".join(command))

@@ -44,6 +44,7 @@ __all__ = [
     "blas_controller",
     "configure_threads",
     "current_choice",
+    "fixed_request",
     "fixed_threads",
     "usable_cpus",
 ]
@@ -161,7 +162,7 @@ class _Governor:
     def configure(self, requested: int | None = None, probe: float = 0.2) -> ThreadChoice:
 
         cpus = usable_cpus()
-        source, fixed = _fixed_request(requested)
+        source, fixed = fixed_request(requested)
         if fixed is not None:
             self.meter = None
             choice = ThreadChoice(fixed, source, cpus)
@@ -224,8 +225,9 @@ def blas_controller():
     return ThreadpoolController()
 
 
-def _fixed_request(requested: int | None) -> tuple[str, int | None]:
-    """The fixed count asked for, and by what: ``--threads``, then the environment."""
+def fixed_request(requested: int | None) -> tuple[str, int | None]:
+    """The fixed count asked for, and by what: ``--threads``, then the environment
+    (``("auto", None)`` when nothing fixes it)."""
     from mindvideo.utils.errors import UserError
 
     if requested is not None:

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,12 +30,16 @@ from mindvideo.demo.standins.base import (
     weights_digest,
 )
 from mindvideo.utils import atomic_write_text
+from mindvideo.utils.errors import UserError
 from mindvideo.utils.freshness import fingerprint
 from mindvideo.utils.threads import fixed_threads
 
-__all__ = ["README", "train_standins"]
+__all__ = ["MODELS", "README", "train_standins"]
 
 logger = logging.getLogger(__name__)
+
+MODELS = ("clip", "stable_diffusion", "image_classifier", "video_classifier")
+"""The stand-ins, in training order: Stable Diffusion's text encoder is CLIP's text tower."""
 
 README = """# Stand-in models (trained on the simulator's labels)
 
@@ -105,6 +109,7 @@ def train_standins(
     seed: int = 0,
     device: str | torch.device | None = None,
     num_threads: int | None = None,
+    models: Sequence[str] | None = None,
 ) -> StandinPaths:
     """Train every stand-in on a prepared simulated subject; returns where each one is.
 
@@ -118,11 +123,18 @@ def train_standins(
         device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
         num_threads: torch intra-op threads while training, left alone by the automatic choice
             (``None``: the process's count; :mod:`mindvideo.utils.threads`).
+        models: train only these (names from :data:`MODELS`; ``None``: all). Stable Diffusion
+            needs a finished CLIP. ``standins.json`` and the README are written once all four
+            are finished, so separate processes can train the models side by side.
 
     A folder whose ``standin.json`` records the same preset, seed, prepared data and the model's
     own sizes and budgets is reused; only the missing or outdated ones are trained.
     """
     spec = standin_preset(preset)
+    wanted = MODELS if models is None else tuple(models)
+    unknown = sorted(set(wanted) - set(MODELS))
+    if unknown:
+        raise ValueError(f"no stand-in called {unknown[0]!r}; choose from {', '.join(MODELS)}")
     prepared = PreparedData.open(prepared_dir)
     paths = StandinPaths.under(out_dir)
     dev = resolve_device(device)
@@ -138,6 +150,7 @@ def train_standins(
         ("image_classifier", paths.image_classifier, classifiers.train_image_standin),
         ("video_classifier", paths.video_classifier, classifiers.train_video_standin),
     ]
+    assert tuple(name for name, _, _ in steps) == MODELS
 
     # Each model's own sizes and budgets: a stand-in trained with other ones is retrained.
     shared = (spec.frames_per_tr, spec.eval_frames)
@@ -164,9 +177,17 @@ def train_standins(
     data = None
     with fixed_threads(num_threads):
         for name, folder, train in steps:
+            if name not in wanted:
+                continue
+            if name == "stable_diffusion" and not is_complete(paths.clip, step_key("clip")):
+                raise UserError(
+                    f"The Stable Diffusion stand-in needs a finished CLIP stand-in in "
+                    f"{paths.clip}: train the CLIP stand-in first."
+                )
             if is_complete(folder, step_key(name)):
                 logger.info("Reusing the %s stand-in in %s.", name, folder)
                 continue
+            paths.summary.unlink(missing_ok=True)  # stale until every model is finished again
             if data is None:
                 data = StandinData.build(prepared, labels, spec)
             start = time.perf_counter()
@@ -184,6 +205,8 @@ def train_standins(
                 )
             )
             logger.info("%s stand-in done in %.1f s.", name, time.perf_counter() - start)
+    if not all(is_complete(folder, step_key(name)) for name, folder, _ in steps):
+        return paths  # the summary waits for the others (trained by another call)
     summary = {
         "what": "stand-ins trained on the simulator's labels; not the paper's pretrained models",
         "preset": preset,
