@@ -455,8 +455,8 @@ def run_stages(
         nonlocal count
         count += 1
         ran[stage.folder] = seconds is not None
-        status = "reused" if seconds is None else f"done in {seconds:6.1f} s"
-        console.print(f"[{count:>2}/{len(stages)}] {stage.folder:<{width}} {status}")
+        outcome = "reused" if seconds is None else f"done in {seconds:6.1f} s"
+        console.print(f"[{count:>2}/{len(stages)}] {stage.folder:<{width}} {outcome}")
 
     status = console.status("running…")
     status.start()
