@@ -1,6 +1,8 @@
 """The demo on a shared CPU: torch's automatic thread choice against a fixed count.
 
-``mindvideo demo`` runs four times from scratch, each into a fresh folder and one after the other:
+``mindvideo demo --jobs 1`` runs four times from scratch, each into a fresh folder and one after
+the other (one stage at a time, so that only the thread choice differs between the runs; side by
+side stages are measured in docs/benchmarks.md):
 
 - idle, threads chosen automatically (``mindvideo.utils.threads``);
 - idle, threads fixed to every usable CPU (``--threads N``: torch's own default, the behaviour
@@ -42,6 +44,7 @@ def run_demo(preset: str, out: Path, threads: int | None, busy: bool) -> dict:
     for var in ("MINDVIDEO_THREADS", "OMP_NUM_THREADS"):
         env.pop(var, None)
     command = [sys.executable, "-m", "mindvideo", "demo", "--preset", preset, "--out", str(out)]
+    command += ["--jobs", "1"]
     if threads is not None:
         command += ["--threads", str(threads)]
     competitor = None
