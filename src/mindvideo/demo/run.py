@@ -103,6 +103,8 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
     )
     from mindvideo.demo.standins.base import standin_preset
 
+    scenes = r / "simulate" / "scenes.json"  # the stand-ins' labels
+
     def standin_cfg(model: str) -> dict[str, Any]:
         # The stand-ins' sizes and budgets too: changing them trains the stand-ins again.
         cfg = {
@@ -110,7 +112,7 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
             "preset": preset,
             "seed": seed,
             "prepared": prepared,
-            "scenes_json": str(r / "simulate" / "scenes.json"),
+            "scenes_json": str(scenes),
             "spec": dataclasses.asdict(standin_preset(preset)),
         }
         if model == "stable_diffusion":  # its text encoder is CLIP's text tower
@@ -139,7 +141,6 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
         def go(out: Path) -> None:
             from mindvideo.demo.standins import train_standins
 
-            scenes = r / "simulate" / "scenes.json"
             train_standins(prepared, out.parent, scenes, preset=preset, seed=seed, models=[model])
 
         return go
@@ -334,18 +335,24 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
+def _marker_key(stage: Stage) -> dict[str, str]:
+    """What a finished stage's marker must hold to be reused: its configuration's hash."""
+    from mindvideo.utils.freshness import fingerprint
+
+    return {"config_sha256": fingerprint(stage.config)}
+
+
 def is_finished(stage: Stage, run_dir: Path) -> bool:
     """Whether ``RUN/<stage folder>`` finished with the same configuration."""
-    from mindvideo.utils.freshness import fingerprint, read_marker
+    from mindvideo.utils.freshness import read_marker
 
-    key = {"config_sha256": fingerprint(stage.config)}
-    return read_marker(run_dir / stage.folder / DONE, key) is not None
+    return read_marker(run_dir / stage.folder / DONE, _marker_key(stage)) is not None
 
 
 def run_stage(stage: Stage, run_dir: Path) -> float:
     """Run one stage into ``RUN/<stage folder>`` from scratch; returns its seconds."""
     from mindvideo.config import save_config
-    from mindvideo.utils.freshness import fingerprint, write_marker
+    from mindvideo.utils.freshness import write_marker
 
     folder = run_dir / stage.folder
     # A half-finished or outdated stage starts afresh: its checkpoints belong to other settings.
@@ -357,8 +364,7 @@ def run_stage(stage: Stage, run_dir: Path) -> float:
     if not (folder / "config.yaml").exists():
         save_config(stage.config, folder / "config.yaml")
     seconds = time.perf_counter() - start
-    key = {"config_sha256": fingerprint(stage.config)}
-    write_marker(folder / DONE, {**key, "seconds": seconds}, indent=None)
+    write_marker(folder / DONE, {**_marker_key(stage), "seconds": seconds}, indent=None)
     return seconds
 
 
