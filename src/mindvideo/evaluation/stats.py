@@ -208,6 +208,137 @@ def _ttest(
     )
 
 
+@dataclass(frozen=True)
+class RankTest:
+    """A distribution-free test of run ``a`` against run ``b``: Wilcoxon's signed-rank (paired) or
+    rank-sum (two samples) test, or a permutation test of the mean difference."""
+
+    statistic: float
+    pvalue: float
+    test: str
+    mean_difference: float
+    n_resamples: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "statistic": _json_float(self.statistic),
+            "pvalue": _json_float(self.pvalue),
+            "test": self.test,
+            "mean_difference": _json_float(self.mean_difference),
+            "n_resamples": self.n_resamples,
+            "significance": significance_label(self.pvalue),
+        }
+
+
+def _pair(a: Any, b: Any, paired: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _as_samples(a, "a"), _as_samples(b, "b")
+    if paired and x.size != y.size:
+        raise UserError(
+            f"A paired {what} needs the same samples in both runs, got {x.size} and {y.size}; "
+            "use the two-sample test instead."
+        )
+    if x.size < 2 or y.size < 2:
+        raise UserError(f"A {what} needs at least 2 samples in each run.")
+    return x, y
+
+
+def wilcoxon_test(
+    a: np.ndarray | list[float], b: np.ndarray | list[float], *, paired: bool
+) -> RankTest:
+    """Wilcoxon's test of run ``a`` against run ``b``, two-sided.
+
+    ``paired=True``: the signed-rank test of the per-sample differences ``a − b`` (same samples
+    in the same order; zero differences dropped, scipy's default), as Mind-Animator compares
+    methods; otherwise the rank-sum test (Mann–Whitney U) of two independent samples. The
+    p-value is undefined (None in JSON, band ``p>0.05``) when every difference is zero.
+    """
+    from scipy import stats
+
+    x, y = _pair(a, b, paired, "Wilcoxon test")
+    diff = float(x.mean() - y.mean())
+    if paired:
+        d = x - y
+        if not np.any(d != 0):
+            return RankTest(float("nan"), float("nan"), "wilcoxon signed-rank", diff)
+        res = stats.wilcoxon(d, alternative="two-sided")
+        return RankTest(float(res.statistic), float(res.pvalue), "wilcoxon signed-rank", diff)
+    res = stats.mannwhitneyu(x, y, alternative="two-sided")
+    return RankTest(float(res.statistic), float(res.pvalue), "wilcoxon rank-sum", diff)
+
+
+def bootstrap_wilcoxon(
+    a: np.ndarray | list[float],
+    b: np.ndarray | list[float],
+    *,
+    rng: np.random.Generator,
+    n_resamples: int = 100,
+) -> RankTest:
+    """Mind-Animator's comparison of two methods (``Evaluation_Metrics/bootstrap_with_
+    wilcoxon.py``): ``n_resamples`` bootstrap means of ``a`` and, drawn independently, of ``b``,
+    then Wilcoxon's signed-rank test of the ``n_resamples`` pairs of means.
+
+    Kept to reproduce their p-values, not as a test to rely on: the bootstrap means scatter by
+    the standard error, so the p-value falls as ``n_resamples`` grows for any fixed difference
+    (100 in their script), and the resampling ignores any pairing of the windows. Use
+    :func:`wilcoxon_test` or :func:`permutation_test` to decide.
+    """
+    from scipy import stats
+
+    x, y = _as_samples(a, "a"), _as_samples(b, "b")
+    if n_resamples < 2:
+        raise UserError(f"n_resamples={n_resamples} must be at least 2 (Mind-Animator: 100).")
+    mean_x = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    mean_y = y[rng.integers(0, y.size, size=(n_resamples, y.size))].mean(axis=1)
+    diff = float(x.mean() - y.mean())
+    if not np.any(mean_x != mean_y):
+        return RankTest(float("nan"), float("nan"), "bootstrap wilcoxon", diff, n_resamples)
+    res = stats.wilcoxon(mean_x, mean_y, alternative="two-sided")
+    return RankTest(
+        float(res.statistic), float(res.pvalue), "bootstrap wilcoxon", diff, n_resamples
+    )
+
+
+def permutation_test(
+    a: np.ndarray | list[float],
+    b: np.ndarray | list[float],
+    *,
+    paired: bool,
+    rng: np.random.Generator,
+    n_resamples: int = 10_000,
+) -> RankTest:
+    """Permutation test of the mean difference of run ``a`` and run ``b``, two-sided.
+
+    ``paired=True``: the null exchanges the two runs within each sample, so every difference
+    ``a_i − b_i`` keeps its size and takes a random sign; otherwise the null pools the samples
+    and redraws which ``len(a)`` of them belong to ``a``. ``n_resamples`` draws from ``rng``;
+    ``p = (1 + #{|null| ≥ |observed|}) / (1 + n_resamples)`` (never 0, as a Monte Carlo p-value
+    should be). The statistic is the observed mean difference.
+    """
+    x, y = _pair(a, b, paired, "permutation test")
+    if n_resamples < 1:
+        raise UserError(f"n_resamples={n_resamples} must be at least 1 (10000 is usual).")
+    observed = float(x.mean() - y.mean())
+    null = np.empty(n_resamples)
+    if paired:
+        d = x - y
+        chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // d.size)
+        for start in range(0, n_resamples, chunk):
+            stop = min(n_resamples, start + chunk)
+            signs = rng.integers(0, 2, size=(stop - start, d.size)) * 2 - 1
+            null[start:stop] = (signs * d).mean(axis=1)
+    else:
+        pooled = np.concatenate([x, y])
+        for i in range(n_resamples):
+            perm = rng.permutation(pooled)
+            null[i] = perm[: x.size].mean() - perm[x.size :].mean()
+    # A tolerance keeps the observed arrangement itself from missing its own tie by rounding.
+    tol = 1e-12 * max(1.0, abs(observed))
+    exceed = int(np.count_nonzero(np.abs(null) >= abs(observed) - tol))
+    pvalue = (1 + exceed) / (1 + n_resamples)
+    name = "permutation (paired, sign flips)" if paired else "permutation (two samples)"
+    return RankTest(observed, pvalue, name, observed, n_resamples)
+
+
 def significance_label(pvalue: float) -> str:
     """Table 1's band of a p-value: ``p<0.0001``, ``p<0.01``, ``p<0.05`` or ``p>0.05``."""
     if not math.isfinite(pvalue):
