@@ -42,6 +42,12 @@ def test_demo_preset_identifies_test_videos_well_above_chance(tmp_path, capsys, 
     # the fairer word-factorised video judge has fewer favourite classes than the earlier one,
     # whose 0.15 came with a shuffled chance of 0.084 against 0.058 now)
     assert metrics["video_50way_top1_strict"]["mean"] > 2 / 50
+    # The field's table (docs/evaluation.md): every score but FVD, the VIFI-CLIP score from the
+    # CLIP stand-in with temporal pooling, marked so.
+    field = ("hue_pcc", "epe", "flow_angular_error", "vifi_clip", "pixel_50way")
+    for key in (*field, "clip_pcc_mind_animator", "clip_pcc_neurons", "clip_similarity"):
+        assert metrics[key]["n"] == n_test_windows, key
+    assert metrics["meta"]["video_metrics"]["vifi_clip"]["standin"] is True
 
     # Where the information goes: every link against its chance and ceiling.
     rows = {

@@ -99,9 +99,9 @@ def test_demo_plan_runs_in_order_and_each_stage_after_what_it_reads(tmp_path):
     assert inputs["cotrain"] == {"prepare", "contrast", "tune-video"}
     assert inputs["reconstruct"] == {"prepare", "cotrain"}
     classifiers = {"standins/image_classifier", "standins/video_classifier"}
-    assert inputs["evaluate"] == {"reconstruct", *classifiers}
+    assert inputs["evaluate"] == {"reconstruct", "standins/clip", *classifiers}
     assert inputs["oracle/reconstruct"] == {"prepare", "cotrain", "standins/stable_diffusion"}
-    assert inputs["oracle/evaluate"] == {"oracle/reconstruct", *classifiers}
+    assert inputs["oracle/evaluate"] == {"oracle/reconstruct", "standins/clip", *classifiers}
     assert inputs["explain"] == {"prepare", "pretrain", "contrast", "cotrain"}
     ablation = "ablations/window-1"
     assert inputs[f"{ablation}/cotrain"] == {"prepare", f"{ablation}/contrast", "tune-video"}

@@ -16,7 +16,7 @@ from mindvideo.utils import UserError
 
 def evaluate(root, name, pred, gt):
     recon = write_reconstruction(root / f"{name}-recon", pred, gt)
-    cfg = EvaluateConfig(reconstructions=str(recon), bootstrap=200)
+    cfg = EvaluateConfig(reconstructions=str(recon), bootstrap=200, flow_size=None)
     return evaluate_reconstructions(cfg, root / name / "evaluate", progress=False)
 
 
@@ -53,6 +53,15 @@ def test_same_windows_give_paired_tests(runs):
         assert test["mean_difference"] < 0  # more noise, lower SSIM and PSNR
         assert comp.metrics[key]["scores"]["full"] == full.metrics[key]
         assert "full" not in comp.metrics[key]["tests"]
+        rank = comp.metrics[key]["wilcoxon"]["ablation"]
+        ref_w = stats.wilcoxon(ablation.samples[key] - full.samples[key])
+        assert rank["test"] == "wilcoxon signed-rank"
+        assert rank["pvalue"] == pytest.approx(ref_w.pvalue)
+        perm = comp.metrics[key]["permutation"]["ablation"]
+        assert perm["test"].startswith("permutation (paired")
+        # 8 windows: 256 sign patterns; every difference is negative, so only the observed one
+        # and its mirror image reach |mean| - the exact p is 2/256.
+        assert perm["pvalue"] == pytest.approx(2 / 256, abs=0.005)
     assert comp.metrics["ssim"]["tests"]["ablation"]["significance"] != "p>0.05"
 
 
@@ -65,6 +74,10 @@ def test_other_windows_give_welch_tests_and_reference_choice(runs):
     ref = stats.ttest_ind(full.samples["ssim"], other.samples["ssim"], equal_var=False)
     assert test["test"] == "welch" and test["pvalue"] == pytest.approx(ref.pvalue)
     assert test["df"] == pytest.approx(ref.df)
+    rank = comp.metrics["ssim"]["wilcoxon"]["full"]
+    ref_u = stats.mannwhitneyu(full.samples["ssim"], other.samples["ssim"])
+    assert rank["test"] == "wilcoxon rank-sum" and rank["pvalue"] == pytest.approx(ref_u.pvalue)
+    assert comp.metrics["ssim"]["permutation"]["full"]["test"] == "permutation (two samples)"
     by_path = compare_runs([root / "full", root / "other"], reference=root / "other")
     assert by_path.reference == "other"
 
@@ -74,13 +87,20 @@ def test_written_tables(runs, tmp_path):
     comp = compare_runs([root / "full", root / "ablation", root / "other"], names=["A", "B", "C"])
     paths = write_comparison(comp, tmp_path / "cmp")
     doc = json.loads(paths["json"].read_text())
-    assert doc["reference"] == "A" and set(doc["metrics"]) == {"pixel_2way", "ssim", "psnr"}
+    assert doc["reference"] == "A"
+    assert set(doc["metrics"]) == {
+        *("pixel_2way", "ssim", "psnr", "hue_pcc", "epe", "flow_angular_error"),
+    }
     assert doc["metrics"]["ssim"]["chance"] is None
     md = paths["markdown"].read_text()
     assert md.splitlines()[0] == "| metric | chance | A (reference) | B | C |"
     label = doc["metrics"]["ssim"]["tests"]["B"]["significance"]
-    assert f", {label})" in md
-    assert "B vs A: paired t-tests; C vs A: Welch two-sample t-tests" in md
+    w_label = doc["metrics"]["ssim"]["wilcoxon"]["B"]["significance"]
+    p_label = doc["metrics"]["ssim"]["permutation"]["B"]["significance"]
+    assert f"; t {label}, W {w_label}, perm {p_label})" in md
+    assert "(shuffled " in md  # pixel identification carries its empirical chance
+    assert "B vs A: paired tests (t, Wilcoxon signed-rank, sign-flip permutation)" in md
+    assert "C vs A: two-sample tests (Welch t, Wilcoxon rank-sum, permutation)" in md
 
 
 def test_errors(runs, tmp_path):
@@ -91,3 +111,19 @@ def test_errors(runs, tmp_path):
         compare_runs([root / "full", root / "other"], reference="nope")
     with pytest.raises(UserError, match=r"metrics\.json"):
         compare_runs([root / "full", tmp_path])
+
+
+def test_published_figures_beside_the_metrics_computed_the_same_way(runs, tmp_path):
+    root = runs[0]
+    comp = compare_runs([root / "full", root / "other"], published=True, permutations=200)
+    doc = comp.to_dict()
+    # No judges here: SSIM and PSNR (scikit-image's SSIM on RGB, PSNR on 0-255) and
+    # Mind-Animator's Hue-pcc (RGB read as BGR by default) are computed as published; EPE at
+    # the clips' 16 pixels is not Mind-Animator's 512.
+    assert set(doc["published"]["full"]) == {"ssim", "psnr", "hue_pcc"}
+    ssim = {(r["method"], r["subject"]): r["value"] for r in doc["published"]["full"]["ssim"]}
+    assert ssim[("MinD-Video", "1")] == 0.171 and ssim[("Mind-Animator", "3")] == 0.349
+    md = comp.to_markdown()
+    assert "## Beside published results (cc2017), same definitions only" in md
+    assert "| full | ssim |" in md and "for scale only" in md
+    assert "published" not in compare_runs([root / "full", root / "other"]).to_dict()

@@ -28,6 +28,7 @@ from mindvideo.evaluation import (
     chance_level,
     compute_metrics,
 )
+from mindvideo.evaluation.clip_similarity import CLIPImageEmbedder, clip_similarity_samples
 from mindvideo.evaluation.runner import (
     classifier_identity,
     evaluate_reconstructions,
@@ -106,15 +107,30 @@ def test_identical_clips_pixel_metrics_only(tmp_path):
     cfg = EvaluateConfig(reconstructions=str(recon), bootstrap=200)
     result = evaluate_reconstructions(cfg, tmp_path / "eval", progress=False)
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(doc) == {"pixel_2way", "ssim", "psnr", "meta"}
+    assert set(doc) == {
+        *("pixel_2way", "ssim", "psnr", "hue_pcc", "epe", "flow_angular_error", "meta"),
+    }
     assert doc["ssim"]["mean"] == pytest.approx(1.0) and doc["ssim"]["chance"] is None
+    # The field's scores of a perfect reconstruction: hue maps agree, flows coincide (EPE 0,
+    # and below its shuffled reference: other windows move otherwise).
+    assert doc["hue_pcc"]["mean"] == pytest.approx(1.0)
+    assert doc["hue_pcc"]["chance_shuffled"] < 1.0
+    assert doc["epe"]["mean"] == 0.0 and doc["epe"]["lower_is_better"] is True
+    assert doc["epe"]["chance_shuffled"] > 0.1
+    assert doc["meta"]["video_metrics"]["flow_size"] == 512  # Mind-Animator's, by default
     assert doc["psnr"]["mean"] == pytest.approx(100.0)  # PSNR_CAP_DB for identical frames
     assert set(doc["ssim"]) == {"mean", "se", "chance", "n", "ci_low", "ci_high"}
     assert doc["ssim"]["n"] == 5
     meta = doc["meta"]
     assert meta["n_windows"] == 5 and meta["frames_per_window"] == F
     assert meta["standin_classifiers"] is False and meta["resized"] is None
-    assert meta["classifiers"] == {"frame": None, "video": None, "clip": None}
+    assert meta["classifiers"] == {
+        "frame": None,
+        "video": None,
+        "clip": None,
+        "vifi_clip": None,
+        "clip_b32": None,
+    }
     assert (tmp_path / "eval" / "config.yaml").is_file()
     md = (tmp_path / "eval" / "metrics.md").read_text()
     assert (
@@ -144,6 +160,7 @@ def test_identification_scores_match_compute_metrics_and_carry_chance(tmp_path, 
         bootstrap=300,
         seed=7,
         device="cpu",
+        flow_size=None,
     )
     result = evaluate_reconstructions(cfg, tmp_path / "eval", progress=False)
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -159,9 +176,20 @@ def test_identification_scores_match_compute_metrics_and_carry_chance(tmp_path, 
         "pixel_5way",
         "ssim",
         "psnr",
+        "hue_pcc",
+        "epe",
+        "flow_angular_error",
         "clip_similarity",
+        "clip_pcc_neurons",
+        "vifi_clip",
+        "clip_pcc_mind_animator",
         "meta",
     ]
+    # Without ViFi-CLIP or CLIP ViT-B/32 the CLIP scores come from the CLIP given, marked so.
+    video_meta = doc["meta"]["video_metrics"]
+    assert video_meta["vifi_clip"]["standin"] is True and not video_meta["vifi_clip"]["vifi_clip"]
+    assert video_meta["clip_pcc_mind_animator"]["as_reference"] is False
+    assert video_meta["flow_size"] == 16 and video_meta["flow_resized"] is False
     for key in expected:
         n_way, mode = int(key.split("_")[1][:-3]), key.split("_")[3]
         assert doc[key]["chance"] == pytest.approx(chance_level(n_way, 1, mode))
@@ -204,7 +232,16 @@ def test_identification_scores_match_compute_metrics_and_carry_chance(tmp_path, 
     )
     pixel = {key for key in result.samples if key.startswith("pixel_")}
     assert pixel == {"pixel_2way", "pixel_5way"}  # 50-way needs more than the 6 clips
-    assert set(result.samples) == set(expected) | {"ssim", "psnr", "clip_similarity"} | pixel
+    field = {"hue_pcc", "epe", "flow_angular_error", "vifi_clip"}
+    field |= {"clip_pcc_neurons", "clip_pcc_mind_animator"}
+    assert (
+        set(result.samples) == set(expected) | {"ssim", "psnr", "clip_similarity"} | pixel | field
+    )
+    # The CLIP similarity is the one clip_similarity_samples computes on its own.
+    embedder = CLIPImageEmbedder.from_pretrained(classifier_dirs / "clip", device="cpu")
+    alone = clip_similarity_samples(pred, gt, embedder)
+    np.testing.assert_allclose(result.samples["clip_similarity"], alone.per_sample, atol=1e-12)
+    assert doc["clip_similarity"]["chance"] == pytest.approx(alone.chance)
 
 
 def test_ground_truth_is_resized_to_the_reconstruction(tmp_path):
@@ -212,12 +249,14 @@ def test_ground_truth_is_resized_to_the_reconstruction(tmp_path):
     pred = random_clips(3, size=16, seed=4)
     recon = write_reconstruction(tmp_path / "recon", pred, gt)
     result = evaluate_reconstructions(
-        EvaluateConfig(reconstructions=str(recon), bootstrap=100), tmp_path / "a", progress=False
+        EvaluateConfig(reconstructions=str(recon), bootstrap=100, flow_size=None),
+        tmp_path / "a",
+        progress=False,
     )
     assert result.meta["compared_at"] == [16, 16] and result.meta["ground_truth_size"] == [32, 32]
     assert result.meta["resized"] == "ground truth"
     both = evaluate_reconstructions(
-        EvaluateConfig(reconstructions=str(recon), bootstrap=100, resize_to=24),
+        EvaluateConfig(reconstructions=str(recon), bootstrap=100, resize_to=24, flow_size=None),
         tmp_path / "b",
         progress=False,
     )
@@ -290,7 +329,7 @@ def _oracles(gt, scene_labels, windows=WINDOWS):
     return frame, video
 
 
-TRUE_CFG = dict(n_ways=[2, 5], trials=10, bootstrap=100, seed=0)
+TRUE_CFG = dict(n_ways=[2, 5], trials=10, bootstrap=100, seed=0, flow_size=None)
 
 
 def test_true_label_scores_on_simulated_data(

@@ -130,7 +130,8 @@ def reconstruct_overrides(run: Path, seed: int = 0) -> list[str]:
 
 
 def evaluate_overrides(classifiers: dict[str, Path]) -> list[str]:
-    """Tiny classifiers have 10 / 12 classes: 2- and 5-way tests, 20 trials, fast bootstrap."""
+    """Tiny classifiers have 10 / 12 classes: 2- and 5-way tests, 20 trials, fast bootstrap,
+    the flow at the clips' size."""
     return [
         f"pretrained.image_classifier={classifiers['image']}",
         f"pretrained.video_classifier={classifiers['video']}",
@@ -138,6 +139,7 @@ def evaluate_overrides(classifiers: dict[str, Path]) -> list[str]:
         "trials=20",
         "bootstrap=500",
         "device=cpu",
+        "flow_size=null",  # the clips' own size: no 512 x 512 flow in the tests
     ]
 
 

@@ -28,6 +28,7 @@ from mindvideo.interpretation.run import explain
 from mindvideo.pipeline import reconstruct
 from mindvideo.report import build_report, write_run_info
 from mindvideo.report.figures import clip_data_uri, sample_rows
+from mindvideo.report.html import METRIC_GROUPS, _model_caveat
 from mindvideo.utils import UserError
 
 CHROMIUM = "/usr/bin/chromium"
@@ -103,6 +104,13 @@ def test_report_has_every_section_inline_and_escaped(run_dir, tmp_path):
     assert "<code>video_5way_top1_strict</code>" in page and "0.200" in page  # chance 1/5
     assert "<code>frame_2way_top1_compat</code>" in page and "0.750" in page  # chance 3/4
     assert metrics["meta"]["standin_classifiers"] is True and "Stand-in classifiers." in page
+    # NeuroClips' grouping, the field's scores, and the published figures computed the same
+    # way (SSIM, PSNR, Mind-Animator's Hue-pcc), for scale.
+    groups = [page.index(f'<th colspan="6">{g}</th>') for g in METRIC_GROUPS]
+    assert groups == sorted(groups)
+    assert groups[1] < page.index("<code>epe</code>") < groups[2]  # spatiotemporal
+    assert groups[3] < page.index("<code>hue_pcc</code>")  # frame level, pixel
+    assert "Beside published results (cc2017)" in page and "MinD-Video s1 0.171, s2" in page
     # Ablations, interpretation, configs.
     assert "full (reference)" in page and "paired t-test" in page
     assert re.search(r'class="num sig[0-4]"', page)
@@ -113,6 +121,26 @@ def test_report_has_every_section_inline_and_escaped(run_dir, tmp_path):
     # Provenance, every string escaped.
     assert "mindvideo demo --out RUN" in page and "mindvideo report RUN" in page
     assert "tiny &lt;b&gt;&amp;&lt;/b&gt;" in page and "<b>&</b>" not in page
+
+
+def test_clip_scores_not_computed_as_their_reference_say_so():
+    meta = {
+        "video_metrics": {
+            "vifi_clip": {"vifi_clip": False, "standin": True},
+            "clip_pcc_neurons": {
+                "standin": False,
+                "as_reference": False,
+                "architecture": "ViT-B/32",
+                "reference_architecture": "ViT-L/14",
+            },
+            "clip_pcc_mind_animator": {"standin": False, "as_reference": True},
+        }
+    }
+    assert "not ViFi-CLIP" in _model_caveat("vifi_clip", meta)
+    assert _model_caveat("clip_pcc_neurons", meta) == (
+        "computed with ViT-B/32, not the reference's ViT-L/14"
+    )
+    assert _model_caveat("clip_pcc_mind_animator", meta) == ""
 
 
 def test_missing_parts_are_skipped_with_a_note(run_dir, tmp_path):

@@ -126,6 +126,12 @@ class PretrainedPaths:
     """Frame classifier for evaluation (paper: google/vit-base-patch16-224)."""
     video_classifier: str | None = None
     """Video classifier for evaluation (paper: MCG-NJU/videomae-base-finetuned-kinetics)."""
+    vifi_clip: str | None = None
+    """ViFi-CLIP (ViT-B/16, Kinetics-400 base-to-novel) as a transformers CLIPModel folder, for
+    the VIFI-CLIP score; unset: ``clip`` with temporal pooling, marked as a stand-in."""
+    clip_b32: str | None = None
+    """CLIP ViT-B/32 (openai/clip-vit-base-patch32) for Mind-Animator's CLIP-pcc; unset:
+    ``clip``, and the score is marked as computed with another model."""
 
 
 @dataclass
@@ -423,6 +429,12 @@ class EvaluateConfig:
     """The simulator's ``scenes.json``, for the scores against the true labels (the judges'
     accuracy on the ground truth, ``*_true`` identification); unset: found through the prepared
     data's manifest. Data without labels (real data) gets no true-label scores."""
+    flow_size: int | None = 512
+    """Side the frames are resized to for the optical flow of EPE (Mind-Animator: 512; EPE is
+    in pixels of that size). null: the compared size, without resizing."""
+    swap_rb: bool = True
+    """Hand RGB frames to OpenCV's BGR conversions as Mind-Animator does for Hue-pcc, EPE and
+    ViFi-CLIP's input (true: its numbers; false: the colours read correctly)."""
 
 
 @dataclass

@@ -86,6 +86,9 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
         pretrained=C.PretrainedPaths(
             image_classifier=str(standins / "image_classifier"),
             video_classifier=str(standins / "video_classifier"),
+            # CLIP similarity, both CLIP-pcc and the VIFI-CLIP score (a stand-in: temporal
+            # pooling of the CLIP stand-in's frame embeddings).
+            clip=str(standins / "clip"),
         ),
     )
     explain = dataclasses.replace(

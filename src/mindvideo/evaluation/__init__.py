@@ -42,13 +42,17 @@ from mindvideo.evaluation.pixel import (
     resize_frames,
 )
 from mindvideo.evaluation.stats import (
+    RankTest,
     Score,
     TTest,
     bootstrap_ci,
+    bootstrap_wilcoxon,
     mean_se,
     paired_ttest,
+    permutation_test,
     significance_label,
     welch_ttest,
+    wilcoxon_test,
 )
 
 __all__ = [
@@ -58,11 +62,13 @@ __all__ = [
     "MetricSamples",
     "NWayResult",
     "ProbabilityModel",
+    "RankTest",
     "Score",
     "TTest",
     "TorchClassifier",
     "VideoClassifier",
     "bootstrap_ci",
+    "bootstrap_wilcoxon",
     "chance_level",
     "clip_psnr",
     "clip_ssim",
@@ -81,9 +87,11 @@ __all__ = [
     "nway_topk",
     "paired_ttest",
     "parse_metric_key",
+    "permutation_test",
     "resize_frames",
     "sample_distractors",
     "significance_label",
     "summarise_metrics",
     "welch_ttest",
+    "wilcoxon_test",
 ]

@@ -70,11 +70,13 @@ class CLIPImageEmbedder:
         device: str | torch.device | None = None,
         batch_size: int = 32,
         dtype: torch.dtype | None = None,
+        processor: Any = None,
     ) -> CLIPImageEmbedder:
         """Load a CLIP folder (``config.json``, weights, ``preprocessor_config.json``).
 
         The folder ``save_pretrained`` writes, or a downloaded snapshot of e.g.
         openai/clip-vit-large-patch14 (``pretrained.clip``, the contrastive stage's CLIP).
+        ``processor`` replaces the folder's image processor (e.g. :class:`ViFiCLIPProcessor`).
         """
         import transformers
         from transformers import AutoImageProcessor, CLIPModel
@@ -90,7 +92,8 @@ class CLIPImageEmbedder:
         processor_kwargs = {"backend": "pil"} if major >= 5 else {"use_fast": False}
         try:
             model = CLIPModel.from_pretrained(str(folder))
-            processor = AutoImageProcessor.from_pretrained(str(folder), **processor_kwargs)
+            if processor is None:
+                processor = AutoImageProcessor.from_pretrained(str(folder), **processor_kwargs)
         except (OSError, ValueError) as err:
             raise UserError(
                 f"Could not load CLIP from {folder} ({err}); pretrained.clip must be a CLIPModel "
@@ -101,8 +104,9 @@ class CLIPImageEmbedder:
         )
         return cls(model, processor, device=device, batch_size=batch_size, dtype=dtype)
 
-    def embed(self, frames: np.ndarray) -> np.ndarray:
-        """``frames: uint8 [N, H, W, 3]`` → L2-normalised float64 embeddings ``[N, D]``."""
+    def embed(self, frames: np.ndarray, *, normalize: bool = True) -> np.ndarray:
+        """``frames: uint8 [N, H, W, 3]`` → float64 image embeddings ``[N, D]``, L2-normalised
+        unless ``normalize=False`` (CLIP's projected features as they are)."""
         import torch
         from tqdm.auto import tqdm
 
@@ -125,10 +129,86 @@ class CLIPImageEmbedder:
                 # transformers 5 returns an output object whose pooler_output is the projection
                 feats = out if isinstance(out, torch.Tensor) else out.pooler_output
                 feats = feats.double()
-                chunks.append((feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu())
+                if normalize:
+                    feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                chunks.append(feats.cpu())
         if not chunks:
             return np.zeros((0, int(self.model.config.projection_dim)))
         return torch.cat(chunks).numpy()
+
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class ViFiCLIPProcessor:
+    """ViFi-CLIP's test-time input pipeline, as Mind-Animator's VIFI-CLIP score runs it.
+
+    Per frame: optionally swap red and blue (``swap_rb``: the reference writes its RGB frames to
+    an XVID file through OpenCV, which stores them as BGR, and decodes them as RGB), resize so
+    that the longer side is ``resize`` (mmcv's ``Resize(scale=(256, 256), keep_ratio=True)``,
+    bilinear), centre-crop ``crop`` × ``crop`` and normalise with the ImageNet mean and std on
+    0–255 (ViFi-CLIP's configs; not CLIP's own statistics). The reference's lossy XVID round
+    trip is not reproduced. Called like a transformers image processor.
+    """
+
+    def __init__(self, *, resize: int = 256, crop: int = 224, swap_rb: bool = True) -> None:
+        if crop > resize:
+            raise UserError(f"ViFi-CLIP crop {crop} must not exceed the resize {resize}.")
+        self.resize, self.crop, self.swap_rb = resize, crop, swap_rb
+
+    def __call__(self, images: list[np.ndarray], return_tensors: str = "pt") -> dict[str, Any]:
+        import cv2
+        import torch
+
+        out = []
+        for image in images:
+            frame = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+            if self.swap_rb:
+                frame = np.ascontiguousarray(frame[..., ::-1])
+            h, w = frame.shape[:2]
+            scale = self.resize / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2: (width, height)
+            frame = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+            h, w = frame.shape[:2]
+            if min(h, w) < self.crop:
+                raise UserError(
+                    f"A {h}×{w} frame after ViFi-CLIP's resize is smaller than its "
+                    f"{self.crop}-pixel crop; the clips must be close to square."
+                )
+            top, left = (h - self.crop) // 2, (w - self.crop) // 2
+            frame = frame[top : top + self.crop, left : left + self.crop].astype(np.float32)
+            out.append((frame - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD))
+        pixels = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+        return {"pixel_values": pixels}
+
+
+def clip_architecture(model: Any) -> str:
+    """``"ViT-B/32"``, ``"ViT-L/14"``, ...: a CLIP model's vision tower by width and patch."""
+    vision = model.config.vision_config
+    width = {768: "B", 1024: "L", 1280: "H"}.get(int(vision.hidden_size))
+    name = width or f"{vision.hidden_size}d"
+    return f"ViT-{name}/{vision.patch_size}"
+
+
+def embed_clips(clips: np.ndarray, embedder: CLIPImageEmbedder) -> np.ndarray:
+    """Unnormalised CLIP image embeddings of every frame: uint8 ``[S, F, H, W, 3]`` →
+    ``[S, F, D]`` (normalise them for cosines; the VIFI-CLIP score pools them first)."""
+    s, f = clips.shape[:2]
+    return embedder.embed(clips.reshape(s * f, *clips.shape[2:]), normalize=False).reshape(s, f, -1)
+
+
+def similarity_from_embeddings(e_pred: np.ndarray, e_gt: np.ndarray) -> MetricSamples:
+    """:func:`clip_similarity_samples` from per-frame embeddings ``[S, F, D]`` (any norm)."""
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    f = e_pred.shape[1]
+    sim = np.einsum("ifd,jfd->ij", unit(e_pred), unit(e_gt)) / f
+    s = sim.shape[0]
+    chance = None if s < 2 else float((sim.sum() - np.trace(sim)) / (s * (s - 1)))
+    return MetricSamples(per_sample=np.diag(sim).copy(), chance=chance)
 
 
 def clip_similarity_matrix(

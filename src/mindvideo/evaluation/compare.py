@@ -1,4 +1,4 @@
-"""``mindvideo compare``: runs side by side with t-tests against a reference (paper Table 1).
+"""``mindvideo compare``: runs side by side with tests against a reference (paper Table 1).
 
 Table 1 lists ablations of MinD-Video next to the full model and colours each score by the
 significance of a two-sample t-test against it. :func:`compare_runs` does the same for evaluate
@@ -10,6 +10,9 @@ each run other than the reference a t-test of its per-window values against the 
   one subject — which removes the between-window variance;
 - **Welch's** two-sample test otherwise (different subjects or test sets).
 
+Beside each t-test, two distribution-free tests of the same per-window values: Wilcoxon's
+(signed-rank when paired, as Mind-Animator compares methods; rank-sum otherwise) and a
+permutation test of the mean difference (sign flips when paired; resampled splits otherwise).
 Each test carries Table 1's significance band (``p<0.0001``, ``p<0.01``, ``p<0.05``,
 ``p>0.05``). Output: ``comparison.json`` and ``comparison.md``.
 """
@@ -24,8 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mindvideo.evaluation.metrics import metric_rng
+from mindvideo.evaluation.published import published_beside
 from mindvideo.evaluation.runner import EvaluationResult, load_evaluation
-from mindvideo.evaluation.stats import paired_ttest, welch_ttest
+from mindvideo.evaluation.stats import (
+    bootstrap_wilcoxon,
+    paired_ttest,
+    permutation_test,
+    welch_ttest,
+    wilcoxon_test,
+)
 from mindvideo.utils import UserError, atomic_write_text
 
 __all__ = ["COMPARISON_FILE", "Comparison", "compare_runs", "write_comparison"]
@@ -40,14 +51,53 @@ COMPARISON_MD = "comparison.md"
 class Comparison:
     """Runs side by side. ``runs``: ``[{"name", "path", "n_windows", "standin_classifiers",
     "paired_with_reference"}]``; ``metrics``: ``{key: {"chance", "scores": {run: score dict},
-    "tests": {run: t-test dict or None}}}`` (the reference has no test)."""
+    "tests": {run: t-test dict or None}, "wilcoxon": {run: ...}, "permutation": {run: ...}}}``
+    (the reference has no tests)."""
 
     reference: str
     runs: list[dict[str, Any]]
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    published: dict[str, dict[str, list[dict[str, Any]]]] | None = None
+    """With ``published=True``: per run, ``{metric: [published figure]}`` for the metrics the
+    run computed under the figure's definition (:mod:`mindvideo.evaluation.published`)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "runs": self.runs, "metrics": self.metrics}
+        doc = {"reference": self.reference, "runs": self.runs, "metrics": self.metrics}
+        if self.published is not None:
+            doc["published"] = self.published
+        return doc
+
+    def published_markdown(self) -> str:
+        """The runs beside the published cc2017 figures computed the same way."""
+        if self.published is None:
+            return ""
+        lines = ["", "## Beside published results (cc2017), same definitions only", ""]
+        rows = []
+        for run in self.runs:
+            name = run["name"]
+            for key, figures in (self.published.get(name) or {}).items():
+                score = (self.metrics.get(key) or {}).get("scores", {}).get(name) or {}
+                for fig in figures:
+                    rows.append(
+                        f"| {name} | {key} | {_fmt(score.get('mean'), 3)} | {fig['method']} "
+                        f"(subject {fig['subject']}) | {_fmt(fig['value'], 3)} | "
+                        f"{fig['definition']} | {fig['source']} |"
+                    )
+        if not rows:
+            lines.append(
+                "No metric of these runs was computed under a published definition (stand-in "
+                "judges, another CLIP or flow resolution, ...); see docs/results.md."
+            )
+            return "\n".join(lines) + "\n"
+        lines += [
+            "| run | metric | run's score | published | value | definition | source |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "The same definition, not the same data: a run on other data (the simulator) is "
+            "beside these figures for scale only.",
+        ]
+        return "\n".join(lines) + "\n"
 
     def to_markdown(self) -> str:
         """Scores (mean ± SE [95% CI]) per run and metric, each non-reference score followed by
@@ -68,28 +118,46 @@ class Comparison:
                     cells.append("—")
                     continue
                 cell = _score_cell(score, digits)
+                if score.get("chance_shuffled") is not None:
+                    cell += f" (shuffled {_fmt(score['chance_shuffled'], 3)})"
                 test = entry["tests"].get(name)
                 if test is not None:
                     diff = test.get("mean_difference")
                     sign = "+" if diff is not None and diff >= 0 else ""
-                    cell += f" (Δ {sign}{_fmt(diff, digits)}, {test['significance']})"
+                    bands = [f"t {test['significance']}"]
+                    for label, kind in (("W", "wilcoxon"), ("perm", "permutation")):
+                        other = entry.get(kind, {}).get(name)
+                        if other is not None:
+                            bands.append(f"{label} {other['significance']}")
+                    cell += f" (Δ {sign}{_fmt(diff, digits)}; {', '.join(bands)})"
                 cells.append(cell)
             lines.append("| " + " | ".join(cells) + " |")
         notes = []
         for run in self.runs:
             if run["name"] == self.reference:
                 continue
-            kind = "paired" if run["paired_with_reference"] else "Welch two-sample"
-            notes.append(f"{run['name']} vs {self.reference}: {kind} t-tests")
+            kind = (
+                "paired tests (t, Wilcoxon signed-rank, sign-flip permutation)"
+                if run["paired_with_reference"]
+                else "two-sample tests (Welch t, Wilcoxon rank-sum, permutation)"
+            )
+            notes.append(f"{run['name']} vs {self.reference}: {kind}")
         text = "\n".join(lines) + "\n"
         if notes:
-            text += "\n" + "; ".join(notes) + ". Mean ± SE over windows [95% bootstrap CI].\n"
+            text += (
+                "\n"
+                + "; ".join(notes)
+                + ". Mean ± SE over windows [95% bootstrap CI]; shuffled: the empirical chance "
+                "of an identification score (each reconstruction paired with another window's "
+                "ground truth). Δ: difference from the reference, with the significance band "
+                "of each test.\n"
+            )
         if any(r.get("standin_classifiers") for r in self.runs):
             text += (
                 "\nSome runs were scored with the simulator's stand-in classifiers: their "
                 "identification scores are not ImageNet / Kinetics scores.\n"
             )
-        return text
+        return text + self.published_markdown()
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -143,14 +211,23 @@ def compare_runs(
     run_dirs: list[str | os.PathLike],
     reference: str | os.PathLike | None = None,
     names: list[str] | None = None,
+    *,
+    permutations: int = 10_000,
+    seed: int = 0,
+    published: bool = False,
 ) -> Comparison:
-    """Compare evaluate outputs (or run directories holding ``evaluate/``) with t-tests.
+    """Compare evaluate outputs (or run directories holding ``evaluate/``) with t-tests, Wilcoxon
+    and permutation tests.
 
     Args:
         run_dirs: two or more evaluate output folders or run directories.
         reference: the run every other run is tested against (one of ``run_dirs``, by path or
             by name); default: the first.
         names: display names (default: the folders' names).
+        permutations: resamples of each permutation test.
+        seed: seeds each permutation test's own generator (by run name and metric key).
+        published: also put each run beside the published cc2017 figures computed under the
+            same definitions (``docs/results.md``).
 
     Returns:
         a :class:`Comparison` (``to_dict()`` / ``to_markdown()``); metrics in the reference's
@@ -197,11 +274,22 @@ def compare_runs(
             }
         )
     comparison = Comparison(reference=ref_name, runs=run_info)
+    if published:
+        comparison.published = {
+            name: published_beside(run.meta) for run, name in zip(runs, run_names, strict=True)
+        }
     for key in keys:
         chance = next(
             (r.metrics[key].get("chance") for r in [ref, *runs] if key in r.metrics), None
         )
-        entry: dict[str, Any] = {"chance": chance, "scores": {}, "tests": {}}
+        entry: dict[str, Any] = {
+            "chance": chance,
+            "scores": {},
+            "tests": {},
+            "wilcoxon": {},
+            "permutation": {},
+            "bootstrap_wilcoxon": {},
+        }
         for run, name, info in zip(runs, run_names, run_info, strict=True):
             if key not in run.metrics:
                 continue
@@ -209,14 +297,25 @@ def compare_runs(
             if run is ref:
                 continue
             a, b = run.samples.get(key), ref.samples.get(key)
-            test = None
+            test = rank = perm = boot = None
             if a is not None and b is not None and len(a) >= 2 and len(b) >= 2:
                 paired = info["paired_with_reference"] and len(a) == len(b)
                 try:
                     test = (paired_ttest(a, b) if paired else welch_ttest(a, b)).to_dict()
+                    rank = wilcoxon_test(a, b, paired=paired).to_dict()
+                    rng = metric_rng(seed, f"compare/{name}/{key}")
+                    perm = permutation_test(
+                        a, b, paired=paired, rng=rng, n_resamples=permutations
+                    ).to_dict()
+                    boot = bootstrap_wilcoxon(
+                        a, b, rng=metric_rng(seed, f"compare/{name}/{key}", stream=1)
+                    ).to_dict()
                 except UserError as exc:
-                    logger.warning("No t-test for %s of %s: %s", key, name, exc)
+                    logger.warning("No test for %s of %s: %s", key, name, exc)
             entry["tests"][name] = test
+            entry["wilcoxon"][name] = rank
+            entry["permutation"][name] = perm
+            entry["bootstrap_wilcoxon"][name] = boot
         comparison.metrics[key] = entry
     logger.info("Compared %d runs on %d metrics against %s.", len(runs), len(keys), ref_name)
     return comparison

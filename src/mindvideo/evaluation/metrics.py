@@ -40,6 +40,8 @@ TRUE_MODE = "true"
 """Identification against the true label: the strict rule with a one-hot ground truth."""
 ALL_MODES: tuple[str, ...] = (*MODES, TRUE_MODE)
 JUDGE_ACCURACY = "judge_accuracy"
+LOWER_IS_BETTER = frozenset({"epe", "flow_angular_error"})
+"""Scores where the smaller value is the better reconstruction (optical-flow errors)."""
 
 
 def judge_key(level: str) -> str:
@@ -77,6 +79,9 @@ class MetricSamples:
     chance: float | None
     shuffled: float | None = None
     shuffled_sd: float | None = None
+    ground_truth: float | None = None
+    """The same score of the ground truth itself, for scores that read the reconstruction alone
+    (CLIP-pcc): where real videos stand."""
 
 
 def _shuffled(score: Any, n: int, rng: np.random.Generator) -> tuple[float | None, float | None]:
@@ -378,6 +383,10 @@ def summarise_metrics(
         if ms.shuffled is not None:
             out[key]["chance_shuffled"] = ms.shuffled
             out[key]["chance_shuffled_sd"] = ms.shuffled_sd
+        if ms.ground_truth is not None:
+            out[key]["ground_truth"] = ms.ground_truth
+        if key in LOWER_IS_BETTER:
+            out[key]["lower_is_better"] = True
         chance = "" if ms.chance is None else f" (chance {ms.chance:.3f})"
         logger.info("%s = %.4f ± %.4f%s, n=%d", key, score.mean, score.se, chance, score.n)
     return out
@@ -416,6 +425,9 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
+_UNITS = {"psnr": "psnr (dB)", "epe": "epe (px)", "flow_angular_error": "flow_angular_error (°)"}
+
+
 def format_markdown_table(metrics: dict[str, dict]) -> str:
     """A markdown table of ``compute_metrics`` output, chance printed next to every score.
 
@@ -426,17 +438,21 @@ def format_markdown_table(metrics: dict[str, dict]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for key, m in metrics.items():
-        digits = 2 if key == "psnr" else 3
-        name = "psnr (dB)" if key == "psnr" else key
+        digits = 2 if key in ("psnr", "flow_angular_error") else 3
+        name = _UNITS.get(key, key)
         score = f"{_fmt(m.get('mean'), digits)} ± {_fmt(m.get('se'), digits)}"
         if not above_shuffled(m):
-            score = f"**{score}** (not above)"
+            score = f"**{score}** (not {'below' if m.get('lower_is_better') else 'above'})"
         lo, hi = m.get("ci_low"), m.get("ci_high")
         ci = "—" if lo is None or hi is None else f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
         shuffled = m.get("chance_shuffled")
-        shuffled = (
-            "—" if shuffled is None else f"{_fmt(shuffled)} ± {_fmt(m['chance_shuffled_sd'])}"
-        )
+        if shuffled is not None:
+            sd = m.get("chance_shuffled_sd")
+            shuffled = _fmt(shuffled, digits) + ("" if sd is None else f" ± {_fmt(sd, digits)}")
+        elif m.get("ground_truth") is not None:
+            shuffled = f"ground truth: {_fmt(m['ground_truth'])}"
+        else:
+            shuffled = "—"
         lines.append(
             f"| {name} | {score} | {ci} | {_fmt(m.get('chance'))} | {shuffled or '—'} | "
             f"{m.get('n')} |"
@@ -446,11 +462,14 @@ def format_markdown_table(metrics: dict[str, dict]) -> str:
 
 def above_shuffled(m: dict[str, Any]) -> bool:
     """Whether a summarised score beats its shuffled chance (:func:`~mindvideo.evaluation.
-    identification.above_shuffled`); True where there is no shuffled chance."""
+    identification.above_shuffled`; *below* it for a score marked ``lower_is_better``); True
+    where there is no shuffled chance."""
     if m.get("chance_shuffled") is None or m.get("mean") is None:
         return True
-    se, shuffled, sd = m.get("se") or 0.0, m["chance_shuffled"], m["chance_shuffled_sd"]
-    return identification.above_shuffled(m["mean"], se, shuffled, sd)
+    se, shuffled, sd = m.get("se") or 0.0, m["chance_shuffled"], m.get("chance_shuffled_sd")
+    if m.get("lower_is_better"):
+        return identification.above_shuffled(-m["mean"], se, -shuffled, sd or 0.0)
+    return identification.above_shuffled(m["mean"], se, shuffled, sd or 0.0)
 
 
 def parse_metric_key(key: str) -> tuple[str, int, int, str] | None:

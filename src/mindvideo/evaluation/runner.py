@@ -45,7 +45,10 @@ from mindvideo.evaluation.classifiers import ImageClassifier, ProbabilityModel, 
 from mindvideo.evaluation.clip_similarity import (
     CLIP_KEY,
     CLIPImageEmbedder,
-    clip_similarity_samples,
+    ViFiCLIPProcessor,
+    clip_architecture,
+    embed_clips,
+    similarity_from_embeddings,
 )
 from mindvideo.evaluation.metrics import (
     JUDGE_ACCURACY,
@@ -57,6 +60,18 @@ from mindvideo.evaluation.metrics import (
 )
 from mindvideo.evaluation.pixel import resize_frames
 from mindvideo.evaluation.true_labels import window_labels
+from mindvideo.evaluation.video_metrics import (
+    CLIP_PCC_MIND_ANIMATOR_KEY,
+    CLIP_PCC_NEURONS_KEY,
+    HUE_PCC_KEY,
+    VIFI_CLIP_KEY,
+    VIFI_GATE,
+    clip_pcc_mind_animator,
+    clip_pcc_neurons,
+    flow_samples,
+    hue_pcc_samples,
+    vifi_clip_samples,
+)
 from mindvideo.utils import UserError, atomic_write_text
 from mindvideo.utils.freshness import sha256_file
 from mindvideo.utils.io import read_json
@@ -291,6 +306,135 @@ def _load_models(
     return frame_model, video_model, clip_model, identities
 
 
+def _load_video_models(
+    cfg: EvaluateConfig, vifi_model: Any, clip_b32_model: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """ViFi-CLIP (with its own input pipeline) and CLIP ViT-B/32 for the field's scores."""
+    paths = cfg.pretrained
+    vifi_model, vifi_id = _model_with_identity(
+        vifi_model,
+        paths.vifi_clip,
+        lambda path: CLIPImageEmbedder.from_pretrained(
+            path,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            processor=ViFiCLIPProcessor(swap_rb=cfg.swap_rb),
+        ),
+    )
+    b32_model, b32_id = _model_with_identity(
+        clip_b32_model,
+        paths.clip_b32,
+        lambda path: CLIPImageEmbedder.from_pretrained(
+            path, device=cfg.device, batch_size=cfg.batch_size
+        ),
+    )
+    return vifi_model, b32_model, {"vifi_clip": vifi_id, "clip_b32": b32_id}
+
+
+def _architecture(embedder: Any) -> str | None:
+    try:
+        return clip_architecture(embedder.model)
+    except AttributeError:
+        return None
+
+
+def _video_scores(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    cfg: EvaluateConfig,
+    models: dict[str, Any],
+    identities: dict[str, Any],
+    progress: bool,
+) -> tuple[dict[str, MetricSamples], dict[str, Any]]:
+    """Hue-pcc, EPE and angle, CLIP similarity, the VIFI-CLIP score and both CLIP-pcc, with a
+    record of how each was computed (``meta["video_metrics"]``)."""
+    out: dict[str, MetricSamples] = {}
+    seed = cfg.seed
+    out[HUE_PCC_KEY] = hue_pcc_samples(
+        pred, gt, swap_rb=cfg.swap_rb, seed=_stream(seed, HUE_PCC_KEY)
+    )
+    logger.info("Optical flow of %d windows at %s", len(pred), cfg.flow_size or "the clip size")
+    out.update(
+        flow_samples(
+            pred,
+            gt,
+            size=cfg.flow_size,
+            swap_rb=cfg.swap_rb,
+            seed=_stream(seed, "epe"),
+            progress=progress,
+        )
+    )
+    flow_size = cfg.flow_size or int(pred.shape[2])
+    info: dict[str, Any] = {
+        "swap_rb": cfg.swap_rb,
+        "flow_size": flow_size,
+        "flow_resized": cfg.flow_size is not None,
+    }
+    clip, vifi, b32 = models["clip"], models["vifi_clip"], models["clip_b32"]
+    e_pred = e_gt = None
+    if clip is not None:
+        e_pred, e_gt = embed_clips(pred, clip), embed_clips(gt, clip)
+        out[CLIP_KEY] = similarity_from_embeddings(e_pred, e_gt)
+        gt_value = float(np.mean(clip_pcc_neurons(e_gt)))
+        out[CLIP_PCC_NEURONS_KEY] = MetricSamples(
+            per_sample=clip_pcc_neurons(e_pred), chance=None, ground_truth=gt_value
+        )
+        info[CLIP_PCC_NEURONS_KEY] = _model_note(identities["clip"], clip, "ViT-L/14")
+    vifi_values = None
+    if vifi is not None:
+        out[VIFI_CLIP_KEY] = vifi_clip_samples(embed_clips(pred, vifi), embed_clips(gt, vifi))
+        info[VIFI_CLIP_KEY] = {**_model_note(identities["vifi_clip"], vifi, "ViT-B/16")}
+        info[VIFI_CLIP_KEY]["vifi_clip"] = True
+    elif e_pred is not None:
+        out[VIFI_CLIP_KEY] = vifi_clip_samples(e_pred, e_gt)
+        info[VIFI_CLIP_KEY] = {
+            **_model_note(identities["clip"], clip, "ViT-B/16"),
+            "vifi_clip": False,
+            "standin": True,
+            "note": "the CLIP image tower of pretrained.clip with temporal mean pooling, "
+            "not ViFi-CLIP: a stand-in",
+        }
+    if VIFI_CLIP_KEY in out:
+        vifi_values = out[VIFI_CLIP_KEY].per_sample
+    pcc_model, pcc_id = (
+        (b32, identities["clip_b32"]) if b32 is not None else (clip, identities["clip"])
+    )
+    if pcc_model is not None and vifi_values is not None:
+        emb_p = e_pred if pcc_model is clip else embed_clips(pred, pcc_model)
+        emb_g = e_gt if pcc_model is clip else embed_clips(gt, pcc_model)
+        out[CLIP_PCC_MIND_ANIMATOR_KEY] = MetricSamples(
+            per_sample=clip_pcc_mind_animator(emb_p, vifi_values),
+            chance=None,
+            ground_truth=float(np.mean(clip_pcc_mind_animator(emb_g, None))),
+        )
+        info[CLIP_PCC_MIND_ANIMATOR_KEY] = {
+            **_model_note(pcc_id, pcc_model, "ViT-B/32"),
+            "gate": VIFI_GATE,
+            "gated_windows": int(np.count_nonzero(vifi_values <= VIFI_GATE)),
+            "gate_from_vifi_clip": bool(info[VIFI_CLIP_KEY].get("vifi_clip")),
+        }
+    return out, info
+
+
+def _model_note(identity: dict[str, Any] | None, model: Any, reference: str) -> dict[str, Any]:
+    """Which model computed a score, and whether it is the one its reference used."""
+    arch = _architecture(model)
+    return {
+        "path": (identity or {}).get("path"),
+        "architecture": arch,
+        "reference_architecture": reference,
+        "standin": bool((identity or {}).get("standin")),
+        "as_reference": arch == reference and not (identity or {}).get("standin"),
+    }
+
+
+def _stream(seed: int, key: str) -> int:
+    """A per-metric seed (so adding a metric never changes another one's numbers)."""
+    import zlib
+
+    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode())]).generate_state(1)[0])
+
+
 def _model_with_identity(
     model: Any, path: str | None, load: Callable[[str], Any]
 ) -> tuple[Any, dict[str, Any] | None]:
@@ -317,6 +461,11 @@ def _check_config(cfg: EvaluateConfig) -> None:
         raise UserError(f"Config key bootstrap must be at least 1, not {cfg.bootstrap}.")
     if cfg.batch_size < 1:
         raise UserError(f"Config key batch_size must be at least 1, not {cfg.batch_size}.")
+    if cfg.flow_size is not None and cfg.flow_size < 16:
+        raise UserError(
+            f"flow_size={cfg.flow_size} is too small for the optical flow (5 × 5 neighbourhoods "
+            "over 3 pyramid levels): use 512 (Mind-Animator) or null (the compared size)."
+        )
 
 
 def _markdown(metrics: dict[str, dict], meta: dict[str, Any]) -> str:
@@ -329,6 +478,18 @@ def _markdown(metrics: dict[str, dict], meta: dict[str, Any]) -> str:
     lines += [size + ".", ""]
     if meta.get("standin_classifiers"):
         lines += [f"> **Note.** {STANDIN_NOTE}", ""]
+    for key, info in (meta.get("video_metrics") or {}).items():
+        if not isinstance(info, dict):
+            continue
+        if key == VIFI_CLIP_KEY and not info.get("vifi_clip"):
+            lines += [f"> **{key}** is a stand-in: {info.get('note')}.", ""]
+        elif not info.get("as_reference"):
+            model = "a stand-in" if info.get("standin") else info.get("architecture")
+            lines += [
+                f"> **{key}** was computed with {model}, not the reference's "
+                f"{info.get('reference_architecture')}.",
+                "",
+            ]
     lines.append(format_markdown_table(metrics))
     lines.append(
         "Mean ± standard error over windows, 95% bootstrap interval, chance level of the same "
@@ -364,6 +525,8 @@ def evaluate_reconstructions(
     frame_model: ProbabilityModel | None = None,
     video_model: ProbabilityModel | None = None,
     clip_model: CLIPImageEmbedder | None = None,
+    vifi_model: CLIPImageEmbedder | None = None,
+    clip_b32_model: CLIPImageEmbedder | None = None,
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate the reconstruction folder ``cfg.reconstructions`` into ``out`` (see module doc).
@@ -393,6 +556,8 @@ def evaluate_reconstructions(
     frame_model, video_model, clip_model, identities = _load_models(
         cfg, f, frame_model, video_model, clip_model
     )
+    vifi_model, clip_b32_model, more_ids = _load_video_models(cfg, vifi_model, clip_b32_model)
+    identities.update(more_ids)
     if frame_model is None and video_model is None:
         logger.warning(
             "No classifiers configured (pretrained.image_classifier, "
@@ -413,8 +578,9 @@ def evaluate_reconstructions(
         frame_labels=labels.frame,
         video_labels=labels.video,
     )
-    if clip_model is not None:
-        samples[CLIP_KEY] = clip_similarity_samples(pred_c, gt_c, clip_model)
+    models = {"clip": clip_model, "vifi_clip": vifi_model, "clip_b32": clip_b32_model}
+    more, video_info = _video_scores(pred_c, gt_c, cfg, models, identities, progress)
+    samples.update(more)
     metrics = summarise_metrics(samples, seed=cfg.seed, n_resamples=cfg.bootstrap)
 
     # The note is about the identification scores: the frame and video classifiers.
@@ -441,6 +607,7 @@ def evaluate_reconstructions(
         "classifiers": identities,
         "standin_classifiers": standin,
         "true_labels": labels.meta,
+        "video_metrics": video_info,
         "ground_truth_sha256": gt_hash,
     }
 

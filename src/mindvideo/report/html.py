@@ -68,6 +68,8 @@ nav a { margin-right: 14px; color: var(--accent); text-decoration: none; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background: var(--panel); font-weight: 600; }
+tr.group th { background: #e8edf4; text-align: left; text-transform: uppercase;
+              font-size: 12px; letter-spacing: 0.04em; color: var(--muted); }
 td.num { text-align: right; white-space: nowrap; }
 table.prov td:first-child { color: var(--muted); white-space: nowrap; }
 code, pre { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; font-size: 13px; }
@@ -241,11 +243,89 @@ def _metric_label(key: str) -> str:
     names = {
         "ssim": "SSIM",
         "psnr": "PSNR (dB)",
+        "hue_pcc": "Hue-pcc (Mind-Animator)",
+        "epe": "EPE, optical flow (px, lower is better)",
+        "flow_angular_error": "flow angular error (°, lower is better)",
+        "vifi_clip": "VIFI-CLIP score",
+        "clip_pcc_mind_animator": "CLIP-pcc · Mind-Animator (adjacent frames, VIFI gate)",
+        "clip_pcc_neurons": "CLIP-pcc · NEURONS (all frame pairs)",
         "clip_similarity": "CLIP image similarity",
         "frame_judge_accuracy": "frame judge · top-1 on the ground truth · true",
         "video_judge_accuracy": "video judge · top-1 on the ground truth · true",
     }
     return names.get(key, key)
+
+
+# NeuroClips' grouping of the table: video level (semantic, spatiotemporal), frame level
+# (semantic, pixel).
+METRIC_GROUPS = (
+    "video level · semantic",
+    "video level · spatiotemporal",
+    "frame level · semantic",
+    "frame level · pixel",
+)
+
+
+def _metric_group(key: str) -> str:
+    if key.startswith("video_") or key == "vifi_clip":
+        return METRIC_GROUPS[0]
+    if key.startswith("clip_pcc_") or key in ("epe", "flow_angular_error"):
+        return METRIC_GROUPS[1]
+    if key.startswith("frame_") or key == "clip_similarity":
+        return METRIC_GROUPS[2]
+    return METRIC_GROUPS[3]
+
+
+def _model_caveat(key: str, meta: dict[str, Any]) -> str:
+    """Why a CLIP-based score is not its reference's, from ``meta.video_metrics``."""
+    info = (meta.get("video_metrics") or {}).get(key)
+    if not isinstance(info, dict):
+        return ""
+    if key == "vifi_clip" and not info.get("vifi_clip"):
+        return "stand-in: a CLIP image tower with temporal pooling, not ViFi-CLIP"
+    if info.get("standin"):
+        return f"computed with a stand-in, not {info.get('reference_architecture')}"
+    if not info.get("as_reference"):
+        return (
+            f"computed with {info.get('architecture')}, not the reference's "
+            f"{info.get('reference_architecture')}"
+        )
+    return ""
+
+
+def _published_table(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
+    from mindvideo.evaluation.published import published_beside
+
+    beside = published_beside(meta)
+    rows, sources = [], []
+    for key, figures in beside.items():
+        score = metrics.get(key) or {}
+        digits = 2 if key == "psnr" else 3
+        by_method: dict[str, list[dict[str, Any]]] = {}
+        for fig in figures:
+            by_method.setdefault(fig["method"], []).append(fig)
+            if fig["source"] not in sources:
+                sources.append(fig["source"])
+        cells = "; ".join(
+            f"{method} "
+            + ", ".join(f"s{fig['subject']} {_fmt(fig['value'], digits)}" for fig in figs)
+            + f" [{sources.index(figs[0]['source']) + 1}]"
+            for method, figs in by_method.items()
+        )
+        rows.append(
+            f"<tr><td>{e(_metric_label(key))}</td>"
+            f'<td class="num">{e(_fmt(score.get("mean"), digits))}</td><td>{e(cells)}</td></tr>'
+        )
+    if not rows:
+        return ""
+    notes = "".join(f"<li>{e(src)}</li>" for src in sources)
+    return (
+        "<h3>Beside published results (cc2017)</h3><p>Only the scores computed under the "
+        "published figure's definition (docs/results.md); s1–s3: the paper's subjects. The same "
+        "definition is not the same data: a run on the simulator stands beside them for scale "
+        "only.</p><table><tr><th>metric</th><th>this run</th><th>published</th></tr>"
+        f'{"".join(rows)}</table><ol class="sources">{notes}</ol>'
+    )
 
 
 def _metrics(evaluation: EvaluationResult | None) -> str:
@@ -261,29 +341,42 @@ def _metrics(evaluation: EvaluationResult | None) -> str:
         parts.append(
             f'<div class="warn"><strong>Stand-in classifiers.</strong> {e(STANDIN_NOTE)}</div>'
         )
-    rows = []
+    grouped: dict[str, list[str]] = {group: [] for group in METRIC_GROUPS}
     for key, m in evaluation.metrics.items():
         if not isinstance(m, dict):
             continue
-        digits = 2 if key == "psnr" else 3
+        digits = 2 if key in ("psnr", "flow_angular_error") else 3
         ci = (
             "—"
             if m.get("ci_low") is None or m.get("ci_high") is None
             else f"[{_fmt(m['ci_low'], digits)}, {_fmt(m['ci_high'], digits)}]"
         )
         shuffled = m.get("chance_shuffled")
-        flag = "" if above_shuffled(m) else " <strong>not above shuffled</strong>"
+        if shuffled is None and m.get("ground_truth") is not None:
+            shuffled_text = f"ground truth {_fmt(m['ground_truth'])}"
+        else:
+            shuffled_text = "—" if shuffled is None else _fmt(shuffled, digits)
+        side = "below" if m.get("lower_is_better") else "above"
+        flag = "" if above_shuffled(m) else f" <strong>not {side} shuffled</strong>"
+        caveat = _model_caveat(key, meta)
+        label = e(_metric_label(key)) + (f"<br><em>{e(caveat)}</em>" if caveat else "")
+        rows = grouped[_metric_group(key)]
         rows.append(
-            f"<tr><td>{e(_metric_label(key))}<br><code>{e(key)}</code></td>"
+            f"<tr><td>{label}<br><code>{e(key)}</code></td>"
             f'<td class="num">{e(_fmt(m.get("mean"), digits))} ± '
             f"{e(_fmt(m.get('se'), digits))}{flag}</td>"
             f'<td class="num">{e(ci)}</td><td class="num">{e(_fmt(m.get("chance")))}</td>'
-            f'<td class="num">{e("—" if shuffled is None else _fmt(shuffled))}</td>'
+            f'<td class="num">{e(shuffled_text)}</td>'
             f'<td class="num">{e(m.get("n", "—"))}</td></tr>'
         )
+    body = "".join(
+        f'<tr class="group"><th colspan="6">{e(group)}</th></tr>' + "".join(rows)
+        for group, rows in grouped.items()
+        if rows
+    )
     parts.append(
         "<table><tr><th>metric</th><th>mean ± SE</th><th>95% CI</th><th>chance</th>"
-        f"<th>shuffled chance</th><th>n</th></tr>{''.join(rows)}</table>"
+        f"<th>shuffled chance</th><th>n</th></tr>{body}</table>"
     )
     size = meta.get("compared_at")
     notes = [
@@ -295,6 +388,14 @@ def _metrics(evaluation: EvaluationResult | None) -> str:
         "keeps the judges' favourite classes, which the analytic chance does not. pixel: "
         "classifier-free identification of 16×16 mean frames by correlation."
     ]
+    if any(k in evaluation.metrics for k in ("hue_pcc", "epe", "vifi_clip")):
+        notes.append(
+            "Hue-pcc, EPE, the flow's angle and VIFI-CLIP are computed as Mind-Animator's code "
+            "computes them, CLIP-pcc under both of its published definitions "
+            "(docs/evaluation.md); their shuffled column pairs each reconstruction with other "
+            "windows' ground truth, and a CLIP-pcc (which reads the reconstruction alone) "
+            "shows the ground truth's own value instead."
+        )
     if "clip_similarity" in evaluation.metrics:
         notes.append(
             "The chance of the CLIP image similarity is the mean similarity of each "
@@ -306,6 +407,7 @@ def _metrics(evaluation: EvaluationResult | None) -> str:
             + (f" ({meta['resized']} resized)." if meta.get("resized") else ".")
         )
     parts.append(f"<p>{e(' '.join(notes))}</p>")
+    parts.append(_published_table(meta, evaluation.metrics))
     classifiers = meta.get("classifiers") or {}
     items = []
     for role, ident in classifiers.items():
@@ -429,7 +531,12 @@ def _ablations(run: Path) -> str:
                 label = test.get("significance", "p>0.05")
                 diff = test.get("mean_difference")
                 arrow = "" if diff is None else ("▲" if diff > 0 else "▼" if diff < 0 else "")
-                detail += f" {arrow} {label}"
+                others = [
+                    f"{short} {other['significance']}"
+                    for short, kind in (("W", "wilcoxon"), ("perm", "permutation"))
+                    if (other := entry.get(kind, {}).get(name))
+                ]
+                detail += f" {arrow} {label}" + "".join(f", {o}" for o in others)
                 cls += " " + SIGNIFICANCE_CLASS.get(label, "sig0")
             cell = e(text) + (f"<br><small>{e(detail.strip())}</small>" if detail else "")
             cells.append(f'<td class="{cls}">{cell}</td>')
@@ -438,7 +545,12 @@ def _ablations(run: Path) -> str:
             f'<td class="num">{e(_fmt(entry.get("chance")))}</td>{"".join(cells)}</tr>'
         )
     kinds = [
-        f"{r['name']}: {'paired' if r.get('paired_with_reference') else 'Welch'} t-test"
+        f"{r['name']}: "
+        + (
+            "paired t-test, Wilcoxon signed-rank, sign-flip permutation"
+            if r.get("paired_with_reference")
+            else "Welch t-test, Wilcoxon rank-sum, permutation"
+        )
         for r in doc.get("runs", [])
         if r["name"] != ref
     ]
@@ -447,7 +559,8 @@ def _ablations(run: Path) -> str:
     )
     return (
         head + f"<p>Every run against the reference {e(ref)} ({e('; '.join(kinds))}); ▲/▼: above / "
-        "below the reference; cells shaded by significance, as in the paper's Table 1.</p>"
+        "below the reference; cells shaded by the t-test's significance, as in the paper's Table 1 "
+        "(W: Wilcoxon, perm: permutation test).</p>"
         + f'<p class="legend">{legend}</p>'
         + '<div class="wide">'
         + f"<table><tr><th>metric</th><th>chance</th>{header}</tr>{''.join(rows)}</table>"

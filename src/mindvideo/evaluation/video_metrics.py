@@ -1,0 +1,352 @@
+"""The field's scores beyond MinD-Video's table: Hue-pcc, EPE and the flow's angular error,
+the VIFI-CLIP score and CLIP-pcc under both of its definitions.
+
+Each function reproduces the code its docstring names, detail for detail, and says where the
+reference differs from what its name suggests (``docs/evaluation.md``, "The field's table"):
+
+- **Hue-pcc** (Mind-Animator, ``Evaluation_Metrics/hue_pcc.py``): per frame, the *uncentred
+  cosine* of the two flattened hue maps (not a Pearson correlation), OpenCV's 8-bit hue
+  (0–179); the reference passes RGB frames to ``COLOR_BGR2HSV``, which reflects the hue circle,
+  and so do we by default (``swap_rb``).
+- **EPE and angular error** (Mind-Animator, ``Evaluation_Metrics/EPE.py``): OpenCV Farnebäck flow
+  ``(0.5, 3, 15, 3, 5, 1.2, 0)`` between consecutive frames of the ground truth and of the
+  reconstruction, on grey frames from ``COLOR_BGR2GRAY`` applied to RGB frames, at 512 × 512;
+  per pixel the length of the flow difference (pixels) and the angle between the two flow
+  vectors (degrees, ``1e-8`` in the denominator, so a still pixel counts 90°). Lower is better.
+- **VIFI-CLIP score** (Mind-Animator, ``ViFi_CLIP/VIFI_score.py``): the cosine of the temporal
+  means of the per-frame (unnormalised) image embeddings of the reconstruction and its ground
+  truth; ViFi-CLIP ViT-B/16 (Kinetics-400 base-to-novel) with its own input pipeline.
+- **CLIP-pcc, Mind-Animator** (``ST_level_metric.py``): the mean cosine of the CLIP ViT-B/32
+  embeddings of *adjacent* reconstructed frames, set to 0 for every clip whose VIFI-CLIP score
+  is at most 0.6 (the zeros stay in the mean).
+- **CLIP-pcc, NEURONS** (``eval_metrics.py``, ``clip_score_frame``): the mean cosine of the CLIP
+  ViT-L/14 embeddings over *all pairs* of distinct reconstructed frames, no gate.
+
+The sample unit is the window, as for every metric. Where a score compares a reconstruction
+with its ground truth (Hue-pcc, EPE, angle, VIFI-CLIP), its ``shuffled`` reference pairs every
+reconstruction with another window's ground truth (:data:`~mindvideo.evaluation.metrics.SHUFFLES`
+derangements); the two CLIP-pcc scores read the reconstruction alone, and carry the ground
+truth's own value instead (``reference``): a still clip scores 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mindvideo.evaluation.identification import derangements
+from mindvideo.evaluation.metrics import LOWER_IS_BETTER, SHUFFLES, MetricSamples
+from mindvideo.utils import UserError
+
+__all__ = [
+    "CLIP_PCC_MIND_ANIMATOR_KEY",
+    "CLIP_PCC_NEURONS_KEY",
+    "EPE_KEY",
+    "FARNEBACK",
+    "FLOW_ANGLE_KEY",
+    "FLOW_SIZE",
+    "HUE_PCC_KEY",
+    "LOWER_IS_BETTER",
+    "VIFI_CLIP_KEY",
+    "VIFI_GATE",
+    "clip_pcc_mind_animator",
+    "clip_pcc_neurons",
+    "flow_errors",
+    "flow_samples",
+    "hue_maps",
+    "hue_pcc_samples",
+    "optical_flow",
+    "vifi_clip_samples",
+]
+
+logger = logging.getLogger(__name__)
+
+HUE_PCC_KEY = "hue_pcc"
+EPE_KEY = "epe"
+FLOW_ANGLE_KEY = "flow_angular_error"
+VIFI_CLIP_KEY = "vifi_clip"
+CLIP_PCC_MIND_ANIMATOR_KEY = "clip_pcc_mind_animator"
+CLIP_PCC_NEURONS_KEY = "clip_pcc_neurons"
+
+FARNEBACK = {
+    "pyr_scale": 0.5,
+    "levels": 3,
+    "winsize": 15,
+    "iterations": 3,
+    "poly_n": 5,
+    "poly_sigma": 1.2,
+    "flags": 0,
+}
+"""``cv2.calcOpticalFlowFarneback``'s arguments in Mind-Animator's EPE."""
+FLOW_SIZE = 512
+"""Side the frames are resized to before the flow, as in Mind-Animator (its clips are 512²)."""
+VIFI_GATE = 0.6
+"""Mind-Animator's CLIP-pcc counts 0 for a clip whose VIFI-CLIP score is at most this."""
+AE_EPS = 1e-8
+# Ground-truth flows are kept in memory up to this size, in a temporary file beyond it.
+_FLOW_MEMORY_BYTES = 512 * 2**20
+
+
+def _check_pair(pred: np.ndarray, gt: np.ndarray, what: str) -> None:
+    if pred.ndim != 5 or pred.shape[-1] != 3 or pred.shape != gt.shape:
+        raise UserError(
+            f"{what} needs reconstructions and ground truth of one shape [S, F, H, W, 3]; got "
+            f"{list(pred.shape)} and {list(gt.shape)} (resize them to one size first)."
+        )
+    if pred.dtype != np.uint8 or gt.dtype != np.uint8:
+        raise UserError(f"{what} reads uint8 frames (0-255), got {pred.dtype} and {gt.dtype}.")
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def _shuffled_mean(
+    value: Callable[[int, int], float], n: int, rng: np.random.Generator
+) -> tuple[float | None, float | None]:
+    """Mean over windows of ``value(i, j)`` (reconstruction i, ground truth j) for
+    :data:`SHUFFLES` derangements ``j = perm[i]``: the mean and sd over the pairings."""
+    if n < 2:
+        return None, None
+    means = [
+        np.mean([value(i, int(perm[i])) for i in range(n)])
+        for perm in derangements(n, SHUFFLES, rng)
+    ]
+    return float(np.mean(means)), float(np.std(means, ddof=1))
+
+
+# --------------------------------------------------------------------------------------------
+# Hue-pcc
+# --------------------------------------------------------------------------------------------
+
+
+def hue_maps(frames: np.ndarray, *, swap_rb: bool = True) -> np.ndarray:
+    """OpenCV's 8-bit hue (0–179) of every pixel: uint8 ``[..., H, W, 3]`` → uint8 ``[..., H, W]``.
+
+    ``swap_rb=True`` converts with ``COLOR_BGR2HSV`` as Mind-Animator does on its RGB frames (the
+    hue becomes ``(120 − H) mod 180``: the circle reflected); ``False`` reads the frames as RGB.
+    """
+    cv2 = _cv2()
+    arr = np.asarray(frames)
+    code = cv2.COLOR_BGR2HSV if swap_rb else cv2.COLOR_RGB2HSV
+    flat = arr.reshape(-1, *arr.shape[-3:])
+    out = np.empty(flat.shape[:-1], dtype=np.uint8)
+    for k, frame in enumerate(flat):
+        out[k] = cv2.cvtColor(np.ascontiguousarray(frame), code)[..., 0]
+    return out.reshape(arr.shape[:-1])
+
+
+def _hue_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the uncentred cosine of two hue maps ``[F, H, W]`` (0/0 → 1: two
+    colourless frames agree; x/0 → 0)."""
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    b = b.reshape(b.shape[0], -1).astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dot = np.einsum("fp,fp->f", a, b)
+    both_zero = (na == 0) & (nb == 0)
+    cos = np.where(na * nb > 0, dot / np.maximum(na * nb, 1e-300), np.where(both_zero, 1.0, 0.0))
+    return float(cos.mean())
+
+
+def hue_pcc_samples(
+    pred: np.ndarray, gt: np.ndarray, *, swap_rb: bool = True, seed: int = 0
+) -> MetricSamples:
+    """Mind-Animator's Hue-pcc per window ``[S]``, with its shuffled reference.
+
+    Per frame, the cosine ``Σ h₁h₂ / (‖h₁‖ ‖h₂‖)`` of the reconstruction's and the ground truth's
+    flattened hue maps (:func:`hue_maps`; the reference's ``/ 360`` cancels), then the mean over
+    the window's frames. No chance level: hue maps of unrelated frames still agree far above 0,
+    which is what the shuffled reference (other windows' ground truth) shows.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    _check_pair(pred, gt, "Hue-pcc")
+    h_pred, h_gt = hue_maps(pred, swap_rb=swap_rb), hue_maps(gt, swap_rb=swap_rb)
+    n = len(pred)
+    values = np.array([_hue_cosine(h_pred[i], h_gt[i]) for i in range(n)])
+    shuffled, sd = _shuffled_mean(
+        lambda i, j: _hue_cosine(h_pred[i], h_gt[j]), n, np.random.default_rng(seed)
+    )
+    return MetricSamples(per_sample=values, chance=None, shuffled=shuffled, shuffled_sd=sd)
+
+
+# --------------------------------------------------------------------------------------------
+# EPE and angular error of the optical flow
+# --------------------------------------------------------------------------------------------
+
+
+def optical_flow(
+    clip: np.ndarray, *, size: int | None = FLOW_SIZE, swap_rb: bool = True
+) -> np.ndarray:
+    """Farnebäck flow between consecutive frames: uint8 ``[F, H, W, 3]`` → float32
+    ``[F − 1, size, size, 2]`` (dx, dy in pixels of the resized frame).
+
+    Frames are resized to ``size × size`` (bilinear, ``cv2.resize``; None keeps them) and turned
+    grey with ``COLOR_BGR2GRAY`` (``swap_rb=True``, as the reference does to RGB frames, which
+    swaps the weights of red and blue) or ``COLOR_RGB2GRAY``; the flow's arguments are
+    :data:`FARNEBACK`.
+    """
+    cv2 = _cv2()
+    arr = np.asarray(clip)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise UserError(
+            f"Optical flow reads a uint8 clip [F, H, W, 3], got {arr.dtype} {list(arr.shape)}."
+        )
+    if arr.shape[0] < 2:
+        raise UserError("Optical flow needs at least 2 frames per clip.")
+    code = cv2.COLOR_BGR2GRAY if swap_rb else cv2.COLOR_RGB2GRAY
+    grey = []
+    for frame in arr:
+        frame = np.ascontiguousarray(frame)
+        if size is not None and frame.shape[:2] != (size, size):
+            frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
+        grey.append(cv2.cvtColor(frame, code))
+    flows = [
+        cv2.calcOpticalFlowFarneback(grey[k], grey[k + 1], None, **FARNEBACK)
+        for k in range(len(grey) - 1)
+    ]
+    return np.stack(flows).astype(np.float32, copy=False)
+
+
+def flow_errors(flow_gt: np.ndarray, flow_pred: np.ndarray) -> tuple[float, float]:
+    """Mean end-point error (pixels) and mean angular error (degrees) of two flow fields
+    ``[..., 2]``: per pixel ``‖f_gt − f_pred‖`` and ``degrees(arccos(clip(⟨f_gt, f_pred⟩ /
+    (‖f_gt‖ ‖f_pred‖ + 1e-8), −1, 1)))``, as Mind-Animator's ``compute_epe`` / ``compute_ae``."""
+    g = np.asarray(flow_gt, dtype=np.float64)
+    p = np.asarray(flow_pred, dtype=np.float64)
+    epe = np.linalg.norm(g - p, axis=-1)
+    cos = np.sum(g * p, axis=-1) / (
+        np.linalg.norm(g, axis=-1) * np.linalg.norm(p, axis=-1) + AE_EPS
+    )
+    ae = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return float(epe.mean()), float(ae.mean())
+
+
+def flow_samples(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    *,
+    size: int | None = FLOW_SIZE,
+    swap_rb: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, MetricSamples]:
+    """Per-window EPE and angular error ``{EPE_KEY, FLOW_ANGLE_KEY: MetricSamples}``.
+
+    A window's values are the means over its ``F − 1`` flows and all their pixels (the
+    reference's per-video mean). The shuffled reference scores every reconstruction's flow
+    against another window's ground-truth flow: a reconstruction that moves as little as any
+    clip scores near it, however still or busy the test set is.
+    """
+    from tqdm.auto import tqdm
+
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    _check_pair(pred, gt, "EPE")
+    n, f = pred.shape[:2]
+    if f < 2:
+        raise UserError("EPE needs at least 2 frames per window.")
+    side_h, side_w = (size, size) if size is not None else pred.shape[2:4]
+    shape = (n, f - 1, side_h, side_w, 2)
+    nbytes = math.prod(shape) * 4
+    with tempfile.TemporaryDirectory(prefix="mindvideo-flow-") as tmp:
+        if nbytes > _FLOW_MEMORY_BYTES:
+            gt_flows = np.lib.format.open_memmap(
+                Path(tmp) / "gt_flows.npy", mode="w+", dtype=np.float32, shape=shape
+            )
+        else:
+            gt_flows = np.empty(shape, dtype=np.float32)
+        bar = tqdm(
+            range(n), desc="Optical flow", unit="window", leave=False, disable=not progress or None
+        )
+        for i in bar:
+            gt_flows[i] = optical_flow(gt[i], size=size, swap_rb=swap_rb)
+        rng = np.random.default_rng(seed)
+        perms = derangements(n, SHUFFLES, rng) if n >= 2 else []
+        epe = np.empty(n)
+        ae = np.empty(n)
+        shuffled = np.empty((len(perms), n, 2))
+        for i in tqdm(
+            range(n), desc="Flow errors", unit="window", leave=False, disable=not progress or None
+        ):
+            flow = optical_flow(pred[i], size=size, swap_rb=swap_rb)
+            epe[i], ae[i] = flow_errors(gt_flows[i], flow)
+            for k, perm in enumerate(perms):
+                shuffled[k, i] = flow_errors(gt_flows[int(perm[i])], flow)
+        del gt_flows
+    out = {}
+    for col, (key, values) in enumerate(((EPE_KEY, epe), (FLOW_ANGLE_KEY, ae))):
+        if perms:
+            means = shuffled[:, :, col].mean(axis=1)
+            ref, sd = float(means.mean()), float(means.std(ddof=1))
+        else:
+            ref = sd = None
+        out[key] = MetricSamples(per_sample=values, chance=None, shuffled=ref, shuffled_sd=sd)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# CLIP-based: VIFI-CLIP score and the two CLIP-pcc
+# --------------------------------------------------------------------------------------------
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def vifi_clip_samples(raw_pred: np.ndarray, raw_gt: np.ndarray) -> MetricSamples:
+    """Mind-Animator's VIFI-CLIP score per window from per-frame image embeddings
+    ``[S, F, D]`` (unnormalised, as the video encoder returns them).
+
+    ``cos(mean_f e_pred[i, f], mean_f e_gt[i, f])``: the frames are pooled before the
+    normalisation, as ViFi-CLIP does. The shuffled reference is the mean over *all* other
+    windows' ground truth (every off-diagonal pair: cheap, and exact rather than sampled);
+    ``shuffled_sd`` is None.
+    """
+    a, b = np.asarray(raw_pred), np.asarray(raw_gt)
+    if a.ndim != 3 or a.shape != b.shape:
+        raise UserError(
+            f"VIFI-CLIP needs per-frame embeddings [S, F, D] of one shape, got {list(a.shape)} "
+            f"and {list(b.shape)}."
+        )
+    sim = _unit(a.mean(axis=1)) @ _unit(b.mean(axis=1)).T  # [S, S]
+    s = sim.shape[0]
+    ref = None if s < 2 else float((sim.sum() - np.trace(sim)) / (s * (s - 1)))
+    return MetricSamples(per_sample=np.diag(sim).copy(), chance=None, shuffled=ref)
+
+
+def clip_pcc_neurons(embeds: np.ndarray) -> np.ndarray:
+    """NEURONS' CLIP-pcc per window: the mean cosine over all ordered pairs ``i ≠ j`` of the
+    window's frame embeddings ``[S, F, D]`` (the off-diagonal mean of the F × F cosine matrix)."""
+    e = _unit(embeds)
+    f = e.shape[1]
+    if f < 2:
+        raise UserError("CLIP-pcc needs at least 2 frames per window.")
+    sim = np.einsum("sid,sjd->sij", e, e)
+    return (sim.sum(axis=(1, 2)) - np.trace(sim, axis1=1, axis2=2)) / (f * (f - 1))
+
+
+def clip_pcc_mind_animator(
+    embeds: np.ndarray, vifi: np.ndarray | None, *, gate: float = VIFI_GATE
+) -> np.ndarray:
+    """Mind-Animator's CLIP-pcc per window: the mean cosine of adjacent frame embeddings
+    ``[S, F, D]``, and 0 where the window's VIFI-CLIP score ``vifi [S]`` is at most ``gate``
+    (``vifi=None``: no gate, e.g. for the ground truth's own value)."""
+    e = _unit(embeds)
+    if e.shape[1] < 2:
+        raise UserError("CLIP-pcc needs at least 2 frames per window.")
+    adjacent = np.einsum("sfd,sfd->sf", e[:, :-1], e[:, 1:]).mean(axis=1)
+    if vifi is None:
+        return adjacent
+    vifi = np.asarray(vifi, dtype=np.float64)
+    if vifi.shape != adjacent.shape:
+        raise UserError(
+            f"VIFI-CLIP scores {list(vifi.shape)} do not match {len(adjacent)} windows."
+        )
+    return np.where(vifi <= gate, 0.0, adjacent)
