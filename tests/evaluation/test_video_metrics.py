@@ -7,8 +7,11 @@ import math
 import cv2
 import numpy as np
 import pytest
+import torch
+from helpers.run import write_reconstruction
 from transformers import CLIPConfig, CLIPModel
 
+from mindvideo.config import EvaluateConfig, PretrainedPaths
 from mindvideo.evaluation.clip_similarity import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -16,11 +19,14 @@ from mindvideo.evaluation.clip_similarity import (
     clip_architecture,
 )
 from mindvideo.evaluation.metrics import above_shuffled, format_markdown_table, summarise_metrics
+from mindvideo.evaluation.runner import evaluate_reconstructions
 from mindvideo.evaluation.video_metrics import (
+    I3DFeatures,
     clip_pcc_mind_animator,
     clip_pcc_neurons,
     flow_errors,
     flow_samples,
+    frechet_distance,
     hue_maps,
     hue_pcc_samples,
     optical_flow,
@@ -232,3 +238,73 @@ def test_clip_architecture_names():
     assert clip_architecture(tiny(768, 32)) == "ViT-B/32"
     assert clip_architecture(tiny(1024, 14)) == "ViT-L/14"
     assert clip_architecture(tiny(32, 16)) == "ViT-32d/16"
+
+
+def test_frechet_distance_by_hand():
+    rng = np.random.default_rng(2)
+    a = rng.normal(1.0, 2.0, (500, 1))
+    b = rng.normal(-0.5, 0.5, (300, 1))
+    # One dimension: (μa − μb)² + (σa − σb)², with sample (ddof=1) deviations.
+    by_hand = (a.mean() - b.mean()) ** 2 + (a.std(ddof=1) - b.std(ddof=1)) ** 2
+    assert frechet_distance(a, b) == pytest.approx(by_hand)
+    c = rng.normal(size=(200, 6))
+    shift = np.array([1.0, 0, 2.0, 0, 0, 0])
+    assert frechet_distance(c, c + shift) == pytest.approx(5.0, abs=1e-6)  # same covariance
+    assert frechet_distance(c, c) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(UserError, match="N >= 2"):
+        frechet_distance(c[:1], c)
+
+
+class FakeI3D(torch.nn.Module):
+    """The TorchScript I3D's call signature, on a linear map of the clip's mean colour."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 4)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rescale: bool = False,
+        resize: bool = False,
+        return_features: bool = False,
+    ) -> torch.Tensor:
+        if rescale:
+            x = x / 127.5 - 1.0
+        return self.proj(x.mean(dim=(2, 3, 4)))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_fvd_reads_a_torchscript_i3d(tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / "i3d"
+    folder.mkdir()
+    module = FakeI3D()
+    torch.jit.script(module).save(str(folder / "i3d_torchscript.pt"))
+    i3d = I3DFeatures.from_pretrained(folder, device="cpu", batch_size=3)
+    clips = np.random.default_rng(3).integers(0, 256, (7, 6, 8, 8, 3), dtype=np.uint8)
+    feats = i3d.features(clips)
+    # Videos of 0-255 as [B, 3, T, H, W], rescaled to [-1, 1] inside the model.
+    x = torch.from_numpy(clips).float().permute(0, 4, 1, 2, 3) / 127.5 - 1.0
+    with torch.no_grad():
+        np.testing.assert_allclose(feats, module.proj(x.mean(dim=(2, 3, 4))).numpy(), atol=1e-5)
+    with pytest.raises(UserError, match="TorchScript I3D"):
+        I3DFeatures.from_pretrained(tmp_path / "nowhere")
+    # evaluate writes FVD as one set-level value when pretrained.i3d is given.
+    gt = clips[:5]
+    pred = np.clip(gt.astype(int) + 40, 0, 255).astype(np.uint8)
+    recon = write_reconstruction(tmp_path / "recon", pred, gt)
+    cfg = EvaluateConfig(
+        reconstructions=str(recon),
+        pretrained=PretrainedPaths(i3d=str(folder)),
+        bootstrap=50,
+        flow_size=None,
+        device="cpu",
+    )
+    result = evaluate_reconstructions(cfg, tmp_path / "eval", progress=False)
+    fvd = result.metrics["fvd"]
+    assert fvd["set_level"] and fvd["lower_is_better"] and fvd["se"] is None and fvd["n"] == 5
+    expected = frechet_distance(i3d.features(pred), i3d.features(gt))
+    assert fvd["mean"] == pytest.approx(expected) and expected > 0
+    assert "fvd" not in result.samples  # no per-window values: no t-test in compare
+    assert result.meta["video_metrics"]["fvd"]["frames"] == 6

@@ -132,6 +132,9 @@ class PretrainedPaths:
     clip_b32: str | None = None
     """CLIP ViT-B/32 (openai/clip-vit-base-patch32) for Mind-Animator's CLIP-pcc; unset:
     ``clip``, and the score is marked as computed with another model."""
+    i3d: str | None = None
+    """The TorchScript I3D of FVD (``i3d_torchscript.pt``, or a folder holding it); unset: no
+    FVD."""
 
 
 @dataclass

@@ -40,7 +40,7 @@ TRUE_MODE = "true"
 """Identification against the true label: the strict rule with a one-hot ground truth."""
 ALL_MODES: tuple[str, ...] = (*MODES, TRUE_MODE)
 JUDGE_ACCURACY = "judge_accuracy"
-LOWER_IS_BETTER = frozenset({"epe", "flow_angular_error"})
+LOWER_IS_BETTER = frozenset({"epe", "flow_angular_error", "fvd"})
 """Scores where the smaller value is the better reconstruction (optical-flow errors)."""
 
 
@@ -425,7 +425,12 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-_UNITS = {"psnr": "psnr (dB)", "epe": "epe (px)", "flow_angular_error": "flow_angular_error (°)"}
+_UNITS = {
+    "psnr": "psnr (dB)",
+    "epe": "epe (px)",
+    "flow_angular_error": "flow_angular_error (°)",
+    "fvd": "fvd (set level)",
+}
 
 
 def format_markdown_table(metrics: dict[str, dict]) -> str:

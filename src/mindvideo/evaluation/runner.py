@@ -63,12 +63,15 @@ from mindvideo.evaluation.true_labels import window_labels
 from mindvideo.evaluation.video_metrics import (
     CLIP_PCC_MIND_ANIMATOR_KEY,
     CLIP_PCC_NEURONS_KEY,
+    FVD_KEY,
     HUE_PCC_KEY,
     VIFI_CLIP_KEY,
     VIFI_GATE,
+    I3DFeatures,
     clip_pcc_mind_animator,
     clip_pcc_neurons,
     flow_samples,
+    frechet_distance,
     hue_pcc_samples,
     vifi_clip_samples,
 )
@@ -416,6 +419,30 @@ def _video_scores(
     return out, info
 
 
+def _fvd(
+    pred: np.ndarray, gt: np.ndarray, cfg: EvaluateConfig, model: I3DFeatures | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """FVD of the reconstructions against the ground truth (a set-level score: one value, no
+    per-window samples, so no standard error, interval or t-test)."""
+    path = cfg.pretrained.i3d
+    if model is None:
+        model = I3DFeatures.from_pretrained(path, device=cfg.device)  # type: ignore[arg-type]
+    logger.info("FVD: I3D features of %d reconstructed and ground-truth clips", len(pred))
+    value = frechet_distance(model.features(pred), model.features(gt))
+    score = {
+        "mean": value,
+        "se": None,
+        "chance": None,
+        "n": len(pred),
+        "ci_low": None,
+        "ci_high": None,
+        "set_level": True,
+        "lower_is_better": True,
+    }
+    info = {"path": str(path) if path else None, "frames": int(pred.shape[1])}
+    return score, info
+
+
 def _model_note(identity: dict[str, Any] | None, model: Any, reference: str) -> dict[str, Any]:
     """Which model computed a score, and whether it is the one its reference used."""
     arch = _architecture(model)
@@ -527,6 +554,7 @@ def evaluate_reconstructions(
     clip_model: CLIPImageEmbedder | None = None,
     vifi_model: CLIPImageEmbedder | None = None,
     clip_b32_model: CLIPImageEmbedder | None = None,
+    i3d_model: I3DFeatures | None = None,
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate the reconstruction folder ``cfg.reconstructions`` into ``out`` (see module doc).
@@ -582,6 +610,8 @@ def evaluate_reconstructions(
     more, video_info = _video_scores(pred_c, gt_c, cfg, models, identities, progress)
     samples.update(more)
     metrics = summarise_metrics(samples, seed=cfg.seed, n_resamples=cfg.bootstrap)
+    if i3d_model is not None or cfg.pretrained.i3d:
+        metrics[FVD_KEY], video_info[FVD_KEY] = _fvd(pred_c, gt_c, cfg, i3d_model)
 
     # The note is about the identification scores: the frame and video classifiers.
     standin = any(bool(identities[r] and identities[r]["standin"]) for r in ("frame", "video"))

@@ -34,8 +34,10 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,14 +52,17 @@ __all__ = [
     "FARNEBACK",
     "FLOW_ANGLE_KEY",
     "FLOW_SIZE",
+    "FVD_KEY",
     "HUE_PCC_KEY",
     "LOWER_IS_BETTER",
     "VIFI_CLIP_KEY",
     "VIFI_GATE",
+    "I3DFeatures",
     "clip_pcc_mind_animator",
     "clip_pcc_neurons",
     "flow_errors",
     "flow_samples",
+    "frechet_distance",
     "hue_maps",
     "hue_pcc_samples",
     "optical_flow",
@@ -72,6 +77,8 @@ FLOW_ANGLE_KEY = "flow_angular_error"
 VIFI_CLIP_KEY = "vifi_clip"
 CLIP_PCC_MIND_ANIMATOR_KEY = "clip_pcc_mind_animator"
 CLIP_PCC_NEURONS_KEY = "clip_pcc_neurons"
+FVD_KEY = "fvd"
+I3D_FILE = "i3d_torchscript.pt"
 
 FARNEBACK = {
     "pyr_scale": 0.5,
@@ -350,3 +357,85 @@ def clip_pcc_mind_animator(
             f"VIFI-CLIP scores {list(vifi.shape)} do not match {len(adjacent)} windows."
         )
     return np.where(vifi <= gate, 0.0, adjacent)
+
+
+# --------------------------------------------------------------------------------------------
+# FVD (optional: with an I3D)
+# --------------------------------------------------------------------------------------------
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance of two Gaussians fitted to feature sets ``[Na, D]``, ``[Nb, D]``:
+    ``‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½)`` (FID's and FVD's formula; sample covariances,
+    the real part of the matrix square root)."""
+    import scipy.linalg
+
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise UserError(
+            f"The Fréchet distance needs two feature sets [N, D] of one D and N >= 2, got "
+            f"{list(a.shape)} and {list(b.shape)}."
+        )
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    value = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2.0 * np.real(root))
+    return float(np.real(value))
+
+
+class I3DFeatures:
+    """The I3D of FVD as TorchScript (``i3d_torchscript.pt``, the Kinetics-400 I3D that
+    StyleGAN-V and universome/fvd-comparison export from the original TensorFlow FVD; they
+    match it to 3e-4): clips → the 400 logits before the softmax.
+
+    Called as those implementations call it on videos of 0–255: ``detector(x [B, 3, T, H, W],
+    rescale=True, resize=True, return_features=True)`` (scaled to [−1, 1] and resized to
+    224 × 224 inside the model).
+    """
+
+    def __init__(self, module: Any, *, device: str | None = None, batch_size: int = 8) -> None:
+        import torch
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.module = module.to(self.device).eval()
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, device: str | None = None, batch_size: int = 8
+    ) -> I3DFeatures:
+        """Load ``path`` (the TorchScript file, or a folder holding ``i3d_torchscript.pt``)."""
+        import torch
+
+        file = Path(path).expanduser()
+        if file.is_dir():
+            file = file / I3D_FILE
+        if not file.is_file():
+            raise UserError(
+                f"No I3D at {file}: pretrained.i3d must be the TorchScript I3D of FVD "
+                f"({I3D_FILE}) or a folder holding it."
+            )
+        try:
+            with warnings.catch_warnings():
+                # TorchScript is deprecated in torch, but it is the format FVD's I3D ships in.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(file), map_location="cpu")
+        except (RuntimeError, ValueError) as err:
+            raise UserError(f"{file} is not a TorchScript I3D ({err}); re-download it.") from err
+        return cls(module, device=device, batch_size=batch_size)
+
+    def features(self, clips: np.ndarray) -> np.ndarray:
+        """uint8 clips ``[S, F, H, W, 3]`` → float64 features ``[S, D]``."""
+        import torch
+
+        arr = np.asarray(clips)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(arr), self.batch_size):
+                x = torch.from_numpy(np.array(arr[start : start + self.batch_size]))
+                x = x.to(self.device, torch.float32).permute(0, 4, 1, 2, 3)  # [B, 3, T, H, W]
+                feats = self.module(x, rescale=True, resize=True, return_features=True)
+                out.append(feats.double().cpu().numpy())
+        return np.concatenate(out)

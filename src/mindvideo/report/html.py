@@ -247,6 +247,7 @@ def _metric_label(key: str) -> str:
         "epe": "EPE, optical flow (px, lower is better)",
         "flow_angular_error": "flow angular error (°, lower is better)",
         "vifi_clip": "VIFI-CLIP score",
+        "fvd": "FVD (I3D, set level, lower is better)",
         "clip_pcc_mind_animator": "CLIP-pcc · Mind-Animator (adjacent frames, VIFI gate)",
         "clip_pcc_neurons": "CLIP-pcc · NEURONS (all frame pairs)",
         "clip_similarity": "CLIP image similarity",
@@ -267,7 +268,7 @@ METRIC_GROUPS = (
 
 
 def _metric_group(key: str) -> str:
-    if key.startswith("video_") or key == "vifi_clip":
+    if key.startswith("video_") or key in ("vifi_clip", "fvd"):
         return METRIC_GROUPS[0]
     if key.startswith("clip_pcc_") or key in ("epe", "flow_angular_error"):
         return METRIC_GROUPS[1]
