@@ -51,8 +51,8 @@ COMPARISON_MD = "comparison.md"
 class Comparison:
     """Runs side by side. ``runs``: ``[{"name", "path", "n_windows", "standin_classifiers",
     "paired_with_reference"}]``; ``metrics``: ``{key: {"chance", "scores": {run: score dict},
-    "tests": {run: t-test dict or None}, "wilcoxon": {run: ...}, "permutation": {run: ...}}}``
-    (the reference has no tests)."""
+    "tests": {run: t-test dict or None}, "wilcoxon": {run: ...}, "permutation": {run: ...},
+    "bootstrap_wilcoxon": {run: ...}}}`` (the reference has no tests)."""
 
     reference: str
     runs: list[dict[str, Any]]
@@ -149,7 +149,7 @@ class Comparison:
                 + "; ".join(notes)
                 + ". Mean ± SE over windows [95% bootstrap CI]; shuffled: the empirical chance "
                 "of an identification score (each reconstruction paired with another window's "
-                "ground truth). Δ: difference from the reference, with the significance band "
+                "ground truth; for Hue-pcc, EPE and VIFI-CLIP the same reference). Δ: difference from the reference, with the significance band "
                 "of each test.\n"
             )
         if any(r.get("standin_classifiers") for r in self.runs):

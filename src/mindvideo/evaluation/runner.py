@@ -394,6 +394,7 @@ def _video_scores(
             **_model_note(identities["clip"], clip, "ViT-B/16"),
             "vifi_clip": False,
             "standin": True,
+            "as_reference": False,
             "note": "the CLIP image tower of pretrained.clip with temporal mean pooling, "
             "not ViFi-CLIP: a stand-in",
         }
