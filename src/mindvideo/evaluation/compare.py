@@ -149,7 +149,8 @@ class Comparison:
                 + "; ".join(notes)
                 + ". Mean ± SE over windows [95% bootstrap CI]; shuffled: the empirical chance "
                 "of an identification score (each reconstruction paired with another window's "
-                "ground truth; for Hue-pcc, EPE and VIFI-CLIP the same reference). Δ: difference from the reference, with the significance band "
+                "ground truth; for Hue-pcc, EPE and VIFI-CLIP the same reference). Δ: difference "
+                "from the reference, with the significance band "
                 "of each test.\n"
             )
         if any(r.get("standin_classifiers") for r in self.runs):
