@@ -104,7 +104,8 @@ def classifier_dirs(tmp_path_factory):
 def test_identical_clips_pixel_metrics_only(tmp_path):
     gt = random_clips(5)
     recon = write_reconstruction(tmp_path / "recon", gt.copy(), gt)
-    cfg = EvaluateConfig(reconstructions=str(recon), bootstrap=200)
+    cfg = EvaluateConfig(reconstructions=str(recon), bootstrap=200, flow_size=64)
+    assert EvaluateConfig().flow_size == 512  # Mind-Animator's, by default
     result = evaluate_reconstructions(cfg, tmp_path / "eval", progress=False)
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(doc) == {
@@ -117,7 +118,8 @@ def test_identical_clips_pixel_metrics_only(tmp_path):
     assert doc["hue_pcc"]["chance_shuffled"] < 1.0
     assert doc["epe"]["mean"] == 0.0 and doc["epe"]["lower_is_better"] is True
     assert doc["epe"]["chance_shuffled"] > 0.1
-    assert doc["meta"]["video_metrics"]["flow_size"] == 512  # Mind-Animator's, by default
+    assert doc["meta"]["video_metrics"]["flow_size"] == 64  # resized, as the reference does
+    assert doc["meta"]["video_metrics"]["flow_resized"] is True
     assert doc["psnr"]["mean"] == pytest.approx(100.0)  # PSNR_CAP_DB for identical frames
     assert set(doc["ssim"]) == {"mean", "se", "chance", "n", "ci_low", "ci_high"}
     assert doc["ssim"]["n"] == 5
