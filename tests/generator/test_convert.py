@@ -115,6 +115,10 @@ def test_authors_pipeline_folder_loads_to_the_same_model(tmp_path):
     unet = inflated_unet_from_authors(folder).eval()
     assert isinstance(unet, VideoUNet)
     assert list(unet.config.down_block_types) == ["CrossAttnDownBlock2D", "DownBlock2D"]
+    # The authors' ResnetBlock3D normalises whole clips: a converted UNet does too.
+    assert unet.cross_frame_norm
+    assert not torch.equal(run(unet), run(original))
+    original.set_cross_frame_norm(True)
     assert torch.equal(run(unet), run(original))
     # the unet/ folder itself works too
     assert torch.equal(run(inflated_unet_from_authors(folder / "unet").eval()), run(original))

@@ -46,10 +46,12 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, sd_folder, prepared):
-    """``mindvideo tune-video`` for 4 steps (checkpoints at 2 and 4); the VAE calls counted."""
+    """``mindvideo tune-video`` for 4 steps (checkpoints at 2 and 4), with the authors'
+    cross-frame GroupNorm; the VAE calls counted."""
     out = tmp_path_factory.mktemp("tune") / "tune-video"
     argv = ["tune-video", "--data", str(prepared), "--stable-diffusion", str(sd_folder)]
     argv += ["--out", str(out), *train_args(**{"train.max_steps": 4, "train.checkpoint_every": 2})]
+    argv += ["cross_frame_norm=true"]
     with VaeEncodeCounter() as counter:
         assert run_cli(argv) == 0
     return out, counter.calls
@@ -177,6 +179,8 @@ def test_tune_video_writes_a_complete_generator_folder(tuned, sd_folder):
     assert config["_class_name"] == "PNDMScheduler" and config["beta_end"] == 0.012
     # A 2D UNet loads the tuned weights too (as Stable Diffusion's, without temporal layers).
     UNet2DConditionModel.from_pretrained(out / "unet")
+    # The clip-wide GroupNorm is saved with the UNet, so co-training and sampling keep it.
+    assert VideoUNet.from_pretrained(out / "unet").cross_frame_norm
     lines = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
     assert any("probe_loss" in x for x in lines)

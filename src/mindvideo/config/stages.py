@@ -337,6 +337,10 @@ class TuneVideoConfig:
     size: int = 256
     trainable: list[str] = field(default_factory=lambda: ["attn1", "attn2", "attn_temp"])
     gradient_checkpointing: bool = False
+    cross_frame_norm: bool = False
+    """GroupNorm statistics of the ResNet blocks and ``conv_norm_out`` pooled over the frames of
+    a clip, as the authors' (and Tune-A-Video's) UNet computes them; false: per frame. Saved
+    with the UNet, so co-training and sampling keep it."""
     train: TrainConfig = field(default_factory=lambda: _tune_a_video(800, 14, 2e-5))
     """Paper B: 800 steps, batch 14, lr 2e-5 (Tune-A-Video's AdamW, constant rate)."""
 

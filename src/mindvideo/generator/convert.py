@@ -212,6 +212,8 @@ def convert_authors_unet(
             weights,
         )
     unet.load_state_dict(state, strict=False)
+    # The authors' ResnetBlock3D and conv_norm_out normalise [B, C, F, H, W]: per clip.
+    unet.set_cross_frame_norm(True)
     return unet, report, weights
 
 

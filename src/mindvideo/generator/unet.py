@@ -35,8 +35,10 @@ from mindvideo.generator.attention import VideoTransformerBlock
 from mindvideo.utils import UserError
 
 __all__ = [
+    "CROSS_FRAME_NORM_KEY",
     "TEMPORAL_MODULES",
     "TRAINABLE_MODULES",
+    "FrameGroupNorm",
     "VideoUNet",
     "VideoUNetOutput",
     "trainable_parameters",
@@ -117,6 +119,61 @@ def _video_block_like(
     return video_block
 
 
+class FrameGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` on frames folded into the batch, ``[B·F, C, H, W]``, that can pool its
+    statistics over all F frames of a clip, as the authors' ``ResnetBlock3D`` (and
+    Tune-A-Video's) does by normalising ``[B, C, F, H, W]`` tensors.
+
+    ``frames`` is set by :meth:`VideoUNet.forward` before every call; with ``cross_frame``
+    off (the default) or one frame this is exactly ``nn.GroupNorm`` per frame. Same parameters
+    and names as the ``nn.GroupNorm`` it replaces, so checkpoints load either way.
+    """
+
+    cross_frame: bool = False
+    frames: int = 1
+
+    @classmethod
+    def like(cls, norm: nn.GroupNorm) -> FrameGroupNorm:
+        """The same normalisation, holding ``norm``'s own parameters."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.num_groups, new.num_channels = norm.num_groups, norm.num_channels
+        new.eps, new.affine = norm.eps, norm.affine
+        new.weight, new.bias = norm.weight, norm.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cross_frame or self.frames <= 1:
+            return super().forward(x)
+        bf, *rest = x.shape
+        if bf % self.frames:
+            raise ValueError(f"{bf} frames in the batch do not split into clips of {self.frames}.")
+        clips = x.reshape(bf // self.frames, self.frames, *rest).transpose(1, 2)  # [B, C, F, ...]
+        out = nn.functional.group_norm(clips, self.num_groups, self.weight, self.bias, self.eps)
+        return out.transpose(1, 2).reshape(x.shape)
+
+
+def _frame_norms(unet: nn.Module) -> list[FrameGroupNorm]:
+    return [m for m in unet.modules() if isinstance(m, FrameGroupNorm)]
+
+
+def _use_frame_norms(unet: UNet2DConditionModel) -> None:
+    """Make the GroupNorms the authors apply to whole clips (every ResNet block's ``norm1`` and
+    ``norm2``, and ``conv_norm_out``) :class:`FrameGroupNorm` (per frame until switched on)."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    for block in [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]:
+        for name in ("norm1", "norm2"):
+            norm = getattr(block, name)
+            if type(norm) is nn.GroupNorm:
+                setattr(block, name, FrameGroupNorm.like(norm))
+    if type(getattr(unet, "conv_norm_out", None)) is nn.GroupNorm:
+        unet.conv_norm_out = FrameGroupNorm.like(unet.conv_norm_out)
+
+
+CROSS_FRAME_NORM_KEY = "_cross_frame_norm"
+"""config.json key of a saved VideoUNet whose GroupNorms pool over the frames of a clip."""
+
 INFLATION_SEED = 0
 """Seed of the temporal layers an inflation adds (their output projections start at zero, so
 the inflated UNet computes what the 2D one did; the other weights still need values)."""
@@ -140,6 +197,21 @@ class VideoUNet(UNet2DConditionModel):
             transformer.transformer_blocks = nn.ModuleList(
                 _video_block_like(transformer, block) for block in transformer.transformer_blocks
             )
+        _use_frame_norms(self)
+
+    @property
+    def cross_frame_norm(self) -> bool:
+        """Whether the ResNet blocks' GroupNorms and ``conv_norm_out`` pool their statistics
+        over all frames of a clip (the authors' and Tune-A-Video's UNet) rather than per frame
+        (diffusers' 2D layers on frames folded into the batch; the default)."""
+        return bool(getattr(self.config, CROSS_FRAME_NORM_KEY, False))
+
+    def set_cross_frame_norm(self, on: bool) -> None:
+        """Switch cross-frame GroupNorm; recorded in the config, so ``save_pretrained`` /
+        ``from_pretrained`` keep it. Same weights either way."""
+        self.register_to_config(**{CROSS_FRAME_NORM_KEY: bool(on)})
+        for norm in _frame_norms(self):
+            norm.cross_frame = bool(on)
 
     @classmethod
     def from_unet2d(cls, unet: UNet2DConditionModel) -> VideoUNet:
@@ -188,6 +260,8 @@ class VideoUNet(UNet2DConditionModel):
         """diffusers' ``from_pretrained``. A folder holding a 2D UNet (no temporal weights, e.g.
         Stable Diffusion's ``unet/``) is inflated: its temporal layers start as the identity."""
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        config = cls.load_config(pretrained_model_name_or_path, subfolder=kwargs.get("subfolder"))
+        model.set_cross_frame_norm(bool(config.get(CROSS_FRAME_NORM_KEY, False)))
         fresh = 0
         with torch.random.fork_rng(devices=[]):  # fresh layers from a fixed seed, as above
             torch.manual_seed(INFLATION_SEED)
@@ -267,6 +341,8 @@ class VideoUNet(UNet2DConditionModel):
         if encoder_attention_mask is not None:
             encoder_attention_mask = encoder_attention_mask.repeat_interleave(frames, dim=0)
         cross_attention_kwargs = {**(cross_attention_kwargs or {}), "num_frames": frames}
+        for norm in _frame_norms(self):
+            norm.frames = frames
 
         out = super().forward(
             latents,  # [B·F, C, H, W]

@@ -305,6 +305,7 @@ def tune_video(
     state = PartialState(cpu=cfg.train.cpu or not torch.cuda.is_available())
     try:
         sd = load_stable_diffusion(cfg.pretrained.stable_diffusion)
+        sd.unet.set_cross_frame_norm(cfg.cross_frame_norm)
         latent_size = check_generator_size(cfg.size, sd.unet, sd.vae)
         # Written once every input has been checked: a refused run leaves no output folder.
         out.mkdir(parents=True, exist_ok=True)
