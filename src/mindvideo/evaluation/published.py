@@ -23,6 +23,7 @@ Definitions (``docs/evaluation.md``, "The field's table"):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,70 +58,60 @@ class Published:
     source: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "metric": self.metric,
-            "value": self.value,
-            "subject": self.subject,
-            "definition": self.definition,
-            "source": self.source,
-        }
+        return dataclasses.asdict(self)
 
 
-def _rows(method: str, subject: str, source: str, values: dict[str, tuple[float, str]]):
+def _per_subject(
+    method: str, source: str, columns: dict[str, str], rows: dict[str, tuple[float, ...]]
+) -> list[Published]:
+    """A paper's table: ``columns`` ``{metric: definition}``, ``rows`` ``{subject: values in
+    the columns' order}``."""
     return [
         Published(method, metric, value, subject, definition, source)
-        for metric, (value, definition) in values.items()
+        for subject, values in rows.items()
+        for (metric, definition), value in zip(columns.items(), values, strict=True)
     ]
 
 
 PUBLISHED: tuple[Published, ...] = (
     # MinD-Video: Table 1 (Full Model = subject 1, window 2; subjects 2 and 3), its released
     # evaluation code (top-3 ground truth, ViT / VideoMAE, scikit-image SSIM on RGB).
-    *[
-        row
-        for subject, v2, v50, f2, f50, ssim in (
-            ("1", 0.853, 0.202, 0.792, 0.172, 0.171),
-            ("2", 0.841, 0.173, 0.784, 0.158, 0.171),
-            ("3", 0.846, 0.216, 0.812, 0.193, 0.187),
-        )
-        for row in _rows(
-            "MinD-Video",
-            subject,
-            _MV,
-            {
-                "video_2way_top1_compat": (v2, NWAY_VIDEO),
-                "video_50way_top1_compat": (v50, NWAY_VIDEO),
-                "frame_2way_top1_compat": (f2, NWAY_FRAME),
-                "frame_50way_top1_compat": (f50, NWAY_FRAME),
-                "ssim": (ssim, SSIM),
-            },
-        )
-    ],
+    *_per_subject(
+        "MinD-Video",
+        _MV,
+        {
+            "video_2way_top1_compat": NWAY_VIDEO,
+            "video_50way_top1_compat": NWAY_VIDEO,
+            "frame_2way_top1_compat": NWAY_FRAME,
+            "frame_50way_top1_compat": NWAY_FRAME,
+            "ssim": SSIM,
+        },
+        {
+            "1": (0.853, 0.202, 0.792, 0.172, 0.171),
+            "2": (0.841, 0.173, 0.784, 0.158, 0.171),
+            "3": (0.846, 0.216, 0.812, 0.193, 0.187),
+        },
+    ),
     # Mind-Animator: per-subject rows of its release's table, metrics from its released code.
     # Its 2-way-V uses a VideoMAE whose checkpoint the code leaves to a local path, so it is
     # listed in docs/results.md only.
-    *[
-        row
-        for subject, f2, vifi, ssim, psnr, hue, pcc in (
-            ("1", 0.809, 0.602, 0.301, 9.134, 0.768, 0.425),
-            ("2", 0.804, 0.604, 0.287, 9.049, 0.795, 0.426),
-            ("3", 0.792, 0.600, 0.349, 9.306, 0.791, 0.415),
-        )
-        for row in _rows(
-            "Mind-Animator",
-            subject,
-            _MA,
-            {
-                "frame_2way_top1_compat": (f2, NWAY_FRAME),
-                "vifi_clip": (vifi, VIFI),
-                "ssim": (ssim, SSIM),
-                "psnr": (psnr, PSNR),
-                "hue_pcc": (hue, HUE),
-                "clip_pcc_mind_animator": (pcc, CLIP_PCC_MA),
-            },
-        )
-    ],
+    *_per_subject(
+        "Mind-Animator",
+        _MA,
+        {
+            "frame_2way_top1_compat": NWAY_FRAME,
+            "vifi_clip": VIFI,
+            "ssim": SSIM,
+            "psnr": PSNR,
+            "hue_pcc": HUE,
+            "clip_pcc_mind_animator": CLIP_PCC_MA,
+        },
+        {
+            "1": (0.809, 0.602, 0.301, 9.134, 0.768, 0.425),
+            "2": (0.804, 0.604, 0.287, 9.049, 0.795, 0.426),
+            "3": (0.792, 0.600, 0.349, 9.306, 0.791, 0.415),
+        },
+    ),
 )
 
 

@@ -187,14 +187,7 @@ def _ttest(
     """The Welch or paired t-test of ``a`` against ``b`` (both check the same sample counts)."""
     from scipy import stats
 
-    x, y = _as_samples(a, "a"), _as_samples(b, "b")
-    if test == "paired" and x.size != y.size:
-        raise UserError(
-            f"A paired t-test needs the same samples in both runs, got {x.size} and {y.size}; "
-            "use the two-sample (Welch) test instead."
-        )
-    if x.size < 2 or y.size < 2:
-        raise UserError("A t-test needs at least 2 samples in each run.")
+    x, y = _pair(a, b, test == "paired", "t-test")
     if test == "paired":
         res = stats.ttest_rel(x, y)
     else:
@@ -231,11 +224,12 @@ class RankTest:
 
 
 def _pair(a: Any, b: Any, paired: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two runs' per-sample scores, checked for a test of ``a`` against ``b``."""
     x, y = _as_samples(a, "a"), _as_samples(b, "b")
     if paired and x.size != y.size:
         raise UserError(
             f"A paired {what} needs the same samples in both runs, got {x.size} and {y.size}; "
-            "use the two-sample test instead."
+            "use the two-sample test instead (Welch's, for a t-test)."
         )
     if x.size < 2 or y.size < 2:
         raise UserError(f"A {what} needs at least 2 samples in each run.")
