@@ -198,17 +198,30 @@ def embed_clips(clips: np.ndarray, embedder: CLIPImageEmbedder) -> np.ndarray:
     return embedder.embed(clips.reshape(s * f, *clips.shape[2:]), normalize=False).reshape(s, f, -1)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` (float64) with every vector along the last axis scaled to unit length."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def own_and_others(sim: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """A reconstructions × ground truths similarity matrix ``[S, S]`` → each window's value with
+    its own ground truth (the diagonal) and the mean with the other windows' (off-diagonal; None
+    for one window)."""
+    s = sim.shape[0]
+    others = None if s < 2 else float((sim.sum() - np.trace(sim)) / (s * (s - 1)))
+    return np.diag(sim).copy(), others
+
+
+def _frame_similarity(e_pred: np.ndarray, e_gt: np.ndarray) -> np.ndarray:
+    """``[S, S]``: mean over frames of the cosine of per-frame embeddings ``[S, F, D]``."""
+    return np.einsum("ifd,jfd->ij", unit_rows(e_pred), unit_rows(e_gt)) / e_pred.shape[1]
+
+
 def similarity_from_embeddings(e_pred: np.ndarray, e_gt: np.ndarray) -> MetricSamples:
     """:func:`clip_similarity_samples` from per-frame embeddings ``[S, F, D]`` (any norm)."""
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-    f = e_pred.shape[1]
-    sim = np.einsum("ifd,jfd->ij", unit(e_pred), unit(e_gt)) / f
-    s = sim.shape[0]
-    chance = None if s < 2 else float((sim.sum() - np.trace(sim)) / (s * (s - 1)))
-    return MetricSamples(per_sample=np.diag(sim).copy(), chance=chance)
+    own, others = own_and_others(_frame_similarity(e_pred, e_gt))
+    return MetricSamples(per_sample=own, chance=others)
 
 
 def clip_similarity_matrix(
@@ -230,10 +243,7 @@ def clip_similarity_matrix(
             f"CLIP similarity needs paired clips [S, F, H, W, 3]; got {list(pred.shape)} "
             f"reconstructions and {list(gt.shape)} ground truth."
         )
-    s, f = pred.shape[:2]
-    e_pred = embedder.embed(pred.reshape(s * f, *pred.shape[2:])).reshape(s, f, -1)
-    e_gt = embedder.embed(gt.reshape(s * f, *gt.shape[2:])).reshape(s, f, -1)
-    return np.einsum("ifd,jfd->ij", e_pred, e_gt) / f
+    return _frame_similarity(embed_clips(pred, embedder), embed_clips(gt, embedder))
 
 
 def clip_similarity_samples(
@@ -245,7 +255,5 @@ def clip_similarity_samples(
     of its off-diagonal entries (each reconstruction against the other windows' ground truth;
     None for a single window).
     """
-    sim = clip_similarity_matrix(pred, gt, embedder)
-    s = sim.shape[0]
-    chance = None if s < 2 else float((sim.sum() - np.trace(sim)) / (s * (s - 1)))
-    return MetricSamples(per_sample=np.diag(sim).copy(), chance=chance)
+    own, others = own_and_others(clip_similarity_matrix(pred, gt, embedder))
+    return MetricSamples(per_sample=own, chance=others)

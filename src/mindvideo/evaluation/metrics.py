@@ -84,7 +84,9 @@ class MetricSamples:
     (CLIP-pcc): where real videos stand."""
 
 
-def _shuffled(score: Any, n: int, rng: np.random.Generator) -> tuple[float | None, float | None]:
+def shuffled_pairings(
+    score: Any, n: int, rng: np.random.Generator
+) -> tuple[float | None, float | None]:
     """:func:`shuffled_chance` over :data:`SHUFFLES` pairings; ``(None, None)`` for one clip."""
     return (None, None) if n < 2 else shuffled_chance(score, n, SHUFFLES, rng)
 
@@ -177,7 +179,7 @@ def _identification(
                     rng = metric_rng(seed, key, stream=3)
                     return nway_topk(pred_probs, gt, *test, rng=rng).per_sample.mean()
 
-                shuffled = _shuffled(score, len(per_clip), metric_rng(seed, key, stream=2))
+                shuffled = shuffled_pairings(score, len(per_clip), metric_rng(seed, key, stream=2))
                 out[key] = MetricSamples(per_clip, res.chance, *shuffled)
     return out
 
@@ -214,7 +216,7 @@ def judge_accuracy_samples(
     def score(perm: np.ndarray) -> float:
         return float((top1 == labels[perm]).mean())
 
-    shuffled = _shuffled(score, n_clips, metric_rng(seed, key, stream=2))
+    shuffled = shuffled_pairings(score, n_clips, metric_rng(seed, key, stream=2))
     return MetricSamples(per_clip, 1.0 / gt_probs.shape[1], *shuffled)
 
 
@@ -271,7 +273,9 @@ def pixel_identification_samples(
             return pattern_identification(p, g[perm], n_way, trials, seed)[0].mean()
 
         rate, chance = pattern_identification(p, g, n_way, trials, seed)
-        out[key] = MetricSamples(rate, chance, *_shuffled(score, len(p), metric_rng(seed, key)))
+        out[key] = MetricSamples(
+            rate, chance, *shuffled_pairings(score, len(p), metric_rng(seed, key))
+        )
     return out
 
 

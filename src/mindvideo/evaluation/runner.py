@@ -56,6 +56,7 @@ from mindvideo.evaluation.metrics import (
     MetricSamples,
     compute_metric_samples,
     format_markdown_table,
+    metric_rng,
     summarise_metrics,
 )
 from mindvideo.evaluation.pixel import resize_frames
@@ -63,6 +64,7 @@ from mindvideo.evaluation.true_labels import window_labels
 from mindvideo.evaluation.video_metrics import (
     CLIP_PCC_MIND_ANIMATOR_KEY,
     CLIP_PCC_NEURONS_KEY,
+    EPE_KEY,
     FVD_KEY,
     HUE_PCC_KEY,
     VIFI_CLIP_KEY,
@@ -354,7 +356,7 @@ def _video_scores(
     out: dict[str, MetricSamples] = {}
     seed = cfg.seed
     out[HUE_PCC_KEY] = hue_pcc_samples(
-        pred, gt, swap_rb=cfg.swap_rb, seed=_stream(seed, HUE_PCC_KEY)
+        pred, gt, swap_rb=cfg.swap_rb, rng=metric_rng(seed, HUE_PCC_KEY)
     )
     logger.info("Optical flow of %d windows at %s", len(pred), cfg.flow_size or "the clip size")
     out.update(
@@ -363,7 +365,7 @@ def _video_scores(
             gt,
             size=cfg.flow_size,
             swap_rb=cfg.swap_rb,
-            seed=_stream(seed, "epe"),
+            rng=metric_rng(seed, EPE_KEY),
             progress=progress,
         )
     )
@@ -454,13 +456,6 @@ def _model_note(identity: dict[str, Any] | None, model: Any, reference: str) -> 
         "standin": bool((identity or {}).get("standin")),
         "as_reference": arch == reference and not (identity or {}).get("standin"),
     }
-
-
-def _stream(seed: int, key: str) -> int:
-    """A per-metric seed (so adding a metric never changes another one's numbers)."""
-    import zlib
-
-    return int(np.random.SeedSequence([seed, zlib.crc32(key.encode())]).generate_state(1)[0])
 
 
 def _model_with_identity(

@@ -35,14 +35,14 @@ import logging
 import math
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mindvideo.evaluation.clip_similarity import own_and_others, unit_rows
 from mindvideo.evaluation.identification import derangements
-from mindvideo.evaluation.metrics import LOWER_IS_BETTER, SHUFFLES, MetricSamples
+from mindvideo.evaluation.metrics import SHUFFLES, MetricSamples, shuffled_pairings
 from mindvideo.utils import UserError
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
     "FLOW_SIZE",
     "FVD_KEY",
     "HUE_PCC_KEY",
-    "LOWER_IS_BETTER",
     "VIFI_CLIP_KEY",
     "VIFI_GATE",
     "I3DFeatures",
@@ -115,20 +114,6 @@ def _cv2():
     return cv2
 
 
-def _shuffled_mean(
-    value: Callable[[int, int], float], n: int, rng: np.random.Generator
-) -> tuple[float | None, float | None]:
-    """Mean over windows of ``value(i, j)`` (reconstruction i, ground truth j) for
-    :data:`SHUFFLES` derangements ``j = perm[i]``: the mean and sd over the pairings."""
-    if n < 2:
-        return None, None
-    means = [
-        np.mean([value(i, int(perm[i])) for i in range(n)])
-        for perm in derangements(n, SHUFFLES, rng)
-    ]
-    return float(np.mean(means)), float(np.std(means, ddof=1))
-
-
 # --------------------------------------------------------------------------------------------
 # Hue-pcc
 # --------------------------------------------------------------------------------------------
@@ -163,7 +148,11 @@ def _hue_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def hue_pcc_samples(
-    pred: np.ndarray, gt: np.ndarray, *, swap_rb: bool = True, seed: int = 0
+    pred: np.ndarray,
+    gt: np.ndarray,
+    *,
+    swap_rb: bool = True,
+    rng: np.random.Generator | None = None,
 ) -> MetricSamples:
     """Mind-Animator's Hue-pcc per window ``[S]``, with its shuffled reference.
 
@@ -177,8 +166,10 @@ def hue_pcc_samples(
     h_pred, h_gt = hue_maps(pred, swap_rb=swap_rb), hue_maps(gt, swap_rb=swap_rb)
     n = len(pred)
     values = np.array([_hue_cosine(h_pred[i], h_gt[i]) for i in range(n)])
-    shuffled, sd = _shuffled_mean(
-        lambda i, j: _hue_cosine(h_pred[i], h_gt[j]), n, np.random.default_rng(seed)
+    shuffled, sd = shuffled_pairings(
+        lambda perm: np.mean([_hue_cosine(h_pred[i], h_gt[j]) for i, j in enumerate(perm)]),
+        n,
+        rng if rng is not None else np.random.default_rng(0),
     )
     return MetricSamples(per_sample=values, chance=None, shuffled=shuffled, shuffled_sd=sd)
 
@@ -241,7 +232,7 @@ def flow_samples(
     *,
     size: int | None = FLOW_SIZE,
     swap_rb: bool = True,
-    seed: int = 0,
+    rng: np.random.Generator | None = None,
     progress: bool = False,
 ) -> dict[str, MetricSamples]:
     """Per-window EPE and angular error ``{EPE_KEY, FLOW_ANGLE_KEY: MetricSamples}``.
@@ -273,7 +264,8 @@ def flow_samples(
         )
         for i in bar:
             gt_flows[i] = optical_flow(gt[i], size=size, swap_rb=swap_rb)
-        rng = np.random.default_rng(seed)
+        # the pairings shuffled_pairings would draw, kept to score each flow once against all
+        rng = rng if rng is not None else np.random.default_rng(0)
         perms = derangements(n, SHUFFLES, rng) if n >= 2 else []
         epe = np.empty(n)
         ae = np.empty(n)
@@ -302,11 +294,6 @@ def flow_samples(
 # --------------------------------------------------------------------------------------------
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def vifi_clip_samples(raw_pred: np.ndarray, raw_gt: np.ndarray) -> MetricSamples:
     """Mind-Animator's VIFI-CLIP score per window from per-frame image embeddings
     ``[S, F, D]`` (unnormalised, as the video encoder returns them).
@@ -322,16 +309,14 @@ def vifi_clip_samples(raw_pred: np.ndarray, raw_gt: np.ndarray) -> MetricSamples
             f"VIFI-CLIP needs per-frame embeddings [S, F, D] of one shape, got {list(a.shape)} "
             f"and {list(b.shape)}."
         )
-    sim = _unit(a.mean(axis=1)) @ _unit(b.mean(axis=1)).T  # [S, S]
-    s = sim.shape[0]
-    ref = None if s < 2 else float((sim.sum() - np.trace(sim)) / (s * (s - 1)))
-    return MetricSamples(per_sample=np.diag(sim).copy(), chance=None, shuffled=ref)
+    own, others = own_and_others(unit_rows(a.mean(axis=1)) @ unit_rows(b.mean(axis=1)).T)
+    return MetricSamples(per_sample=own, chance=None, shuffled=others)
 
 
 def clip_pcc_neurons(embeds: np.ndarray) -> np.ndarray:
     """NEURONS' CLIP-pcc per window: the mean cosine over all ordered pairs ``i ≠ j`` of the
     window's frame embeddings ``[S, F, D]`` (the off-diagonal mean of the F × F cosine matrix)."""
-    e = _unit(embeds)
+    e = unit_rows(embeds)
     f = e.shape[1]
     if f < 2:
         raise UserError("CLIP-pcc needs at least 2 frames per window.")
@@ -345,7 +330,7 @@ def clip_pcc_mind_animator(
     """Mind-Animator's CLIP-pcc per window: the mean cosine of adjacent frame embeddings
     ``[S, F, D]``, and 0 where the window's VIFI-CLIP score ``vifi [S]`` is at most ``gate``
     (``vifi=None``: no gate, e.g. for the ground truth's own value)."""
-    e = _unit(embeds)
+    e = unit_rows(embeds)
     if e.shape[1] < 2:
         raise UserError("CLIP-pcc needs at least 2 frames per window.")
     adjacent = np.einsum("sfd,sfd->sf", e[:, :-1], e[:, 1:]).mean(axis=1)
