@@ -23,12 +23,12 @@ from PIL import Image
 
 from mindvideo.config import EvaluateConfig, ExplainConfig, ReconstructConfig, load_config
 from mindvideo.evaluation.compare import compare_runs, write_comparison
-from mindvideo.evaluation.runner import evaluate_reconstructions
+from mindvideo.evaluation.runner import evaluate_reconstructions, model_caveat
 from mindvideo.interpretation.run import explain
 from mindvideo.pipeline import reconstruct
 from mindvideo.report import build_report, write_run_info
 from mindvideo.report.figures import clip_data_uri, sample_rows
-from mindvideo.report.html import METRIC_GROUPS, _model_caveat
+from mindvideo.report.html import METRIC_GROUPS
 from mindvideo.utils import UserError
 
 CHROMIUM = "/usr/bin/chromium"
@@ -136,11 +136,11 @@ def test_clip_scores_not_computed_as_their_reference_say_so():
             "clip_pcc_mind_animator": {"standin": False, "as_reference": True},
         }
     }
-    assert "not ViFi-CLIP" in _model_caveat("vifi_clip", meta)
-    assert _model_caveat("clip_pcc_neurons", meta) == (
+    assert "not ViFi-CLIP" in model_caveat("vifi_clip", meta)
+    assert model_caveat("clip_pcc_neurons", meta) == (
         "computed with ViT-B/32, not the reference's ViT-L/14"
     )
-    assert _model_caveat("clip_pcc_mind_animator", meta) == ""
+    assert model_caveat("clip_pcc_mind_animator", meta) == ""
 
 
 def test_missing_parts_are_skipped_with_a_note(run_dir, tmp_path):

@@ -94,6 +94,7 @@ __all__ = [
     "find_evaluation",
     "load_evaluation",
     "load_reconstructions",
+    "model_caveat",
 ]
 
 logger = logging.getLogger(__name__)
@@ -446,6 +447,26 @@ def _fvd(
     return score, info
 
 
+def model_caveat(key: str, meta: dict[str, Any]) -> str:
+    """Why a CLIP-based score of an evaluation (its ``metrics.json`` ``meta``) is not its
+    reference's, or "" when it is (or the key is not such a score)."""
+    info = (meta.get("video_metrics") or {}).get(key)
+    if not isinstance(info, dict):
+        return ""
+    if key == VIFI_CLIP_KEY and not info.get("vifi_clip"):
+        return "stand-in: a CLIP image tower with temporal pooling, not ViFi-CLIP"
+    if "reference_architecture" not in info:  # not a model-dependent score (flow, FVD)
+        return ""
+    if info.get("standin"):
+        return f"computed with a stand-in, not {info['reference_architecture']}"
+    if not info.get("as_reference"):
+        return (
+            f"computed with {info.get('architecture')}, not the reference's "
+            f"{info['reference_architecture']}"
+        )
+    return ""
+
+
 def _model_note(identity: dict[str, Any] | None, model: Any, reference: str) -> dict[str, Any]:
     """Which model computed a score, and whether it is the one its reference used."""
     arch = _architecture(model)
@@ -501,18 +522,10 @@ def _markdown(metrics: dict[str, dict], meta: dict[str, Any]) -> str:
     lines += [size + ".", ""]
     if meta.get("standin_classifiers"):
         lines += [f"> **Note.** {STANDIN_NOTE}", ""]
-    for key, info in (meta.get("video_metrics") or {}).items():
-        if not isinstance(info, dict):
-            continue
-        if key == VIFI_CLIP_KEY and not info.get("vifi_clip"):
-            lines += [f"> **{key}** is a stand-in: {info.get('note')}.", ""]
-        elif not info.get("as_reference"):
-            model = "a stand-in" if info.get("standin") else info.get("architecture")
-            lines += [
-                f"> **{key}** was computed with {model}, not the reference's "
-                f"{info.get('reference_architecture')}.",
-                "",
-            ]
+    for key in meta.get("video_metrics") or {}:
+        caveat = model_caveat(key, meta)
+        if caveat:
+            lines += [f"> **{key}**: {caveat}.", ""]
     lines.append(format_markdown_table(metrics))
     lines.append(
         "Mean ± standard error over windows, 95% bootstrap interval, chance level of the same "

@@ -198,6 +198,8 @@ class VideoUNet(UNet2DConditionModel):
                 _video_block_like(transformer, block) for block in transformer.transformer_blocks
             )
         _use_frame_norms(self)
+        # found once: forward sets their frame count on every call (every denoising step)
+        self._frame_norm_modules = tuple(_frame_norms(self))
 
     @property
     def cross_frame_norm(self) -> bool:
@@ -210,7 +212,7 @@ class VideoUNet(UNet2DConditionModel):
         """Switch cross-frame GroupNorm; recorded in the config, so ``save_pretrained`` /
         ``from_pretrained`` keep it. Same weights either way."""
         self.register_to_config(**{CROSS_FRAME_NORM_KEY: bool(on)})
-        for norm in _frame_norms(self):
+        for norm in self._frame_norm_modules:
             norm.cross_frame = bool(on)
 
     @classmethod
@@ -341,8 +343,9 @@ class VideoUNet(UNet2DConditionModel):
         if encoder_attention_mask is not None:
             encoder_attention_mask = encoder_attention_mask.repeat_interleave(frames, dim=0)
         cross_attention_kwargs = {**(cross_attention_kwargs or {}), "num_frames": frames}
-        for norm in _frame_norms(self):
-            norm.frames = frames
+        if self.cross_frame_norm:  # per frame, the norms never read it
+            for norm in self._frame_norm_modules:
+                norm.frames = frames
 
         out = super().forward(
             latents,  # [B·F, C, H, W]

@@ -31,7 +31,12 @@ from typing import Any
 import numpy as np
 
 from mindvideo.evaluation.metrics import above_shuffled, parse_metric_key
-from mindvideo.evaluation.runner import STANDIN_NOTE, EvaluationResult, load_evaluation
+from mindvideo.evaluation.runner import (
+    STANDIN_NOTE,
+    EvaluationResult,
+    load_evaluation,
+    model_caveat,
+)
 from mindvideo.report.figures import clip_data_uri, file_data_uri, sample_rows
 from mindvideo.report.run_dir import STAGE_DIRS, read_run_info, read_stage_json, stage_dir
 from mindvideo.utils import UserError, atomic_write_text
@@ -277,23 +282,6 @@ def _metric_group(key: str) -> str:
     return METRIC_GROUPS[3]
 
 
-def _model_caveat(key: str, meta: dict[str, Any]) -> str:
-    """Why a CLIP-based score is not its reference's, from ``meta.video_metrics``."""
-    info = (meta.get("video_metrics") or {}).get(key)
-    if not isinstance(info, dict):
-        return ""
-    if key == "vifi_clip" and not info.get("vifi_clip"):
-        return "stand-in: a CLIP image tower with temporal pooling, not ViFi-CLIP"
-    if info.get("standin"):
-        return f"computed with a stand-in, not {info.get('reference_architecture')}"
-    if not info.get("as_reference"):
-        return (
-            f"computed with {info.get('architecture')}, not the reference's "
-            f"{info.get('reference_architecture')}"
-        )
-    return ""
-
-
 def _published_table(meta: dict[str, Any], metrics: dict[str, Any]) -> str:
     from mindvideo.evaluation.published import published_beside
 
@@ -359,7 +347,7 @@ def _metrics(evaluation: EvaluationResult | None) -> str:
             shuffled_text = "—" if shuffled is None else _fmt(shuffled, digits)
         side = "below" if m.get("lower_is_better") else "above"
         flag = "" if above_shuffled(m) else f" <strong>not {side} shuffled</strong>"
-        caveat = _model_caveat(key, meta)
+        caveat = model_caveat(key, meta)
         label = e(_metric_label(key)) + (f"<br><em>{e(caveat)}</em>" if caveat else "")
         rows = grouped[_metric_group(key)]
         rows.append(
