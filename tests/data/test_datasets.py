@@ -243,3 +243,19 @@ def test_datasets_pickle_by_reopening_not_by_copying_frames(prepared):
     assert a["captions"] == b["captions"] and a["scene_id"] == b["scene_id"]
     frames_ds = pickle.loads(pickle.dumps(FMRIFramesDataset(prepared)))
     assert torch.equal(frames_ds[5], FMRIFramesDataset(prepared)[5])
+
+
+def test_compat_normalises_training_fmri_and_leaves_the_test_fmri_as_the_authors_do(tmp_path):
+    """The authors' evaluation loader normalises test fMRI with mean 0 and std 1 (a no-op)."""
+    data = make_prepared(tmp_path / "c", test_scale=100.0)
+    train = FMRIWindowDataset(data, split="train", window=1, normalize="compat")
+    plain = FMRIWindowDataset(data, split="train", window=1, normalize="train")
+    np.testing.assert_array_equal(train[4]["fmri"].numpy(), plain[4]["fmri"].numpy())
+    test = FMRIWindowDataset(data, split="test", window=1, normalize="compat")
+    np.testing.assert_allclose(test[0]["fmri"][0, :V].numpy(), data.fmri_test[0, 0], rtol=1e-6)
+    restored = FMRINormalizer.from_state_dict(train.normalizer.state_dict())
+    x = np.asarray(data.fmri_train[1, 2])
+    np.testing.assert_array_equal(restored.transform(x), train.normalizer.transform(x))
+    np.testing.assert_array_equal(restored.transform(x, "test"), x.astype(np.float32))
+    with pytest.raises(UserError, match="choose one of none, train, train_voxel, compat"):
+        FMRINormalizer("zscore")

@@ -213,3 +213,51 @@ def test_cli_convert(tmp_path, capsys):
     args = _cli(["convert", "--authors", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     with pytest.raises(UserError, match="does not exist"):
         args.func(args)
+
+
+def test_convert_keeps_the_authors_scheduler_with_their_timestep_offset(tmp_path):
+    """Their pipeline forces steps_offset = 1 and clip_sample = False on the saved scheduler,
+    whatever its class; the converted folder keeps the class with both settings, and marks the
+    test fMRI to be left as it is (their evaluation's loader)."""
+    from diffusers import PNDMScheduler
+
+    from mindvideo.pipeline.schedulers import sampler_for
+
+    original = original_pipeline()
+    saved = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=0
+    )
+    original.scheduler = saved
+    authors = write_authors_folder(tmp_path / "authors", original)
+    report = convert_authors_pipeline(authors, tmp_path / "ours", resolution=IMAGE_SIZE)
+    converted = MindVideoPipeline.from_pretrained(tmp_path / "ours")
+    assert type(converted.scheduler).__name__ == "PNDMScheduler"
+    assert converted.scheduler.config.steps_offset == 1
+    assert converted.config.fmri_normalize == "compat"
+    assert any("steps_offset set to 1 (was 0)" in n for n in report.scheduler["notes"])
+    # reconstruct's default (scheduler unset) samples with exactly this scheduler: its
+    # timesteps are one later than the saved config's.
+    sampler = sampler_for(converted.scheduler, None)
+    assert sampler is converted.scheduler
+    sampler.set_timesteps(10)
+    saved.set_timesteps(10)
+    assert (sampler.timesteps - saved.timesteps).tolist() == [1] * len(saved.timesteps)
+    assert type(sampler_for(converted.scheduler, "ddim")).__name__ == "DDIMScheduler"
+
+
+def test_reconstruct_says_when_it_follows_the_authors_evaluation(tmp_path):
+    from mindvideo.config import ReconstructConfig
+    from mindvideo.pipeline.convert import authors_settings_note
+
+    original = original_pipeline()
+    authors = write_authors_folder(tmp_path / "authors", original)
+    convert_authors_pipeline(authors, tmp_path / "ours", resolution=IMAGE_SIZE)
+    converted = MindVideoPipeline.from_pretrained(tmp_path / "ours")
+    note = authors_settings_note(ReconstructConfig(), converted, tmp_path / "ours")
+    assert note is not None and "converted authors' checkpoint" in note and "except" not in note
+    changed = ReconstructConfig(scheduler="dpm-solver++", num_inference_steps=25)
+    note = authors_settings_note(changed, converted, tmp_path / "ours")
+    assert "except: scheduler='dpm-solver++' (theirs: None); num_inference_steps=25" in note
+    # Our own pipelines get no such note.
+    original.save_pretrained(tmp_path / "own")
+    assert authors_settings_note(ReconstructConfig(), original, tmp_path / "own") is None

@@ -81,3 +81,12 @@ def test_negative_from_prepared_is_the_normalised_padded_mean_test_fmri(prepared
     assert negative_fmri_from_prepared(prepared, "null") is None
     with pytest.raises(UserError, match="Unknown negative condition"):
         negative_fmri_from_prepared(prepared, "median-test")
+
+
+def test_the_compat_negative_is_the_raw_mean_test_fmri(prepared):
+    """The authors' uncon_fmri: the mean of the test fMRI their loader left as it is."""
+    neg = negative_fmri_from_prepared(prepared, "mean-test", 2, 16, normalize="compat")
+    raw = np.asarray(prepared.fmri_test, dtype=np.float64).reshape(-1, 30).mean(0)
+    np.testing.assert_allclose(neg[0, :30], raw, rtol=1e-5)
+    train = negative_fmri_from_prepared(prepared, "mean-train", 2, 16, normalize="compat")
+    assert abs(train[0, :30].mean()) < 1e-5  # the training split is normalised as with "train"

@@ -189,3 +189,20 @@ def test_window_seeds_differ_and_are_stable():
     assert len(seeds) == 1200
     assert window_seed(0, 1, 2) == window_seed(0, 1, 2) != window_seed(1, 1, 2)
     torch.Generator().manual_seed(max(seeds))  # within torch's seed range
+
+
+def test_the_saved_scheduler_is_used_unless_another_is_named(setup, tmp_path, caplog):
+    """scheduler unset: the pipeline's own (here DDIM, as cotrain saves); naming the same
+    sampler gives the same clips, another sampler other clips."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="mindvideo.pipeline.reconstruct"):
+        reconstruct(config(setup, limit=2), tmp_path / "saved")
+    assert "sampler: DDIMScheduler (the pipeline's saved scheduler" in caplog.text
+    reconstruct(config(setup, limit=2, scheduler="ddim"), tmp_path / "ddim")
+    reconstruct(config(setup, limit=2, scheduler="dpm-solver++"), tmp_path / "other")
+    saved = np.load(tmp_path / "saved" / "reconstructions.npy")
+    np.testing.assert_array_equal(saved, np.load(tmp_path / "ddim" / "reconstructions.npy"))
+    assert not np.array_equal(saved, np.load(tmp_path / "other" / "reconstructions.npy"))
+    index = json.loads((tmp_path / "saved" / "index.json").read_text())
+    assert index["settings"]["scheduler"] is None

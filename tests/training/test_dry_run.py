@@ -196,7 +196,7 @@ def test_a_reconstruct_dry_run_counts_the_pipeline_and_writes_nothing(folders, t
     pipe = MindVideoPipeline.from_pretrained(folders["pipeline"])
     assert totals(text) == (numel(pipe.fmri_encoder, pipe.unet, pipe.vae), 0)
     assert "4 of 2 TRs" in text  # the tiny recipe's limit of 4 windows
-    assert "DDIMScheduler, 2 steps" in text
+    assert "DDIMScheduler (scheduler=ddim, steps_offset=1), 2 steps" in text
 
 
 def test_out_is_required_unless_dry_run(folders, capsys):

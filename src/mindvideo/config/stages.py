@@ -378,8 +378,11 @@ class ReconstructConfig:
     """fMRI frames per window (TRs t..t+w-1); a longer window than trained gives 6 frames per
     extra TR."""
     frames_per_tr: int = 6
-    scheduler: str = "ddim"
-    """``ddim`` (the paper), ``dpm-solver++``, ``euler``, or a diffusers scheduler class name."""
+    scheduler: str | None = None
+    """Unset: the pipeline's saved scheduler (``mindvideo cotrain`` saves DDIM, the paper's
+    sampler; a converted authors' checkpoint keeps theirs). Or a sampler built on the saved
+    noise schedule: ``ddim``, ``dpm-solver++``, ``unipc``, ``euler``, or a diffusers scheduler
+    class name."""
     num_inference_steps: int = 200
     guidance_scale: float = 12.5
     negative: str = "mean-test"

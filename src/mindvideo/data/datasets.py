@@ -10,7 +10,8 @@
   3.3: "Extra care is needed to reduce similar frames in a batch for better contrastive pairs".
 - :class:`FMRINormalizer`: the dataset-level normalisation, fitted on the training fMRI only and
   applied unchanged to the test fMRI (the authors' ``normalize``: one mean and one standard
-  deviation over the whole training array).
+  deviation over the whole training array); mode ``compat`` leaves the test fMRI as it is, as
+  the authors' test loader does.
 
 Scenes. A sample's scenes are the scene ids of its 6 frames. They come from the prepared
 ``scene_ids_{split}.npy`` (written from annotations, e.g. the simulator's ``scenes.json``) or,
@@ -38,7 +39,8 @@ from mindvideo.utils import UserError
 
 logger = logging.getLogger(__name__)
 
-NormalizeMode = Literal["none", "train", "train_voxel"]
+NormalizeMode = Literal["none", "train", "train_voxel", "compat"]
+NORMALIZE_MODES = ("none", "train", "train_voxel", "compat")
 
 
 class FMRINormalizer:
@@ -46,15 +48,18 @@ class FMRINormalizer:
 
     ``mode="train"`` (the authors' ``normalize``): one mean and one standard deviation over the
     whole training array; ``"train_voxel"``: a mean and standard deviation per voxel over all
-    training segments and TRs; ``"none"``: identity. :meth:`fit` accepts only training data
-    (``PreparedData.fmri_train``); :meth:`transform` never updates the statistics.
-    Learned: ``mean_``, ``std_`` (float64 scalars or ``[V]``).
+    training segments and TRs; ``"none"``: identity; ``"compat"``: the training split as
+    ``"train"``, the test split left as it is — what the authors' released evaluation does
+    (``create_Wen_test_data_only`` normalises the test fMRI with mean 0 and standard deviation 1),
+    so a converted checkpoint of theirs sees the inputs it was evaluated on. :meth:`fit` accepts
+    only training data (``PreparedData.fmri_train``); :meth:`transform` never updates the
+    statistics. Learned: ``mean_``, ``std_`` (float64 scalars or ``[V]``).
     """
 
     def __init__(self, mode: NormalizeMode = "train") -> None:
-        if mode not in ("none", "train", "train_voxel"):
+        if mode not in NORMALIZE_MODES:
             raise UserError(
-                f"Unknown fMRI normalisation {mode!r}; choose 'none', 'train' or 'train_voxel'."
+                f"Unknown fMRI normalisation {mode!r}; choose one of {', '.join(NORMALIZE_MODES)}."
             )
         self.mode = mode
 
@@ -70,7 +75,7 @@ class FMRINormalizer:
             total += x.sum(axis=0)
             total_sq += (x * x).sum(axis=0)
             count += x.shape[0]
-        if self.mode == "train":
+        if self.mode in ("train", "compat"):
             total, total_sq, count = total.sum(), total_sq.sum(), count * n_vox
         mean = total / count
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
@@ -78,11 +83,32 @@ class FMRINormalizer:
         self.std_ = np.where(std > 1e-8, std, 1.0)  # constant voxels are left centred at 0
         return self
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """``x: [..., V]`` → float32 ``(x - mean_) / std_``."""
+    def transform(self, x: np.ndarray, split: str = "train") -> np.ndarray:
+        """``x: [..., V]`` of ``split`` → float32 ``(x - mean_) / std_`` (mode ``compat``: the
+        test split unchanged)."""
         if not hasattr(self, "mean_"):
             raise UserError("FMRINormalizer is not fitted; call fit() on the training fMRI.")
+        if self.mode == "compat" and split == "test":
+            return np.asarray(x, dtype=np.float32)
         return ((np.asarray(x, dtype=np.float64) - self.mean_) / self.std_).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The mode and the fitted statistics as plain lists (JSON), for a pipeline folder."""
+        if not hasattr(self, "mean_"):
+            raise UserError("FMRINormalizer is not fitted; call fit() on the training fMRI.")
+        return {
+            "mode": self.mode,
+            "mean": np.asarray(self.mean_, dtype=np.float64).tolist(),
+            "std": np.asarray(self.std_, dtype=np.float64).tolist(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> FMRINormalizer:
+        """The normaliser :meth:`state_dict` saved, fitted as it was."""
+        normalizer = cls(state["mode"])
+        normalizer.mean_ = np.asarray(state["mean"], dtype=np.float64)
+        normalizer.std_ = np.asarray(state["std"], dtype=np.float64)
+        return normalizer
 
 
 def _as_prepared(prepared: PreparedData | str | os.PathLike) -> PreparedData:
@@ -219,7 +245,8 @@ class FMRIWindowDataset(Dataset):
             x = self.fmri[segment, repetition, idx]
         else:
             x = self.fmri[segment, idx]
-        return pad_voxels(self.normalizer.transform(x), self.patch_size, self.pad_mode)
+        x = self.normalizer.transform(x, self.split)
+        return pad_voxels(x, self.patch_size, self.pad_mode)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         seg, rep, t = self.locate(index)

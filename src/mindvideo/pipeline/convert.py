@@ -51,6 +51,7 @@ from mindvideo.utils.checkpoints import (
 __all__ = [
     "EncoderConversionReport",
     "PipelineConversionReport",
+    "authors_settings_note",
     "convert_authors_pipeline",
     "encoder_config_from_authors",
     "encoder_from_authors",
@@ -375,6 +376,14 @@ def convert_authors_pipeline(
         # Their pipeline switched clipping off at load time (x0 is a latent, not an image).
         scheduler.register_to_config(clip_sample=False)
         scheduler_notes.append("clip_sample set to False, as the authors' pipeline does")
+    offset = scheduler.config.get("steps_offset")
+    if offset is not None and offset != 1:
+        # Their pipeline's __init__ forces steps_offset = 1 on whatever scheduler was saved: the
+        # timesteps it samples at are one later than the saved config's.
+        scheduler.register_to_config(steps_offset=1)
+        scheduler_notes.append(
+            f"steps_offset set to 1 (was {offset}), as the authors' pipeline does"
+        )
     unet, unet_report = _unet_from_authors(authors, resolution, vae_scale_factor, strict)
     encoder, encoder_report = encoder_from_authors(authors, strict)
 
@@ -385,7 +394,9 @@ def convert_authors_pipeline(
         scheduler=scheduler,
         frames_per_tr=frames_per_tr,
         fmri_pad_mode="wrap_compat",  # their pad_to_patch_size wraps the first voxels around
-        fmri_normalize="train",  # their normalize(): one mean/std over the training fMRI
+        # Their normalize(): one mean/std over the training fMRI; their evaluation leaves the
+        # test fMRI as it is (create_Wen_test_data_only: mean 0, std 1).
+        fmri_normalize="compat",
     )
     report = PipelineConversionReport(
         authors=str(authors),
@@ -401,7 +412,7 @@ def convert_authors_pipeline(
         pipeline={
             "frames_per_tr": frames_per_tr,
             "fmri_pad_mode": "wrap_compat",
-            "fmri_normalize": "train",
+            "fmri_normalize": "compat",
             "resolution": unet.config.sample_size * vae_scale_factor,
         },
     )
@@ -410,3 +421,41 @@ def convert_authors_pipeline(
         (tmp / "conversion.json").write_text(report.to_json())
     logger.info("converted the authors' pipeline %s into %s", authors, out)
     return report
+
+
+#: What the authors' released evaluation (``scripts/eval_all.py`` with ``eval_all_sub*.yaml``)
+#: samples with, as ``ReconstructConfig`` values: the saved scheduler (``steps_offset=1``),
+#: 200 steps, guidance 12.5, 2-TR windows, the mean test fMRI as the negative condition.
+AUTHORS_EVAL = {
+    "scheduler": None,
+    "num_inference_steps": 200,
+    "guidance_scale": 12.5,
+    "window": 2,
+    "negative": "mean-test",
+}
+
+
+def authors_settings_note(cfg: Any, pipe: MindVideoPipeline, checkpoint: Path) -> str | None:
+    """For a pipeline folder written by ``mindvideo convert`` (it holds ``conversion.json``):
+    one log paragraph saying that reconstruction follows the authors' evaluation and naming any
+    setting of ``cfg`` (a ``ReconstructConfig``) that departs from it; ``None`` for other
+    folders."""
+    if not (checkpoint / "conversion.json").is_file():
+        return None
+    differ = [
+        f"{key}={getattr(cfg, key)!r} (theirs: {value!r})"
+        for key, value in AUTHORS_EVAL.items()
+        if getattr(cfg, key) != value
+    ]
+    normalize = pipe.config.fmri_normalize
+    if normalize != "compat":
+        differ.append(f"fmri_normalize={normalize!r} (theirs: 'compat', an older conversion)")
+    text = (
+        f"{checkpoint} is a converted authors' checkpoint: sampling as their released evaluation "
+        "does (their saved scheduler with steps_offset=1, 200 steps, guidance 12.5, 2-TR "
+        "windows, voxels wrap-padded, the training fMRI normalised with one mean and standard "
+        "deviation and the test fMRI left as it is, the mean test fMRI as the negative)"
+    )
+    if differ:
+        return f"{text}, except: {'; '.join(differ)}."
+    return f"{text}."

@@ -27,7 +27,7 @@ from mindvideo.pipeline.reconstruct import (
     _plan_windows,
     _Windows,
 )
-from mindvideo.pipeline.schedulers import make_scheduler
+from mindvideo.pipeline.schedulers import describe_sampler, sampler_for
 from mindvideo.utils import UserError
 from mindvideo.utils.dry_run import (
     FLOAT32_BYTES,
@@ -64,7 +64,7 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
     _check_checkpoint(cfg.checkpoint)  # type: ignore[arg-type]
     prepared = PreparedData.open(cfg.data)  # type: ignore[arg-type]
     pipe = MindVideoPipeline.from_pretrained(cfg.checkpoint, empty_weights=True)  # type: ignore[arg-type]
-    scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
+    scheduler = sampler_for(pipe.scheduler, cfg.scheduler)
     out_path = Path(out) if out is not None else None
     run = _plan_windows(cfg, out_path, pipe, prepared)
     done = 0
@@ -97,7 +97,9 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         models=models,
         memory=memory,
         settings={
-            "sampler": f"{type(scheduler).__name__}, {cfg.num_inference_steps} steps",
+            "sampler": (
+                f"{describe_sampler(scheduler, cfg.scheduler)}, {cfg.num_inference_steps} steps"
+            ),
             "condition": {
                 "caption": "each window's caption through the text encoder (the generator's "
                 "ceiling)",

@@ -135,6 +135,6 @@ def negative_fmri_from_prepared(
     split = source.removeprefix("mean-")
     mean = mean_fmri(prepared.fmri(split))  # [V]
     normalizer = FMRINormalizer(normalize).fit(prepared.fmri_train)
-    mean = pad_voxels(normalizer.transform(mean), patch_size, pad_mode)  # [V_padded]
+    mean = pad_voxels(normalizer.transform(mean, split), patch_size, pad_mode)  # [V_padded]
     logger.info("negative condition: the mean %s fMRI (%d voxels)", split, mean.shape[-1])
     return np.repeat(mean[None], window, axis=0).astype(np.float32)

@@ -40,6 +40,7 @@ from mindvideo.data.datasets import FMRIWindowDataset
 from mindvideo.data.pairing import padded_size, window_indices
 from mindvideo.data.prepared import PreparedData
 from mindvideo.data.video import write_gif, write_video
+from mindvideo.pipeline.convert import authors_settings_note
 from mindvideo.pipeline.guidance import NEGATIVE_SOURCES, negative_fmri_from_prepared
 from mindvideo.pipeline.linear_condition import LinearCondition
 from mindvideo.pipeline.oracle import (
@@ -50,7 +51,7 @@ from mindvideo.pipeline.oracle import (
     check_condition,
 )
 from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
-from mindvideo.pipeline.schedulers import make_scheduler
+from mindvideo.pipeline.schedulers import describe_sampler, sampler_for
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
 from mindvideo.utils.freshness import files_present, npy_shape, stale_fields
 from mindvideo.utils.io import open_memmap_allocated, read_json
@@ -311,8 +312,8 @@ def reconstruct(
     """Reconstruct every selected window of ``cfg.split`` into ``out`` (see the module doc).
 
     ``pipeline``: an already loaded pipeline to use instead of loading ``cfg.checkpoint``
-    (``cfg.checkpoint`` is still recorded; the pipeline's scheduler is replaced by
-    ``cfg.scheduler``). Raises :class:`UserError` for a missing checkpoint or
+    (``cfg.checkpoint`` is still recorded; with ``cfg.scheduler`` set, the pipeline's scheduler is
+    replaced by that sampler). Raises :class:`UserError` for a missing checkpoint or
     data directory, a voxel count that does not fit the checkpoint's encoder, a window shorter
     than the encoder's, or an ``out`` holding clips made with other settings; with
     ``condition=caption`` also for a missing ``text_encoder`` folder or missing captions.
@@ -327,8 +328,17 @@ def reconstruct(
         _check_checkpoint(cfg.checkpoint)  # before the data: the cheap checks first
     prepared = PreparedData.open(cfg.data)
     pipe = pipeline if pipeline is not None else load_pipeline(cfg.checkpoint, device)
-    pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
+    pipe.scheduler = sampler_for(pipe.scheduler, cfg.scheduler)
     pipe.set_progress_bar_config(disable=True)  # one bar over the windows instead
+    logger.info(
+        "sampler: %s, %d steps",
+        describe_sampler(pipe.scheduler, cfg.scheduler),
+        cfg.num_inference_steps,
+    )
+    if cfg.checkpoint is not None:
+        note = authors_settings_note(cfg, pipe, Path(cfg.checkpoint))
+        if note:
+            logger.info("%s", note)
 
     run = _plan_windows(cfg, out, pipe, prepared)
     index: dict[str, Any] = {

@@ -17,7 +17,7 @@ from diffusers import SchedulerMixin
 
 from mindvideo.utils import UserError
 
-__all__ = ["SCHEDULERS", "make_scheduler"]
+__all__ = ["SCHEDULERS", "describe_sampler", "make_scheduler", "sampler_for"]
 
 #: Short names → (diffusers class name, settings applied on top of the pipeline's config).
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -56,3 +56,18 @@ def make_scheduler(name: str, config: Mapping[str, Any], **overrides: Any) -> Sc
         # PNDM config does not say so, and DDIM's default would clip the latents.
         base["clip_sample"] = False
     return cls.from_config(base, **{**settings, **overrides})
+
+
+def sampler_for(saved: SchedulerMixin, name: str | None) -> SchedulerMixin:
+    """The sampler a reconstruction uses: the pipeline's ``saved`` scheduler when ``name`` is
+    ``None`` (``mindvideo cotrain`` saves DDIM; a converted authors' checkpoint keeps their class
+    with ``steps_offset=1``), else :func:`make_scheduler` ``(name, saved.config)``."""
+    return saved if name is None else make_scheduler(name, saved.config)
+
+
+def describe_sampler(scheduler: SchedulerMixin, name: str | None) -> str:
+    """One phrase for logs and dry runs: the class, where it came from, its timestep offset."""
+    source = "the pipeline's saved scheduler" if name is None else f"scheduler={name}"
+    offset = scheduler.config.get("steps_offset")
+    extra = "" if offset is None else f", steps_offset={offset}"
+    return f"{type(scheduler).__name__} ({source}{extra})"
