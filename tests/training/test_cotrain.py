@@ -130,6 +130,17 @@ def test_cotrain_writes_a_pipeline_that_loads_and_generates(folders, cotrained):
     again = pipe(fmri, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
     assert (video == again).all()
     assert video.shape == (2, 6, IMAGE_SIZE, IMAGE_SIZE, 3) and video.dtype.name == "uint8"
+    # The folder carries its fMRI input: the normaliser fitted on the training split, the window.
+    from mindvideo.data.datasets import FMRINormalizer
+    from mindvideo.data.prepared import PreparedData
+    from mindvideo.pipeline.fmri_input import FmriInput
+
+    saved = FmriInput.load(out / "pipeline")
+    train = PreparedData.open(folders["data"]).fmri_train
+    assert saved.normalizer.mean_ == pytest.approx(FMRINormalizer("train").fit(train).mean_)
+    assert saved.window == 2 and saved.n_voxels == VOXELS
+    with pytest.raises(UserError, match="did not come from CIFTI runs"):
+        saved.read_run("run.dtseries.nii")  # arrays written directly: no ROI on grayordinates
 
 
 def test_cotrain_trains_the_whole_encoder_and_only_the_unets_attention(folders, cotrained):

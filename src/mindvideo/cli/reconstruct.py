@@ -15,10 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "reconstruct",
         run,
-        "Reconstruct one video clip per fMRI window of a prepared subject's test split with "
-        "a pipeline folder (DDIM, adversarial guidance against the mean test fMRI). "
-        "Writes OUT/clips/*.mp4 (+ .gif, .npy), OUT/index.json, OUT/reconstructions.npy and "
-        "OUT/ground_truth.npy; a re-run skips finished clips.",
+        "Reconstruct one video clip per fMRI window of a prepared subject's test split (or of "
+        "raw CIFTI runs, --fmri) with a pipeline folder (adversarial guidance against the mean "
+        "test fMRI). Writes OUT/clips/*.mp4 (+ .gif, .npy), OUT/index.json, "
+        "OUT/reconstructions.npy and OUT/ground_truth.npy (not for raw runs); a re-run skips "
+        "finished clips.",
     )
     parser.add_key_option(
         "--checkpoint",
@@ -27,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
     )
     parser.add_key_option("--data", "prepared subject directory; sets config key data", type=Path)
+    parser.add_key_option(
+        "--fmri",
+        "raw CIFTI runs (.dtseries.nii) of the pipeline's subject to decode instead of --data, "
+        "with the pipeline's own ROI, preprocessing and normaliser; sets config key fmri",
+        nargs="+",
+        metavar="RUN",
+    )
     parser.add_stage_arguments(dry_run=True)
     parser.set_output(estimate=_estimate.reconstruct)
 

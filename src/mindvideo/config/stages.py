@@ -373,6 +373,12 @@ class ReconstructConfig:
     ``scheduler/``), e.g. the output of ``mindvideo cotrain``."""
     data: str | None = None
     """Prepared subject directory (``mindvideo prepare``)."""
+    fmri: list[str] | None = None
+    """Instead of ``data``: raw CIFTI runs (``.dtseries.nii``) of the pipeline's subject, each
+    decoded as one segment with the pipeline's own ``fmri_input/`` (ROI, preprocessing,
+    normaliser, window) — no prepared folder; no ground truth is written."""
+    average_runs: bool = False
+    """With ``fmri``: decode the mean of the runs (repetitions of one stimulus) as one segment."""
     split: str = "test"
     window: int = 2
     """fMRI frames per window (TRs t..t+w-1); a longer window than trained gives 6 frames per

@@ -165,6 +165,11 @@ def load_reconstructions(folder: str | os.PathLike) -> ReconstructionSet:
             f"The reconstruction in {root} is unfinished (index.json says complete: false); "
             "re-run the same `mindvideo reconstruct` command to finish it."
         )
+    if index.get("source") == "fmri_runs":
+        raise UserError(
+            f"{root} was decoded from raw fMRI runs (--fmri), so it has no ground-truth video to "
+            "score against; reconstruct a prepared subject's split (--data) to evaluate."
+        )
     arrays = {}
     for name in ("reconstructions", "ground_truth"):
         path = root / f"{name}.npy"

@@ -62,7 +62,7 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
     except UserError as exc:  # a plan for a GPU machine, made on a laptop
         notes.append(f"{str(exc).rstrip('.')}: on this machine the real run would stop here.")
     _check_checkpoint(cfg.checkpoint)  # type: ignore[arg-type]
-    prepared = PreparedData.open(cfg.data)  # type: ignore[arg-type]
+    prepared = PreparedData.open(cfg.data) if cfg.data is not None else None
     pipe = MindVideoPipeline.from_pretrained(cfg.checkpoint, empty_weights=True)  # type: ignore[arg-type]
     scheduler = sampler_for(pipe.scheduler, cfg.scheduler)
     out_path = Path(out) if out is not None else None
@@ -79,13 +79,14 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
     ]
     memory = _memory_estimate(cfg, pipe, run, models)
     cond = enc.config
+    n_voxels = prepared.n_voxels if prepared is not None else run.dataset.fmri_input.n_voxels
     n_batches = -(-len(run.windows) // cfg.batch_size)
     phase = PhasePlan(
         "reconstruct",
         data={
             "split": cfg.split,
             "segments × TRs": [run.dataset.n_segments, run.dataset.n_trs],
-            "voxels": f"{prepared.n_voxels:,} (padded to {cond.num_voxels:,})",
+            "voxels": f"{n_voxels:,} (padded to {cond.num_voxels:,})",
             # A caption run reads the same windows' captions instead of their fMRI.
             ("fMRI windows" if cfg.condition == "fmri" else "caption windows"): (
                 f"{len(run.windows):,} of {cfg.window} TRs (TR stride {cfg.tr_stride}"
@@ -115,7 +116,11 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
     checked = {
         "checkpoint": f"{cfg.checkpoint}: pipeline folder (window {cond.window}, "
         f"{cond.num_voxels:,} voxels, {pipe.config.fmri_pad_mode} padding)",
-        "data": f"{cfg.data}: prepared subject, {cfg.split} split",
+        "data": (
+            f"{cfg.data}: prepared subject, {cfg.split} split"
+            if prepared is not None
+            else f"{len(cfg.fmri or [])} raw run(s) through the pipeline's fmri_input/"
+        ),
         "out": out_status(out_path),
     }
     if cfg.condition == "caption":

@@ -41,6 +41,7 @@ from mindvideo.data.pairing import padded_size, window_indices
 from mindvideo.data.prepared import PreparedData
 from mindvideo.data.video import write_gif, write_video
 from mindvideo.pipeline.convert import authors_settings_note
+from mindvideo.pipeline.fmri_input import FmriInput, RunWindows
 from mindvideo.pipeline.guidance import NEGATIVE_SOURCES, negative_fmri_from_prepared
 from mindvideo.pipeline.linear_condition import LinearCondition
 from mindvideo.pipeline.oracle import (
@@ -84,9 +85,11 @@ SETTINGS = (
     "dtype",
     "condition",
     "text_encoder",
+    "fmri",
+    "average_runs",
 )
 #: What an index written before a setting existed means by its absence.
-SETTINGS_BEFORE = {"condition": "fmri", "text_encoder": None}
+SETTINGS_BEFORE = {"condition": "fmri", "text_encoder": None, "fmri": None, "average_runs": False}
 RECONSTRUCTIONS = "reconstructions.npy"
 GROUND_TRUTH = "ground_truth.npy"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -145,6 +148,8 @@ def _settings(cfg: ReconstructConfig) -> dict[str, Any]:
     for key in ("checkpoint", "data", "text_encoder"):
         if values[key] is not None:
             values[key] = str(Path(values[key]).resolve())
+    if values["fmri"] is not None:
+        values["fmri"] = [str(Path(p).resolve()) for p in values["fmri"]]
     return values
 
 
@@ -154,10 +159,22 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
             "reconstruct needs a pipeline folder: pass --checkpoint DIR or set checkpoint in the "
             "config."
         )
-    if cfg.data is None:
+    if cfg.data is None and not cfg.fmri:
         raise UserError(
-            "reconstruct needs a prepared subject: pass --data DIR or set data in the config."
+            "reconstruct needs fMRI: a prepared subject (--data DIR) or raw CIFTI runs "
+            "(--fmri RUN.dtseries.nii ...)."
         )
+    if cfg.data is not None and cfg.fmri:
+        raise UserError("Pass either a prepared subject (--data) or raw runs (--fmri), not both.")
+    if cfg.fmri and cfg.checkpoint is None:
+        raise UserError("Decoding raw runs (--fmri) needs the pipeline folder: pass --checkpoint.")
+    if cfg.fmri and cfg.condition != "fmri":
+        raise UserError(
+            f"condition={cfg.condition} reads the prepared subject's captions or training split; "
+            "it cannot run on raw runs (--fmri): pass --data instead."
+        )
+    if cfg.average_runs and not cfg.fmri:
+        raise UserError("average_runs applies to raw runs (--fmri) only.")
     for key, what, choices in (
         ("negative", "negative condition", NEGATIVE_SOURCES),
         ("dtype", "dtype", DTYPES),
@@ -220,10 +237,11 @@ def _stack(out: Path, name: str, shape: tuple[int, ...], rows: Any) -> None:
 
 @dataclass
 class _Windows:
-    """What a run reconstructs: the split's dataset, one entry per window (``index.json``'s
-    ``windows``), conditions and frames per video, frame size, and the recorded settings."""
+    """What a run reconstructs: the split's dataset (or the raw runs'), one entry per window
+    (``index.json``'s ``windows``), conditions and frames per video, frame size, and the
+    recorded settings."""
 
-    dataset: FMRIWindowDataset
+    dataset: FMRIWindowDataset | RunWindows
     windows: list[dict[str, Any]]
     conditions: int
     num_frames: int
@@ -232,18 +250,25 @@ class _Windows:
 
 
 def _plan_windows(
-    cfg: ReconstructConfig, out: Path | None, pipe: MindVideoPipeline, prepared: PreparedData
+    cfg: ReconstructConfig,
+    out: Path | None,
+    pipe: MindVideoPipeline,
+    prepared: PreparedData | None,
 ) -> _Windows:
     """Check that the data fits the pipeline's encoder and that ``out`` (if it holds an earlier
     run) was made with the same settings; list the windows (with ``condition=caption``, their
-    captions). Writes nothing."""
+    captions). ``prepared`` ``None``: the raw runs of ``cfg.fmri`` (read here). Writes
+    nothing."""
     # The data must be what the encoder was trained on (the oracle does not read the fMRI).
     enc = pipe.fmri_encoder.config
     pad_mode, normalize = pipe.config.fmri_pad_mode, pipe.config.fmri_normalize
-    n_padded = padded_size(prepared.n_voxels, enc.patch_size, pad_mode)
+    fmri_input = FmriInput.load(cfg.checkpoint) if prepared is None else None  # type: ignore[arg-type]
+    n_voxels = prepared.n_voxels if fmri_input is None else fmri_input.n_voxels
+    where = f"The prepared data {cfg.data}" if prepared is not None else "The pipeline's ROI"
+    n_padded = padded_size(n_voxels, enc.patch_size, pad_mode)
     if n_padded != enc.num_voxels and cfg.condition == "fmri":
         raise UserError(
-            f"The prepared data {cfg.data} has {prepared.n_voxels} voxels ({n_padded} after "
+            f"{where} has {n_voxels} voxels ({n_padded} after "
             f"padding to the patch size {enc.patch_size}) but the checkpoint's fMRI encoder "
             f"expects {enc.num_voxels}; reconstruct with the checkpoint trained on this "
             "subject's prepared data."
@@ -258,15 +283,26 @@ def _plan_windows(
             f"window = {cfg.window} is longer than the {enc.max_window} TRs (max_window) the "
             f"checkpoint's fMRI encoder takes; set window to at most {enc.max_window}."
         )
-    dataset = FMRIWindowDataset(
-        prepared,
-        cfg.split,
-        window=cfg.window,
-        patch_size=enc.patch_size,
-        pad_mode=pad_mode,
-        normalize=normalize,
-        with_captions=False,
-    )
+    dataset: FMRIWindowDataset | RunWindows
+    if fmri_input is not None:
+        dataset = RunWindows(
+            fmri_input,
+            list(cfg.fmri or []),
+            window=cfg.window,
+            patch_size=enc.patch_size,
+            pad_mode=pad_mode,
+            average=cfg.average_runs,
+        )
+    else:
+        dataset = FMRIWindowDataset(
+            prepared,  # type: ignore[arg-type]
+            cfg.split,
+            window=cfg.window,
+            patch_size=enc.patch_size,
+            pad_mode=pad_mode,
+            normalize=normalize,
+            with_captions=False,
+        )
     conditions = cfg.window - enc.window + 1  # 6-frame chunks per video
 
     # The windows: (segment, TR) in order, every tr_stride-th TR, the first `limit`.
@@ -289,8 +325,15 @@ def _plan_windows(
                 "gif": f"{stem}.gif" if cfg.gif else None,
             }
         )
+        if isinstance(dataset, RunWindows) and not cfg.average_runs:
+            windows[-1]["run"] = dataset.runs[s]
     if cfg.condition == "caption":
-        add_window_captions(windows, prepared, cfg.split, (dataset.n_segments, dataset.n_trs))
+        add_window_captions(
+            windows,
+            prepared,  # type: ignore[arg-type]  # checked: captions need --data
+            cfg.split,
+            (dataset.n_segments, dataset.n_trs),
+        )
     settings = _settings(cfg)
     previous = _read_index(out / "index.json") if out is not None else None
     before = None if previous is None else {**SETTINGS_BEFORE, **(previous.get("settings") or {})}
@@ -326,7 +369,7 @@ def reconstruct(
     autocast = _autocast(device, cfg.dtype)
     if pipeline is None:
         _check_checkpoint(cfg.checkpoint)  # before the data: the cheap checks first
-    prepared = PreparedData.open(cfg.data)
+    prepared = PreparedData.open(cfg.data) if cfg.data is not None else None
     pipe = pipeline if pipeline is not None else load_pipeline(cfg.checkpoint, device)
     pipe.scheduler = sampler_for(pipe.scheduler, cfg.scheduler)
     pipe.set_progress_bar_config(disable=True)  # one bar over the windows instead
@@ -343,7 +386,8 @@ def reconstruct(
     run = _plan_windows(cfg, out, pipe, prepared)
     index: dict[str, Any] = {
         "format_version": INDEX_VERSION,
-        "split": cfg.split,
+        "source": "prepared" if prepared is not None else "fmri_runs",
+        "split": cfg.split if prepared is not None else None,
         "settings": run.settings,
         "num_frames": run.num_frames,
         "height": run.size,
@@ -357,7 +401,8 @@ def reconstruct(
     _write_index(out, index)
 
     generated = _generate_clips(cfg, out, pipe, prepared, run, index, autocast)
-    index["arrays"] = _write_stacked(out, run, prepared.frames(cfg.split), regenerate=generated > 0)
+    frames = prepared.frames(cfg.split) if prepared is not None else None
+    index["arrays"] = _write_stacked(out, run, frames, regenerate=generated > 0)
     index["complete"] = True
     _write_index(out, index)
     n = len(run.windows)
@@ -371,7 +416,7 @@ def _generate_clips(
     cfg: ReconstructConfig,
     out: Path,
     pipe: MindVideoPipeline,
-    prepared: PreparedData,
+    prepared: PreparedData | None,
     run: _Windows,
     index: dict[str, Any],
     autocast: contextlib.AbstractContextManager,
@@ -420,7 +465,7 @@ def _generate_clips(
 
 
 def _conditions(
-    cfg: ReconstructConfig, pipe: MindVideoPipeline, prepared: PreparedData, run: _Windows
+    cfg: ReconstructConfig, pipe: MindVideoPipeline, prepared: PreparedData | None, run: _Windows
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The pipeline's condition arguments for a batch of windows: their fMRI and the negative
     fMRI (``negative``); with ``condition=caption`` their captions' text conditions, with
@@ -448,14 +493,17 @@ def _conditions(
             "prompt_embeds": text.conditions(batch),
             "negative_embeddings": empty,
         }
-    negative = negative_fmri_from_prepared(
-        prepared,
-        cfg.negative,
-        enc.window,
-        enc.patch_size,
-        pipe.config.fmri_pad_mode,
-        pipe.config.fmri_normalize,
-    )
+    if isinstance(run.dataset, RunWindows):
+        negative = run.dataset.negative(cfg.negative, enc.window)
+    else:
+        negative = negative_fmri_from_prepared(
+            prepared,  # type: ignore[arg-type]
+            cfg.negative,
+            enc.window,
+            enc.patch_size,
+            pipe.config.fmri_pad_mode,
+            pipe.config.fmri_normalize,
+        )
 
     def fmri(batch: list[dict[str, Any]]) -> dict[str, Any]:
         windows = np.stack([run.dataset.fmri_window(w["segment"], w["tr"]) for w in batch])
@@ -475,15 +523,19 @@ def _write_clip(
 
 
 def _write_stacked(
-    out: Path, run: _Windows, frames_split: np.ndarray, regenerate: bool
+    out: Path, run: _Windows, frames_split: np.ndarray | None, regenerate: bool
 ) -> dict[str, Any]:
     """``reconstructions.npy`` and ``ground_truth.npy`` (row i = window i), rewritten when a clip
     was generated or a file is missing or of another shape; returns their ``index.json`` entry.
-    ``frames_split``: the split's prepared frames ``[S, T, 6, H0, W0, 3]``."""
+    ``frames_split``: the split's prepared frames ``[S, T, 6, H0, W0, 3]``; ``None`` (raw runs,
+    no video known): no ground truth."""
     windows = run.windows
     shape = (len(windows), run.num_frames, run.size, run.size, 3)
     if regenerate or npy_shape(out / RECONSTRUCTIONS) != shape:
         _stack(out, RECONSTRUCTIONS, shape, (np.load(out / w["frames"]) for w in windows))
+    recon = {"file": RECONSTRUCTIONS, "shape": list(shape), "dtype": "uint8"}
+    if frames_split is None:
+        return {"reconstructions": recon}
     gt_shape = (len(windows), run.conditions * frames_split.shape[2], *frames_split.shape[3:])
     if regenerate or npy_shape(out / GROUND_TRUTH) != gt_shape:
         rows = (
@@ -491,6 +543,6 @@ def _write_stacked(
         )
         _stack(out, GROUND_TRUTH, gt_shape, rows)
     return {
-        "reconstructions": {"file": RECONSTRUCTIONS, "shape": list(shape), "dtype": "uint8"},
+        "reconstructions": recon,
         "ground_truth": {"file": GROUND_TRUTH, "shape": list(gt_shape), "dtype": "uint8"},
     }

@@ -367,6 +367,7 @@ def cotrain(
 
     from mindvideo.data.prepared import PreparedData
     from mindvideo.pipeline import MindVideoPipeline, make_scheduler
+    from mindvideo.pipeline.fmri_input import FmriInput
 
     check_cotrain_config(cfg)
     check_engine_config(cfg.train)
@@ -422,6 +423,8 @@ def cotrain(
             )
             with atomic_dir(folder / PIPELINE_DIR) as tmp:
                 pipe.save_pretrained(tmp)
+                # The normaliser, ROI, window and pairing: the folder decodes raw runs alone.
+                FmriInput.from_prepared(windows.prepared, windows.normalizer, cfg.window).save(tmp)
             logger.info("wrote the co-trained pipeline to %s", folder / PIPELINE_DIR)
 
         train_video_denoiser(
