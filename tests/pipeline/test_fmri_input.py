@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers.pipeline import COND_DIM, tiny_scheduler, tiny_unet, tiny_vae
 
+from mindvideo.cli.main import main
 from mindvideo.config import ReconstructConfig
 from mindvideo.data.cifti import read_dtseries, write_dtseries
 from mindvideo.data.datasets import FMRIWindowDataset
@@ -85,14 +86,13 @@ def test_reconstruct_decodes_raw_runs_without_the_prepared_folder(
     assert index["settings"]["fmri"] == [str(Path(p).resolve()) for p in test_runs]
     with pytest.raises(UserError, match="no ground-truth video"):
         load_reconstructions(tmp_path / "raw")
-    # One run per segment without averaging: each window names its run.
-    one = reconstruct(
-        ReconstructConfig(fmri=test_runs[:2], **{**base, "limit": None, "tr_stride": 8}),
-        tmp_path / "each",
-    )
+    # From the command line, one run per segment without averaging: each window names its run.
+    argv = ["reconstruct", "--checkpoint", str(pipeline_dir), "--fmri", *test_runs[:2]]
+    argv += ["--out", str(tmp_path / "each"), "num_inference_steps=2", "tr_stride=8"]
+    assert main(argv) == 0
     windows = json.loads((tmp_path / "each" / "index.json").read_text())["windows"]
-    assert {w["segment"] for w in windows} == {0, 1} and one.n_windows == len(windows)
-    assert windows[0]["run"] != windows[-1]["run"]
+    assert {w["segment"] for w in windows} == {0, 1}
+    assert windows[0]["run"] == str(Path(test_runs[0]).resolve()) != windows[-1]["run"]
 
 
 def test_a_run_of_another_voxel_space_is_one_clear_error(pipeline_dir, simulated_dataset, tmp_path):
