@@ -241,3 +241,35 @@ def test_cli_without_generator_exits_2_with_one_line(capsys, folders, tmp_path):
     assert code == 2
     assert len(err) == 1 and err[0].startswith("mindvideo cotrain: error:")
     assert "--generator" in err[0]
+
+
+def test_the_pipeline_holds_what_was_trained_and_exports_standalone(folders, cotrained, tmp_path):
+    """No VAE and only the trained UNet tensors (video tuning's and co-training's), by reference
+    to Stable Diffusion; the standalone export samples the same clips."""
+    from safetensors.torch import load_file
+
+    from mindvideo.pipeline import MindVideoPipeline
+    from mindvideo.pipeline.export import export_folder
+    from mindvideo.utils.base_folder import read_base
+
+    out, _ = cotrained
+    light = out / "pipeline"
+    assert not (light / "vae").exists() and read_base(light) == folders["sd"].resolve()
+    assert (light / "fmri_input" / "config.json").is_file()
+    trained = load_file(light / "unet" / "trained.safetensors")
+    for module in ("attn1", "attn2", "attn_temp"):
+        assert any(f".{module}." in key for key in trained), module
+    assert not any(".resnets." in key for key in trained)  # frozen: read from the base
+    result = export_folder(light, tmp_path / "standalone")
+    copy = tmp_path / "standalone"
+    assert (copy / "vae").is_dir() and (copy / "fmri_input").is_dir()
+    assert not (copy / "base.json").exists() and result.kind == "pipeline"
+    assert result.light_bytes < result.standalone_bytes
+    fmri = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(0))
+    clips = []
+    for folder in (light, copy):
+        pipe = MindVideoPipeline.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        clips.append(pipe(fmri, num_inference_steps=2, generator=generator).frames)
+    assert (clips[0] == clips[1]).all()

@@ -143,6 +143,7 @@ def real_parameters(stage: str, out: Path, f: dict[str, Path]) -> int:
     from transformers import CLIPModel, CLIPTextModel
 
     from mindvideo.generator import VideoUNet
+    from mindvideo.utils.base_folder import component_dir
 
     if stage == "pretrain":
         return numel(MBMAutoencoder.from_pretrained(out / "mbm"))
@@ -152,14 +153,15 @@ def real_parameters(stage: str, out: Path, f: dict[str, Path]) -> int:
     if stage == "tune-video":
         return numel(
             VideoUNet.from_pretrained(out / "unet"),
-            AutoencoderKL.from_pretrained(out / "vae"),
-            CLIPTextModel.from_pretrained(out / "text_encoder"),
+            # the frozen parts are read from the base Stable Diffusion folder
+            AutoencoderKL.from_pretrained(component_dir(out, "vae")),
+            CLIPTextModel.from_pretrained(component_dir(out, "text_encoder")),
         )
     pipe = out / "pipeline"
     return numel(
         SpatiotemporalEncoder.from_pretrained(pipe / "fmri_encoder"),
         VideoUNet.from_pretrained(pipe / "unet"),
-        AutoencoderKL.from_pretrained(pipe / "vae"),
+        AutoencoderKL.from_pretrained(component_dir(pipe, "vae")),
     )
 
 
@@ -477,3 +479,20 @@ def test_a_hand_made_plan_formats_its_parts():
     assert "5 optimiser steps ≈ 2.5 epochs of 48 samples" in text
     assert "(not on the device while training)" in text and "unknown" in text
     assert re.search(r"total +1,500 +10$", text, re.MULTILINE) and "  - a note" in text
+
+
+def test_light_saves_at_stable_diffusion_size():
+    """What tune-video and cotrain save at SD-1.5 size (meta device, no weights): the trained
+    attention and the temporal layers, 15.7% of the inflated UNet (546 of 3,468 MiB in float32);
+    the VAE and text encoder (319 and 469 MiB) are not copied at all."""
+    from mindvideo.generator import VideoUNet, trained_keys
+
+    with torch.device("meta"):
+        unet = VideoUNet.from_config(SD15_UNET)
+    params = dict(unet.named_parameters())
+    full = sum(p.numel() for p in params.values())
+    temporal = sum(p.numel() for k, p in params.items() if "_temp." in k)
+    assert full - temporal == SD15_COUNTS["unet_2d"]  # the published 2D UNet
+    light = sum(params[k].numel() for k in trained_keys(unet, ["attn1", "attn2", "attn_temp"]))
+    assert (light, full) == (143_135_680, 909_120_004)
+    assert round(4 * light / 2**20) == 546 and round(4 * full / 2**20) == 3468

@@ -158,32 +158,80 @@ def test_tune_video_trains_only_the_attention_layers(tuned, sd_folder):
     assert tuned_unet.config.sample_size == 8
 
 
-def test_tune_video_writes_a_complete_generator_folder(tuned, sd_folder):
+def test_tune_video_writes_a_light_generator_folder(tuned, sd_folder, tmp_path):
+    """Only what was trained, plus a reference to Stable Diffusion for the frozen parts; the
+    UNet it rebuilds is the trained one to the last bit, and export writes a standalone copy."""
+    from safetensors.torch import load_file
+
+    from mindvideo.pipeline.export import export_folder, folder_bytes
+    from mindvideo.utils.base_folder import component_dir, read_base
+
     out, _ = tuned
-    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        assert (out / name).is_dir(), name
-    assert (out / "config.yaml").is_file()
-    vae, sd_vae = (AutoencoderKL.from_pretrained(p, subfolder="vae") for p in (out, sd_folder))
-    for (name, a), b in zip(vae.state_dict().items(), sd_vae.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-    text = CLIPTextModel.from_pretrained(out, subfolder="text_encoder")
-    sd_text = CLIPTextModel.from_pretrained(sd_folder, subfolder="text_encoder")
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(text.state_dict().values(), sd_text.state_dict().values(), strict=True)
-    )
-    tokenizer = CLIPTokenizer.from_pretrained(out, subfolder="tokenizer")
-    sd_tokenizer = CLIPTokenizer.from_pretrained(sd_folder, subfolder="tokenizer")
-    assert tokenizer("a red square").input_ids == sd_tokenizer("a red square").input_ids
+    assert {p.name for p in out.iterdir()} >= {"unet", "scheduler", "base.json", "config.yaml"}
+    assert not any((out / name).exists() for name in ("vae", "text_encoder", "tokenizer"))
+    assert read_base(out) == sd_folder.resolve()
+    for name in ("vae", "text_encoder", "tokenizer"):
+        assert component_dir(out, name) == sd_folder.resolve() / name
+    trained = load_file(out / "unet" / "trained.safetensors")
+    unet = VideoUNet.from_pretrained(out / "unet")
+    assert len(trained) < len(unet.state_dict()) / 2  # the frozen convolutions stay in SD
+    # The last checkpoint holds the whole model as it was trained: every tensor is the same.
+    final = load_file(out / "checkpoints" / "step_4" / "model.safetensors")
+    state = unet.state_dict()
+    assert {k.removeprefix("unet.") for k in final if k.startswith("unet.")} == set(state)
+    for key, value in final.items():
+        if key.startswith("unet."):
+            assert torch.equal(value, state[key.removeprefix("unet.")]), key
+    assert unet.config.sample_size == 8 and unet.cross_frame_norm  # settings kept
     config = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert config["_class_name"] == "PNDMScheduler" and config["beta_end"] == 0.012
-    # A 2D UNet loads the tuned weights too (as Stable Diffusion's, without temporal layers).
-    UNet2DConditionModel.from_pretrained(out / "unet")
-    # The clip-wide GroupNorm is saved with the UNet, so co-training and sampling keep it.
-    assert VideoUNet.from_pretrained(out / "unet").cross_frame_norm
+    assert (out / "config.yaml").is_file()
     lines = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
     assert any("probe_loss" in x for x in lines)
+
+    # A standalone copy: Stable Diffusion's layout, loads to the same weights without the base.
+    result = export_folder(out, tmp_path / "standalone")
+    copy = tmp_path / "standalone"
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (copy / name).is_dir(), name
+    assert not (copy / "base.json").exists() and not (copy / "checkpoints").exists()
+    assert result.light_bytes < result.standalone_bytes == folder_bytes(copy)
+    full = VideoUNet.from_pretrained(copy / "unet")
+    assert all(torch.equal(v, state[k]) for k, v in full.state_dict().items())
+    vae, sd_vae = (AutoencoderKL.from_pretrained(p, subfolder="vae") for p in (copy, sd_folder))
+    for (name, a), b in zip(vae.state_dict().items(), sd_vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    text, sd_text = (
+        CLIPTextModel.from_pretrained(p, subfolder="text_encoder") for p in (copy, sd_folder)
+    )
+    for (name, a), b in zip(text.state_dict().items(), sd_text.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    tokenizer = CLIPTokenizer.from_pretrained(copy, subfolder="tokenizer")
+    sd_tokenizer = CLIPTokenizer.from_pretrained(sd_folder, subfolder="tokenizer")
+    assert tokenizer("a red square").input_ids == sd_tokenizer("a red square").input_ids
+    # A 2D UNet loads the standalone tuned weights too (as Stable Diffusion's, no temporal).
+    UNet2DConditionModel.from_pretrained(copy / "unet")
+
+
+def test_a_light_folder_whose_base_is_gone_says_so(tuned, sd_folder, tmp_path):
+    from mindvideo.pipeline.export import export_folder
+
+    out, _ = tuned
+    moved = tmp_path / "run" / "tune-video"
+    shutil.copytree(out / "unet", moved / "unet")
+    shutil.copy2(out / "base.json", moved / "base.json")
+    # The relative path no longer points at it, the absolute one still does.
+    assert VideoUNet.from_pretrained(moved / "unet").config.sample_size == 8
+    record = json.loads((moved / "unet" / "base.json").read_text())
+    record["stable_diffusion"]["path"] = str(tmp_path / "gone")
+    (moved / "unet" / "base.json").write_text(json.dumps(record))
+    (moved / "base.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"which is missing.*mindvideo export"):
+        VideoUNet.from_pretrained(moved / "unet")
+    with pytest.raises(UserError, match="which is missing"):
+        export_folder(moved, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
 
 
 def test_latents_are_cached_once_and_reused_on_resume(tuned, tmp_path, sd_folder, prepared):

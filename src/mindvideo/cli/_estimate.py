@@ -74,7 +74,10 @@ def _latent_cache(cfg: Any) -> int:
     from mindvideo.data.prepared import PreparedData
 
     generator = getattr(cfg, "generator", None) or cfg.pretrained.stable_diffusion
-    vae = json.loads((Path(generator) / "vae" / "config.json").read_text(encoding="utf-8"))
+    from mindvideo.utils.base_folder import component_dir
+
+    vae_dir = component_dir(generator, "vae") if Path(generator).is_dir() else Path(generator)
+    vae = json.loads((vae_dir / "config.json").read_text(encoding="utf-8"))
     scale = 2 ** (len(vae["block_out_channels"]) - 1)
     channels = int(vae.get("latent_channels", 4))
     windows = int(np.prod(PreparedData.open(cfg.data).frames_train.shape[:2]))

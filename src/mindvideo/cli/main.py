@@ -21,7 +21,7 @@ from mindvideo.utils import UserError
 # Every command: the demo and env first, the pipeline's stages in order (the registry in
 # mindvideo.config), then the tools that read finished runs. Each is the module
 # mindvideo.cli.NAME (dashes as underscores).
-SUBCOMMANDS = ["demo", "env", *STAGES, "compare", "report", "convert"]
+SUBCOMMANDS = ["demo", "env", *STAGES, "compare", "report", "convert", "export"]
 
 # Commands that never run torch: they take no --threads and leave torch unimported.
 NO_TORCH = {"prepare", "compare", "report"}

@@ -24,6 +24,7 @@ from mindvideo.generator.unet import (
     VideoUNet,
     VideoUNetOutput,
     trainable_parameters,
+    trained_keys,
 )
 
 __all__ = [
@@ -40,5 +41,6 @@ __all__ = [
     "load_state_dict_safely",
     "sparse_causal_frame_indices",
     "trainable_parameters",
+    "trained_keys",
     "unet2d_config_from_authors",
 ]

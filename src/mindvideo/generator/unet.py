@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,15 +34,18 @@ from torch import nn
 
 from mindvideo.generator.attention import VideoTransformerBlock
 from mindvideo.utils import UserError
+from mindvideo.utils.base_folder import read_base, write_base
 
 __all__ = [
     "CROSS_FRAME_NORM_KEY",
     "TEMPORAL_MODULES",
     "TRAINABLE_MODULES",
+    "TRAINED_WEIGHTS",
     "FrameGroupNorm",
     "VideoUNet",
     "VideoUNetOutput",
     "trainable_parameters",
+    "trained_keys",
 ]
 
 logger = logging.getLogger(__name__)
@@ -171,6 +175,9 @@ def _use_frame_norms(unet: UNet2DConditionModel) -> None:
         unet.conv_norm_out = FrameGroupNorm.like(unet.conv_norm_out)
 
 
+TRAINED_WEIGHTS = "trained.safetensors"
+"""A light UNet folder's tensors (:meth:`VideoUNet.save_trained`); the rest is its base's."""
+
 CROSS_FRAME_NORM_KEY = "_cross_frame_norm"
 """config.json key of a saved VideoUNet whose GroupNorms pool over the frames of a clip."""
 
@@ -260,7 +267,12 @@ class VideoUNet(UNet2DConditionModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """diffusers' ``from_pretrained``. A folder holding a 2D UNet (no temporal weights, e.g.
-        Stable Diffusion's ``unet/``) is inflated: its temporal layers start as the identity."""
+        Stable Diffusion's ``unet/``) is inflated: its temporal layers start as the identity.
+        A light folder (:meth:`save_trained`) is rebuilt from its base Stable Diffusion UNet and
+        the trained tensors it holds."""
+        folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        if (folder / TRAINED_WEIGHTS).is_file():
+            return cls._from_trained(folder, kwargs.get("torch_dtype"))
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         config = cls.load_config(pretrained_model_name_or_path, subfolder=kwargs.get("subfolder"))
         model.set_cross_frame_norm(bool(config.get(CROSS_FRAME_NORM_KEY, False)))
@@ -286,6 +298,71 @@ class VideoUNet(UNet2DConditionModel):
                 fresh,
             )
         return model
+
+    def save_trained(
+        self, folder: str | os.PathLike, base: str | os.PathLike, keys: Iterable[str]
+    ) -> Path:
+        """Save a light UNet folder: ``config.json``, the tensors named by ``keys`` (what was
+        trained, and the temporal layers the inflation added) in ``trained.safetensors``, and
+        ``base.json`` naming the Stable Diffusion folder ``base`` whose ``unet/`` holds the rest.
+        :meth:`from_pretrained` rebuilds the same UNet from the two."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        unknown = sorted(set(keys) - set(state))
+        if unknown:
+            raise ValueError(f"not parameters of the UNet: {unknown[:5]}")
+        tensors = {k: state[k].detach().to("cpu").contiguous() for k in sorted(set(keys))}
+        save_file(tensors, folder / TRAINED_WEIGHTS, metadata={"format": "pt"})
+        self.save_config(folder)
+        write_base(folder, base, ["unet"])
+        return folder
+
+    @classmethod
+    def _from_trained(cls, folder: Path, torch_dtype: Any = None) -> VideoUNet:
+        """The UNet of a light folder: its config, the base UNet's weights, the trained ones."""
+        from safetensors.torch import load_file
+
+        base = read_base(folder)
+        if base is None:
+            raise UserError(
+                f"{folder} holds trained weights only ({TRAINED_WEIGHTS}) but no base.json "
+                "naming the Stable Diffusion folder with the rest; re-run the stage that wrote it."
+            )
+        config = dict(cls.load_config(folder))
+        with torch.random.fork_rng(devices=[]):  # the temporal layers as an inflation makes them
+            model = cls.from_config(config)
+            torch.manual_seed(INFLATION_SEED)
+            for block in model.modules():
+                if isinstance(block, VideoTransformerBlock):
+                    block.reset_temporal_attention()
+        base_unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+        try:
+            missing, unexpected = model.load_state_dict(base_unet.state_dict(), strict=False)
+        except RuntimeError as exc:  # shapes differ: another model than the one trained on
+            raise UserError(
+                f"The UNet of {base} does not fit the UNet trained in {folder}: {exc}"
+            ) from exc
+        trained = load_file(folder / TRAINED_WEIGHTS)
+        if unexpected or any(not is_temporal_key(k) and k not in trained for k in missing):
+            raise UserError(
+                f"The UNet of {base} does not fit the UNet trained in {folder} (unexpected "
+                f"{unexpected[:3]}, missing {[k for k in missing if k not in trained][:3]})."
+            )
+        missing, unexpected = model.load_state_dict(trained, strict=False)
+        if unexpected:
+            raise UserError(f"{folder / TRAINED_WEIGHTS} holds unknown tensors {unexpected[:3]}.")
+        model.set_cross_frame_norm(bool(config.get(CROSS_FRAME_NORM_KEY, False)))
+        logger.info(
+            "rebuilt the UNet of %s: %d trained tensors on the UNet of %s",
+            folder,
+            len(trained),
+            base,
+        )
+        model.eval()
+        return model.to(torch_dtype) if torch_dtype is not None else model
 
     def set_default_attn_processor(self) -> None:
         """Restore the video attention processors (SC ``attn1``, per-frame ``attn2``, SDPA
@@ -359,6 +436,18 @@ class VideoUNet(UNet2DConditionModel):
         if not return_dict:
             return (out,)
         return VideoUNetOutput(sample=out)
+
+
+def trained_keys(unet: nn.Module, modules: Iterable[str] = TRAINABLE_MODULES) -> set[str]:
+    """The state-dict keys a light save keeps (:meth:`VideoUNet.save_trained`): the parameters
+    of the named trainable modules (matched as :func:`trainable_parameters` matches them) and
+    every temporal layer the inflation added."""
+    modules = tuple(modules)
+    return {
+        name
+        for name, _ in unet.named_parameters()
+        if is_temporal_key(name) or any(f".{m}." in f".{name}." for m in modules)
+    }
 
 
 def trainable_parameters(

@@ -39,6 +39,7 @@ from mindvideo.config import ReconstructConfig
 from mindvideo.data.captions import clip_caption
 from mindvideo.data.prepared import PreparedData
 from mindvideo.utils import UserError
+from mindvideo.utils.base_folder import component_dir
 
 __all__ = [
     "CONDITIONS",
@@ -63,6 +64,15 @@ TEXT_PARTS = ("text_encoder", "tokenizer")
 _DEFAULT_NEGATIVE = next(
     f.default for f in dataclasses.fields(ReconstructConfig) if f.name == "negative"
 )
+
+
+def _has_part(folder: Path, part: str) -> bool:
+    """Whether ``folder`` has ``part`` itself or through its base (a light tune-video folder)."""
+    try:
+        component_dir(folder, part)
+    except UserError:
+        return False
+    return True
 
 
 def check_condition(cfg: ReconstructConfig) -> None:
@@ -93,7 +103,7 @@ def check_condition(cfg: ReconstructConfig) -> None:
             "text_encoder/ and tokenizer/ (Stable Diffusion 1.5, or the output of "
             "`mindvideo tune-video`)."
         )
-    missing = [p + "/" for p in TEXT_PARTS if not (folder / p).is_dir()]
+    missing = [p + "/" for p in TEXT_PARTS if not _has_part(folder, p)]
     if missing:
         raise UserError(
             f"The text_encoder folder {folder} has no {' or '.join(missing)}; set text_encoder "
@@ -174,9 +184,9 @@ class CaptionEncoder:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         folder = str(folder)
-        try:
-            self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
-            self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        try:  # a light tune-video folder reads both from its base Stable Diffusion
+            self.text_encoder = CLIPTextModel.from_pretrained(component_dir(folder, "text_encoder"))
+            self.tokenizer = CLIPTokenizer.from_pretrained(component_dir(folder, "tokenizer"))
         except (OSError, ValueError) as exc:
             raise UserError(
                 f"Could not load the text encoder and tokenizer of {folder} ({exc}); set "

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,6 +39,7 @@ from mindvideo.generator.unet import VideoUNet
 from mindvideo.pipeline.guidance import adversarial_guidance, null_condition
 from mindvideo.pipeline.output import MindVideoPipelineOutput
 from mindvideo.utils import UserError
+from mindvideo.utils.base_folder import component_dir, write_base
 from mindvideo.utils.io import follow_umask
 from mindvideo.utils.threads import adapt_threads
 
@@ -109,6 +111,23 @@ class MindVideoPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, **kwargs)
         follow_umask(save_directory)
 
+    def save_light(
+        self, save_directory: str | os.PathLike, base: str | os.PathLike, unet_keys: Any
+    ) -> None:
+        """Save what was trained, by reference to the Stable Diffusion folder ``base``:
+        ``model_index.json``, ``fmri_encoder/`` and ``scheduler/`` in full, ``unet/`` light
+        (the tensors ``unet_keys``, :meth:`VideoUNet.save_trained`), no ``vae/`` (``base.json``
+        names where it is). :meth:`from_pretrained` loads it like a standalone folder, and
+        ``mindvideo export`` writes one."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.save_config(folder)
+        self.fmri_encoder.save_pretrained(folder / "fmri_encoder")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        self.unet.save_trained(folder / "unet", base, unet_keys)
+        write_base(folder, base, ["vae"])
+        follow_umask(folder)
+
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
@@ -153,16 +172,18 @@ class MindVideoPipeline(DiffusionPipeline):
             load_kwargs = {}
             if torch_dtype is not None and issubclass(component_cls, torch.nn.Module):
                 load_kwargs["torch_dtype"] = torch_dtype
-            if not os.path.isdir(os.path.join(path, name)):
+            try:  # a light folder reads the frozen parts from its base Stable Diffusion
+                where = str(component_dir(path, name).parent)
+            except UserError as exc:
                 raise UserError(
                     f"The pipeline folder {path} has no {name}/ folder; it is incomplete."
-                )
+                ) from exc
             if empty_weights and issubclass(component_cls, torch.nn.Module):
                 from mindvideo.utils.dry_run import empty_model
 
-                components[name] = empty_model(component_cls, path, name)
+                components[name] = empty_model(component_cls, where, name)
                 continue
-            components[name] = component_cls.from_pretrained(path, subfolder=name, **load_kwargs)
+            components[name] = component_cls.from_pretrained(where, subfolder=name, **load_kwargs)
         for key in cls._setting_names():
             if key not in settings and key in index:
                 settings[key] = index[key]

@@ -41,7 +41,8 @@ from torch.utils.data import Dataset
 
 from mindvideo.config import CotrainConfig, save_config
 from mindvideo.encoder import MBMAutoencoder, SpatiotemporalEncoder
-from mindvideo.generator import VideoUNet, trainable_parameters
+from mindvideo.generator import VideoUNet, trainable_parameters, trained_keys
+from mindvideo.generator.unet import TRAINED_WEIGHTS
 from mindvideo.training.diffusion import (
     CACHE_DIR,
     LatentCache,
@@ -58,6 +59,7 @@ from mindvideo.training.tune_video import (
     train_video_denoiser,
 )
 from mindvideo.utils import UserError, atomic_dir
+from mindvideo.utils.base_folder import component_dir, read_base
 
 __all__ = [
     "PIPELINE_DIR",
@@ -75,7 +77,6 @@ logger = logging.getLogger(__name__)
 
 PIPELINE_DIR = "pipeline"
 """Sub-folder of co-training's output holding the pipeline (``mindvideo reconstruct`` reads it)."""
-GENERATOR_SUBFOLDERS = ("unet", "vae", "scheduler")
 _ENCODER_CLASSES = ("SpatiotemporalEncoder", "MBMAutoencoder")
 
 
@@ -93,6 +94,11 @@ class GeneratorParts:
     vae: Any
     noise_scheduler: Any
     scheduler_config: dict[str, Any]
+    base: Path | None = None
+    """The local Stable Diffusion folder the generator builds on (``None``: unknown, e.g. a
+    standalone tune-video folder): with it, the pipeline is saved light."""
+    trained: frozenset[str] = frozenset()
+    """The UNet keys video tuning trained (a light generator's ``trained.safetensors``)."""
 
 
 def load_generator(path: str | os.PathLike, empty_weights: bool = False) -> GeneratorParts:
@@ -104,24 +110,43 @@ def load_generator(path: str | os.PathLike, empty_weights: bool = False) -> Gene
     """
     from diffusers import AutoencoderKL, DDPMScheduler
 
-    check_model_folder(
-        path,
-        GENERATOR_SUBFOLDERS,
-        "The generator folder",
-        "pass the folder written by `mindvideo tune-video` (--generator DIR).",
-    )
+    fix = "pass the folder written by `mindvideo tune-video` (--generator DIR)."
+    local = check_model_folder(path, ("unet", "scheduler"), "The generator folder", fix)
+    vae_dir: str | Path = path
+    base, trained = None, frozenset()
+    if local:
+        try:
+            vae_dir = component_dir(path, "vae").parent
+        except UserError as exc:
+            raise UserError(f"The generator folder {path} has no vae/ folder; {fix}") from exc
+        unet_dir = Path(path) / "unet"
+        if (unet_dir / TRAINED_WEIGHTS).is_file():  # a light tune-video folder
+            base = read_base(unet_dir)
+            trained = frozenset(safetensors_keys(unet_dir / TRAINED_WEIGHTS))
+        elif _class_name(unet_dir) == "UNet2DConditionModel":  # Stable Diffusion itself
+            base = Path(path).resolve()
     path = str(path)
     if empty_weights:
         from mindvideo.utils.dry_run import empty_model
 
         unet = empty_model(VideoUNet, path, "unet")
-        vae = empty_model(AutoencoderKL, path, "vae")
+        vae = empty_model(AutoencoderKL, str(vae_dir), "vae")
     else:
         unet = VideoUNet.from_pretrained(path, subfolder="unet")
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+        vae = AutoencoderKL.from_pretrained(str(vae_dir), subfolder="vae")
     vae = vae.requires_grad_(False).eval()
     scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler"))
-    return GeneratorParts(unet, vae, load_noise_scheduler(path), scheduler_config)
+    return GeneratorParts(
+        unet, vae, load_noise_scheduler(path), scheduler_config, base=base, trained=trained
+    )
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """The tensor names in a safetensors file (nothing else is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
 
 
 def _class_name(folder: Path) -> str | None:
@@ -422,7 +447,13 @@ def cotrain(
                 fmri_normalize=windows.normalizer.mode,
             )
             with atomic_dir(folder / PIPELINE_DIR) as tmp:
-                pipe.save_pretrained(tmp)
+                if generator.base is not None:
+                    # What video tuning and co-training trained, the encoder, and the base
+                    # Stable Diffusion folder for the frozen VAE and UNet weights.
+                    keys = generator.trained | trained_keys(trained.unet, cfg.trainable)
+                    pipe.save_light(tmp, generator.base, keys)
+                else:
+                    pipe.save_pretrained(tmp)
                 # The normaliser, ROI, window and pairing: the folder decodes raw runs alone.
                 FmriInput.from_prepared(windows.prepared, windows.normalizer, cfg.window).save(tmp)
             logger.info("wrote the co-trained pipeline to %s", folder / PIPELINE_DIR)

@@ -14,17 +14,19 @@ frozen VAE's latents and the text embeddings are cached once
 Output folder::
 
     OUT/
-      unet/          the tuned VideoUNet (config.json + diffusion_pytorch_model.safetensors)
-      vae/           the Stable Diffusion VAE, unchanged (safetensors)
-      text_encoder/  the CLIP text encoder, unchanged
-      tokenizer/     its tokenizer
+      unet/          the tuned VideoUNet, light: config.json, trained.safetensors (the trained
+                     attention and the temporal layers only) and base.json
+      base.json      the Stable Diffusion folder the VAE, text encoder and tokenizer are read
+                     from (by relative path first, then absolute): they are left unchanged
       scheduler/     the Stable Diffusion scheduler config, unchanged
       config.yaml    the resolved configuration
       cache/         latents_mean.npy, latents_std.npy, latents.json, text_embeddings.npy, text.json
       checkpoints/   resumable training state; logs/metrics.jsonl
 
-``unet/`` ``vae/`` ``text_encoder/`` ``tokenizer/`` ``scheduler/`` form a complete text-to-video
-generator in Stable Diffusion's folder layout; ``mindvideo cotrain --generator OUT`` reads it.
+With its base, the folder is a complete text-to-video generator in Stable Diffusion's folder
+layout (:mod:`mindvideo.utils.base_folder`); ``mindvideo cotrain --generator OUT`` reads it, and
+``mindvideo export`` writes a standalone copy (``unet/`` in full, ``vae/``, ``text_encoder/``,
+``tokenizer/``). A hub id as the base (no local folder) gives a standalone folder directly.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +45,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mindvideo.config import TrainConfig, TuneVideoConfig, save_config
-from mindvideo.generator import VideoUNet, trainable_parameters
+from mindvideo.generator import VideoUNet, trainable_parameters, trained_keys
 from mindvideo.training.checkpoints import CHECKPOINTS_DIR, list_checkpoints
 from mindvideo.training.diffusion import (
     CACHE_DIR,
@@ -60,6 +63,7 @@ from mindvideo.training.diffusion import (
 )
 from mindvideo.training.engine import Trainer, check_engine_config, reset_accelerate_state
 from mindvideo.utils import UserError, atomic_dir, atomic_write_text
+from mindvideo.utils.base_folder import write_base
 
 __all__ = [
     "SD_SUBFOLDERS",
@@ -77,6 +81,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+#: The parts video tuning leaves as they were: a tune-video folder reads them from its base.
+FROZEN_PARTS = ("vae", "text_encoder", "tokenizer")
 """The parts of a Stable Diffusion 1.5 folder video tuning reads (``feature_extractor/`` and
 ``safety_checker/`` are not needed)."""
 
@@ -341,9 +347,29 @@ def tune_video(
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
 
+        base = Path(str(cfg.pretrained.stable_diffusion))
+
         def save(trained: torch.nn.Module, folder: Path) -> None:
             record_trained_size(trained.unet, latent_size)
-            with atomic_dir(folder / "unet") as tmp:
+            _save_scheduler_config(sd.scheduler_config, folder / "scheduler")
+            if base.is_dir():
+                # Only what was trained (and the new temporal layers), plus a reference to the
+                # Stable Diffusion folder for the frozen VAE, text encoder and tokenizer.
+                keys = trained_keys(trained.unet, cfg.trainable)
+                with atomic_dir(folder / "unet") as tmp:
+                    trained.unet.save_trained(tmp, base, keys)
+                write_base(folder, base, list(FROZEN_PARTS))
+                for name in FROZEN_PARTS:  # copies an earlier standalone save left behind
+                    shutil.rmtree(folder / name, ignore_errors=True)
+                logger.info(
+                    "wrote the tuned video generator to %s (%d trained tensors; the rest read "
+                    "from %s)",
+                    folder,
+                    len(keys),
+                    base,
+                )
+                return
+            with atomic_dir(folder / "unet") as tmp:  # a hub id: a standalone folder
                 trained.unet.save_pretrained(tmp)
             # The tokenizer as loaded: one that has encoded captions saves its last padding
             # and truncation settings too, so the folder would depend on the caption cache.
@@ -357,7 +383,6 @@ def tune_video(
             ):
                 with atomic_dir(folder / name) as tmp:
                     part.save_pretrained(tmp)
-            _save_scheduler_config(sd.scheduler_config, folder / "scheduler")
             logger.info("wrote the tuned video generator to %s", folder)
 
         train_video_denoiser(
