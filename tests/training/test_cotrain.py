@@ -249,7 +249,7 @@ def test_the_pipeline_holds_what_was_trained_and_exports_standalone(folders, cot
     from safetensors.torch import load_file
 
     from mindvideo.pipeline import MindVideoPipeline
-    from mindvideo.pipeline.export import export_folder
+    from mindvideo.pipeline.export import export_folder, folder_bytes
     from mindvideo.utils.base_folder import read_base
 
     out, _ = cotrained
@@ -260,11 +260,13 @@ def test_the_pipeline_holds_what_was_trained_and_exports_standalone(folders, cot
     for module in ("attn1", "attn2", "attn_temp"):
         assert any(f".{module}." in key for key in trained), module
     assert not any(".resnets." in key for key in trained)  # frozen: read from the base
-    result = export_folder(light, tmp_path / "standalone")
     copy = tmp_path / "standalone"
+    assert run_cli(["export", "--from", str(light), "--out", str(copy)]) == 0
     assert (copy / "vae").is_dir() and (copy / "fmri_input").is_dir()
-    assert not (copy / "base.json").exists() and result.kind == "pipeline"
-    assert result.light_bytes < result.standalone_bytes
+    assert not (copy / "base.json").exists()
+    with pytest.raises(UserError, match="not empty"):  # never over an existing folder
+        export_folder(light, copy)
+    assert folder_bytes(light) < folder_bytes(copy)
     fmri = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(0))
     clips = []
     for folder in (light, copy):
