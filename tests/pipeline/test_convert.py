@@ -181,12 +181,40 @@ def test_unexpected_encoder_keys_are_refused_unless_allowed(tmp_path):
     assert report.unexpected == ["blocks.0.extra.weight"]
 
 
+RAN: list[str] = []
+
+
+def _record_run(what: str) -> str:
+    RAN.append(what)
+    return what
+
+
+class PickledConfig:
+    """A config object as mind-vis pickles beside the weights; unpickling it runs code."""
+
+    def __reduce__(self):
+        return (_record_run, ("unpickled",))
+
+
 def test_weights_needing_pickle_code_are_refused(tmp_path):
     pipe = original_pipeline()
     authors = write_authors_folder(tmp_path / "a", pipe)
     torch.save({"model": {"x": NotATensor()}}, authors / "fmri_encoder" / "model.pth")
     with pytest.raises(UserError, match="weights_only=True"):
         encoder_from_authors(authors)
+    # A mind-vis style checkpoint: the weights and a pickled config object. Refused with how
+    # to re-save the weights alone, and the object's code never runs.
+    state = authors_encoder_state(pipe.fmri_encoder)
+    torch.save({"model": state, "config": PickledConfig()}, authors / "fmri_encoder" / "model.pth")
+    with pytest.raises(UserError, match=r"re-save the weights alone: ckpt = torch\.load"):
+        encoder_from_authors(authors)
+    assert RAN == []
+    # Re-saved as the message says, it converts.
+    ckpt = torch.load(authors / "fmri_encoder" / "model.pth", weights_only=False)
+    assert RAN == ["unpickled"]  # (here, knowingly)
+    torch.save(ckpt.get("model", ckpt), authors / "fmri_encoder" / "model.pth")
+    encoder, _ = encoder_from_authors(authors)
+    assert encoder.config.num_voxels == 64
 
 
 def _cli(argv):

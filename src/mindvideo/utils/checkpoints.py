@@ -66,8 +66,11 @@ def load_state_dict_safely(
         except Exception as err:
             raise UserError(
                 f"{path} cannot be read as plain tensors with torch.load(weights_only=True) "
-                f"({str(err).splitlines()[0]}); re-save it as a dict of tensors (or safetensors) "
-                "in a trusted environment."
+                f"({str(err).splitlines()[0]}): it pickles objects whose code would have to run "
+                "(a mind-vis / MinD-Video .pth keeps its config object beside the weights), and "
+                "that code is never run here. If you trust the file, re-save the weights alone: "
+                f"ckpt = torch.load('{path}', weights_only=False); "
+                f"torch.save(ckpt.get('model', ckpt), '{path}') — or as safetensors."
             ) from err
     for key in unwrap:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
