@@ -44,7 +44,8 @@ def baseline(pipe, fmri) -> np.ndarray:
 def run(pipe, fmri, seed=0, **kwargs):
     kwargs.setdefault("negative_fmri", random_fmri(1, seed=99)[0])
     kwargs.setdefault("generator", seeded(seed))
-    return pipe(fmri, num_inference_steps=STEPS, **kwargs).frames
+    kwargs.setdefault("num_inference_steps", STEPS)
+    return pipe(fmri, **kwargs).frames
 
 
 def test_returns_uint8_frames_and_is_deterministic_for_a_seed(pipe, fmri, baseline):
@@ -259,3 +260,63 @@ def test_callback_sees_every_step_and_eta_noise_follows_the_seed(pipe, fmri):
     generators = [[seeded(1), seeded(2)] for _ in range(2)]
     a, b = (run(pipe, fmri, eta=1.0, generator=g, output_type="latent") for g in generators)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_start_video_is_noised_to_the_strength_and_denoised_from_there(pipe, fmri):
+    """SDEdit: with 10 steps and strength 0.3, the last 3 steps run, starting from the video's
+    VAE latents noised to the 8th timestep with the window's own noise."""
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (2, 6, 4, 4, 3), dtype=np.uint8)  # resized to 16 × 16
+    inputs = []
+    handle = pipe.unet.register_forward_hook(lambda _m, args, _o: inputs.append(args))
+    try:
+        out = run(pipe, fmri, video=video, strength=0.3, num_inference_steps=10, output_type="pt")
+    finally:
+        handle.remove()
+    assert len(inputs) == 3
+    pipe.scheduler.set_timesteps(10)
+    t_first = pipe.scheduler.timesteps[7]
+    assert int(inputs[0][1]) == int(t_first)
+    with torch.no_grad():
+        frames = torch.from_numpy(video).permute(0, 1, 4, 2, 3).float().flatten(0, 1) / 255
+        frames = torch.nn.functional.interpolate(
+            frames, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear"
+        )
+        x0 = pipe.vae.encode(frames * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+        x0 = x0.unflatten(0, (2, 6)).transpose(1, 2)
+    noise = torch.randn(x0.shape, generator=seeded(0))
+    alpha = pipe.scheduler.alphas_cumprod[int(t_first)]
+    expected = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
+    torch.testing.assert_close(inputs[0][0][:2], expected, atol=1e-5, rtol=1e-5)  # [c̄; c]
+    # The same video and seed: the same clip; another start video: another clip.
+    again = run(pipe, fmri, video=video, strength=0.3, num_inference_steps=10, output_type="pt")
+    torch.testing.assert_close(out, again)
+    other = run(
+        pipe, fmri, video=255 - video, strength=0.3, num_inference_steps=10, output_type="pt"
+    )
+    assert (other - out).abs().max() > 1e-3
+
+
+def test_bad_start_videos_and_strengths_are_user_errors(pipe, fmri):
+    video = np.zeros((2, 6, 16, 16, 3), np.uint8)
+    with pytest.raises(UserError, match=r"strength must be in \(0, 1\]"):
+        run(pipe, fmri, video=video, strength=0.0)
+    with pytest.raises(UserError, match="leaves no denoising step"):
+        run(pipe, fmri, video=video, strength=0.2)  # 0.2 of 2 steps
+    with pytest.raises(UserError, match="makes 2 of 6"):
+        run(pipe, fmri, video=video[:, :3])
+    with pytest.raises(UserError, match="video must be uint8"):
+        run(pipe, fmri, video=np.zeros((2, 6, 16, 16), np.float32))
+
+
+def test_a_start_video_works_with_a_multistep_sampler(fmri):
+    """DPM-Solver++ keeps a step index: the shortened schedule starts where the video enters."""
+    pipe = tiny_pipeline()
+    pipe.scheduler = make_scheduler("dpm-solver++", pipe.scheduler.config)
+    calls = []
+    pipe.unet.register_forward_hook(lambda _m, args, _o: calls.append(int(args[1])))
+    video = np.full((2, 6, 16, 16, 3), 128, np.uint8)
+    frames = run(pipe, fmri, video=video, strength=0.5, num_inference_steps=8)
+    pipe.scheduler.set_timesteps(8)
+    assert calls == [int(t) for t in pipe.scheduler.timesteps[4:]]
+    assert frames.shape == (2, 6, IMAGE_SIZE, IMAGE_SIZE, 3)

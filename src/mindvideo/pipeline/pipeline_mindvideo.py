@@ -513,6 +513,67 @@ class MindVideoPipeline(DiffusionPipeline):
         return adversarial_guidance(noise_pos, noise_neg, guidance_scale)
 
     # ------------------------------------------------------------------ step 6
+    # ------------------------------------------------------------------ step 4, from a video
+    def encode_video(
+        self, video: Any, batch: int, num_frames: int, height: int, width: int
+    ) -> torch.Tensor:
+        """A start video → its VAE latents ``[N, C, F, h, w]`` (scaled as the UNet's).
+
+        ``video``: uint8 ``[N, F, H', W', 3]`` or float ``[N, F, 3, H', W']`` in ``[0, 1]``
+        (numpy or torch), any ``H' × W'``: frames are resized to ``height × width``
+        (bilinear) — a low-resolution video decoded from the fMRI, for instance. The VAE's
+        posterior mean is used, so the start does not depend on a generator.
+        """
+        x = _as_tensor(video, "video")
+        if x.dtype == torch.uint8 and x.ndim == 5 and x.shape[-1] == 3:
+            x = x.permute(0, 1, 4, 2, 3).float() / 255.0
+        if x.ndim != 5 or x.shape[2] != 3 or not x.is_floating_point():
+            raise UserError(
+                "video must be uint8 [N, F, H, W, 3] or float [N, F, 3, H, W] in [0, 1], not "
+                f"{x.dtype} {list(x.shape)}."
+            )
+        if tuple(x.shape[:2]) != (batch, num_frames):
+            raise UserError(
+                f"video has {x.shape[0]} clips of {x.shape[1]} frames; the call makes {batch} "
+                f"of {num_frames}."
+            )
+        device, dtype = self._execution_device, self.vae.dtype
+        frames = x.flatten(0, 1).to(device, torch.float32)
+        if tuple(frames.shape[-2:]) != (height, width):
+            frames = torch.nn.functional.interpolate(
+                frames, size=(height, width), mode="bilinear", align_corners=False
+            )
+        latents = self.vae.encode((frames * 2 - 1).to(dtype)).latent_dist.mean
+        latents = latents * self.vae.config.scaling_factor
+        return latents.unflatten(0, (batch, num_frames)).transpose(1, 2)
+
+    def start_from_video(
+        self,
+        video_latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        num_inference_steps: int,
+        strength: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDEdit: keep the last ``strength`` of the schedule and noise the video's latents to
+        its first timestep (as diffusers' video-to-video pipelines do). Returns ``(latents,
+        timesteps)``. ``noise`` is unit-variance noise of the latents' shape."""
+        if not 0.0 < strength <= 1.0:
+            raise UserError(f"strength must be in (0, 1], not {strength}.")
+        steps = min(int(num_inference_steps * strength), num_inference_steps)
+        if steps < 1:
+            raise UserError(
+                f"strength {strength} of {num_inference_steps} steps leaves no denoising step; "
+                "raise the strength or the number of steps."
+            )
+        order = getattr(self.scheduler, "order", 1)
+        timesteps = timesteps[(num_inference_steps - steps) * order :]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index((num_inference_steps - steps) * order)
+        first = timesteps[:1].repeat(video_latents.shape[0])
+        latents = self.scheduler.add_noise(video_latents, noise.to(video_latents.dtype), first)
+        return latents, timesteps
+
     def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
         """Latents ``[N, C, F, h, w]`` → frames ``[N, F, 3, H, W]`` float32 in ``[0, 1]``.
 
@@ -556,6 +617,8 @@ class MindVideoPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         decode_chunk_size: int = 8,
         prompt_embeds: torch.Tensor | np.ndarray | None = None,
+        video: torch.Tensor | np.ndarray | None = None,
+        strength: float = 0.8,
     ) -> MindVideoPipelineOutput | tuple:
         """Reconstruct one video per fMRI window (or per given condition, ``prompt_embeds``).
 
@@ -590,6 +653,15 @@ class MindVideoPipeline(DiffusionPipeline):
                 longer fMRI window gives. E.g. a caption's text embedding, the condition a perfect
                 fMRI encoder would give (``mindvideo reconstruct condition=caption``). The
                 negative then goes as ``negative_embeddings`` (or none: the null condition).
+            video: a start video (SDEdit, as diffusers' video-to-video pipelines take one):
+                uint8 ``[N, F, H', W', 3]`` or float ``[N, F, 3, H', W']`` in ``[0, 1]``, resized
+                to ``height × width``; its VAE latents are noised to the step ``strength`` of the
+                way back and denoised from there — e.g. a low-resolution video decoded from the
+                fMRI, which then sets the layout and colours. ``None`` (default): sampling starts
+                from noise, the paper's method, unchanged.
+            strength: with ``video``, the fraction of the ``num_inference_steps`` steps run
+                (``1`` starts from the video noised to the first timestep, almost pure noise;
+                small values keep it close to the video).
         """
         # 1. Check inputs
         height = height or self.default_size
@@ -631,6 +703,15 @@ class MindVideoPipeline(DiffusionPipeline):
         latents = self.prepare_latents(
             batch, num_frames, height, width, latents_dtype, device, generator, latents
         )
+        if video is not None:  # SDEdit: start part-way, from the video noised to that step
+            start = self.encode_video(video, batch, num_frames, height, width).to(latents_dtype)
+            latents, timesteps = self.start_from_video(
+                start,
+                latents / self.scheduler.init_noise_sigma,
+                timesteps,
+                num_inference_steps,
+                strength,
+            )
         extra_step_kwargs = self._extra_step_kwargs(generator, eta)
 
         # 5. Denoising loop with adversarial guidance (eq. 6)
