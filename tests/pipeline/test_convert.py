@@ -146,6 +146,14 @@ def test_converted_pipeline_reproduces_the_original(tmp_path):
     assert any("num_voxels = 4656" in note for note in enc["notes"])
     assert saved["unet"]["unexpected"] == [] and saved["unet"]["missing"] == []
     assert "fmri_encoder: 0 renamed, 4 dropped" in report.summary()
+    # A converted folder is standalone already: export copies it as it is.
+    from mindvideo.pipeline.export import export_folder
+
+    result = export_folder(tmp_path / "ours", tmp_path / "copy")
+    assert result.kind == "pipeline" and result.light_bytes == result.standalone_bytes
+    copied = MindVideoPipeline.from_pretrained(tmp_path / "copy")
+    copied.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(sample(copied), sample(converted))
 
 
 def test_the_authors_folder_itself_points_to_convert(tmp_path):

@@ -89,6 +89,8 @@ def test_reconstruct_decodes_raw_runs_without_the_prepared_folder(
     # From the command line, one run per segment without averaging: each window names its run.
     argv = ["reconstruct", "--checkpoint", str(pipeline_dir), "--fmri", *test_runs[:2]]
     argv += ["--out", str(tmp_path / "each"), "num_inference_steps=2", "tr_stride=8"]
+    assert main([*argv, "--dry-run"]) == 0  # checks the runs and plans, writes nothing
+    assert not (tmp_path / "each").exists()
     assert main(argv) == 0
     windows = json.loads((tmp_path / "each" / "index.json").read_text())["windows"]
     assert {w["segment"] for w in windows} == {0, 1}

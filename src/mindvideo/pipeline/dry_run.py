@@ -84,7 +84,7 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
     phase = PhasePlan(
         "reconstruct",
         data={
-            "split": cfg.split,
+            "split": cfg.split if prepared is not None else "raw runs (--fmri)",
             "segments × TRs": [run.dataset.n_segments, run.dataset.n_trs],
             "voxels": f"{n_voxels:,} (padded to {cond.num_voxels:,})",
             # A caption run reads the same windows' captions instead of their fMRI.
