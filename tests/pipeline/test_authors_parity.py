@@ -15,19 +15,15 @@ from helpers.pipeline import COND_DIM, SD15_SCHEDULE, UNET_CONFIG, tiny_vae
 
 from mindvideo.pipeline import MindVideoPipeline, convert_authors_pipeline
 
-BLOCKS_3D = {
-    "CrossAttnDownBlock2D": "CrossAttnDownBlock3D",
-    "DownBlock2D": "DownBlock3D",
-    "CrossAttnUpBlock2D": "CrossAttnUpBlock3D",
-    "UpBlock2D": "UpBlock3D",
-}
+from .test_convert import AUTHORS_MODEL_INDEX, BLOCKS_3D
+
 AUTHORS_CONFIG = {
     "_class_name": "UNet3DConditionModel",
     "_diffusers_version": "0.11.1",
     **UNET_CONFIG,
     "down_block_types": [BLOCKS_3D[b] for b in UNET_CONFIG["down_block_types"]],
     "up_block_types": [BLOCKS_3D[b] for b in UNET_CONFIG["up_block_types"]],
-    "mid_block_type": "UNetMidBlock3DCrossAttn",
+    "mid_block_type": BLOCKS_3D["UNetMidBlock2DCrossAttn"],
     "flip_sin_to_cos": True,
     "freq_shift": 0,
     "norm_eps": 1e-5,
@@ -86,17 +82,7 @@ def authors(tmp_path_factory):
     (folder / "fmri_encoder").mkdir()
     (folder / "fmri_encoder" / "config.json").write_text(json.dumps(ENCODER_CONFIG))
     torch.save({"model": state, "epoch": 7}, folder / "fmri_encoder" / "model.pth")
-    (folder / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "MindVideoPipeline",
-                "fmri_encoder": ["MindVideo", "fMRIEncoder"],
-                "unet": ["MindVideo", "UNet3DConditionModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-                "scheduler": ["diffusers", "DDIMScheduler"],
-            }
-        )
-    )
+    (folder / "model_index.json").write_text(json.dumps(AUTHORS_MODEL_INDEX))
     report = convert_authors_pipeline(folder, root / "converted", resolution=16)
     assert report.unet["missing"] == [] and report.unet["unexpected"] == []
     converted = MindVideoPipeline.from_pretrained(root / "converted")

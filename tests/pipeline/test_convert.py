@@ -29,6 +29,16 @@ BLOCKS_3D = {
 }
 
 
+#: The released folder's model_index.json.
+AUTHORS_MODEL_INDEX = {
+    "_class_name": "MindVideoPipeline",
+    "fmri_encoder": ["MindVideo", "fMRIEncoder"],
+    "unet": ["MindVideo", "UNet3DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+    "scheduler": ["diffusers", "DDIMScheduler"],
+}
+
+
 class NotATensor:
     """Unpickling this needs code: torch.load(weights_only=True) must refuse it."""
 
@@ -89,17 +99,7 @@ def write_authors_folder(root, pipe: MindVideoPipeline, encoder_state=None, enco
     """The released layout: model_index.json, unet/ (.bin, UNet3D config), vae/, scheduler/,
     fmri_encoder/ (config.json + model.pth holding {"model": tensors})."""
     root.mkdir(parents=True)
-    (root / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "MindVideoPipeline",
-                "fmri_encoder": ["MindVideo", "fMRIEncoder"],
-                "unet": ["MindVideo", "UNet3DConditionModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-                "scheduler": ["diffusers", "DDIMScheduler"],
-            }
-        )
-    )
+    (root / "model_index.json").write_text(json.dumps(AUTHORS_MODEL_INDEX))
     (root / "unet").mkdir()
     (root / "unet" / "config.json").write_text(json.dumps(authors_unet_config(pipe.unet)))
     torch.save(dict(pipe.unet.state_dict()), root / "unet" / "diffusion_pytorch_model.bin")

@@ -223,14 +223,17 @@ class VideoUNet(UNet2DConditionModel):
             norm.cross_frame = bool(on)
 
     @classmethod
-    def from_unet2d(cls, unet: UNet2DConditionModel) -> VideoUNet:
-        """Inflate a 2D UNet: same config, its weights copied, temporal layers fresh (identity).
+    def from_unet2d(
+        cls, unet: UNet2DConditionModel, config: dict[str, Any] | None = None
+    ) -> VideoUNet:
+        """Inflate a 2D UNet: same config (or ``config``, a saved video UNet's of the same
+        architecture), its weights copied, temporal layers fresh (identity).
 
         The fresh layers are drawn from a fixed seed (:data:`INFLATION_SEED`), not the global
         random state: the same 2D UNet always inflates to the same video UNet, so a run repeats
         exactly and a resumed run matches an uninterrupted one."""
         with torch.random.fork_rng(devices=[]):
-            model = cls.from_config(unet.config)
+            model = cls.from_config(unet.config if config is None else config)
             # the same draws as from_pretrained's inflation: the same 2D UNet, the same result
             torch.manual_seed(INFLATION_SEED)
             for block in model.modules():
@@ -332,26 +335,15 @@ class VideoUNet(UNet2DConditionModel):
                 "naming the Stable Diffusion folder with the rest; re-run the stage that wrote it."
             )
         config = dict(cls.load_config(folder))
-        with torch.random.fork_rng(devices=[]):  # the temporal layers as an inflation makes them
-            model = cls.from_config(config)
-            torch.manual_seed(INFLATION_SEED)
-            for block in model.modules():
-                if isinstance(block, VideoTransformerBlock):
-                    block.reset_temporal_attention()
         base_unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
-        try:
-            missing, unexpected = model.load_state_dict(base_unet.state_dict(), strict=False)
-        except RuntimeError as exc:  # shapes differ: another model than the one trained on
+        try:  # the base inflated as video tuning inflated it, then the trained tensors
+            model = cls.from_unet2d(base_unet, config)
+        except RuntimeError as exc:  # another model than the one trained on
             raise UserError(
                 f"The UNet of {base} does not fit the UNet trained in {folder}: {exc}"
             ) from exc
         trained = load_file(folder / TRAINED_WEIGHTS)
-        if unexpected or any(not is_temporal_key(k) and k not in trained for k in missing):
-            raise UserError(
-                f"The UNet of {base} does not fit the UNet trained in {folder} (unexpected "
-                f"{unexpected[:3]}, missing {[k for k in missing if k not in trained][:3]})."
-            )
-        missing, unexpected = model.load_state_dict(trained, strict=False)
+        _, unexpected = model.load_state_dict(trained, strict=False)
         if unexpected:
             raise UserError(f"{folder / TRAINED_WEIGHTS} holds unknown tensors {unexpected[:3]}.")
         model.set_cross_frame_norm(bool(config.get(CROSS_FRAME_NORM_KEY, False)))

@@ -36,6 +36,7 @@ import numpy as np
 from mindvideo.data.datasets import FMRINormalizer
 from mindvideo.data.pairing import PadMode, pad_voxels, window_indices
 from mindvideo.data.prepared import PreparedData
+from mindvideo.pipeline.guidance import mean_fmri, negative_window
 from mindvideo.utils import UserError, atomic_write_text
 
 __all__ = ["FMRI_INPUT_DIR", "FmriInput", "RunWindows"]
@@ -84,8 +85,6 @@ class FmriInput:
                 "detrend_order": int(config.get("detrend_order", 4)),
                 "nan_policy": str(config.get("nan_policy", "raise")),
             }
-        from mindvideo.pipeline.guidance import mean_fmri
-
         return cls(
             normalizer=normalizer,
             train_mean=mean_fmri(prepared.fmri_train).astype(np.float32),
@@ -264,9 +263,8 @@ class RunWindows:
         if source == "null":
             return None
         if source == "mean-test":
-            mean, split = np.concatenate(self.fmri).mean(axis=0, dtype=np.float64), "test"
+            mean, split = mean_fmri(np.stack(self.fmri)), "test"
         else:
             mean, split = self.fmri_input.train_mean.astype(np.float64), "train"
-        x = self.fmri_input.normalizer.transform(mean, split)
-        x = pad_voxels(x, self.patch_size, self.pad_mode)
-        return np.repeat(x[None], window, axis=0).astype(np.float32)
+        normalizer = self.fmri_input.normalizer
+        return negative_window(mean, normalizer, split, window, self.patch_size, self.pad_mode)

@@ -37,6 +37,7 @@ __all__ = [
     "mean_fmri",
     "mean_fmri_window",
     "negative_fmri_from_prepared",
+    "negative_window",
     "null_condition",
 ]
 
@@ -133,8 +134,24 @@ def negative_fmri_from_prepared(
             f"Unknown negative condition {source!r}; choose one of {', '.join(NEGATIVE_SOURCES)}."
         )
     split = source.removeprefix("mean-")
-    mean = mean_fmri(prepared.fmri(split))  # [V]
     normalizer = FMRINormalizer(normalize).fit(prepared.fmri_train)
-    mean = pad_voxels(normalizer.transform(mean, split), patch_size, pad_mode)  # [V_padded]
-    logger.info("negative condition: the mean %s fMRI (%d voxels)", split, mean.shape[-1])
+    negative = negative_window(
+        mean_fmri(prepared.fmri(split)), normalizer, split, window, patch_size, pad_mode
+    )
+    logger.info("negative condition: the mean %s fMRI (%d voxels)", split, negative.shape[-1])
+    return negative
+
+
+def negative_window(
+    mean: np.ndarray,
+    normalizer: FMRINormalizer,
+    split: str,
+    window: int,
+    patch_size: int,
+    pad_mode: PadMode,
+) -> np.ndarray:
+    """A mean TR ``[V]`` of ``split`` as the negative window: normalised as that split's fMRI
+    is (the normalisation is affine, so this is the mean of the normalised fMRI), padded to the
+    patch size and repeated to ``window`` TRs → float32 ``[window, V_padded]``."""
+    mean = pad_voxels(normalizer.transform(mean, split), patch_size, pad_mode)
     return np.repeat(mean[None], window, axis=0).astype(np.float32)
