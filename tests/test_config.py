@@ -129,7 +129,7 @@ def test_every_registered_preset_is_shipped():
 
 
 def test_demo_presets_use_the_demo_window():
-    for stage in ("baseline", "contrast", "cotrain", "reconstruct", "explain"):
+    for stage in ("baseline", "lowlevel", "contrast", "cotrain", "reconstruct", "explain"):
         assert PRESETS[stage]("demo").window == DEMO_WINDOW
 
 

@@ -1,6 +1,6 @@
 """The fault matrix: every stage command, on tiny data, under the faults a user meets.
 
-For each stage (``simulate`` … ``report``, ``baseline``):
+For each stage (``simulate`` … ``report``, ``baseline``, ``lowlevel``):
 
 - **a folder in use**: a second run into an ``--out`` whose lock another run holds is refused at
   once, in one line naming that run's PID, and writes nothing;
@@ -60,7 +60,7 @@ STAGES = [*REGISTERED, "report"]
 TRAINING = {"pretrain", "contrast", "tune-video", "cotrain"}
 # Stages whose folder (or file) appears whole or not at all; the others keep resumable state
 # (training checkpoints, a reconstruction's finished windows), marked as unfinished.
-WHOLE = {"simulate", "prepare", "evaluate", "explain", "report", "baseline"}
+WHOLE = {"simulate", "prepare", "evaluate", "explain", "report", "baseline", "lowlevel"}
 
 # What marks a stage's result as complete (relative to --out; "" is --out itself).
 RESULT = {
@@ -75,6 +75,7 @@ RESULT = {
     "explain": "explain.json",
     "report": "",
     "baseline": "baseline.json",
+    "lowlevel": "decoder",
 }
 
 
@@ -165,6 +166,7 @@ def argv(stage: str, f: dict[str, Path], out: Path) -> list[str]:
         ],
         "report": [run],
         "baseline": ["--data", f["prepared"], "n_ways=[2]", "trials=10", "shuffles=2"],
+        "lowlevel": ["--data", f["prepared"]],
     }[stage]
     return [stage, *config, *resume, *map(str, args), "--out", str(out)]
 
@@ -271,6 +273,9 @@ def corrupt(stage: str, f: dict[str, Path], root: Path) -> tuple[dict[str, Path]
     if stage == "baseline":
         f["prepared"] = _copy(f["prepared"], root / "prepared")
         return f, _truncate(f["prepared"] / "fmri_test.npy"), "re-run mindvideo prepare"
+    if stage == "lowlevel":
+        f["prepared"] = _copy(f["prepared"], root / "prepared")
+        return f, _truncate(f["prepared"] / "fmri_train.npy"), "re-run mindvideo prepare"
     if stage == "pretrain":
         f["data"] = _copy(f["data"], root / "data")
         return f, _truncate(f["data"] / "fmri_train.npy"), "re-run mindvideo prepare"

@@ -161,3 +161,14 @@ def demo(args: argparse.Namespace) -> int:
     rest = sim.rest.subjects * len(sim.rest.runs) * sim.rest.volumes * HCP_VISUAL_VOXELS * 4
     data = estimate_simulate_bytes(sim) + estimate_simulate_bytes(sim, rest=True) + frames + rest
     return int(data * (1 + DEMO_MODELS_SHARE))
+
+
+@_safely
+def lowlevel(args: argparse.Namespace) -> int:
+    """The decoder's linear map (float32): window × voxels × frames × frame_size² × 3."""
+    from mindvideo.data.prepared import PreparedData
+
+    cfg = resolve_config(args)
+    prepared = PreparedData.open(cfg.data)
+    targets = prepared.frames_per_tr * cfg.frame_size**2 * 3
+    return FLOAT32 * (cfg.window * prepared.n_voxels + 1) * targets

@@ -135,6 +135,7 @@ _WRITTEN_BY = {
     "checkpoint": "cotrain",
     "reconstructions": "reconstruct",
     "text_encoder": "tune-video",
+    "lowlevel": "lowlevel",
 }
 _ENCODER_WRITTEN_BY = {"contrast": "pretrain", "cotrain": "contrast", "explain": "contrast"}
 

@@ -21,6 +21,7 @@ from mindvideo.config.stages import (
     CotrainConfig,
     EvaluateConfig,
     ExplainConfig,
+    LowLevelConfig,
     PrepareConfig,
     PretrainConfig,
     ReconstructConfig,
@@ -55,6 +56,7 @@ def load_preset(stage: str, name: str) -> Any:
 simulate_preset: Callable[[str], SimulateConfig] = partial(load_preset, "simulate")
 prepare_preset: Callable[[str], PrepareConfig] = partial(load_preset, "prepare")
 baseline_preset: Callable[[str], BaselineConfig] = partial(load_preset, "baseline")
+lowlevel_preset: Callable[[str], LowLevelConfig] = partial(load_preset, "lowlevel")
 pretrain_preset: Callable[[str], PretrainConfig] = partial(load_preset, "pretrain")
 contrast_preset: Callable[[str], ContrastConfig] = partial(load_preset, "contrast")
 tune_video_preset: Callable[[str], TuneVideoConfig] = partial(load_preset, "tune-video")

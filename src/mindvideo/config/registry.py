@@ -61,6 +61,12 @@ STAGES: dict[str, Stage] = {
             presets=_CPU,
         ),
         Stage(
+            "lowlevel",
+            stages.LowLevelConfig,
+            "low-level path: ridge (and a refiner) from the fMRI window to a low-resolution video",
+            presets=_CPU,
+        ),
+        Stage(
             "pretrain",
             stages.PretrainConfig,
             "stage 2: masked brain modeling (MBM) on HCP, then the subject's training fMRI",

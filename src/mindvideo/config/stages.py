@@ -416,6 +416,15 @@ class ReconstructConfig:
     text_encoder: str | None = None
     """With ``condition=caption`` or ``linear``: a folder with ``text_encoder/`` and
     ``tokenizer/`` (Stable Diffusion 1.5, or the output of ``mindvideo tune-video``)."""
+    lowlevel: str | None = None
+    """The low-level path: a low-level decoder (the output folder of ``mindvideo lowlevel``, or
+    its ``decoder/``). Its video of each window, decoded from the window's fMRI, starts the
+    sampler (SDEdit, noised to ``strength``) and sets the clip's layout and colours. Unset:
+    sampling starts from noise — the paper's method, unchanged."""
+    strength: float = 0.3
+    """With ``lowlevel``: the fraction of the sampler's steps run from the low-level video
+    (``1`` starts from it noised to the first step, almost pure noise; small values keep it
+    close to the video)."""
 
 
 @dataclass
@@ -481,6 +490,38 @@ class BaselineConfig:
     alphas: list[float] = field(default_factory=lambda: [10 ** (e / 2) for e in range(15)])
     """Ridge penalties tried per target (1 to 10⁷ in half decades; the fMRI is z-scored)."""
     seed: int = 0
+
+
+@dataclass
+class LowLevelConfig:
+    """The low-level decoder (``mindvideo lowlevel``): fMRI window → a low-resolution video of
+    the window's frames (layout and colour), the start of sampling with ``reconstruct
+    lowlevel=DIR`` (SDEdit)."""
+
+    data: str | None = None
+    """A prepared subject (``mindvideo prepare``); only its training split is read."""
+    window: int = 4
+    """fMRI frames per window, TRs ``t .. t + window − 1`` (4 covers the haemodynamic lag)."""
+    frame_size: int = 16
+    """Side of the frames the linear map decodes (each frame area-averaged to it)."""
+    out_size: int | None = None
+    """Side of the video the decoder gives: unset, ``frame_size`` (the linear map alone);
+    larger, the convolutional refiner upsamples to it (trained when ``refiner_steps`` > 0,
+    else bilinear)."""
+    folds: int = 5
+    """Cross-validation folds over whole training segments (the penalty per target, and the
+    held-out predictions the refiner learns from)."""
+    alphas: list[float] = field(default_factory=lambda: [10 ** (e / 2) for e in range(15)])
+    """Ridge penalties tried per target (1 to 10⁷ in half decades; the fMRI is z-scored)."""
+    refiner_steps: int = 0
+    """Training steps of the convolutional refiner (0: none; the linear map alone)."""
+    refiner_channels: int = 64
+    refiner_batch_size: int = 32
+    refiner_lr: float = 1e-3
+    ssim_weight: float = 1.0
+    """The refiner's loss: MSE + ``ssim_weight`` × (1 − SSIM) against the training frames."""
+    seed: int = 0
+    device: str | None = None
 
 
 @dataclass

@@ -95,7 +95,8 @@ class RidgeDecoder:
     segment of each sample; the segments are dealt into ``folds`` folds, so a fold never splits
     a segment, and each target keeps the penalty with the least held-out squared error summed
     over the folds. X is z-scored and Y centred with training statistics only. Learned
-    attributes end in ``_``: ``x_mean_``, ``x_scale_``, ``y_mean_``, ``alphas_`` ``[K]``.
+    attributes end in ``_``: ``x_mean_``, ``x_scale_``, ``y_mean_``, ``alphas_`` ``[K]``
+    (and with ``fit(..., held_out=True)`` the cross-validated predictions ``held_out_``).
 
     The closed form comes from one eigendecomposition per fold (PyTorch), shared by every
     target and penalty: decoding thousands of targets costs about as much as decoding one.
@@ -107,10 +108,19 @@ class RidgeDecoder:
     x_scale_: np.ndarray | None = field(default=None, repr=False)
     y_mean_: np.ndarray | None = field(default=None, repr=False)
     alphas_: np.ndarray | None = field(default=None, repr=False)
+    held_out_: np.ndarray | None = field(default=None, repr=False)
     _predict: Any = field(default=None, repr=False)
     _weights: Any = field(default=None, repr=False)
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray) -> RidgeDecoder:
+    def fit(
+        self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, held_out: bool = False
+    ) -> RidgeDecoder:
+        """Fit on ``X`` ``[N, D]`` → ``Y`` ``[N, K]`` (``groups`` ``[N]``: the segments).
+
+        ``held_out``: also keep ``held_out_`` ``[N, K]``, every sample predicted by the fold's
+        map that never saw its segment, each target at its chosen penalty — what the decoder
+        makes of unseen fMRI, for a model trained on its output (one more pass over the
+        folds' decompositions, which are kept until then)."""
         import torch
 
         X = np.asarray(X, dtype=np.float32)
@@ -134,6 +144,7 @@ class RidgeDecoder:
         y = torch.from_numpy(Y - self.y_mean_)
         alphas = torch.as_tensor(np.asarray(self.alphas, dtype=np.float32))
         error = torch.zeros(len(alphas), Y.shape[1])
+        fold_maps = []
         for k in np.unique(fold):
             train, held = torch.from_numpy(fold != k), torch.from_numpy(fold == k)
             # Centre within the fold as the refit centres on all training data.
@@ -141,8 +152,16 @@ class RidgeDecoder:
             predict = _ridge_solver(x[train] - x_mean, alphas)(y[train] - y_mean)
             pred = predict(x[held] - x_mean) + y_mean  # [A, m, K]
             error += ((pred - y[held]) ** 2).sum(dim=1)
+            if held_out:
+                fold_maps.append((held, x_mean, y_mean, predict))
         best = error.argmin(dim=0)  # [K]
         self.alphas_ = alphas[best].numpy().astype(np.float64)
+        if held_out:
+            out = torch.empty_like(y)
+            for held, x_mean, y_mean, predict in fold_maps:
+                out[held] = predict(x[held] - x_mean, best) + y_mean
+            self.held_out_ = (out + torch.from_numpy(self.y_mean_)).numpy()
+            del fold_maps
         predict = _ridge_solver(x, alphas)(y)
         self._predict = lambda x_new: predict(x_new, best)
         self._weights = predict.weights(best)

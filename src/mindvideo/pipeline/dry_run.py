@@ -18,6 +18,8 @@ import torch
 
 from mindvideo.config import ReconstructConfig
 from mindvideo.data.prepared import PreparedData
+from mindvideo.encoder.lowlevel import LowLevelDecoder
+from mindvideo.pipeline.lowlevel_video import decoder_folder
 from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
 from mindvideo.pipeline.reconstruct import (
     _autocast,
@@ -36,6 +38,7 @@ from mindvideo.utils.dry_run import (
     PhasePlan,
     RunPlan,
     activation_bytes,
+    empty_model,
     meta_like,
     out_status,
     trace_activations,
@@ -77,6 +80,18 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         ModelPart.of("unet", unet, trainable=()),
         ModelPart.of("vae", vae, trainable=()),
     ]
+    steps_run = cfg.num_inference_steps
+    if cfg.lowlevel is not None:
+        folder = decoder_folder(cfg.lowlevel)
+        decoder = empty_model(LowLevelDecoder, folder)
+        low = decoder.config
+        if prepared is not None and prepared.n_voxels != low.num_voxels:
+            raise UserError(
+                f"The low-level decoder was fitted on {low.num_voxels} voxels per TR, but "
+                f"{cfg.data} has {prepared.n_voxels}; fit it on this subject's prepared data."
+            )
+        models.append(ModelPart.of("lowlevel", decoder, trainable=(), resident=False))
+        steps_run = min(int(cfg.num_inference_steps * cfg.strength), cfg.num_inference_steps)
     memory = _memory_estimate(cfg, pipe, run, models)
     cond = enc.config
     n_voxels = prepared.n_voxels if prepared is not None else run.dataset.fmri_input.n_voxels
@@ -108,8 +123,14 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
                 "on the training split (the linear encoder)",
             }.get(cfg.condition, "each window's fMRI through the encoder"),
             "guidance": f"{run.settings['negative']} negative, scale {cfg.guidance_scale:g}",
+            "low-level path": (
+                "off (sampling starts from noise, the paper's method)"
+                if cfg.lowlevel is None
+                else f"starts from the video {cfg.lowlevel} decodes, strength {cfg.strength:g}: "
+                f"{steps_run} of {cfg.num_inference_steps} steps run"
+            ),
             "batches": f"{n_batches:,} of {cfg.batch_size} windows"
-            f" → {n_batches * cfg.num_inference_steps:,} UNet calls",
+            f" → {n_batches * steps_run:,} UNet calls",
             "device, dtype": f"{device}, {cfg.dtype}",
         },
     )
@@ -129,6 +150,11 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         checked["data"] += f", {len(captions):,} unique window captions"
     elif cfg.condition == "linear":
         checked["text_encoder"] = f"{cfg.text_encoder}: text_encoder/ and tokenizer/ present"
+    if cfg.lowlevel is not None:
+        checked["lowlevel"] = (
+            f"{cfg.lowlevel}: low-level decoder (window {low.window}, {low.frames} frames of "
+            f"{low.out_size or low.frame_size}²)"
+        )
     return RunPlan("reconstruct", checked, [phase], notes)
 
 

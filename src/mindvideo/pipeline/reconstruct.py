@@ -44,6 +44,7 @@ from mindvideo.pipeline.convert import authors_settings_note
 from mindvideo.pipeline.fmri_input import FmriInput, RunWindows
 from mindvideo.pipeline.guidance import NEGATIVE_SOURCES, negative_fmri_from_prepared
 from mindvideo.pipeline.linear_condition import LinearCondition
+from mindvideo.pipeline.lowlevel_video import LowLevelVideos, decoder_folder, load_lowlevel
 from mindvideo.pipeline.oracle import (
     EMPTY_CAPTION_NEGATIVE,
     TEXT_CONDITIONS,
@@ -87,9 +88,18 @@ SETTINGS = (
     "text_encoder",
     "fmri",
     "average_runs",
+    "lowlevel",
+    "strength",
 )
 #: What an index written before a setting existed means by its absence.
-SETTINGS_BEFORE = {"condition": "fmri", "text_encoder": None, "fmri": None, "average_runs": False}
+SETTINGS_BEFORE = {
+    "condition": "fmri",
+    "text_encoder": None,
+    "fmri": None,
+    "average_runs": False,
+    "lowlevel": None,
+    "strength": None,
+}
 RECONSTRUCTIONS = "reconstructions.npy"
 GROUND_TRUTH = "ground_truth.npy"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -145,7 +155,9 @@ def _settings(cfg: ReconstructConfig) -> dict[str, Any]:
         values["negative"] = EMPTY_CAPTION_NEGATIVE  # the fMRI negative is not used
     else:
         values["text_encoder"] = None  # only used with condition=caption or linear
-    for key in ("checkpoint", "data", "text_encoder"):
+    if values["lowlevel"] is None:
+        values["strength"] = None  # only used with the low-level path
+    for key in ("checkpoint", "data", "text_encoder", "lowlevel"):
         if values[key] is not None:
             values[key] = str(Path(values[key]).resolve())
     if values["fmri"] is not None:
@@ -173,6 +185,13 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
             f"condition={cfg.condition} reads the prepared subject's captions or training split; "
             "it cannot run on raw runs (--fmri): pass --data instead."
         )
+    if cfg.lowlevel is not None and cfg.fmri:
+        raise UserError(
+            "The low-level decoder (lowlevel) reads the prepared subject's fMRI, as it was "
+            "fitted; it cannot run on raw runs (--fmri): pass --data instead."
+        )
+    if cfg.lowlevel is not None and not 0.0 < cfg.strength <= 1.0:
+        raise UserError(f"Config key strength must be in (0, 1], not {cfg.strength}.")
     if cfg.average_runs and not cfg.fmri:
         raise UserError("average_runs applies to raw runs (--fmri) only.")
     for key, what, choices in (
@@ -369,6 +388,8 @@ def reconstruct(
     autocast = _autocast(device, cfg.dtype)
     if pipeline is None:
         _check_checkpoint(cfg.checkpoint)  # before the data: the cheap checks first
+    if cfg.lowlevel is not None:
+        decoder_folder(cfg.lowlevel)
     prepared = PreparedData.open(cfg.data) if cfg.data is not None else None
     pipe = pipeline if pipeline is not None else load_pipeline(cfg.checkpoint, device)
     pipe.scheduler = sampler_for(pipe.scheduler, cfg.scheduler)
@@ -378,6 +399,15 @@ def reconstruct(
         describe_sampler(pipe.scheduler, cfg.scheduler),
         cfg.num_inference_steps,
     )
+    if cfg.lowlevel is not None:
+        logger.info(
+            "low-level path: each clip starts from the video %s decodes from its fMRI, at "
+            "strength %g (%d of the %d steps run)",
+            decoder_folder(cfg.lowlevel),
+            cfg.strength,
+            min(int(cfg.num_inference_steps * cfg.strength), cfg.num_inference_steps),
+            cfg.num_inference_steps,
+        )
     if cfg.checkpoint is not None:
         note = authors_settings_note(cfg, pipe, Path(cfg.checkpoint))
         if note:
@@ -465,6 +495,28 @@ def _generate_clips(
 
 
 def _conditions(
+    cfg: ReconstructConfig, pipe: MindVideoPipeline, prepared: PreparedData | None, run: _Windows
+) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The pipeline's arguments for a batch of windows: their conditions
+    (:func:`_condition_args`) and, with ``lowlevel``, the low-level video that starts the
+    sampler and its ``strength``."""
+    conditions = _condition_args(cfg, pipe, prepared, run)
+    if cfg.lowlevel is None:
+        return conditions
+    low = LowLevelVideos(
+        load_lowlevel(cfg.lowlevel),
+        prepared,  # type: ignore[arg-type]  # checked: the low-level path needs --data
+        cfg.split,
+        cfg.frames_per_tr,
+    )
+    return lambda batch: {
+        **conditions(batch),
+        "video": low.videos(batch),
+        "strength": cfg.strength,
+    }
+
+
+def _condition_args(
     cfg: ReconstructConfig, pipe: MindVideoPipeline, prepared: PreparedData | None, run: _Windows
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The pipeline's condition arguments for a batch of windows: their fMRI and the negative

@@ -1,0 +1,88 @@
+"""The low-level decoder's model: area frames, the SSIM loss, the linear map, the refiner."""
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from mindvideo.encoder.lowlevel import LowLevelDecoder, area_frames, ssim_loss
+from mindvideo.utils import UserError
+
+
+def test_area_frames_is_the_block_mean_in_unit_range():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 3, 8, 12, 3), dtype=np.uint8)
+    small = area_frames(frames, 4)
+    assert small.shape == (2, 3, 4, 4, 3) and small.dtype == np.float32
+    expected = frames[0, 1, 2:4, 6:9].astype(np.float64).mean(axis=(0, 1)) / 255
+    np.testing.assert_allclose(small[0, 1, 1, 2], expected, rtol=1e-6)
+    with pytest.raises(UserError, match="cannot be area-averaged to 5×5"):
+        area_frames(frames, 5)
+
+
+def test_ssim_loss_is_one_minus_the_evaluations_ssim():
+    """The refiner's loss measures what `mindvideo evaluate` reports (scikit-image's SSIM with
+    its defaults, per channel, data range 1)."""
+    rng = np.random.default_rng(1)
+    a = rng.random((20, 24, 3))
+    b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1)
+    expected = structural_similarity(a, b, data_range=1.0, channel_axis=-1)
+    as_t = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None]  # noqa: E731
+    got = 1 - float(ssim_loss(as_t(a), as_t(b)))
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert float(ssim_loss(as_t(a), as_t(a))) == pytest.approx(0.0, abs=1e-9)
+
+
+def decoder(refiner_channels=0, out_size=None) -> LowLevelDecoder:
+    torch.manual_seed(0)
+    return LowLevelDecoder(
+        num_voxels=5,
+        window=2,
+        frames=3,
+        frame_size=4,
+        out_size=out_size,
+        refiner_channels=refiner_channels,
+    )
+
+
+def test_the_linear_map_decodes_x_w_plus_b_as_frames():
+    model = decoder()
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=(10, 3 * 4 * 4 * 3)).astype(np.float32) * 0.1
+    bias = np.full(3 * 4 * 4 * 3, 0.5, np.float32)
+    model.set_linear_map(weight, bias)
+    x = rng.normal(size=(2, 2, 5)).astype(np.float32)  # [N, window, V]
+    video = model(torch.from_numpy(x))
+    assert video.shape == (2, 3, 3, 4, 4)  # [N, F, 3, s, s]
+    expected = (x.reshape(2, 10) @ weight + bias).reshape(2, 3, 4, 4, 3).transpose(0, 1, 4, 2, 3)
+    np.testing.assert_allclose(video.detach().numpy(), np.clip(expected, 0, 1), atol=1e-5)
+    with pytest.raises(UserError, match=r"\[10, 144\]"):
+        model.set_linear_map(weight[:5], bias)
+    with pytest.raises(UserError, match=r"fMRI windows \[N, 2, 5\]"):
+        model(torch.zeros(2, 3, 5))
+
+
+def test_an_untrained_refiner_is_bilinear_upsampling():
+    """The refiner's residual starts at zero, so before training it upsamples and nothing else."""
+    plain, refined = decoder(), decoder(refiner_channels=8, out_size=8)
+    refined.linear.load_state_dict(plain.linear.state_dict())
+    x = torch.randn(2, 10)
+    low = plain.linear_video(x)
+    up = torch.nn.functional.interpolate(
+        low.flatten(1, 2), scale_factor=2, mode="bilinear", align_corners=False
+    )
+    torch.testing.assert_close(refined(x), up.unflatten(1, (3, 3)).clamp(0, 1))
+    with pytest.raises(UserError, match="multiple of frame_size 4"):
+        decoder(refiner_channels=8, out_size=6)
+
+
+def test_save_pretrained_and_back_decodes_the_same(tmp_path):
+    model = decoder(refiner_channels=8, out_size=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path / "decoder")
+    back = LowLevelDecoder.from_pretrained(tmp_path / "decoder")
+    x = torch.randn(3, 10)
+    torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+    assert back.config.refiner_channels == 8 and back.config.out_size == 8
