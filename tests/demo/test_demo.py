@@ -58,7 +58,10 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     out = capsys.readouterr()
     assert out.err.count("reused") == len(STAGES) + 2
     comparison = json.loads((run / "compare" / "comparison.json").read_text())
-    assert [r["name"] for r in comparison["runs"]] == ["full", "window-1", "no-contrast", "cfg"]
+    assert [r["name"] for r in comparison["runs"]] == [
+        *("full", "window-1", "no-contrast", "cfg"),
+        *("no-lowlevel", "strength-1"),  # tiny: 2 steps, so 0.15 and 0.3 run none
+    ]
     assert all(r["paired_with_reference"] for r in comparison["runs"][1:])
     assert comparison["metrics"]["video_50way_top1_strict"]["tests"]["cfg"] is not None
     variant = run / "ablations"
@@ -66,6 +69,13 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert yaml_value(variant / "window-1" / "reconstruct" / "config.yaml", "window") == 1
     assert yaml_value(variant / "cfg" / "reconstruct" / "config.yaml", "negative") == "null"
     assert not (variant / "cfg" / "cotrain").exists()  # guidance only: reuses the full model
+    # without the low-level path: the paper's sampling, from noise at guidance 12.5
+    paper = variant / "no-lowlevel" / "reconstruct" / "config.yaml"
+    assert yaml_value(paper, "lowlevel") is None and yaml_value(paper, "guidance_scale") == 12.5
+    assert yaml_value(variant / "strength-1" / "reconstruct" / "config.yaml", "strength") == 1.0
+    assert yaml_value(run / "reconstruct" / "config.yaml", "lowlevel") == str(
+        (run / "lowlevel").resolve()
+    )
     assert yaml_value(variant / "no-contrast" / "cotrain" / "config.yaml", "encoder") == str(
         (run / "pretrain").resolve()
     )
@@ -97,15 +107,19 @@ def test_demo_plan_runs_in_order_and_each_stage_after_what_it_reads(tmp_path):
     assert inputs["contrast"] == {"prepare", "pretrain", "standins/clip"}
     assert inputs["tune-video"] == {"prepare", "standins/stable_diffusion"}
     assert inputs["cotrain"] == {"prepare", "contrast", "tune-video"}
-    assert inputs["reconstruct"] == {"prepare", "cotrain"}
+    assert inputs["lowlevel"] == {"prepare"}  # the training split alone
+    assert inputs["reconstruct"] == {"prepare", "cotrain", "lowlevel"}
     classifiers = {"standins/image_classifier", "standins/video_classifier"}
     assert inputs["evaluate"] == {"reconstruct", "standins/clip", *classifiers}
-    assert inputs["oracle/reconstruct"] == {"prepare", "cotrain", "standins/stable_diffusion"}
+    assert inputs["oracle/reconstruct"] == {
+        *("prepare", "cotrain", "lowlevel", "standins/stable_diffusion")
+    }
     assert inputs["oracle/evaluate"] == {"oracle/reconstruct", "standins/clip", *classifiers}
     assert inputs["explain"] == {"prepare", "pretrain", "contrast", "cotrain"}
     ablation = "ablations/window-1"
     assert inputs[f"{ablation}/cotrain"] == {"prepare", f"{ablation}/contrast", "tune-video"}
-    assert inputs["ablations/cfg/reconstruct"] == {"prepare", "cotrain"}  # the full model
+    assert inputs["ablations/cfg/reconstruct"] == {"prepare", "cotrain", "lowlevel"}
+    assert inputs["ablations/no-lowlevel/reconstruct"] == {"prepare", "cotrain"}
     assert inputs["ablations/no-contrast/cotrain"] == {"prepare", "pretrain", "tune-video"}
 
 

@@ -56,7 +56,8 @@ def _run(tmp_path: Path) -> Path:
             "frame_50way_top1_true": _metric(0.10, 0.02, 0.03),
             "video_2way_top1_compat": _metric(0.73, 0.75, 0.64),
             "frame_2way_top1_compat": _metric(0.80, 0.75, 0.81),
-            "pixel_50way": _metric(0.31, 0.02, 0.02),
+            "pixel_50way": _metric(0.61, 0.02, 0.02),
+            "ssim": {"mean": 0.35, "se": 0.01, "n": 150},
             "meta": {},
         },
     )
@@ -79,10 +80,7 @@ def test_rows_follow_the_chain_with_their_chances_and_targets(tmp_path):
         "encoder (contrast)",
         "encoder (contrast)",
         "generator (oracle caption)",
-        "reconstructions",
-        "reconstructions",
-        "reconstructions",
-        "reconstructions",
+        *["reconstructions"] * 5,
     ]
     by = {(r.link, r.measure): r for r in rows}
     ridge = by["fMRI (linear ridge)", "scene class, 50-way"]
@@ -122,7 +120,9 @@ def test_markdown_marks_every_missed_target(tmp_path):
         " met ",
     ]
     missed = [line for line in lines if line.endswith("| **no** |")]
-    assert len(missed) == 5  # CLIP stand-in, video judge, frame 50-way, both compat scores
+    # CLIP stand-in, video judge, frame 50-way, SSIM (pixel identification is met), both compat
+    assert len(missed) == 6
+    assert "| reconstructions | SSIM | 0.350 ± 0.010 | — | — | ≥ 0.40 | **no** |" in text
     assert "| video 2-way, the authors' compat rule | 0.730 ± 0.010 | 0.750 | 0.640 |" in text
 
 
@@ -130,7 +130,7 @@ def test_files_and_a_partial_run(tmp_path):
     run = _run(tmp_path)
     paths = write_information(run)
     rows = json.loads(paths["json"].read_text())
-    assert len(rows) == 11 and {"met", "above_shuffled", "target"} <= set(rows[0])
+    assert len(rows) == 12 and {"met", "above_shuffled", "target"} <= set(rows[0])
     assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["markdown"].read_text().startswith("## Where the information goes")
     # A run with nothing evaluated yet: no rows, no failure, no figure.

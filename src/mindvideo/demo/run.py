@@ -1,10 +1,11 @@
 """The CPU demo (``mindvideo demo``): the whole pipeline, stages 0 → 8, on the simulated dataset.
 
 simulate → prepare → train the stand-ins for the pretrained models a GPU user loads (CLIP, Stable
-Diffusion, evaluation classifiers) → baseline → pretrain (MBM) → contrast → tune-video → cotrain →
-reconstruct → evaluate → explain → the generator's ceiling (``RUN/oracle``: reconstruct from the
-true captions, evaluate) → the "where the information goes" table (``RUN/information.md``) →
-report. Every stage writes into ``RUN/<stage>/`` (the run directory of docs/report.md) with its
+Diffusion, evaluation classifiers) → baseline → the low-level decoder → pretrain (MBM) →
+contrast → tune-video → cotrain → reconstruct (started from the low-level video) → evaluate →
+explain → the generator's ceiling (``RUN/oracle``: reconstruct from the true captions,
+evaluate) → the "where the information goes" table (``RUN/information.md``) → report. Every
+stage writes into ``RUN/<stage>/`` (the run directory of docs/report.md) with its
 ``config.yaml``, through the same functions the stage commands call. A stage that finished with
 the same configuration is reused on a re-run.
 """
@@ -77,8 +78,12 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
         encoder=str(r / "contrast"),
         generator=str(r / "tune-video"),
     )
+    low = dataclasses.replace(C.lowlevel_preset(preset), data=prepared)
     recon = dataclasses.replace(
-        C.reconstruct_preset(preset), checkpoint=str(r / "cotrain" / "pipeline"), data=prepared
+        C.reconstruct_preset(preset),
+        checkpoint=str(r / "cotrain" / "pipeline"),
+        data=prepared,
+        lowlevel=str(r / "lowlevel"),
     )
     evaluate = dataclasses.replace(
         C.evaluate_preset(preset),
@@ -156,6 +161,11 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
 
         run_baseline(baseline, out)
 
+    def _lowlevel(out: Path) -> None:
+        from mindvideo.training.lowlevel import lowlevel
+
+        lowlevel(low, out)
+
     def _pretrain(out: Path) -> None:
         from mindvideo.training.pretrain import pretrain as run_pretrain
 
@@ -177,6 +187,7 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
         standin_stage("clip"),
         standin_stage("stable_diffusion"),
         Stage("pretrain", pretrain, _pretrain),
+        Stage("lowlevel", low, _lowlevel),
         model_stage("contrast", contrast),
         model_stage("tune-video", tune),
         model_stage("cotrain", cotrain),
@@ -224,6 +235,8 @@ def model_stage(name: str, cfg: Any, folder: str = "") -> Stage:
 # --------------------------------------------------------------------------------------------
 
 ABLATIONS_DIR = "ablations"
+LOWLEVEL_STRENGTHS = (0.15, 0.3, 0.5, 0.75, 1.0)
+"""The strengths of the low-level path's sweep (the run's own strength is the full model)."""
 
 
 def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
@@ -232,7 +245,10 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
     - ``window-1``, ``window-2``: the spatiotemporal encoder sees 1 (2) fMRI frames instead of
       the run's window — contrast, cotrain, reconstruct and evaluate again;
     - ``no-contrast``: co-training starts from the MBM encoder (stage 3 skipped);
-    - ``cfg``: plain classifier-free guidance (a null negative) instead of adversarial guidance.
+    - ``cfg``: plain classifier-free guidance (a null negative) instead of adversarial guidance;
+    - ``no-lowlevel``: without the low-level path, sampling as the paper does (from noise, at the
+      paper's guidance scale 12.5); and ``strength-S``: the low-level video noised to other
+      strengths (:data:`LOWLEVEL_STRENGTHS`, those that run another number of steps).
 
     Every variant writes into ``RUN/ablations/NAME/STAGE`` and reads everything else from the
     full run (simulated data, stand-ins, pretrain, tune-video).
@@ -278,6 +294,26 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
         "no-contrast", dataclasses.replace(cotrain, encoder=str(r / "pretrain")), recon
     )
     variants["cfg"] = tail("cfg", None, dataclasses.replace(recon, negative="null"))
+    if recon.lowlevel is not None:
+        from mindvideo.config import ReconstructConfig
+
+        # The low-level path off: the paper's sampling, from noise at the paper's guidance.
+        paper = dataclasses.replace(
+            recon, lowlevel=None, guidance_scale=ReconstructConfig().guidance_scale
+        )
+        variants["no-lowlevel"] = tail("no-lowlevel", None, paper)
+
+        # Other strengths: those that run another number of steps (the same number starts at
+        # the same timestep: the same clips), and at least one.
+        def steps(strength: float) -> int:
+            return min(int(recon.num_inference_steps * strength), recon.num_inference_steps)
+
+        seen = {steps(recon.strength)}
+        for strength in LOWLEVEL_STRENGTHS:
+            if steps(strength) >= 1 and steps(strength) not in seen:
+                seen.add(steps(strength))
+                name = f"strength-{strength:g}"
+                variants[name] = tail(name, None, dataclasses.replace(recon, strength=strength))
     return variants
 
 
@@ -289,9 +325,9 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
 def oracle_plan(stages: list[Stage], run_dir: Path) -> list[Stage]:
     """The generator's ceiling: the run's reconstruction with each window's true caption as the
     condition (``condition=caption``, the stand-in's text encoder) instead of its fMRI — the
-    same UNet, sampler and seeds, on every other window (half the time; still enough windows
-    for 50-way identification) — then evaluated like the reconstructions, into
-    ``RUN/oracle/{reconstruct,evaluate}``."""
+    same UNet, sampler, guidance, low-level start and seeds, on every other window (half the
+    time; still enough windows for 50-way identification) — then evaluated like the
+    reconstructions, into ``RUN/oracle/{reconstruct,evaluate}``."""
     from mindvideo.report.information import ORACLE_DIR
 
     by = {s.name: s.config for s in stages}

@@ -11,7 +11,8 @@ chance, its empirical (shuffled) chance where one exists, and the target the dem
 - ``encoder``: fMRI → caption / image retrieval after contrastive learning (``RUN/contrast``);
 - ``generator (oracle)``: clips generated from the true captions through the same UNet and
   sampler (``RUN/oracle/evaluate``), scored like the reconstructions;
-- ``reconstructions``: the pipeline's clips (``RUN/evaluate``).
+- ``reconstructions``: the pipeline's clips (``RUN/evaluate``); their layout and colour
+  (pixel identification, SSIM) against the low-level path's targets (docs/lowlevel.md).
 
 Rows whose source is missing are left out; :func:`information_rows` never fails on a partial
 run. :func:`write_information` writes ``RUN/information.{json,md,png}``.
@@ -183,7 +184,8 @@ EVALUATION_ROWS = (
     ("run", "frame_50way_top1_true", RECON, "frame 50-way vs the true class", 0.40),
     ("run", "frame_2way_top1_true", RECON, "frame 2-way vs the true class", 0.85),
     ("run", "video_50way_top1_strict", RECON, "video 50-way vs the judge's top-1", 0.40),
-    ("run", "pixel_50way", RECON, "pixel identification 50-way", 0.30),
+    ("run", "pixel_50way", RECON, "pixel identification 50-way", 0.60),
+    ("run", "ssim", RECON, "SSIM", 0.40),
     ("run", "video_2way_top1_compat", RECON, "video 2-way, the authors' compat rule", ABOVE),
     ("run", "frame_2way_top1_compat", RECON, "frame 2-way, the authors' compat rule", ABOVE),
 )
