@@ -112,6 +112,7 @@ def test_without_the_path_sampling_is_unchanged_and_strength_is_not_a_setting(se
     [
         (dict(strength=0.0), "strength must be in"),
         (dict(strength=1.5), "strength must be in"),
+        (dict(strength=0.2), "leaves no denoising step"),
         (dict(lowlevel="missing"), "holds no low-level decoder"),
     ],
 )

@@ -171,6 +171,35 @@ def test_refuses_a_non_empty_out(tmp_path, sim_config):
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
 
 
+def test_its_own_finished_dataset_is_written_again_and_no_other(
+    tmp_path, simulated_dataset, sim_config
+):
+    """A run killed after its dataset was in place leaves a finished dataset: the same command
+    writes it again (the same files); another configuration's, or the rest corpus's, is
+    refused."""
+    import dataclasses
+    import shutil
+
+    small = dataclasses.replace(
+        sim_config, train_segments=1, test_segments=1, visual_vertices=300, other_vertices=50
+    )
+    out = tmp_path / "sim"
+    simulate_wen2018(small, out)
+    assert (out / "config.yaml").is_file()  # written inside the staged folder
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    simulate_wen2018(small, out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    with pytest.raises(UserError, match="not empty"):
+        simulate_wen2018(dataclasses.replace(small, seed=small.seed + 1), out)
+    with pytest.raises(UserError, match="not empty"):
+        simulate_hcp_rest(small, out)
+    shutil.rmtree(out / "stimuli")
+    (out / "config.yaml").unlink()  # a folder without its config is not a finished dataset
+    with pytest.raises(UserError, match="not empty"):
+        simulate_wen2018(small, out)
+
+
 def test_rest_corpus_in_hcp_layout(simulated_rest, simulated_dataset, sim_config):
     rest = sim_config.rest
     subjects = sorted(p.name for p in simulated_rest.iterdir() if p.is_dir())

@@ -16,6 +16,11 @@ comes from its own generator seeded with :func:`window_seed` ``(seed, segment, t
 are batched in fixed groups of ``batch_size`` by index, so a clip is bit-for-bit the same whether
 or not the run was interrupted.
 
+With ``lowlevel`` (the low-level path, docs/lowlevel.md) every clip starts from the video the
+low-level decoder reads from the window's fMRI, noised to ``strength`` of the way back
+(:mod:`mindvideo.pipeline.lowlevel_video`); without it sampling starts from noise, the paper's
+method.
+
 ``condition=caption`` (:mod:`mindvideo.pipeline.oracle`) generates each window from its caption
 through a text encoder instead of its fMRI — the generator's ceiling — into the same files; each
 ``index.json`` window then also records its ``caption`` (and ``captions``, one per sub-window).
@@ -192,6 +197,11 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
         )
     if cfg.lowlevel is not None and not 0.0 < cfg.strength <= 1.0:
         raise UserError(f"Config key strength must be in (0, 1], not {cfg.strength}.")
+    if cfg.lowlevel is not None and int(cfg.num_inference_steps * cfg.strength) < 1:
+        raise UserError(
+            f"strength {cfg.strength} of {cfg.num_inference_steps} steps leaves no denoising "
+            "step; raise the strength or num_inference_steps."
+        )
     if cfg.average_runs and not cfg.fmri:
         raise UserError("average_runs applies to raw runs (--fmri) only.")
     for key, what, choices in (

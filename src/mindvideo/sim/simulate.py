@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mindvideo.config import save_config
 from mindvideo.data import atlas
 from mindvideo.data.cifti import grayordinate_axis, write_dtseries
 from mindvideo.sim import brain as brain_sim
@@ -149,13 +150,33 @@ def estimate_simulate_bytes(cfg: SimulateConfig, rest: bool = False) -> int:
     return int(4 * n_gray * cfg.subjects * volumes + video)
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, cfg: SimulateConfig, rest: bool = False) -> None:
+    """``out`` must be absent, empty, or this command's own finished dataset (same kind, same
+    configuration: a run killed after its dataset was in place), which is made again."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a directory path for the dataset.")
     if out.is_dir() and any(out.iterdir()):
+        if _same_finished_dataset(out, cfg, rest):
+            log.info("%s holds this command's finished dataset; writing it again", out)
+            return
         raise UserError(
             f"Output directory {out} is not empty; choose another --out or delete it first."
         )
+
+
+def _same_finished_dataset(out: Path, cfg: SimulateConfig, rest: bool) -> bool:
+    """Whether ``out`` is a finished dataset of this kind written with ``cfg`` (its
+    ``config.yaml`` is written inside the staged folder, so it exists only in a finished one)."""
+    from mindvideo.config import load_config
+
+    is_rest = (out / "ground_truth.npz").is_file() and not (out / "scenes.json").exists()
+    is_wen = (out / "scenes.json").is_file()
+    if not (out / "config.yaml").is_file() or not (is_rest if rest else is_wen):
+        return False
+    try:
+        return load_config(type(cfg), out / "config.yaml") == cfg
+    except Exception:  # not a readable config of ours: not ours to replace
+        return False
 
 
 def _check_config(cfg: SimulateConfig) -> None:
@@ -227,14 +248,15 @@ def _stimulus(
 def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
     """Write a simulated dataset in the raw Wen 2018 layout to ``out``; return ``out``.
 
-    Raises a UserError if ``out`` exists and is not empty, or for an invalid config value.
+    Raises a UserError if ``out`` exists and is not empty (unless it is this command's finished
+    dataset, which is written again), or for an invalid config value.
     """
     from tqdm import tqdm
 
     from mindvideo.sim.vocabulary import CLASSES, MOTIONS
 
     out = Path(out)
-    _check_out(out)
+    _check_out(out, cfg)
     _check_config(cfg)
     start = time.perf_counter()
     axis = simulated_axis(cfg)
@@ -301,6 +323,7 @@ def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
             "segments": scenes_by_segment,
         }
         atomic_write_text(tmp / "scenes.json", json.dumps(meta, indent=1) + "\n")
+        save_config(cfg, tmp / "config.yaml")
     log.info("wrote %s (%d runs) in %.1f s", out, total, time.perf_counter() - start)
     return out
 
@@ -357,7 +380,7 @@ def simulate_hcp_rest(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
     from tqdm import tqdm
 
     out = Path(out)
-    _check_out(out)
+    _check_out(out, cfg, rest=True)
     rest = cfg.rest
     if rest.subjects < 1 or not rest.runs or rest.volumes < 2 or not rest.tr_s > 0:
         raise UserError(
@@ -392,5 +415,6 @@ def simulate_hcp_rest(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
                 write_dtseries(folder / f"rfMRI_{run}_Atlas.dtseries.nii", data, axis, rest.tr_s)
                 bar.update()
         _save_npz(tmp / "ground_truth.npz", truth)
+        save_config(cfg, tmp / "config.yaml")
     log.info("wrote %s (%d runs) in %.1f s", out, total, time.perf_counter() - start)
     return out
