@@ -31,10 +31,10 @@ SIZE = 16
 
 def small_frames(frames: np.ndarray) -> np.ndarray:
     """uint8 ``[..., F, H, W, 3]`` → float ``[..., F·16·16·3]`` in 0..1, area-averaged."""
-    f = np.asarray(frames, dtype=np.float32)
-    *lead, n, h, w, c = f.shape
-    x = f.reshape(*lead, n, SIZE, h // SIZE, SIZE, w // SIZE, c).mean(axis=(-4, -2)) / 255
-    return x.reshape(*lead, n * SIZE * SIZE * c)
+    from mindvideo.data.video import area_frames
+
+    frames = np.asarray(frames)
+    return area_frames(frames, SIZE).reshape(*frames.shape[:-4], -1)
 
 
 def main() -> int:

@@ -5,7 +5,8 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from mindvideo.encoder.lowlevel import LowLevelDecoder, area_frames, ssim_loss
+from mindvideo.data.video import area_frames
+from mindvideo.encoder.lowlevel import LowLevelDecoder, ssim_loss
 from mindvideo.utils import UserError
 
 

@@ -116,3 +116,24 @@ def tiny_pipeline(seed: int = 0, **config):
 def random_fmri(n: int = 2, window: int = WINDOW, seed: int = 0) -> torch.Tensor:
     """fMRI windows ``[n, window, 64]``, standard normal like z-scored voxels."""
     return torch.randn(n, window, NUM_VOXELS, generator=torch.Generator().manual_seed(seed))
+
+
+def write_window_prepared(root, n_voxels=60, seed=0, train_segments=2, test_trs=3):
+    """A prepared subject for the tiny pipeline: ``train_segments`` training segments of 4 TRs,
+    1 test segment of ``test_trs`` TRs, ``n_voxels`` voxels (60: padded to the encoder's 64),
+    random 16 × 16 frames, scene 0 throughout."""
+    import numpy as np
+
+    from mindvideo.data.prepared import PreparedWriter
+
+    rng = np.random.default_rng(seed)
+    w = PreparedWriter(root)
+    w.write_array("fmri_train", rng.normal(size=(train_segments, 4, n_voxels)).astype(np.float32))
+    w.write_array("fmri_test", rng.normal(size=(1, test_trs, n_voxels)).astype(np.float32))
+    frames = (train_segments, 4, 6, 16, 16, 3)
+    w.write_array("frames_train", rng.integers(0, 256, frames, dtype=np.uint8))
+    w.write_array("frames_test", rng.integers(0, 256, (1, test_trs, 6, 16, 16, 3), dtype=np.uint8))
+    w.write_array("scene_ids_train", np.zeros((train_segments, 4, 6), np.int32))
+    w.write_array("scene_ids_test", np.zeros((1, test_trs, 6), np.int32))
+    w.finish()
+    return root

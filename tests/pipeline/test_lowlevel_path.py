@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers.pipeline import tiny_pipeline
+from helpers.pipeline import tiny_pipeline, write_window_prepared
 
 from mindvideo.config import LowLevelConfig, ReconstructConfig
-from mindvideo.data.prepared import PreparedData, PreparedWriter
+from mindvideo.data.prepared import PreparedData
 from mindvideo.data.ridge import window_features
 from mindvideo.pipeline import MindVideoPipeline, reconstruct
 from mindvideo.pipeline.dry_run import plan_reconstruct
@@ -20,15 +20,8 @@ N_TRS = 3
 
 
 def write_prepared(root, n_voxels=60, seed=0):
-    """1 test segment of 3 TRs, 60 voxels (the tiny encoder pads to 64), 16 × 16 frames."""
-    rng = np.random.default_rng(seed)
-    w = PreparedWriter(root)
-    w.write_array("fmri_train", rng.normal(size=(3, 4, n_voxels)).astype(np.float32))
-    w.write_array("fmri_test", rng.normal(size=(1, N_TRS, n_voxels)).astype(np.float32))
-    w.write_array("frames_train", rng.integers(0, 256, (3, 4, 6, 16, 16, 3), dtype=np.uint8))
-    w.write_array("frames_test", rng.integers(0, 256, (1, N_TRS, 6, 16, 16, 3), dtype=np.uint8))
-    w.finish()
-    return root
+    """1 test segment of N_TRS TRs, n_voxels voxels (60: the tiny encoder pads to 64)."""
+    return write_window_prepared(root, n_voxels, seed, train_segments=3, test_trs=N_TRS)
 
 
 @pytest.fixture(scope="module")

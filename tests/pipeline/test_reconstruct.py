@@ -6,12 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers.pipeline import IMAGE_SIZE, tiny_pipeline
+from helpers.pipeline import IMAGE_SIZE, tiny_pipeline, write_window_prepared
 
 from mindvideo.cli import reconstruct as cli_reconstruct
 from mindvideo.cli.main import main
 from mindvideo.config import ReconstructConfig
-from mindvideo.data.prepared import PreparedWriter
 from mindvideo.data.video import video_info
 from mindvideo.pipeline import MindVideoPipeline, reconstruct, window_seed
 from mindvideo.utils import UserError
@@ -20,17 +19,8 @@ N_TRS = 3
 
 
 def write_prepared(root, n_voxels=60, seed=0):
-    """A prepared subject: 1 test segment of 3 TRs, 60 voxels (padded to the encoder's 64)."""
-    rng = np.random.default_rng(seed)
-    w = PreparedWriter(root)
-    w.write_array("fmri_train", rng.normal(size=(2, 4, n_voxels)).astype(np.float32))
-    w.write_array("fmri_test", rng.normal(size=(1, N_TRS, n_voxels)).astype(np.float32))
-    w.write_array("frames_train", rng.integers(0, 256, (2, 4, 6, 16, 16, 3), dtype=np.uint8))
-    w.write_array("frames_test", rng.integers(0, 256, (1, N_TRS, 6, 16, 16, 3), dtype=np.uint8))
-    w.write_array("scene_ids_train", np.zeros((2, 4, 6), np.int32))
-    w.write_array("scene_ids_test", np.zeros((1, N_TRS, 6), np.int32))
-    w.finish()
-    return root
+    """1 test segment of N_TRS TRs, n_voxels voxels (60: the tiny encoder pads to 64)."""
+    return write_window_prepared(root, n_voxels, seed, test_trs=N_TRS)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from helpers.cli import assert_one_line_error, run_quiet
 from mindvideo.config import LowLevelConfig
 from mindvideo.data.prepared import PreparedData, PreparedWriter
 from mindvideo.data.ridge import RidgeDecoder, window_features
-from mindvideo.encoder.lowlevel import LowLevelDecoder, area_frames
+from mindvideo.data.video import area_frames
+from mindvideo.encoder.lowlevel import LowLevelDecoder
 from mindvideo.training.lowlevel import LOWLEVEL_JSON, lowlevel, plan_lowlevel
 
 TRS, VOXELS, SIZE = 24, 30, 16

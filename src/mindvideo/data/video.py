@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "VideoInfo",
+    "area_frames",
     "iter_video_frames",
     "read_video",
     "video_info",
@@ -60,6 +61,20 @@ class VideoInfo:
     width: int
     height: int
     duration_s: float
+
+
+def area_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 frames ``[..., H, W, 3]`` → float32 ``[..., size, size, 3]`` in ``[0, 1]``, each
+    pixel the mean of its ``H/size × W/size`` block (``H`` and ``W`` multiples of ``size``)."""
+    f = np.asarray(frames)
+    *lead, h, w, c = f.shape
+    if h % size or w % size:
+        raise UserError(
+            f"Frames of {h}×{w} pixels do not divide into {size}×{size} blocks, so they cannot "
+            f"be area-averaged to {size}×{size}; choose a size that divides {h} and {w}."
+        )
+    blocks = f.reshape(*lead, size, h // size, size, w // size, c).astype(np.float32)
+    return blocks.mean(axis=(-4, -2)) / 255.0
 
 
 def _sws_flags(interpolation: str = "BILINEAR") -> int:

@@ -32,21 +32,7 @@ from torch import nn
 
 from mindvideo.utils import UserError
 
-__all__ = ["LowLevelDecoder", "LowLevelRefiner", "area_frames", "ssim_loss"]
-
-
-def area_frames(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 frames ``[..., H, W, 3]`` → float32 ``[..., size, size, 3]`` in ``[0, 1]``, each
-    pixel the mean of its ``H/size × W/size`` block (``H`` and ``W`` multiples of ``size``)."""
-    f = np.asarray(frames)
-    *lead, h, w, c = f.shape
-    if h % size or w % size:
-        raise UserError(
-            f"Frames of {h}×{w} pixels cannot be area-averaged to {size}×{size}; choose a "
-            f"frame_size that divides {h} and {w}."
-        )
-    blocks = f.reshape(*lead, size, h // size, size, w // size, c).astype(np.float32)
-    return blocks.mean(axis=(-4, -2)) / 255.0
+__all__ = ["LowLevelDecoder", "LowLevelRefiner", "ssim_loss"]
 
 
 def _box_mean(z: torch.Tensor, window: int, dim: int) -> torch.Tensor:
@@ -156,7 +142,7 @@ class LowLevelDecoder(ModelMixin, ConfigMixin):
     def set_linear_map(self, weight: np.ndarray, bias: np.ndarray) -> None:
         """Set the linear map from a fitted ridge decoder's ``(W [D, K], b [K])``
         (:meth:`~mindvideo.data.ridge.RidgeDecoder.linear_map`), targets ordered
-        ``[F, size, size, 3]`` (the order :func:`area_frames` flattens to)."""
+        ``[F, size, size, 3]`` (the order :func:`mindvideo.data.video.area_frames` flattens to)."""
         expected = (self.linear.in_features, self.linear.out_features)
         if tuple(weight.shape) != expected or tuple(bias.shape) != expected[1:]:
             raise UserError(

@@ -41,6 +41,7 @@ from mindvideo.data.ridge import (
     mean_repetitions,
     window_features,
 )
+from mindvideo.data.video import area_frames
 from mindvideo.evaluation.identification import (
     above_shuffled,
     label_identification,
@@ -76,11 +77,8 @@ def mean_frames(frames: np.ndarray, size: int = 16) -> np.ndarray:
     """uint8 frames ``[..., F, H, W, 3]`` → the mean of the F frames, area-averaged to
     ``size × size``: float32 ``[..., size · size · 3]`` in 0..1 (pixel identification's target)."""
     frames = np.asarray(frames)
-    *lead, f, h, w, c = frames.shape
-    if h % size or w % size:
-        raise UserError(f"Frames of {h}×{w} do not divide into {size}×{size} blocks.")
-    x = frames.reshape(-1, f, size, h // size, size, w // size, c).astype(np.float32)
-    small = x.mean(axis=(1, 3, 5)) / 255.0  # [N, size, size, 3]
+    *lead, _f, _h, _w, c = frames.shape
+    small = area_frames(frames, size).mean(axis=-4)  # [..., size, size, 3]
     return small.reshape(*lead, size * size * c)
 
 

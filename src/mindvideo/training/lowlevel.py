@@ -34,7 +34,8 @@ import torch
 from mindvideo.config.stages import LowLevelConfig
 from mindvideo.data.prepared import PreparedData
 from mindvideo.data.ridge import RidgeDecoder, mean_repetitions, window_features
-from mindvideo.encoder.lowlevel import LowLevelDecoder, area_frames, ssim_loss
+from mindvideo.data.video import area_frames
+from mindvideo.encoder.lowlevel import LowLevelDecoder, ssim_loss
 from mindvideo.pipeline.lowlevel_video import DECODER_DIR
 from mindvideo.utils import UserError
 from mindvideo.utils.dry_run import (
