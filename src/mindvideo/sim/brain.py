@@ -53,6 +53,7 @@ __all__ = [
     "make_noise_model",
     "make_subject_brain",
     "noise",
+    "related_tuning",
     "single_thread_blas",
     "stimulus_bold",
 ]
@@ -344,6 +345,18 @@ class SubjectBrain:
         return double_gamma_hrf(self.hrf_peak_s[self.columns], self.rate_hz)
 
 
+def related_tuning(
+    reference: SubjectBrain, n_grayordinates: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The class-tuning map ``[C, G]`` other subjects share with ``reference``: its own tuning
+    at its class voxels, a fresh N(0, 1) draw at every other vertex. With ``similarity`` s in
+    :func:`make_subject_brain`, a class voxel's tuning correlates with the reference's at the
+    same vertex by s, and with another such subject's by s²."""
+    tuning = rng.normal(0, 1, (reference.class_tuning.shape[0], n_grayordinates))
+    tuning[:, reference.klass] = reference.class_tuning
+    return tuning.astype(np.float32)
+
+
 def double_gamma_hrf(peak_s: np.ndarray, rate_hz: float, length_s: float = HRF_LENGTH_S):
     """Double-gamma HRFs ``[L, N]`` sampled at ``rate_hz``, each summing to 1.
 
@@ -448,12 +461,21 @@ def make_subject_brain(
     responsive_fraction: float = RESPONSIVE_FRACTION,
     grid: int = FEATURE_GRID,
     rate_hz: float = FEATURE_HZ,
+    shared_tuning: np.ndarray | None = None,
+    similarity: float = 0.0,
 ) -> SubjectBrain:
     """Draw one subject's brain for the grayordinates ``[G]`` (91k indices, file order).
 
     The voxel's role follows its Glasser area; each visual voxel responds with probability
     ``responsive_fraction``. HRF peaks: a subject mean drawn in the middle half of
     ``hrf_peak_range``, plus a per-voxel spread, clipped to the range.
+
+    ``shared_tuning`` ``[n_classes, G]``: a class-tuning map the subject shares with others
+    (:func:`related_tuning`); each class voxel's tuning is then ``similarity ·`` the map at
+    its vertex ``+ √(1 − similarity²) ·`` its own draw, so two subjects' tunings at one vertex
+    correlate by about ``similarity²`` through the map alone, or ``similarity`` with a subject
+    whose own tuning *is* the map. Unset: the subject's own draw (the same random numbers
+    either way).
     """
     grayordinates = np.asarray(grayordinates, np.int64)
     n = len(grayordinates)
@@ -512,6 +534,13 @@ def make_subject_brain(
     )
 
     class_tuning = rng.normal(0, 1, (n_classes, len(klass))).astype(np.float32)
+    if shared_tuning is not None:
+        if not 0.0 <= similarity <= 1.0:
+            raise ValueError(f"similarity must lie in [0, 1], not {similarity}")
+        own = math.sqrt(1.0 - similarity**2)
+        class_tuning = (similarity * shared_tuning[:, klass] + own * class_tuning).astype(
+            np.float32
+        )
     return SubjectBrain(
         grayordinates=grayordinates,
         role=role,

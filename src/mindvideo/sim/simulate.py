@@ -58,6 +58,7 @@ __all__ = [
     "simulate_hcp_rest",
     "simulate_wen2018",
     "simulated_axis",
+    "subject_brains",
     "wen2018_segments",
 ]
 
@@ -195,6 +196,10 @@ def _check_config(cfg: SimulateConfig) -> None:
         problems.append(f"fps must be at least 1, not {cfg.fps}")
     if not cfg.snr > 0:
         problems.append(f"snr must be positive, not {cfg.snr}")
+    if not 0.0 <= cfg.subject_similarity <= 1.0:
+        problems.append(f"subject_similarity must lie in [0, 1], not {cfg.subject_similarity}")
+    if cfg.subject_snr_spread < 0 or cfg.subject_responsive_spread < 0:
+        problems.append("subject_snr_spread and subject_responsive_spread must be >= 0")
     if not 0 < cfg.hrf_peak_min_s <= cfg.hrf_peak_max_s:
         problems.append("hrf_peak_min_s and hrf_peak_max_s need 0 < min <= max")
     if problems:
@@ -262,16 +267,7 @@ def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
     axis = simulated_axis(cfg)
     gray = atlas.grayordinate_index(axis)
     segments = wen2018_segments(cfg)
-    brains = [
-        brain_sim.make_subject_brain(
-            gray,
-            len(CLASSES),
-            _rng(cfg.seed, 1, s),
-            (cfg.hrf_peak_min_s, cfg.hrf_peak_max_s),
-            responsive_fraction=cfg.responsive_fraction,
-        )
-        for s in range(cfg.subjects)
-    ]
+    brains, snrs = subject_brains(cfg, gray, len(CLASSES))
     gains: list[np.ndarray | None] = [None] * cfg.subjects
     n_subjects, n_segments, n_gray = cfg.subjects, len(segments), len(axis)
     log.info(
@@ -292,7 +288,7 @@ def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
             for s, brain in enumerate(brains):
                 stim = brain_sim.stimulus_bold(brain, features, seg.n_volumes, TR_S)
                 if gains[s] is None:  # calibrated once, on the first segment
-                    gains[s] = brain_sim.calibrate_gain(stim[seg.kept], cfg.snr)
+                    gains[s] = brain_sim.calibrate_gain(stim[seg.kept], snrs[s])
                 signal = stim * gains[s]
                 for r in range(1, seg.repetitions + 1):
                     run_noise = brain_sim.noise(
@@ -303,7 +299,7 @@ def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
                     path = tmp / f"subject{s + 1}" / "fmri" / seg.name / "cifti" / name
                     write_dtseries(path, data, axis, TR_S)
                     bar.update()
-        _save_npz(tmp / "ground_truth.npz", _ground_truth(cfg, gray, brains, gains))
+        _save_npz(tmp / "ground_truth.npz", _ground_truth(cfg, gray, brains, gains, snrs))
         meta = {
             "classes": list(CLASSES),
             "motions": list(MOTIONS),
@@ -328,11 +324,46 @@ def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
     return out
 
 
+def subject_brains(
+    cfg: SimulateConfig, gray: np.ndarray, n_classes: int
+) -> tuple[list[brain_sim.SubjectBrain], list[float]]:
+    """Every subject's brain and SNR. Subject 1 is drawn from ``cfg`` alone (the same brain
+    whatever ``cfg.subjects`` is); the others differ from it as real subjects do: an SNR and a
+    responsive fraction drawn around ``cfg``'s (log-normal, ``subject_snr_spread`` and
+    ``subject_responsive_spread``), so their ROI and voxel count differ; their own HRFs, noise,
+    receptive-field jitter and responsive voxels; and a class tuning related to subject 1's at
+    the same vertex by ``subject_similarity`` (:func:`~mindvideo.sim.brain.related_tuning`)."""
+    hrf_range = (cfg.hrf_peak_min_s, cfg.hrf_peak_max_s)
+    first = brain_sim.make_subject_brain(
+        gray, n_classes, _rng(cfg.seed, 1, 0), hrf_range, cfg.responsive_fraction
+    )
+    brains, snrs = [first], [float(cfg.snr)]
+    if cfg.subjects > 1:
+        shared = brain_sim.related_tuning(first, len(gray), _rng(cfg.seed, 5))
+    for s in range(1, cfg.subjects):
+        rng = _rng(cfg.seed, 6, s)
+        snrs.append(float(cfg.snr * np.exp(rng.normal(0, cfg.subject_snr_spread))))
+        fraction = cfg.responsive_fraction * np.exp(rng.normal(0, cfg.subject_responsive_spread))
+        brains.append(
+            brain_sim.make_subject_brain(
+                gray,
+                n_classes,
+                _rng(cfg.seed, 1, s),
+                hrf_range,
+                float(np.clip(fraction, 0.05, max(0.95, cfg.responsive_fraction))),
+                shared_tuning=shared,
+                similarity=cfg.subject_similarity,
+            )
+        )
+    return brains, snrs
+
+
 def _ground_truth(
     cfg: SimulateConfig,
     gray: np.ndarray,
     brains: Sequence[brain_sim.SubjectBrain],
     gains: Sequence[np.ndarray | None],
+    snrs: Sequence[float],
 ) -> dict[str, np.ndarray]:
     """Arrays per grayordinate (file order): shared ones, then ``subjectN/...`` per subject."""
     out: dict[str, np.ndarray] = {
@@ -342,7 +373,7 @@ def _ground_truth(
         "role_names": np.array(brain_sim.ROLES),
         "snr": np.float32(cfg.snr),
     }
-    for s, (brain, gain) in enumerate(zip(brains, gains, strict=True), start=1):
+    for s, (brain, gain, snr) in enumerate(zip(brains, gains, snrs, strict=True), start=1):
         full_gain = np.zeros(len(gray), np.float32)
         preferred = np.full(len(gray), -1, np.int64)
         if gain is not None:
@@ -357,6 +388,7 @@ def _ground_truth(
             f"subject{s}/rf_size": brain.rf_size,
             f"subject{s}/preferred_class": preferred,
             f"subject{s}/gain": full_gain,
+            f"subject{s}/snr": np.float32(snr),
         }
     out["responsive"] = out["subject1/responsive"]
     out["hrf_peak_s"] = out["subject1/hrf_peak_s"]
