@@ -1,6 +1,6 @@
 """The fault matrix: every stage command, on tiny data, under the faults a user meets.
 
-For each stage (``simulate`` … ``report``, ``baseline``, ``lowlevel``):
+For each stage (``simulate`` … ``report``, ``baseline``, ``lowlevel``, ``adapt``):
 
 - **a folder in use**: a second run into an ``--out`` whose lock another run holds is refused at
   once, in one line naming that run's PID, and writes nothing;
@@ -60,7 +60,16 @@ STAGES = [*REGISTERED, "report"]
 TRAINING = {"pretrain", "contrast", "tune-video", "cotrain"}
 # Stages whose folder (or file) appears whole or not at all; the others keep resumable state
 # (training checkpoints, a reconstruction's finished windows), marked as unfinished.
-WHOLE = {"simulate", "prepare", "evaluate", "explain", "report", "baseline", "lowlevel"}
+WHOLE = {
+    "simulate",
+    "prepare",
+    "evaluate",
+    "explain",
+    "report",
+    "baseline",
+    "lowlevel",
+    "adapt",
+}
 
 # What marks a stage's result as complete (relative to --out; "" is --out itself).
 RESULT = {
@@ -76,6 +85,7 @@ RESULT = {
     "report": "",
     "baseline": "baseline.json",
     "lowlevel": "decoder",
+    "adapt": "adapter",
 }
 
 
@@ -167,6 +177,8 @@ def argv(stage: str, f: dict[str, Path], out: Path) -> list[str]:
         "report": [run],
         "baseline": ["--data", f["prepared"], "n_ways=[2]", "trials=10", "shuffles=2"],
         "lowlevel": ["--data", f["prepared"]],
+        # The subject aligned onto itself: the same stimuli, the checks and the writes are real.
+        "adapt": ["--data", f["prepared"], "--reference", f["prepared"], "segments=2"],
     }[stage]
     return [stage, *config, *resume, *map(str, args), "--out", str(out)]
 
@@ -232,7 +244,8 @@ def test_a_disk_that_fills_during_the_run_is_one_line_and_nothing_partial(
     stage, inputs, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setattr(outputs, "check_output_folder", lambda *a, **k: None)
-    size = "8k" if stage in ("evaluate", "baseline") else "64k"  # small outputs: a smaller disk
+    # Small outputs: a smaller disk.
+    size = "8k" if stage in ("evaluate", "baseline", "adapt") else "64k"
     with tmpfs(tmp_path / "full", size=size) as full:
         out = out_path(stage, full)
         code, err = run_quiet(argv(stage, inputs, out), capsys)
@@ -273,7 +286,7 @@ def corrupt(stage: str, f: dict[str, Path], root: Path) -> tuple[dict[str, Path]
     if stage == "baseline":
         f["prepared"] = _copy(f["prepared"], root / "prepared")
         return f, _truncate(f["prepared"] / "fmri_test.npy"), "re-run mindvideo prepare"
-    if stage == "lowlevel":
+    if stage in ("lowlevel", "adapt"):
         f["prepared"] = _copy(f["prepared"], root / "prepared")
         return f, _truncate(f["prepared"] / "fmri_train.npy"), "re-run mindvideo prepare"
     if stage == "pretrain":

@@ -172,3 +172,13 @@ def lowlevel(args: argparse.Namespace) -> int:
     prepared = PreparedData.open(cfg.data)
     targets = prepared.frames_per_tr * cfg.frame_size**2 * 3
     return FLOAT32 * (cfg.window * prepared.n_voxels + 1) * targets
+
+
+@_safely
+def adapt(args: argparse.Namespace) -> int:
+    """The adapter (float32): the new subject's voxels × the reference's, plus a bias."""
+    from mindvideo.data.prepared import PreparedData
+
+    cfg = resolve_config(args)
+    new, reference = PreparedData.open(cfg.data), PreparedData.open(cfg.reference)
+    return FLOAT32 * (new.n_voxels + 1) * reference.n_voxels

@@ -20,6 +20,7 @@ from mindvideo.config.presets import (
     DEMO_WINDOW,
     PRESET_DIR,
     PRESETS,
+    adapt_preset,
     baseline_preset,
     contrast_preset,
     cotrain_preset,
@@ -36,6 +37,7 @@ from mindvideo.config.presets import (
 )
 from mindvideo.config.registry import STAGE_CONFIGS, STAGES, Stage
 from mindvideo.config.stages import (
+    AdaptConfig,
     BaselineConfig,
     CaptionAugConfig,
     CaptionConfig,
@@ -63,6 +65,7 @@ __all__ = [
     "PRESET_DIR",
     "STAGES",
     "STAGE_CONFIGS",
+    "AdaptConfig",
     "BaselineConfig",
     "CaptionAugConfig",
     "CaptionConfig",
@@ -83,6 +86,7 @@ __all__ = [
     "Stage",
     "TrainConfig",
     "TuneVideoConfig",
+    "adapt_preset",
     "baseline_preset",
     "config_to_dict",
     "config_to_yaml",

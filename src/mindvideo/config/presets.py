@@ -16,6 +16,7 @@ from typing import Any
 from mindvideo.config.loading import load_config
 from mindvideo.config.registry import STAGES
 from mindvideo.config.stages import (
+    AdaptConfig,
     BaselineConfig,
     ContrastConfig,
     CotrainConfig,
@@ -57,6 +58,7 @@ simulate_preset: Callable[[str], SimulateConfig] = partial(load_preset, "simulat
 prepare_preset: Callable[[str], PrepareConfig] = partial(load_preset, "prepare")
 baseline_preset: Callable[[str], BaselineConfig] = partial(load_preset, "baseline")
 lowlevel_preset: Callable[[str], LowLevelConfig] = partial(load_preset, "lowlevel")
+adapt_preset: Callable[[str], AdaptConfig] = partial(load_preset, "adapt")
 pretrain_preset: Callable[[str], PretrainConfig] = partial(load_preset, "pretrain")
 contrast_preset: Callable[[str], ContrastConfig] = partial(load_preset, "contrast")
 tune_video_preset: Callable[[str], TuneVideoConfig] = partial(load_preset, "tune-video")

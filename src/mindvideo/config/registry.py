@@ -67,6 +67,12 @@ STAGES: dict[str, Stage] = {
             presets=_CPU,
         ),
         Stage(
+            "adapt",
+            stages.AdaptConfig,
+            "new subject: its adapter into a pipeline subject's voxels, from a few segments",
+            presets=_CPU,
+        ),
+        Stage(
             "pretrain",
             stages.PretrainConfig,
             "stage 2: masked brain modeling (MBM) on HCP, then the subject's training fMRI",

@@ -429,6 +429,10 @@ class ReconstructConfig:
     its ``decoder/``). Its video of each window, decoded from the window's fMRI, starts the
     sampler (SDEdit, noised to ``strength``) and sets the clip's layout and colours. Unset:
     sampling starts from noise — the paper's method, unchanged."""
+    adapter: str | None = None
+    """A new subject's subject adapter (the output folder of ``mindvideo adapt``): ``data`` is
+    that subject's prepared folder, read through the adapter in the voxel space of the subject
+    the pipeline was trained on. Unset: ``data`` is that subject's own."""
     strength: float = 0.3
     """With ``lowlevel``: the fraction of the sampler's steps run from the low-level video
     (``1`` starts from it noised to the first step, almost pure noise; small values keep it
@@ -530,6 +534,35 @@ class LowLevelConfig:
     """The refiner's loss: MSE + ``ssim_weight`` × (1 − SSIM) against the training frames."""
     seed: int = 0
     device: str | None = None
+
+
+@dataclass
+class AdaptConfig:
+    """A new subject from little data (``mindvideo adapt``): the subject adapter that maps its
+    voxels into the reference subject's, fitted on a few training segments both watched."""
+
+    data: str | None = None
+    """The new subject's prepared folder (``mindvideo prepare``)."""
+    reference: str | None = None
+    """The prepared folder of the subject the pipeline was trained on: the shared voxel space.
+    Only its training fMRI of the same segments is read."""
+    segments: int = 3
+    """Fit on the new subject's first this many training segments (Wen 2018: 8 min each)."""
+    folds: int = 0
+    """Cross-validation folds over whole segments for the penalty; 0: one per segment."""
+    alphas: list[float] = field(default_factory=lambda: [10 ** (e / 2) for e in range(15)])
+    """Ridge penalties tried per shared-space voxel (1 to 10⁷ in half decades)."""
+    neighbours: int = 32
+    """The local stage: each reference voxel from this many of the new subject's voxels nearest
+    to its vertex (searchlight alignment), then a global map for the rest; 0: the global map
+    alone (also when the prepared data record no grayordinates)."""
+    subject: str | None = None
+    """A name for the new subject (recorded); unset: from its prepared folder."""
+    pipeline: str | None = None
+    """Optional: a pipeline folder (or fMRI encoder) whose input the shared space must fit."""
+    trials: int = 10
+    """Random draws of distractors per test TR for the pattern identification score."""
+    seed: int = 0
 
 
 @dataclass

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from mindvideo.config import ReconstructConfig
-from mindvideo.data.prepared import PreparedData
 from mindvideo.encoder.lowlevel import LowLevelDecoder
 from mindvideo.pipeline.lowlevel_video import decoder_folder
 from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
@@ -28,6 +27,7 @@ from mindvideo.pipeline.reconstruct import (
     _finished,
     _plan_windows,
     _Windows,
+    open_data,
 )
 from mindvideo.pipeline.schedulers import describe_sampler, sampler_for
 from mindvideo.utils import UserError
@@ -65,7 +65,7 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
     except UserError as exc:  # a plan for a GPU machine, made on a laptop
         notes.append(f"{str(exc).rstrip('.')}: on this machine the real run would stop here.")
     _check_checkpoint(cfg.checkpoint)  # type: ignore[arg-type]
-    prepared = PreparedData.open(cfg.data) if cfg.data is not None else None
+    prepared = open_data(cfg)
     pipe = MindVideoPipeline.from_pretrained(cfg.checkpoint, empty_weights=True)  # type: ignore[arg-type]
     scheduler = sampler_for(pipe.scheduler, cfg.scheduler)
     out_path = Path(out) if out is not None else None
@@ -139,6 +139,7 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         f"{cond.num_voxels:,} voxels, {pipe.config.fmri_pad_mode} padding)",
         "data": (
             f"{cfg.data}: prepared subject, {cfg.split} split"
+            + (f", through the subject adapter {cfg.adapter}" if cfg.adapter else "")
             if prepared is not None
             else f"{len(cfg.fmri or [])} raw run(s) through the pipeline's fmri_input/"
         ),

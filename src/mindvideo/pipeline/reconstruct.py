@@ -45,6 +45,7 @@ from mindvideo.data.datasets import FMRIWindowDataset
 from mindvideo.data.pairing import padded_size, window_indices
 from mindvideo.data.prepared import PreparedData
 from mindvideo.data.video import write_gif, write_video
+from mindvideo.pipeline.aligned import aligned_data, load_adapter
 from mindvideo.pipeline.convert import authors_settings_note
 from mindvideo.pipeline.fmri_input import FmriInput, RunWindows
 from mindvideo.pipeline.guidance import NEGATIVE_SOURCES, negative_fmri_from_prepared
@@ -95,6 +96,7 @@ SETTINGS = (
     "average_runs",
     "lowlevel",
     "strength",
+    "adapter",
 )
 #: What an index written before a setting existed means by its absence.
 SETTINGS_BEFORE = {
@@ -104,6 +106,7 @@ SETTINGS_BEFORE = {
     "average_runs": False,
     "lowlevel": None,
     "strength": None,
+    "adapter": None,
 }
 RECONSTRUCTIONS = "reconstructions.npy"
 GROUND_TRUTH = "ground_truth.npy"
@@ -162,7 +165,7 @@ def _settings(cfg: ReconstructConfig) -> dict[str, Any]:
         values["text_encoder"] = None  # only used with condition=caption or linear
     if values["lowlevel"] is None:
         values["strength"] = None  # only used with the low-level path
-    for key in ("checkpoint", "data", "text_encoder", "lowlevel"):
+    for key in ("checkpoint", "data", "text_encoder", "lowlevel", "adapter"):
         if values[key] is not None:
             values[key] = str(Path(values[key]).resolve())
     if values["fmri"] is not None:
@@ -195,6 +198,11 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
             "The low-level decoder (lowlevel) reads the prepared subject's fMRI, as it was "
             "fitted; it cannot run on raw runs (--fmri): pass --data instead."
         )
+    if cfg.adapter is not None and cfg.fmri:
+        raise UserError(
+            "A subject adapter (adapter) reads the new subject's prepared folder; it cannot run "
+            "on raw runs (--fmri): pass --data instead."
+        )
     if cfg.lowlevel is not None and not 0.0 < cfg.strength <= 1.0:
         raise UserError(f"Config key strength must be in (0, 1], not {cfg.strength}.")
     if cfg.lowlevel is not None and int(cfg.num_inference_steps * cfg.strength) < 1:
@@ -219,6 +227,25 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
     if cfg.limit is not None and cfg.limit < 1:
         raise UserError(f"Config key limit must be at least 1 or unset, not {cfg.limit}.")
     check_condition(cfg)
+
+
+def open_data(cfg: ReconstructConfig) -> PreparedData | None:
+    """The prepared subject ``cfg.data`` (``None`` for raw runs); with ``cfg.adapter``, read
+    through that subject adapter in the pipeline subject's voxel space."""
+    if cfg.data is None:
+        return None
+    adapter = load_adapter(cfg.adapter) if cfg.adapter is not None else None
+    prepared = PreparedData.open(cfg.data)
+    if adapter is None:
+        return prepared
+    logger.info(
+        "subject adapter: %s's %d voxels → the %d of %s",
+        adapter.config.subject or cfg.data,
+        adapter.config.in_voxels,
+        adapter.config.out_voxels,
+        adapter.config.reference or "the reference subject",
+    )
+    return aligned_data(prepared, adapter)
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -300,7 +327,7 @@ def _plan_windows(
             f"{where} has {n_voxels} voxels ({n_padded} after "
             f"padding to the patch size {enc.patch_size}) but the checkpoint's fMRI encoder "
             f"expects {enc.num_voxels}; reconstruct with the checkpoint trained on this "
-            "subject's prepared data."
+            "subject's prepared data, or a new subject's adapter (adapter=DIR, mindvideo adapt)."
         )
     if cfg.window < enc.window:
         raise UserError(
@@ -400,7 +427,7 @@ def reconstruct(
         _check_checkpoint(cfg.checkpoint)  # before the data: the cheap checks first
     if cfg.lowlevel is not None:
         decoder_folder(cfg.lowlevel)
-    prepared = PreparedData.open(cfg.data) if cfg.data is not None else None
+    prepared = open_data(cfg)
     pipe = pipeline if pipeline is not None else load_pipeline(cfg.checkpoint, device)
     pipe.scheduler = sampler_for(pipe.scheduler, cfg.scheduler)
     pipe.set_progress_bar_config(disable=True)  # one bar over the windows instead
