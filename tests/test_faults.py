@@ -177,8 +177,11 @@ def argv(stage: str, f: dict[str, Path], out: Path) -> list[str]:
         "report": [run],
         "baseline": ["--data", f["prepared"], "n_ways=[2]", "trials=10", "shuffles=2"],
         "lowlevel": ["--data", f["prepared"]],
-        # The subject aligned onto itself: the same stimuli, the checks and the writes are real.
-        "adapt": ["--data", f["prepared"], "--reference", f["prepared"], "segments=2"],
+        # The subject aligned onto itself (the same stimuli), fine-tuned through the pipeline.
+        "adapt": [
+            *("--data", f["data"], "--reference", f["data"], "--pipeline", f["pipeline"]),
+            "segments=2",
+        ],
     }[stage]
     return [stage, *config, *resume, *map(str, args), "--out", str(out)]
 
@@ -286,7 +289,10 @@ def corrupt(stage: str, f: dict[str, Path], root: Path) -> tuple[dict[str, Path]
     if stage == "baseline":
         f["prepared"] = _copy(f["prepared"], root / "prepared")
         return f, _truncate(f["prepared"] / "fmri_test.npy"), "re-run mindvideo prepare"
-    if stage in ("lowlevel", "adapt"):
+    if stage == "adapt":
+        f["data"] = _copy(f["data"], root / "data")
+        return f, _truncate(f["data"] / "fmri_train.npy"), "re-run mindvideo prepare"
+    if stage == "lowlevel":
         f["prepared"] = _copy(f["prepared"], root / "prepared")
         return f, _truncate(f["prepared"] / "fmri_train.npy"), "re-run mindvideo prepare"
     if stage == "pretrain":

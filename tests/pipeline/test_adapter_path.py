@@ -95,3 +95,61 @@ def test_without_it_the_new_subject_is_refused_and_raw_runs_never_take_it(setup,
 def test_dry_run_names_the_adapter(setup):
     text = plan_reconstruct(config(setup)).format()
     assert "through the subject adapter" in text and "60 (padded to 64)" in text
+
+
+def test_fine_tuning_pulls_the_conditions_towards_the_references(setup, tmp_path):
+    """adapt with finetune_steps: the frozen encoder's conditions of the new subject's training
+    windows move towards the reference's (the loss falls), the map stays near its ridge start,
+    and the adapter still reconstructs; the low-level decoder is matched too when given."""
+    from mindvideo.config import AdaptConfig, LowLevelConfig
+    from mindvideo.training.adapt import adapt, plan_adapt
+    from mindvideo.training.lowlevel import lowlevel
+
+    lowlevel(
+        LowLevelConfig(data=str(setup / "reference"), window=2, frame_size=4, folds=2),
+        tmp_path / "lowlevel",
+    )
+    base = dict(
+        data=str(setup / "new"),
+        reference=str(setup / "reference"),
+        segments=2,
+        alphas=[10.0, 100.0, 1000.0],  # a ridge fit far from the exact inverse
+        pipeline=str(setup / "checkpoint"),
+        finetune_lr=1e-3,
+    )
+    ridge = SubjectAdapter.from_pretrained(adapt(AdaptConfig(**base), tmp_path / "ridge"))
+    tuned_dir = adapt(
+        AdaptConfig(**base, finetune_steps=40, lowlevel=str(tmp_path / "lowlevel")),
+        tmp_path / "tuned",
+    )
+    report = json.loads((tmp_path / "tuned" / "adapt.json").read_text())["finetune"]
+    assert report["steps"] == 40 and report["lowlevel"] is True
+    assert report["loss_last"] < 0.7 * report["loss_first"]
+    tuned = SubjectAdapter.from_pretrained(tuned_dir)
+    held = SubjectAdapter.from_pretrained(
+        adapt(AdaptConfig(**base, finetune_steps=40, finetune_anchor=100.0), tmp_path / "held")
+    )
+
+    def moved(adapter):
+        return (adapter.linear.weight - ridge.linear.weight).norm().item()
+
+    assert 0 < moved(held) < 0.5 * moved(tuned)  # the anchor keeps it near the ridge fit
+    plan = plan_adapt(AdaptConfig(**base, finetune_steps=40, lowlevel=str(tmp_path / "lowlevel")))
+    text = plan.format()
+    assert "fine-tune the adapter through the frozen encoder" in text
+    assert "40 optimiser steps" in text and "lowlevel" in text
+    reconstruct(config(setup, adapter=str(tmp_path / "tuned")), tmp_path / "clips")
+    assert np.load(tmp_path / "clips" / "reconstructions.npy").shape[0] == 3
+
+
+def test_fine_tuning_needs_the_pipeline(setup, tmp_path):
+    from mindvideo.config import AdaptConfig
+    from mindvideo.training.adapt import adapt
+
+    cfg = AdaptConfig(
+        data=str(setup / "new"), reference=str(setup / "reference"), segments=2, finetune_steps=5
+    )
+    with pytest.raises(UserError, match="pass --pipeline"):
+        adapt(cfg, tmp_path / "out")
+    with pytest.raises(UserError, match="lowlevel is matched only while fine-tuning"):
+        adapt(AdaptConfig(**{**cfg.__dict__, "finetune_steps": 0, "lowlevel": "x"}), tmp_path)

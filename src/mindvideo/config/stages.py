@@ -562,7 +562,21 @@ class AdaptConfig:
     """Optional: a pipeline folder (or fMRI encoder) whose input the shared space must fit."""
     trials: int = 10
     """Random draws of distractors per test TR for the pattern identification score."""
+    finetune_steps: int = 0
+    """After the ridge fit, train the adapter this many steps end to end (needs ``pipeline``):
+    the frozen fMRI encoder's conditions of the new subject's windows (and, with ``lowlevel``,
+    the low-level decoder's videos) are pulled towards those of the reference subject's windows
+    of the same TRs. 0: the ridge fit alone."""
+    finetune_lr: float = 1e-4
+    finetune_batch_size: int = 32
+    finetune_anchor: float = 1e-3
+    """Weight of ``‖W − W_ridge‖²`` in the fine-tuning loss: keeps the map near the ridge fit."""
+    lowlevel: str | None = None
+    """With ``finetune_steps``: the pipeline's low-level decoder (``mindvideo lowlevel``'s
+    output), whose videos are matched too."""
+    lowlevel_weight: float = 1.0
     seed: int = 0
+    device: str | None = None
 
 
 @dataclass

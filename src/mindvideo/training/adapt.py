@@ -33,22 +33,36 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mindvideo.config.stages import AdaptConfig
 from mindvideo.data.alignment import fit_alignment, surface_neighbours
-from mindvideo.data.pairing import padded_size
+from mindvideo.data.pairing import pad_voxels, padded_size, window_indices
 from mindvideo.data.prepared import PreparedData
 from mindvideo.data.ridge import mean_repetitions
 from mindvideo.encoder.subjects import SubjectAdapter
 from mindvideo.pipeline.aligned import ADAPTER_DIR, segment_rows
 from mindvideo.utils import UserError
-from mindvideo.utils.dry_run import MemoryEstimate, ModelPart, PhasePlan, RunPlan, out_status
+from mindvideo.utils.dry_run import (
+    Batching,
+    MemoryEstimate,
+    ModelPart,
+    PhasePlan,
+    RunPlan,
+    empty_model,
+    empty_weights,
+    meta_like,
+    out_status,
+    trace_activations,
+    training_memory,
+)
 from mindvideo.utils.io import read_json
 
 __all__ = ["ADAPTER_DIR", "ADAPT_JSON", "adapt", "check_adapt_config", "pattern_identification"]
@@ -106,6 +120,15 @@ def check_adapt_config(cfg: AdaptConfig) -> tuple[PreparedData, PreparedData, li
         raise UserError(f"folds must be 0 (one per segment) or at least 2, not {cfg.folds}.")
     if cfg.neighbours < 0:
         raise UserError(f"neighbours must be 0 (a global map) or more, not {cfg.neighbours}.")
+    if cfg.finetune_steps < 0 or cfg.finetune_batch_size < 1:
+        raise UserError("finetune_steps must be 0 or more and finetune_batch_size at least 1.")
+    if cfg.finetune_steps and cfg.pipeline is None:
+        raise UserError(
+            f"finetune_steps={cfg.finetune_steps} trains the adapter through the pipeline's fMRI "
+            "encoder: pass --pipeline (or set finetune_steps=0 for the ridge fit alone)."
+        )
+    if cfg.lowlevel is not None and not cfg.finetune_steps:
+        raise UserError("lowlevel is matched only while fine-tuning: set finetune_steps > 0.")
     if cfg.trials < 1:
         raise UserError(f"trials must be at least 1, not {cfg.trials}.")
     if not cfg.alphas or min(cfg.alphas) <= 0:
@@ -221,6 +244,121 @@ def _neighbours(data: PreparedData, reference: PreparedData, k: int) -> np.ndarr
     return surface_neighbours(data.voxel_grayordinates, reference.voxel_grayordinates, k)
 
 
+def _normalise(x: torch.Tensor, mode: str, stats: tuple[Any, Any] | None = None) -> torch.Tensor:
+    """The pipeline's dataset normalisation (:class:`~mindvideo.data.datasets.FMRINormalizer`) in
+    torch: with ``stats`` ``(mean, std)`` as given, else fitted on ``x`` itself (no gradient
+    through the statistics), as ``reconstruct`` fits it on the aligned training split."""
+    if mode == "none":
+        return x
+    if stats is None:
+        flat = x.detach().reshape(-1, x.shape[-1])
+        if mode == "train_voxel":
+            stats = (flat.mean(0), flat.std(0, unbiased=False).clamp_min(1e-8))
+        else:  # "train" and "compat": one mean and std over the whole training array
+            stats = (flat.mean(), flat.std(unbiased=False).clamp_min(1e-8))
+    return (x - stats[0]) / stats[1]
+
+
+def finetune_adapter(
+    adapter: SubjectAdapter,
+    data: PreparedData,
+    reference: PreparedData,
+    segments: list[int],
+    cfg: AdaptConfig,
+) -> dict[str, Any]:
+    """Train the adapter end to end on the shared training TRs (the ridge fit its start).
+
+    For a batch of TRs, the frozen fMRI encoder of ``cfg.pipeline`` encodes the new subject's
+    windows through the adapter and the reference subject's windows of the same TRs, each
+    normalised and padded as the pipeline reads them; the loss is the squared error between the
+    two conditions relative to the reference's mean square, plus (with ``cfg.lowlevel``)
+    ``lowlevel_weight`` × the same for the low-level decoder's videos, plus ``finetune_anchor``
+    × ``‖W − W_ridge‖²``. The pipeline's conditions are what the generator sees, so the map is
+    fitted where it matters rather than voxel by voxel. Returns the loss at the start and end.
+    """
+    from mindvideo.data.datasets import FMRINormalizer
+    from mindvideo.encoder.spatiotemporal import SpatiotemporalEncoder
+    from mindvideo.pipeline.lowlevel_video import load_lowlevel
+
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    root = Path(cfg.pipeline)  # type: ignore[arg-type]  # checked
+    folder = root / "fmri_encoder" if (root / "fmri_encoder").is_dir() else root
+    encoder = SpatiotemporalEncoder.from_pretrained(folder).to(device).eval().requires_grad_(False)
+    _, patch, pad_mode = _pipeline_input(str(root))
+    index = root / "model_index.json"
+    model_index = read_json(index, "re-run mindvideo cotrain") if index.is_file() else {}
+    mode = model_index.get("fmri_normalize", "train")
+    low = load_lowlevel(cfg.lowlevel).to(device) if cfg.lowlevel is not None else None
+
+    rows = segment_rows(segments)
+    x_new = torch.tensor(mean_repetitions(data.fmri_train[rows]), device=device)  # [K, T, Vs]
+    ref_norm = FMRINormalizer(mode).fit(reference.fmri_train)  # type: ignore[arg-type]
+    ref_stats = (torch.as_tensor(ref_norm.mean_).float(), torch.as_tensor(ref_norm.std_).float())
+    x_ref = torch.tensor(mean_repetitions(reference.fmri_train[rows]), device=device)
+    k, n_tr = x_new.shape[:2]
+    w = int(encoder.config.window)
+    window = torch.from_numpy(np.stack([window_indices(t, w, n_tr) for t in range(n_tr)]))
+    lw = int(low.config.window) if low is not None else 1
+    low_window = torch.from_numpy(np.stack([window_indices(t, lw, n_tr) for t in range(n_tr)]))
+    seg = torch.arange(k).repeat_interleave(n_tr)
+    tr = torch.arange(n_tr).repeat(k)
+
+    def encoder_input(fmri: torch.Tensor, stats: Any, rows: torch.Tensor) -> torch.Tensor:
+        x = _normalise(fmri, mode, stats)[seg[rows, None], window[tr[rows]]]  # [B, w, V]
+        return pad_voxels(x, patch, pad_mode)  # type: ignore[arg-type]
+
+    def low_input(fmri: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return fmri[seg[rows, None], low_window[tr[rows]]].flatten(1)  # [B, lw·V]
+
+    with torch.no_grad():  # the reference's conditions (and videos) of every shared TR
+        chunks = torch.arange(k * n_tr).split(64)
+        target = torch.cat([encoder(encoder_input(x_ref, ref_stats, c)).embeddings for c in chunks])
+        target_scale = target.pow(2).mean()
+        if low is not None:
+            target_low = torch.cat([low(low_input(x_ref, c)) for c in chunks])
+            low_scale = target_low.var()
+
+    adapter.to(device).train().requires_grad_(True)
+    start = [p.detach().clone() for p in adapter.parameters()]
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=cfg.finetune_lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    log_every = max(1, cfg.finetune_steps // 10)
+    for step in range(cfg.finetune_steps):
+        batch = torch.randint(0, k * n_tr, (cfg.finetune_batch_size,), generator=generator)
+        aligned = adapter(x_new)  # [K, T, Vr]: the whole split, for the normaliser's statistics
+        cond = encoder(encoder_input(aligned, None, batch)).embeddings
+        loss = (cond - target[batch]).pow(2).mean() / target_scale
+        if low is not None:
+            video = low(low_input(aligned, batch))
+            loss = (
+                loss + cfg.lowlevel_weight * (video - target_low[batch]).pow(2).mean() / low_scale
+            )
+        anchor = sum(
+            (p - p0).pow(2).sum() for p, p0 in zip(adapter.parameters(), start, strict=True)
+        )
+        total = loss + cfg.finetune_anchor * anchor
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise UserError(
+                f"The adapter's fine-tuning loss is {losses[-1]} at step {step}; lower "
+                f"finetune_lr ({cfg.finetune_lr})."
+            )
+        if (step + 1) % log_every == 0:
+            logger.info("adapter step %d/%d: loss %.4f", step + 1, cfg.finetune_steps, losses[-1])
+    adapter.eval().requires_grad_(False).to("cpu")
+    span = max(1, min(50, len(losses) // 10))
+    return {
+        "steps": cfg.finetune_steps,
+        "loss_first": float(np.mean(losses[:span])),
+        "loss_last": float(np.mean(losses[-span:])),
+        "lowlevel": cfg.lowlevel is not None,
+    }
+
+
 def adapt(cfg: AdaptConfig, out: str | os.PathLike) -> Path:
     """Fit the new subject's adapter on its first ``cfg.segments`` training segments; write
     ``OUT/adapter/``, ``OUT/adapt.json`` and ``OUT/config.yaml``. Returns the adapter's folder."""
@@ -253,6 +391,9 @@ def adapt(cfg: AdaptConfig, out: str | os.PathLike) -> Path:
         segments=segments,
     )
     adapter.set_linear_map(fit.weight, fit.bias)
+    finetuned = None
+    if cfg.finetune_steps:
+        finetuned = finetune_adapter(adapter, data, reference, segments, cfg)
     report: dict[str, Any] = {
         "subject": adapter.config.subject,
         "reference": adapter.config.reference,
@@ -265,6 +406,8 @@ def adapt(cfg: AdaptConfig, out: str | os.PathLike) -> Path:
         "global_alpha_median": fit.global_alpha_median,
         "held_out_voxel_r": float(np.median(_voxel_r(fit.held_out, y2))),
     }
+    if finetuned is not None:
+        report["finetune"] = finetuned
     report |= _test_scores(adapter, data, reference, cfg)
     adapter.save_pretrained(out / ADAPTER_DIR)
     (out / ADAPT_JSON).write_text(json.dumps(report, indent=2) + "\n")
@@ -308,6 +451,9 @@ def plan_adapt(cfg: AdaptConfig, out: str | os.PathLike | None = None) -> RunPla
         ),
         settings={"penalties": f"{len(cfg.alphas)} per voxel, {folds} folds of whole segments"},
     )
+    phases = [phase]
+    if cfg.finetune_steps:
+        phases.append(_plan_finetune(cfg, n, vs, vr))
     checked = {
         "data": f"{cfg.data}: the new subject, training segments {segments[0] + 1}..."
         f"{segments[-1] + 1}",
@@ -316,4 +462,51 @@ def plan_adapt(cfg: AdaptConfig, out: str | os.PathLike | None = None) -> RunPla
     }
     if cfg.pipeline is not None:
         checked["pipeline"] = f"{cfg.pipeline}: its fMRI encoder reads the reference's voxels"
-    return RunPlan("adapt", checked, [phase])
+    return RunPlan("adapt", checked, phases)
+
+
+def _plan_finetune(cfg: AdaptConfig, n: int, vs: int, vr: int) -> PhasePlan:
+    """The fine-tuning phase: the adapter trained through the frozen encoder (and low-level
+    decoder); activations traced on the meta device for one batch."""
+    from mindvideo.encoder.lowlevel import LowLevelDecoder
+    from mindvideo.encoder.spatiotemporal import SpatiotemporalEncoder
+    from mindvideo.pipeline.lowlevel_video import decoder_folder
+
+    root = Path(cfg.pipeline)  # type: ignore[arg-type]  # checked
+    folder = root / "fmri_encoder" if (root / "fmri_encoder").is_dir() else root
+    encoder = empty_model(SpatiotemporalEncoder, folder).requires_grad_(False)
+    with empty_weights():
+        adapter = SubjectAdapter(vs, vr)
+    parts = [ModelPart.of("subject adapter", adapter), ModelPart.of("fmri_encoder", encoder)]
+    c = encoder.config
+    batch = cfg.finetune_batch_size
+
+    decoder = None
+    if cfg.lowlevel is not None:
+        decoder = empty_model(LowLevelDecoder, decoder_folder(cfg.lowlevel)).requires_grad_(False)
+        parts.append(ModelPart.of("lowlevel", decoder))
+
+    def step() -> Any:
+        aligned = adapter(meta_like((n, vs)))  # the whole split, for the normaliser
+        windows = meta_like((batch, c.window, c.num_voxels)) + aligned.sum() * 0
+        out = [encoder(windows).embeddings]
+        if decoder is not None:
+            d = decoder.config
+            out.append(decoder(meta_like((batch, d.window * d.num_voxels)) + aligned.sum() * 0))
+        return out
+
+    return PhasePlan(
+        "fine-tune the adapter through the frozen encoder",
+        data={"training TRs": f"{n:,}, each with the reference's condition of the same TR"},
+        models=parts,
+        memory=training_memory(parts, trace_activations(step), "traced step of one batch"),
+        steps=cfg.finetune_steps,
+        batching=Batching(batch),
+        samples=n,
+        settings={
+            "loss": "relative squared error of the conditions"
+            + (f" + {cfg.lowlevel_weight:g} × that of the low-level videos" if cfg.lowlevel else "")
+            + f" + {cfg.finetune_anchor:g} × ‖W − W_ridge‖²",
+            "learning rate": f"{cfg.finetune_lr:g} (Adam)",
+        },
+    )
