@@ -43,16 +43,23 @@ def write_subject(root, stimulus, test_stimulus, frames, voxels, seed, repeats=N
     return root
 
 
+def shown(features):
+    """Frames ``[S, T, 6, 4, 4, 3]`` the stimulus features describe: the left half's colour
+    from features 0-2, the right half's from 3-5."""
+    colour = (255 / (1 + np.exp(-features))).round().astype(np.uint8)  # [S, T, 6]
+    frames = np.empty((*features.shape[:2], 6, 4, 4, 3), np.uint8)
+    frames[..., :2, :] = colour[:, :, None, None, None, :3]
+    frames[..., 2:, :] = colour[:, :, None, None, None, 3:]
+    return frames
+
+
 @pytest.fixture(scope="module")
 def subjects(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapt")
     rng = np.random.default_rng(0)
     stimulus = rng.normal(size=(TRAIN, TRS, FEATURES))
     test_stimulus = rng.normal(size=(TEST, TRS, FEATURES))
-    frames = (
-        rng.integers(0, 256, (TRAIN, TRS, 6, 4, 4, 3), dtype=np.uint8),
-        rng.integers(0, 256, (TEST, TRS, 6, 4, 4, 3), dtype=np.uint8),
-    )
+    frames = (shown(stimulus), shown(test_stimulus))
     reference = write_subject(root / "s1", stimulus, test_stimulus, frames, 30, 1, repeats=2)
     new = write_subject(root / "s2", stimulus, test_stimulus, frames, 45, 2)
     other = (rng.integers(0, 256, frames[0].shape, dtype=np.uint8), frames[1])
@@ -95,6 +102,13 @@ def test_the_new_subject_lands_on_the_reference_on_unseen_test_fmri(subjects, tm
     assert pattern["n_way"] == 50 and pattern["chance"] == 0.02
     assert pattern["aligned"] > 0.9 and pattern["shuffled"] < 0.15
     assert 0.9 < pattern["reference_repeat"] <= 1.0  # the reference's own halves: the ceiling
+    # The linear decoding of the new subject's test frames, through the reference's decoder and
+    # by its own two segments alone; no scene labels here, so no class score.
+    decoding = report["decoding"]
+    assert decoding["window"] == 4 and "class_50way" not in decoding["adapted"]
+    for how in ("adapted", "alone"):
+        pixel = decoding[how]["pixel_50way"]
+        assert pixel["score"] > 0.8 and pixel["shuffled"] < 0.2 and pixel["chance"] == 0.02
 
     # The aligned test fMRI is the adapter applied to the new subject's: what reconstruct reads.
     new, reference = PreparedData.open(subjects["new"]), PreparedData.open(subjects["reference"])
@@ -197,3 +211,17 @@ def test_cli_dry_run_and_run(subjects, tmp_path, capsys):
     assert main(["-q", "adapt", *map(str, args), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "adapter" / "config.json").is_file()
     assert "subject adapter" in plan_adapt(cfg(subjects)).format()
+
+
+def test_on_labelled_data_the_scene_class_is_scored_too(prepared_dataset, tmp_path):
+    """The simulated subject aligned onto itself: its scene class, read by its own decoder
+    through the (near-identity) adapter, is identified far above chance and the shuffled
+    pairing; decoders from 2 segments alone do worse."""
+    cfg = AdaptConfig(
+        data=str(prepared_dataset), reference=str(prepared_dataset), segments=2, trials=3
+    )
+    adapt(cfg, tmp_path / "out")
+    decoding = json.loads((tmp_path / "out" / ADAPT_JSON).read_text())["decoding"]
+    adapted, alone = decoding["adapted"]["class_50way"], decoding["alone"]["class_50way"]
+    assert adapted["score"] > max(0.3, 3 * adapted["shuffled"], alone["score"])
+    assert 0.02 <= adapted["chance"] < 0.5  # 50-way, or fewer where fewer classes are shown

@@ -561,7 +561,9 @@ class AdaptConfig:
     pipeline: str | None = None
     """Optional: a pipeline folder (or fMRI encoder) whose input the shared space must fit."""
     trials: int = 10
-    """Random draws of distractors per test TR for the pattern identification score."""
+    """Random draws of distractors per test TR for the identification scores."""
+    window: int = 4
+    """fMRI TRs per window of the linear decoding scores (4 covers the haemodynamic lag)."""
     finetune_steps: int = 0
     """After the ridge fit, train the adapter this many steps end to end (needs ``pipeline``):
     the frozen fMRI encoder's conditions of the new subject's windows (and, with ``lowlevel``,

@@ -129,8 +129,8 @@ def check_adapt_config(cfg: AdaptConfig) -> tuple[PreparedData, PreparedData, li
         )
     if cfg.lowlevel is not None and not cfg.finetune_steps:
         raise UserError("lowlevel is matched only while fine-tuning: set finetune_steps > 0.")
-    if cfg.trials < 1:
-        raise UserError(f"trials must be at least 1, not {cfg.trials}.")
+    if cfg.trials < 1 or cfg.window < 1:
+        raise UserError(f"trials and window must be at least 1, not {cfg.trials}, {cfg.window}.")
     if not cfg.alphas or min(cfg.alphas) <= 0:
         raise UserError("Config key alphas must list positive ridge penalties.")
     data = PreparedData.open(cfg.data)
@@ -229,6 +229,115 @@ def _test_scores(
             first, second, n_way, cfg.trials, cfg.seed
         )
     return scores
+
+
+def _identify(pred: np.ndarray, truth: np.ndarray, cfg: AdaptConfig) -> dict[str, float]:
+    """50-way pattern identification of ``pred`` against ``truth`` rows, with a shuffled
+    pairing beside it."""
+    n_way = min(50, len(pred))
+    shuffled = np.random.default_rng(cfg.seed + 2).permutation(len(pred))
+    return {
+        "score": pattern_identification(pred, truth, n_way, cfg.trials, cfg.seed),
+        "shuffled": pattern_identification(pred[shuffled], truth, n_way, cfg.trials, cfg.seed),
+        "chance": 1.0 / n_way,
+    }
+
+
+def _class_identification(
+    scores: np.ndarray, labels: np.ndarray, cfg: AdaptConfig, shuffle: bool = False
+) -> float:
+    """Strict 50-way identification of the true class from decoded class scores ``[N, C]``:
+    the true class's score beats those of 49 other classes drawn from the test labels."""
+    rng = np.random.default_rng(cfg.seed)
+    present = np.unique(labels)
+    n_way = min(50, len(present))
+    if shuffle:
+        scores = scores[np.random.default_rng(cfg.seed + 3).permutation(len(scores))]
+    wins = 0
+    for i, label in enumerate(labels):
+        others = present[present != label]
+        for _ in range(cfg.trials):
+            drawn = rng.choice(others, n_way - 1, replace=False)
+            wins += bool(scores[i, label] > scores[i, drawn].max())
+    return wins / (len(labels) * cfg.trials)
+
+
+def _decoding_scores(
+    adapter: SubjectAdapter,
+    data: PreparedData,
+    reference: PreparedData,
+    segments: list[int],
+    cfg: AdaptConfig,
+) -> dict[str, Any]:
+    """The linear decoding of the new subject's test windows (TRs t .. t + window − 1): its
+    16×16 mean frame by pixel identification and, where the data have scene labels, its scene
+    class (strict 50-way against the true class), each
+
+    - ``adapted``: by the reference's ridge decoder, fitted on all of the reference's training
+      segments, reading the new subject's test fMRI through the adapter;
+    - ``alone``: by a ridge decoder fitted on the new subject's own ``segments`` only;
+
+    beside chance and a shuffled pairing. The ceilings of ``reconstruct adapter=``."""
+    from mindvideo.data.labels import load_scene_labels
+    from mindvideo.data.ridge import RidgeDecoder, window_features
+    from mindvideo.data.video import area_frames
+
+    side = data.frames_train.shape[-2]
+    side = 16 if side % 16 == 0 else side  # 16×16 where the frames allow it
+
+    def frames(p: PreparedData, split: str, n: int) -> np.ndarray:
+        f = p.frames(split)
+        per_tr = np.stack([area_frames(f[s], side).mean(axis=1) for s in range(n)])
+        return per_tr.reshape(n * f.shape[1], -1)  # the split's own TRs per segment
+
+    def windows(fmri: np.ndarray) -> np.ndarray:
+        x = window_features(mean_repetitions(fmri), cfg.window)
+        return x.reshape(-1, x.shape[-1])
+
+    def groups(n: int, n_tr: int) -> np.ndarray:
+        return np.repeat(np.arange(n), n_tr)
+
+    n_ref, n_test = reference.fmri_train.shape[0], data.fmri_test.shape[0]
+    k, n_tr = len(segments), data.n_trs
+    rows = segment_rows(segments)
+    targets = {"pixel": (frames(reference, "train", n_ref), frames(data, "test", n_test))}
+    try:
+        labels = (load_scene_labels(reference), load_scene_labels(data))
+    except UserError:  # real data: no scene labels
+        labels = None
+    if labels is not None:
+
+        def middle(ids: np.ndarray) -> np.ndarray:  # the class of each TR's middle frame
+            ids = np.asarray(ids)
+            return ids[..., ids.shape[-1] // 2].reshape(-1)
+
+        one_hot = np.eye(len(labels[0].classes), dtype=np.float32)
+        train_class = middle(labels[0].class_id["train"])
+        targets["class"] = (one_hot[train_class], middle(labels[1].class_id["test"]))
+    ref_y = np.concatenate([t[0] for t in targets.values()], axis=1)
+    new_y = ref_y.reshape(n_ref, n_tr, -1)[rows].reshape(k * n_tr, -1)
+    folds = min(3, n_ref)
+    aligned = adapter.transform(mean_repetitions(data.fmri_test))
+    pred = {
+        "adapted": RidgeDecoder(alphas=cfg.alphas, folds=folds)
+        .fit(windows(reference.fmri_train), ref_y, groups(n_ref, n_tr))
+        .predict(windows(aligned)),
+        "alone": RidgeDecoder(alphas=cfg.alphas, folds=k)
+        .fit(windows(data.fmri_train[rows]), new_y, groups(k, n_tr))
+        .predict(windows(data.fmri_test)),
+    }
+    n_pixel = targets["pixel"][0].shape[1]
+    out: dict[str, Any] = {"window": cfg.window}
+    for name, p in pred.items():
+        out[name] = {"pixel_50way": _identify(p[:, :n_pixel], targets["pixel"][1], cfg)}
+        if "class" in targets:
+            scores, truth = p[:, n_pixel:], targets["class"][1]
+            out[name]["class_50way"] = {
+                "score": _class_identification(scores, truth, cfg),
+                "shuffled": _class_identification(scores, truth, cfg, shuffle=True),
+                "chance": 1.0 / min(50, len(np.unique(truth))),
+            }
+    return out
 
 
 def _neighbours(data: PreparedData, reference: PreparedData, k: int) -> np.ndarray | None:
@@ -409,6 +518,20 @@ def adapt(cfg: AdaptConfig, out: str | os.PathLike) -> Path:
     if finetuned is not None:
         report["finetune"] = finetuned
     report |= _test_scores(adapter, data, reference, cfg)
+    report["decoding"] = decoding = _decoding_scores(adapter, data, reference, segments, cfg)
+    for score in ("pixel_50way", "class_50way"):
+        if score in decoding["adapted"]:
+            adapted, alone = decoding["adapted"][score], decoding["alone"][score]
+            logger.info(
+                "linear decoding, %s: %.3f through the adapter, %.3f from its %d segments "
+                "alone (chance %.3f, shuffled %.3f)",
+                score.replace("_50way", " 50-way"),
+                adapted["score"],
+                alone["score"],
+                len(segments),
+                adapted["chance"],
+                adapted["shuffled"],
+            )
     adapter.save_pretrained(out / ADAPTER_DIR)
     (out / ADAPT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     save_config(cfg, out / "config.yaml")
