@@ -11,7 +11,10 @@ segments both have:
   per reference voxel by cross-validation over whole segments, first from the ``neighbours``
   new-subject voxels nearest to each reference voxel's vertex, then from all of them for the
   rest (:func:`~mindvideo.data.alignment.fit_alignment`); in closed form, seconds on a CPU;
-- the stimuli are checked to be the same: the prepared frames of those segments must match.
+- the stimuli are checked to be the same: the prepared frames of those segments must match;
+- with ``finetune_steps`` (and ``pipeline``), the map is then trained end to end so that the
+  pipeline's frozen encoder (and, with ``lowlevel``, the low-level decoder) gives the new
+  subject's training windows what it gives the reference's (:func:`finetune_adapter`).
 
 Then ``mindvideo reconstruct adapter=OUT --data NEW`` reads the new subject through it with the
 reference subject's pipeline (and low-level decoder), and ``mindvideo evaluate`` scores it.
@@ -21,10 +24,12 @@ Scores (``OUT/adapt.json``), every one beside its chance and ceiling:
 - ``held_out_voxel_r``: median over reference voxels of the correlation between the aligned
   fMRI and the reference's, each training segment predicted by the map fitted without it;
 - ``test_voxel_r``: the same on the test split (averaged repetitions), never fitted;
-- ``test_pattern_50way``: each aligned test TR identifies the reference subject's response to
-  the same TR among 49 other test TRs (Pearson r of voxel patterns; chance 0.02), beside a
+- ``test_pattern``: each aligned test TR identifies the reference subject's response to the
+  same TR among 49 other test TRs (Pearson r of voxel patterns; chance 0.02), beside a
   shuffled pairing (empirical chance) and, as the ceiling, the reference subject's own first
-  half of test repetitions identifying its second half (when it has two or more).
+  half of test repetitions identifying its second half (when it has two or more);
+- ``decoding``: the linear decoding of the new subject's test windows through the reference's
+  ridge decoder and by its own few segments alone (:func:`_decoding_scores`).
 
 Only training segments are fitted; the test split is only scored.
 """
