@@ -559,7 +559,8 @@ class AdaptConfig:
     subject: str | None = None
     """A name for the new subject (recorded); unset: from its prepared folder."""
     pipeline: str | None = None
-    """Optional: a pipeline folder (or fMRI encoder) whose input the shared space must fit."""
+    """A pipeline folder (``mindvideo cotrain``): checked to read the reference's voxels, and
+    needed to fine-tune. Optional for the ridge fit alone."""
     trials: int = 10
     """Random draws of distractors per test TR for the identification scores."""
     window: int = 4

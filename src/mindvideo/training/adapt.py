@@ -68,7 +68,6 @@ from mindvideo.utils.dry_run import (
     trace_activations,
     training_memory,
 )
-from mindvideo.utils.io import read_json
 
 __all__ = ["ADAPTER_DIR", "ADAPT_JSON", "adapt", "check_adapt_config", "pattern_identification"]
 
@@ -85,27 +84,13 @@ def _name(prepared: PreparedData, given: str | None) -> str:
     return Path(prepared.root).name if prepared.root is not None else "subject"
 
 
-def _pipeline_input(path: str) -> tuple[int, int, str]:
-    """(num_voxels, patch_size, pad mode) of a pipeline folder's fMRI encoder (or an encoder
-    folder itself)."""
-    root = Path(path)
-    for folder in (root / "fmri_encoder", root):
-        config = folder / "config.json"
-        if config.is_file():
-            fix = "re-run the stage that wrote it"
-            enc = read_json(config, fix)
-            if "num_voxels" in enc and "patch_size" in enc:
-                index = root / "model_index.json"
-                pad = (
-                    read_json(index, fix).get("fmri_pad_mode", "zero")
-                    if index.is_file()
-                    else "zero"
-                )
-                return int(enc["num_voxels"]), int(enc["patch_size"]), str(pad)
-    raise UserError(
-        f"{path} holds no fMRI encoder (fmri_encoder/config.json or config.json with num_voxels); "
-        "pass a pipeline folder (mindvideo cotrain) or leave pipeline unset."
-    )
+def _pipeline_settings(path: str) -> tuple[Any, str, str]:
+    """The fMRI encoder (built on the meta device, no weights read), the voxel padding and the
+    normalisation of a pipeline folder, read as ``reconstruct`` reads them."""
+    from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
+
+    pipe = MindVideoPipeline.from_pretrained(path, empty_weights=True)
+    return pipe.fmri_encoder, pipe.config.fmri_pad_mode, pipe.config.fmri_normalize
 
 
 def check_adapt_config(cfg: AdaptConfig) -> tuple[PreparedData, PreparedData, list[int]]:
@@ -164,8 +149,10 @@ def check_adapt_config(cfg: AdaptConfig) -> tuple[PreparedData, PreparedData, li
                 "stimuli (prepare both from the same dataset with the same settings)."
             )
     if cfg.pipeline is not None:
-        num_voxels, patch, pad = _pipeline_input(cfg.pipeline)
-        if padded_size(reference.n_voxels, patch, pad) != num_voxels:  # type: ignore[arg-type]
+        encoder, pad, _ = _pipeline_settings(cfg.pipeline)
+        num_voxels = encoder.config.num_voxels
+        padded = padded_size(reference.n_voxels, encoder.config.patch_size, pad)  # type: ignore[arg-type]
+        if padded != num_voxels:
             raise UserError(
                 f"The reference {cfg.reference} has {reference.n_voxels} voxels, but the fMRI "
                 f"encoder of {cfg.pipeline} reads {num_voxels}; pass as --reference the prepared "
@@ -358,19 +345,18 @@ def _neighbours(data: PreparedData, reference: PreparedData, k: int) -> np.ndarr
     return surface_neighbours(data.voxel_grayordinates, reference.voxel_grayordinates, k)
 
 
-def _normalise(x: torch.Tensor, mode: str, stats: tuple[Any, Any] | None = None) -> torch.Tensor:
-    """The pipeline's dataset normalisation (:class:`~mindvideo.data.datasets.FMRINormalizer`) in
-    torch: with ``stats`` ``(mean, std)`` as given, else fitted on ``x`` itself (no gradient
-    through the statistics), as ``reconstruct`` fits it on the aligned training split."""
+def _fit_statistics(fmri: torch.Tensor, mode: str) -> tuple[Any, Any]:
+    """``(mean, std)`` of ``fmri`` ``[..., V]`` as :meth:`FMRINormalizer.fit
+    <mindvideo.data.datasets.FMRINormalizer.fit>` computes them for ``mode``, in torch (the
+    aligned training split changes at every fine-tuning step)."""
     if mode == "none":
-        return x
-    if stats is None:
-        flat = x.detach().reshape(-1, x.shape[-1])
-        if mode == "train_voxel":
-            stats = (flat.mean(0), flat.std(0, unbiased=False).clamp_min(1e-8))
-        else:  # "train" and "compat": one mean and std over the whole training array
-            stats = (flat.mean(), flat.std(unbiased=False).clamp_min(1e-8))
-    return (x - stats[0]) / stats[1]
+        return 0.0, 1.0
+    flat = fmri.reshape(-1, fmri.shape[-1]).double()
+    if mode == "train_voxel":
+        mean, std = flat.mean(0), flat.std(0, unbiased=False)
+    else:  # "train" and "compat": one mean and std over the whole training array
+        mean, std = flat.mean(), flat.std(unbiased=False)
+    return mean.float(), torch.where(std > 1e-8, std, torch.ones_like(std)).float()
 
 
 def finetune_adapter(
@@ -395,41 +381,43 @@ def finetune_adapter(
     from mindvideo.pipeline.lowlevel_video import load_lowlevel
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    root = Path(cfg.pipeline)  # type: ignore[arg-type]  # checked
-    folder = root / "fmri_encoder" if (root / "fmri_encoder").is_dir() else root
-    encoder = SpatiotemporalEncoder.from_pretrained(folder).to(device).eval().requires_grad_(False)
-    _, patch, pad_mode = _pipeline_input(str(root))
-    index = root / "model_index.json"
-    model_index = read_json(index, "re-run mindvideo cotrain") if index.is_file() else {}
-    mode = model_index.get("fmri_normalize", "train")
+    meta, pad_mode, mode = _pipeline_settings(cfg.pipeline)  # type: ignore[arg-type]  # checked
+    encoder = SpatiotemporalEncoder.from_pretrained(cfg.pipeline, subfolder="fmri_encoder")
+    encoder = encoder.to(device).eval().requires_grad_(False)
+    patch = int(meta.config.patch_size)
     low = load_lowlevel(cfg.lowlevel).to(device) if cfg.lowlevel is not None else None
 
     rows = segment_rows(segments)
     x_new = torch.tensor(mean_repetitions(data.fmri_train[rows]), device=device)  # [K, T, Vs]
-    ref_norm = FMRINormalizer(mode).fit(reference.fmri_train)  # type: ignore[arg-type]
-    ref_stats = (torch.as_tensor(ref_norm.mean_).float(), torch.as_tensor(ref_norm.std_).float())
     x_ref = torch.tensor(mean_repetitions(reference.fmri_train[rows]), device=device)
+    ref_norm = FMRINormalizer(mode).fit(reference.fmri_train)  # as reconstruct fits it
+    ref_stats = tuple(
+        torch.as_tensor(v, device=device).float() for v in (ref_norm.mean_, ref_norm.std_)
+    )
     k, n_tr = x_new.shape[:2]
-    w = int(encoder.config.window)
-    window = torch.from_numpy(np.stack([window_indices(t, w, n_tr) for t in range(n_tr)]))
-    lw = int(low.config.window) if low is not None else 1
-    low_window = torch.from_numpy(np.stack([window_indices(t, lw, n_tr) for t in range(n_tr)]))
+
+    def trs(w: int) -> torch.Tensor:  # [T, w]: the TRs of each TR's window
+        return torch.from_numpy(np.stack([window_indices(t, w, n_tr) for t in range(n_tr)]))
+
+    window = trs(int(encoder.config.window))
+    low_window = trs(int(low.config.window)) if low is not None else window
     seg = torch.arange(k).repeat_interleave(n_tr)
     tr = torch.arange(n_tr).repeat(k)
 
-    def encoder_input(fmri: torch.Tensor, stats: Any, rows: torch.Tensor) -> torch.Tensor:
-        x = _normalise(fmri, mode, stats)[seg[rows, None], window[tr[rows]]]  # [B, w, V]
-        return pad_voxels(x, patch, pad_mode)  # type: ignore[arg-type]
+    def gather(fmri: torch.Tensor, trs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return fmri[seg[rows, None], trs[tr[rows]]]  # [B, w, V]: the rows' windows
 
-    def low_input(fmri: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return fmri[seg[rows, None], low_window[tr[rows]]].flatten(1)  # [B, lw·V]
+    def encoder_input(windows: torch.Tensor, stats: tuple[Any, Any]) -> torch.Tensor:
+        return pad_voxels((windows - stats[0]) / stats[1], patch, pad_mode)  # type: ignore[arg-type]
 
     with torch.no_grad():  # the reference's conditions (and videos) of every shared TR
         chunks = torch.arange(k * n_tr).split(64)
-        target = torch.cat([encoder(encoder_input(x_ref, ref_stats, c)).embeddings for c in chunks])
+        target = torch.cat(
+            [encoder(encoder_input(gather(x_ref, window, c), ref_stats)).embeddings for c in chunks]
+        )
         target_scale = target.pow(2).mean()
         if low is not None:
-            target_low = torch.cat([low(low_input(x_ref, c)) for c in chunks])
+            target_low = torch.cat([low(gather(x_ref, low_window, c).flatten(1)) for c in chunks])
             low_scale = target_low.var()
 
     adapter.to(device).train().requires_grad_(True)
@@ -440,11 +428,13 @@ def finetune_adapter(
     log_every = max(1, cfg.finetune_steps // 10)
     for step in range(cfg.finetune_steps):
         batch = torch.randint(0, k * n_tr, (cfg.finetune_batch_size,), generator=generator)
-        aligned = adapter(x_new)  # [K, T, Vr]: the whole split, for the normaliser's statistics
-        cond = encoder(encoder_input(aligned, None, batch)).embeddings
+        with torch.no_grad():  # the normaliser reconstruct will fit on the aligned split
+            stats = _fit_statistics(adapter(x_new), mode)
+        # The map is the same for every TR, so only the batch's windows go through it.
+        cond = encoder(encoder_input(adapter(gather(x_new, window, batch)), stats)).embeddings
         loss = (cond - target[batch]).pow(2).mean() / target_scale
         if low is not None:
-            video = low(low_input(aligned, batch))
+            video = low(adapter(gather(x_new, low_window, batch)).flatten(1))
             loss = (
                 loss + cfg.lowlevel_weight * (video - target_low[batch]).pow(2).mean() / low_scale
             )
@@ -597,12 +587,10 @@ def _plan_finetune(cfg: AdaptConfig, n: int, vs: int, vr: int) -> PhasePlan:
     """The fine-tuning phase: the adapter trained through the frozen encoder (and low-level
     decoder); activations traced on the meta device for one batch."""
     from mindvideo.encoder.lowlevel import LowLevelDecoder
-    from mindvideo.encoder.spatiotemporal import SpatiotemporalEncoder
     from mindvideo.pipeline.lowlevel_video import decoder_folder
 
-    root = Path(cfg.pipeline)  # type: ignore[arg-type]  # checked
-    folder = root / "fmri_encoder" if (root / "fmri_encoder").is_dir() else root
-    encoder = empty_model(SpatiotemporalEncoder, folder).requires_grad_(False)
+    encoder, _, _ = _pipeline_settings(cfg.pipeline)  # type: ignore[arg-type]  # checked
+    encoder.requires_grad_(False)
     with empty_weights():
         adapter = SubjectAdapter(vs, vr)
     parts = [ModelPart.of("subject adapter", adapter), ModelPart.of("fmri_encoder", encoder)]
@@ -614,13 +602,12 @@ def _plan_finetune(cfg: AdaptConfig, n: int, vs: int, vr: int) -> PhasePlan:
         decoder = empty_model(LowLevelDecoder, decoder_folder(cfg.lowlevel)).requires_grad_(False)
         parts.append(ModelPart.of("lowlevel", decoder))
 
-    def step() -> Any:
-        aligned = adapter(meta_like((n, vs)))  # the whole split, for the normaliser
-        windows = meta_like((batch, c.window, c.num_voxels)) + aligned.sum() * 0
-        out = [encoder(windows).embeddings]
+    def step() -> Any:  # the batch's windows through the adapter (the statistics: no grad)
+        aligned = adapter(meta_like((batch, c.window, vs)))
+        out = [encoder(torch.nn.functional.pad(aligned, (0, c.num_voxels - vr))).embeddings]
         if decoder is not None:
-            d = decoder.config
-            out.append(decoder(meta_like((batch, d.window * d.num_voxels)) + aligned.sum() * 0))
+            windows = adapter(meta_like((batch, decoder.config.window, vs)))
+            out.append(decoder(windows.flatten(1)))
         return out
 
     return PhasePlan(
