@@ -12,10 +12,10 @@ STAGES = [s.folder for s in plan("tiny", Path("run"))]
 
 
 @pytest.mark.slow(minutes=2)
-def test_tiny_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["demo", "--preset", "tiny", "--out", str(run)]) == 0
-    out = capsys.readouterr()
+def test_tiny_demo_runs_every_stage_and_reuses_them(tiny_demo, tmp_path, capsys):
+    out = tiny_demo
+    assert out.returncode == 0, out.err
+    run = tiny_demo.run
     assert out.err.startswith("torch threads: 1 (fixed by MINDVIDEO_THREADS")  # the first line
     for name in STAGES:
         assert (run / name / DONE).is_file(), name

@@ -1,8 +1,8 @@
 """The stand-in models: real folders that load like the real pretrained models, and that work.
 
-One ``tiny`` training of all stand-ins on the tiny simulated subject is shared by the module
-(≈ 40 s on one CPU thread: the tests that use it are marked slow); the other tests check the
-pieces on constructed inputs in a few seconds.
+The trained stand-ins are the tiny demo's (``tests/demo/conftest.py``: one run, ≈ 80 s on one
+CPU thread, shared with the demo's own test; the tests that use it are marked slow); the other
+tests check the pieces on constructed inputs in a few seconds.
 """
 
 import hashlib
@@ -20,6 +20,7 @@ from mindvideo.demo.standins.base import (
     MARKER,
     StandinData,
     StandinJob,
+    StandinPaths,
     UnetPreset,
     normalise,
     standin_preset,
@@ -58,14 +59,19 @@ def labels(scene_labels):
 
 
 @pytest.fixture(scope="session")
-def standins(prepared_dataset, tmp_path_factory):
-    """All stand-ins, ``tiny`` preset, seed 0; scenes.json found through the manifest.
+def standins(tiny_demo):
+    """All stand-ins, ``tiny`` preset, seed 0, as the tiny demo trained them on its simulated
+    subject 1 (the ``prepared_dataset`` recipe; scenes.json found through the manifest).
 
-    Session-scoped: a module-scoped fixture is built again each time a worker comes back to
-    this module between others (``--dist worksteal``), and this one takes over a minute. No
-    test changes it (the retraining test works on a copy)."""
-    out = tmp_path_factory.mktemp("standins") / "models"
-    return train_standins(prepared_dataset, out, preset="tiny", seed=0, num_threads=THREADS)
+    No test changes them (the retraining tests work on copies)."""
+    assert tiny_demo.returncode == 0, tiny_demo.err
+    return StandinPaths.under(tiny_demo.run / "standins")
+
+
+@pytest.fixture(scope="session")
+def standins_prepared(tiny_demo) -> Path:
+    """The prepared subject the stand-ins were trained on (the stand-ins' key records it)."""
+    return tiny_demo.run / "prepare"
 
 
 def _files(root: Path) -> dict[str, tuple[int, str]]:
@@ -432,8 +438,9 @@ def test_summary_says_these_are_standins_with_their_numbers(standins):
 
 @pytest.mark.slow
 def test_a_second_call_reuses_finished_models_and_retrains_only_what_is_missing(
-    standins, prepared_dataset, tmp_path
+    standins, standins_prepared, tmp_path
 ):
+    prepared_dataset = standins_prepared
     before = _files(standins.root)
     start = time.perf_counter()
     again = train_standins(
@@ -457,7 +464,8 @@ def test_a_second_call_reuses_finished_models_and_retrains_only_what_is_missing(
             assert after[name] == stamp, name
 
 
-def test_a_new_budget_retrains_that_model_alone(standins, prepared_dataset, monkeypatch, tmp_path):
+def test_a_new_budget_retrains_that_model_alone(standins, standins_prepared, monkeypatch, tmp_path):
+    prepared_dataset = standins_prepared
     import dataclasses
 
     from mindvideo.demo.standins import base
@@ -490,8 +498,9 @@ def test_unknown_preset_and_missing_prepared_data_are_user_errors(tmp_path, prep
 
 
 def test_models_one_at_a_time_and_the_summary_once_all_are_finished(
-    standins, prepared_dataset, tmp_path
+    standins, standins_prepared, tmp_path
 ):
+    prepared_dataset = standins_prepared
     # The demo trains each stand-in as its own stage (side by side in separate processes).
     root = tmp_path / "models"
     shutil.copytree(standins.root, root)
