@@ -82,6 +82,27 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tiny_demo, tmp_path, capsys)
     assert "window-1" in out.out and "no-contrast" in out.out  # the comparison table
     assert "window-1" in (run / "report.html").read_text()
 
+    # Two subjects: one shared model beside subject 2's own, both scoring each subject.
+    assert main(["demo", "--preset", "tiny", "--out", str(run), "--subjects", "2"]) == 0
+    out = capsys.readouterr()
+    assert out.err.count("reused") == len(STAGES) + 2  # subject 1's own model is the run
+    subjects = run / "subjects"
+    for folder in ("subject2/contrast", "subject2/evaluate", "shared/contrast", "shared/cotrain"):
+        assert (subjects / folder / DONE).is_file(), folder
+    assert yaml_value(subjects / "shared" / "contrast" / "config.yaml", "subjects") == [
+        str((subjects / "prepare-2").resolve())
+    ]
+    shared = subjects / "shared" / "cotrain" / "pipeline" / "subjects" / "subjects.json"
+    assert [s["name"] for s in json.loads(shared.read_text())["subjects"]] == [
+        "subject1",
+        "subject2",
+    ]
+    for k in (1, 2):
+        comparison = json.loads((subjects / f"compare-subject{k}" / "comparison.json").read_text())
+        assert comparison["runs"][1]["paired_with_reference"]
+    table = (subjects / "subjects.md").read_text()
+    assert "| subject2 | frame_2way_top1_true |" in table and table in out.out
+
 
 def yaml_value(path: Path, key: str):
     from omegaconf import OmegaConf

@@ -6,6 +6,8 @@ latents ``[N, 4, F, 8, 8]``; frames ``[N, F, 16, 16, 3]`` (VAE scale factor 2).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 
@@ -137,3 +139,32 @@ def write_window_prepared(root, n_voxels=60, seed=0, train_segments=2, test_trs=
     w.write_array("scene_ids_test", np.zeros((1, test_trs, 6), np.int32))
     w.finish()
     return root
+
+
+def write_mixed_subject(reference_dir, out, voxels: int, seed: int = 1, scale: float = 3.0):
+    """A second subject who watched the same clips: its fMRI a fixed linear mix of the
+    reference's (``voxels`` of them, ``scale`` times larger); returns (folder, exact adapter)."""
+    import numpy as np
+
+    from mindvideo.data.prepared import PreparedData, PreparedWriter
+    from mindvideo.encoder.subjects import SubjectAdapter
+
+    reference_dir, out = Path(reference_dir), Path(out)
+    reference = PreparedData.open(reference_dir)
+    rng = np.random.default_rng(seed)
+    mix = scale * rng.normal(size=(reference.n_voxels, voxels)).astype(np.float32)
+    w = PreparedWriter(out)
+    for name in ("fmri_train", "fmri_test"):
+        w.write_array(name, np.asarray(getattr(reference, name)) @ mix)
+    for name in ("frames_train", "frames_test", "scene_ids_train", "scene_ids_test"):
+        w.write_array(name, np.asarray(getattr(reference, name)))
+    w.finish()
+    adapter = SubjectAdapter(
+        voxels,
+        reference.n_voxels,
+        subject=out.name,
+        reference=reference_dir.name,
+        segments=list(range(reference.fmri_train.shape[0])),
+    )
+    adapter.set_linear_map(np.linalg.pinv(mix).astype(np.float32), np.zeros(reference.n_voxels))
+    return out, adapter.eval().requires_grad_(False)

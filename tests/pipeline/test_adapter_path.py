@@ -153,3 +153,24 @@ def test_fine_tuning_needs_the_pipeline(setup, tmp_path):
         adapt(cfg, tmp_path / "out")
     with pytest.raises(UserError, match="lowlevel is matched only while fine-tuning"):
         adapt(AdaptConfig(**{**cfg.__dict__, "finetune_steps": 0, "lowlevel": "x"}), tmp_path)
+
+
+def test_the_low_level_path_reads_the_voxel_space_its_decoder_was_fitted_in(setup, tmp_path):
+    """Through an adapter, a decoder fitted on the subject's own prepared folder reads its own
+    voxels; the reference's decoder reads the aligned fMRI."""
+    from mindvideo.config import LowLevelConfig
+    from mindvideo.pipeline.reconstruct import _lowlevel_data, open_data
+    from mindvideo.training.lowlevel import lowlevel
+
+    for who in ("new", "reference"):
+        cfg = LowLevelConfig(data=str(setup / who), window=2, frame_size=4, folds=2)
+        lowlevel(cfg, tmp_path / f"lowlevel-{who}")
+    cfg = config(setup, lowlevel=str(tmp_path / "lowlevel-new"))
+    aligned = open_data(cfg)
+    assert _lowlevel_data(cfg, aligned, 70).n_voxels == 70  # its own decoder, its own voxels
+    cfg = config(setup, lowlevel=str(tmp_path / "lowlevel-reference"))
+    assert _lowlevel_data(cfg, aligned, 60) is aligned
+    reconstruct(
+        config(setup, lowlevel=str(tmp_path / "lowlevel-new"), strength=1.0), tmp_path / "own"
+    )
+    assert np.load(tmp_path / "own" / "reconstructions.npy").shape[0] == 3

@@ -530,3 +530,43 @@ def test_cli_without_encoder_exits_2_with_one_line(cli, prepared, tmp_path, caps
     assert len(err.splitlines()) == 1
     assert err.startswith("mindvideo contrast: error:") and "--encoder" in err
     assert not (tmp_path / "run").exists()  # nothing is written before the settings are checked
+
+
+# --------------------------------------------------------------------------------------------
+# A shared encoder: several subjects
+# --------------------------------------------------------------------------------------------
+
+
+def test_several_subjects_train_one_encoder_through_adapters_fitted_onto_the_first(
+    prepared, mbm_dir, clip_dir, tmp_path
+):
+    """``--data S1 S2`` (the overrides after the folders stay overrides): subject 2's adapter
+    is fitted by ridge on every training segment, saved in ``OUT/subjects/``, and maps its
+    held-out test fMRI onto subject 1's; the encoder trains on both subjects' windows."""
+    from helpers.pipeline import write_mixed_subject
+
+    from mindvideo.cli.main import main
+    from mindvideo.pipeline.aligned import aligned_data
+    from mindvideo.pipeline.shared import load_subjects
+
+    other, _ = write_mixed_subject(prepared, tmp_path / "subject-b", 120)
+    out = tmp_path / "run"
+    argv = ["contrast", "--encoder", str(mbm_dir), "--clip", str(clip_dir), "--out", str(out)]
+    argv += ["--data", str(prepared), str(other), "train.max_steps=3", "train.batch_size=8"]
+    argv += ["train.checkpoint_every=0", "train.cpu=true", "dropout=0.1"]
+    assert main(argv) == 0
+    cfg = load_config(ContrastConfig, out / "config.yaml")
+    assert (cfg.data, cfg.subjects, cfg.train.max_steps) == (str(prepared), [str(other)], 3)
+    subjects = load_subjects(out)
+    assert [s.name for s in subjects] == ["subject1", "subject-b"]
+    adapter = subjects[1].adapter
+    assert (adapter.config.in_voxels, adapter.config.out_voxels) == (120, 100)
+    assert list(adapter.config.segments) == [0, 1, 2]
+    one, two = PreparedData.open(prepared), PreparedData.open(other)
+    mapped = aligned_data(two, adapter).fmri_test.reshape(-1, 100)
+    truth = np.asarray(one.fmri_test).reshape(-1, 100)
+    r = np.corrcoef(mapped.ravel(), truth.ravel())[0, 1]
+    assert r > 0.95  # the test split was never fitted
+    setup = build_contrast(cfg)
+    assert len(setup.dataset) == 2 * 3 * 60 and setup.shared.pooled.fmri_train.shape[0] == 6
+    assert setup.evaluator.windows.n_segments == 1  # retrieval on subject 1's test windows

@@ -275,3 +275,91 @@ def test_the_pipeline_holds_what_was_trained_and_exports_standalone(folders, cot
         generator = torch.Generator().manual_seed(0)
         clips.append(pipe(fmri, num_inference_steps=2, generator=generator).frames)
     assert (clips[0] == clips[1]).all()
+
+
+# --------------------------------------------------------------------------------------------
+# A shared model: several subjects
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_shared_encoder_cotrains_on_every_subject_and_the_pipeline_reads_each(folders, tmp_path):
+    """``--data S1 S2`` with the adapters ``contrast`` saved beside the encoder: one UNet and
+    encoder trained on both subjects' windows (the same clips, once through the VAE), the
+    adapters kept in the pipeline folder, and ``reconstruct`` reading subject 2 through its own
+    adapter. Subject 2's fMRI is an exactly invertible mix of subject 1's, so its clips are
+    subject 1's."""
+    import shutil
+
+    import numpy as np
+    from helpers.pipeline import write_mixed_subject
+
+    from mindvideo.config import ReconstructConfig
+    from mindvideo.data.prepared import PreparedData, data_fingerprint
+    from mindvideo.pipeline import reconstruct
+    from mindvideo.pipeline.shared import (
+        SharedSubject,
+        load_subjects,
+        save_subjects,
+        subject_name,
+    )
+
+    other, adapter = write_mixed_subject(folders["data"], tmp_path / "subject-b", 70)
+    encoder = tmp_path / "contrast"
+    shutil.copytree(folders["encoder"], encoder)
+    one, two = PreparedData.open(folders["data"]), PreparedData.open(other)
+    save_subjects(
+        [
+            SharedSubject(subject_name(one), data_fingerprint(one), VOXELS),
+            SharedSubject("subject-b", data_fingerprint(two), 70, adapter),
+        ],
+        encoder,
+    )
+    argv = ["cotrain", "--data", str(folders["data"]), str(other), "--encoder", str(encoder)]
+    argv += ["--generator", str(folders["generator"]), "--out", str(tmp_path / "out")]
+    with VaeEncodeCounter() as counter:
+        assert run_cli([*argv, *train_args(**{"train.max_steps": 2})]) == 0
+    assert counter.calls == 0  # the reference's clips, cached by video tuning, serve both
+    pipeline = tmp_path / "out" / "pipeline"
+    saved = load_subjects(pipeline)
+    assert [s.name for s in saved] == [subject_name(one), "subject-b"]
+    assert saved[0].adapter is None and saved[1].adapter.config.in_voxels == 70
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "logs" / "metrics.jsonl").open()]
+    assert metrics[-1]["step"] == 2
+
+    def clips(data, out, **changes):
+        cfg = ReconstructConfig(
+            checkpoint=str(pipeline), data=str(data), num_inference_steps=2, limit=2,
+            window=2, frames_per_tr=6, gif=False, **changes,
+        )  # fmt: skip
+        reconstruct(cfg, out)
+        return np.load(out / "reconstructions.npy").astype(int)
+
+    first, second = clips(folders["data"], tmp_path / "r1"), clips(other, tmp_path / "r2")
+    assert np.abs(first - second).mean() < 0.5  # float32 round-off through the sampler
+    index = json.loads((tmp_path / "r2" / "index.json").read_text())
+    assert index["settings"]["subject"] is None
+    named = clips(other, tmp_path / "r3", subject="subject-b")
+    np.testing.assert_array_equal(named, second)
+    with pytest.raises(UserError, match="holds no subject 'subject-c'"):
+        clips(other, tmp_path / "r4", subject="subject-c")
+
+    # The encoder's subjects must be given, all of them, and only to a shared encoder.
+    for data, match in (
+        ([str(folders["data"])], "trained on several subjects"),
+        ([str(other), str(folders["data"])], "takes 64 voxels"),
+    ):
+        cfg = CotrainConfig(
+            data=data[0], subjects=data[1:], encoder=str(encoder),
+            generator=str(folders["generator"]), size=IMAGE_SIZE,
+            train=TrainConfig(max_steps=1, batch_size=4, checkpoint_every=0, cpu=True),
+        )  # fmt: skip
+        with pytest.raises(UserError, match=match):
+            cotrain(cfg, tmp_path / "refused")
+    cfg = CotrainConfig(
+        data=str(folders["data"]), subjects=[str(other)], encoder=str(folders["encoder"]),
+        generator=str(folders["generator"]), size=IMAGE_SIZE,
+        train=TrainConfig(max_steps=1, batch_size=4, checkpoint_every=0, cpu=True),
+    )  # fmt: skip
+    with pytest.raises(UserError, match="was trained on one subject"):
+        cotrain(cfg, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

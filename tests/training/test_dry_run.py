@@ -496,3 +496,53 @@ def test_light_saves_at_stable_diffusion_size():
     light = sum(params[k].numel() for k in trained_keys(unet, ["attn1", "attn2", "attn_temp"]))
     assert (light, full) == (143_135_680, 909_120_004)
     assert round(4 * light / 2**20) == 546 and round(4 * full / 2**20) == 3468
+
+
+def test_the_shared_recipes_plan_three_times_the_steps_over_every_subject(
+    folders, tmp_path, capsys
+):
+    """configs/paper/{contrast,cotrain}_shared.yaml with two subjects: the plan names the
+    further subject and its adapter (none is fitted by a dry run), counts both subjects'
+    windows and keeps the single-subject recipe's batch, hence its memory."""
+    import shutil
+
+    from helpers.pipeline import write_mixed_subject
+
+    from mindvideo.data.prepared import PreparedData, data_fingerprint
+    from mindvideo.pipeline.shared import SharedSubject, save_subjects, subject_name
+
+    other, adapter = write_mixed_subject(folders["data"], tmp_path / "subject-b", 70)
+    data = [str(folders["data"]), str(other)]
+    paper = CONFIGS / "paper"
+    argv = ["contrast", "--config", str(paper / "contrast_shared.yaml"), "--data", *data]
+    argv += ["--encoder", str(folders["mbm"]), "--clip", str(folders["clip"]), "--dry-run"]
+    argv += ["train.batch_size=4"]  # the tiny subjects hold 8 windows each
+    assert run_cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "subject-b (70 voxels): read through subject adapters; adapters fitted" in text
+    assert "36,000 optimiser steps" in text and not (other / "subjects").exists()
+    single = ["contrast", "--config", str(paper / "contrast.yaml"), "--data", data[0]]
+    assert run_cli([*single, *argv[6:]]) == 0
+
+    def memory(out: str) -> list[str]:
+        return out.split("memory per process")[1].splitlines()
+
+    assert memory(text) == memory(capsys.readouterr().out)
+
+    encoder = tmp_path / "contrast"
+    shutil.copytree(folders["encoder"], encoder)
+    one = PreparedData.open(folders["data"])
+    save_subjects(
+        [
+            SharedSubject(subject_name(one), data_fingerprint(one), VOXELS),
+            SharedSubject("subject-b", data_fingerprint(PreparedData.open(other)), 70, adapter),
+        ],
+        encoder,
+    )
+    argv = ["cotrain", "--config", str(paper / "cotrain_shared.yaml"), "--data", *data]
+    argv += ["--encoder", str(encoder), "--generator", str(folders["sd"]), "--dry-run"]
+    argv += ["size=16", "train.batch_size=4"]
+    assert run_cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "adapters read from beside the encoder" in text and "45,000 optimiser steps" in text
+    assert "fMRI-video pairs" in text and "= 4 segments" in text

@@ -160,6 +160,12 @@ def demo(args: argparse.Namespace) -> int:
     frames = segments * 240 * round(prepare.fps * TR_S) * prepare.frame_size**2 * 3
     rest = sim.rest.subjects * len(sim.rest.runs) * sim.rest.volumes * HCP_VISUAL_VOXELS * 4
     data = estimate_simulate_bytes(sim) + estimate_simulate_bytes(sim, rest=True) + frames + rest
+    subjects = getattr(args, "subjects", 1)
+    if subjects > 1:  # --subjects K: K subjects simulated again, K - 1 more prepared
+        import dataclasses
+
+        many = dataclasses.replace(sim, subjects=subjects)
+        data += estimate_simulate_bytes(many) + (subjects - 1) * frames
     return int(data * (1 + DEMO_MODELS_SHARE))
 
 

@@ -69,6 +69,13 @@ class CommandParser:
         keys = self.parser.get_default("config_keys")
         self.parser.set_defaults(config_keys={**keys, action.dest: key or action.dest})
 
+    def add_data_option(self, help: str) -> None:
+        """``--data S1 [S2 ...]``: one prepared subject (config key ``data``) or several for a
+        shared model (``data: S1``, ``subjects: [S2, ...]``)."""
+        self.add_key_option(
+            "--data", help, key=SUBJECTS_KEY, nargs="+", metavar="PREPARED", type=Path
+        )
+
     def add_stage_arguments(self, dry_run: bool = False, resume: str | None = None) -> None:
         """``--resume`` (a training stage: ``resume`` names one of its checkpoints),
         ``--config``, ``--out``, ``--dry-run`` (with ``dry_run``; then ``--out`` may be left out
@@ -107,13 +114,35 @@ class CommandParser:
         )
 
 
+def _split_overrides_from_data(args: argparse.Namespace) -> None:
+    """``--data S1 S2 key=value``: argparse gives the ``key=value`` overrides that follow
+    ``--data``'s folders to ``--data``; hand them back to the overrides."""
+    for dest, key in args.config_keys.items():
+        value = getattr(args, dest, None)
+        if key != SUBJECTS_KEY or not value:
+            continue
+        paths = list(value)
+        moved = []
+        while paths and "=" in os.fspath(paths[-1]) and not os.path.exists(paths[-1]):
+            moved.insert(0, os.fspath(paths.pop()))
+        if moved:
+            if not paths:
+                raise UserError("--data needs at least one prepared folder before key=value.")
+            setattr(args, dest, paths)
+            args.overrides = [*moved, *(args.overrides or [])]
+
+
 def resolve_config(args: argparse.Namespace, base: Any = None) -> Any:
     """The stage's typed config: preset ``base`` (or the defaults) ← ``--config`` ← overrides
     ← the options declared with :meth:`CommandParser.add_key_option` that were given."""
+    _split_overrides_from_data(args)
     cfg = load_config(STAGES[args.stage].config, args.config, args.overrides, base=base)
     for dest, key in args.config_keys.items():
         value = getattr(args, dest)
-        if value is not None:
+        if value is not None and key == SUBJECTS_KEY:  # --data S1 S2 ...
+            first, *rest = (os.fspath(v) for v in value)
+            cfg = dataclasses.replace(cfg, data=first, subjects=rest)
+        elif value is not None:
             value = os.fspath(value) if isinstance(value, os.PathLike) else value
             cfg = _replace_key(cfg, key.split("."), value)
     if not getattr(args, "inputs_checked", False):  # once per command, before any work
@@ -140,6 +169,10 @@ _WRITTEN_BY = {
 _ENCODER_WRITTEN_BY = {"contrast": "pretrain", "cotrain": "contrast", "explain": "contrast"}
 
 
+SUBJECTS_KEY = "data+subjects"
+"""The config keys ``--data S1 S2 ...`` sets (:meth:`CommandParser.add_data_option`)."""
+
+
 def input_paths(cfg: Any, stage: str, prefix: str = "") -> list[tuple[str, str, str]]:
     """(what, path, fix) for every existing path among the config's values (nested too): the
     stage's inputs, checked whole before it runs and sized for its output estimate."""
@@ -149,6 +182,12 @@ def input_paths(cfg: Any, stage: str, prefix: str = "") -> list[tuple[str, str, 
         key = prefix + f.name
         if dataclasses.is_dataclass(value):
             found += input_paths(value, stage, f"{key}.")
+        elif isinstance(value, list) and f.name == "subjects":  # a shared model's subjects
+            found += [
+                (f"the {key} input", v, "re-run mindvideo prepare to write it again")
+                for v in value
+                if isinstance(v, str) and os.path.exists(v)
+            ]
         elif isinstance(value, str) and value and f.name != "device" and os.path.exists(value):
             writer = _ENCODER_WRITTEN_BY.get(stage) if f.name == "encoder" else None
             writer = writer or _WRITTEN_BY.get(f.name)

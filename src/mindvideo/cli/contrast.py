@@ -22,8 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "image retrieval on the test windows, before and after), OUT/config.yaml, "
         "OUT/checkpoints/ and OUT/logs/metrics.jsonl.",
     )
-    parser.add_key_option(
-        "--data", "prepared subject (mindvideo prepare); sets config key data", type=Path
+    parser.add_data_option(
+        "prepared subject (mindvideo prepare); key: data. Several (S1 S2 ...): one model "
+        "shared by all, in S1's voxel space, the others read through subject adapters (keys "
+        "data and subjects)"
     )
     parser.add_key_option(
         "--encoder",

@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "attention on the training fMRI windows and their clips (paper 3.4). Writes the "
         "reconstruction pipeline to OUT/pipeline (for mindvideo reconstruct --checkpoint).",
     )
-    parser.add_key_option("--data", "prepared subject folder (mindvideo prepare); key: data")
+    parser.add_data_option(
+        "prepared subject (mindvideo prepare); key: data. Several (S1 S2 ...): one model "
+        "shared by all, in S1's voxel space, the others read through subject adapters (keys "
+        "data and subjects)"
+    )
     parser.add_key_option(
         "--encoder",
         "fMRI encoder: contrast's output folder (or pretrain's MBM folder); key: encoder",

@@ -40,6 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
+        "--subjects",
+        type=int,
+        default=1,
+        metavar="K",
+        help=(
+            "also simulate K subjects and train one model shared by all of them beside each "
+            "subject's own, each subject scored by both (RUN/subjects/subjects.md)"
+        ),
+    )
+    parser.add_argument(
         "--ablations",
         action="store_true",
         help=(
@@ -53,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     argv = ["--preset", args.preset, "--out", str(args.out), "--seed", str(args.seed)]
     if args.ablations:
         argv.append("--ablations")
+    if args.subjects != 1:
+        argv += ["--subjects", str(args.subjects)]
     if args.threads is not None:
         argv += ["--threads", str(args.threads)]
     from mindvideo.demo.run import run_demo
@@ -65,10 +77,16 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         argv,
         ablations=args.ablations,
+        subjects=args.subjects,
         jobs=args.jobs,
         threads=args.threads,
     )
-    tables = ("baseline/baseline.md", "evaluate/metrics.md", "compare/comparison.md")
+    tables = (
+        "baseline/baseline.md",
+        "evaluate/metrics.md",
+        "compare/comparison.md",
+        "subjects/subjects.md",
+    )
     for table in (*tables, "information.md"):
         path = args.out / table
         if path.is_file():

@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_key_option("--data", "prepared subject directory; sets config key data", type=Path)
     parser.add_key_option(
+        "--subject",
+        "with a pipeline trained on several subjects: which one --data is (e.g. subject2); "
+        "default: found by its prepared data; sets config key subject",
+    )
+    parser.add_key_option(
         "--fmri",
         "raw CIFTI runs (.dtseries.nii) of the pipeline's subject to decode instead of --data, "
         "with the pipeline's own ROI, preprocessing and normaliser; sets config key fmri",

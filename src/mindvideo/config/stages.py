@@ -287,6 +287,11 @@ class ContrastConfig:
 
     data: str | None = None
     """Prepared target subject (training split for training, test split for retrieval)."""
+    subjects: list[str] = field(default_factory=list)
+    """Further subjects' prepared folders (``--data S1 S2 S3`` sets ``data: S1``, ``subjects:
+    [S2, S3]``): one shared encoder is trained on all, each further subject read through a
+    subject adapter fitted onto ``data``'s voxels and saved in ``OUT/subjects/``
+    (:mod:`mindvideo.training.shared`). Empty: the paper's single-subject encoder."""
     encoder: str | None = None
     """MBM folder written by ``mindvideo pretrain``."""
     pretrained: PretrainedPaths = field(default_factory=PretrainedPaths)
@@ -358,6 +363,10 @@ class CotrainConfig:
     """Stage 5: encoder + UNet attention trained together on fMRI-video pairs (paper 3.4)."""
 
     data: str | None = None
+    subjects: list[str] = field(default_factory=list)
+    """Further subjects of a shared encoder (``--data S1 S2 S3``): the same folders in the same
+    order as ``mindvideo contrast`` was given; their adapters are read from beside the encoder
+    and saved in the pipeline folder (``pipeline/subjects/``)."""
     encoder: str | None = None
     """fMRI encoder folder written by ``mindvideo contrast``."""
     generator: str | None = None
@@ -381,6 +390,10 @@ class ReconstructConfig:
     ``scheduler/``), e.g. the output of ``mindvideo cotrain``."""
     data: str | None = None
     """Prepared subject directory (``mindvideo prepare``)."""
+    subject: str | None = None
+    """With a pipeline trained on several subjects (``pipeline/subjects/``): the subject that
+    ``data`` is (e.g. ``subject2``), read through its adapter; unset: found by its prepared
+    data."""
     fmri: list[str] | None = None
     """Instead of ``data``: raw CIFTI runs (``.dtseries.nii``) of the pipeline's subject, each
     decoded as one segment with the pipeline's own ``fmri_input/`` (ROI, preprocessing,

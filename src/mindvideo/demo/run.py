@@ -318,6 +318,182 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
 
 
 # --------------------------------------------------------------------------------------------
+# Several subjects: one shared model against each subject's own
+# --------------------------------------------------------------------------------------------
+
+SUBJECTS_DIR = "subjects"
+SHARED_DIR = "shared"
+
+
+def subjects_plan(stages: list[Stage], run_dir: Path, subjects: int) -> list[Stage]:
+    """``--subjects K``: the run's simulation with K subjects (subject 1 and the clips are the
+    run's own), and per subject both decoders, scored alike:
+
+    - each further subject's own single-subject chain, ``RUN/subjects/subjectK/{pretrain,
+      lowlevel, contrast, cotrain, reconstruct, evaluate}`` (subject 1's is the run itself), with
+      the run's stand-ins and tuned generator (every subject watched the same clips);
+    - one shared model (:mod:`mindvideo.training.shared`), ``RUN/subjects/shared/{contrast,
+      cotrain}`` on all K subjects from the run's MBM, and each subject reconstructed by it and
+      evaluated, ``RUN/subjects/shared/{reconstruct,evaluate}-subjectK``; the low-level path is
+      per subject, each subject's own decoder reading its own voxels (a shared decoder reading
+      the aligned fMRI loses a sixth of the pixel identification on the demo scale).
+    """
+    by = {s.name: s.config for s in stages}
+    r = run_dir.resolve()
+    here = r / SUBJECTS_DIR
+    sim = dataclasses.replace(by["simulate"], subjects=subjects)
+    prepared = {1: str(r / "prepare")}
+    chain: list[Stage] = []
+
+    def go_simulate(out: Path) -> None:
+        from mindvideo.sim.simulate import simulate_wen2018
+
+        simulate_wen2018(sim, out)
+
+    chain.append(Stage(f"{SUBJECTS_DIR}/simulate", sim, go_simulate))
+
+    def go_prepare(cfg: Any) -> Callable[[Path], Any]:
+        def go(out: Path) -> None:
+            from mindvideo.data.prepare import prepare as prepare_any
+
+            prepare_any(cfg, out)
+
+        return go
+
+    def go_pretrain(cfg: Any) -> Callable[[Path], Any]:
+        def go(out: Path) -> None:
+            from mindvideo.training.pretrain import pretrain
+
+            pretrain(cfg, out)
+
+        return go
+
+    def go_lowlevel(cfg: Any) -> Callable[[Path], Any]:
+        def go(out: Path) -> None:
+            from mindvideo.training.lowlevel import lowlevel
+
+            lowlevel(cfg, out)
+
+        return go
+
+    for k in range(2, subjects + 1):
+        cfg = dataclasses.replace(by["prepare"], root=str(here / "simulate"), subject=k)
+        prepared[k] = str(here / f"prepare-{k}")
+        chain.append(Stage(f"{SUBJECTS_DIR}/prepare-{k}", cfg, go_prepare(cfg)))
+    scenes = str(here / "simulate" / "scenes.json")
+
+    def scored(name: str, folder: str, recon: Any) -> list[Stage]:
+        evaluate = dataclasses.replace(
+            by["evaluate"], reconstructions=str(r / folder / f"reconstruct{name}")
+        )
+        if evaluate.scenes_json is not None:
+            evaluate = dataclasses.replace(evaluate, scenes_json=scenes)
+        return [
+            model_stage("reconstruct", recon, f"{folder}/reconstruct{name}"),
+            model_stage("evaluate", evaluate, f"{folder}/evaluate{name}"),
+        ]
+
+    for k in range(2, subjects + 1):
+        own, data = f"{SUBJECTS_DIR}/subject{k}", prepared[k]
+        pretrain = dataclasses.replace(by["pretrain"], finetune_data=data)
+        low = dataclasses.replace(by["lowlevel"], data=data)
+        contrast = dataclasses.replace(by["contrast"], data=data, encoder=str(r / own / "pretrain"))
+        cotrain = dataclasses.replace(by["cotrain"], data=data, encoder=str(r / own / "contrast"))
+        recon = dataclasses.replace(
+            by["reconstruct"],
+            data=data,
+            checkpoint=str(r / own / "cotrain" / "pipeline"),
+            lowlevel=None if by["reconstruct"].lowlevel is None else str(r / own / "lowlevel"),
+        )
+        chain += [
+            Stage("pretrain", pretrain, go_pretrain(pretrain), f"{own}/pretrain"),
+            Stage("lowlevel", low, go_lowlevel(low), f"{own}/lowlevel"),
+            model_stage("contrast", contrast, f"{own}/contrast"),
+            model_stage("cotrain", cotrain, f"{own}/cotrain"),
+            *scored("", own, recon),
+        ]
+
+    shared = f"{SUBJECTS_DIR}/{SHARED_DIR}"
+    others = [prepared[k] for k in range(2, subjects + 1)]
+    contrast = dataclasses.replace(by["contrast"], subjects=others)
+    cotrain = dataclasses.replace(
+        by["cotrain"], subjects=others, encoder=str(r / shared / "contrast")
+    )
+    chain += [
+        model_stage("contrast", contrast, f"{shared}/contrast"),
+        model_stage("cotrain", cotrain, f"{shared}/cotrain"),
+    ]
+    for k in range(1, subjects + 1):
+        recon = dataclasses.replace(
+            by["reconstruct"], data=prepared[k], checkpoint=str(r / shared / "cotrain" / "pipeline")
+        )
+        if recon.lowlevel is not None and k > 1:  # each subject's own low-level decoder
+            recon = dataclasses.replace(
+                recon, lowlevel=str(r / SUBJECTS_DIR / f"subject{k}" / "lowlevel")
+            )
+        chain += scored(f"-subject{k}", shared, recon)
+    return chain
+
+
+def subject_runs(run_dir: Path, subjects: int) -> dict[int, tuple[Path, Path]]:
+    """``{subject: (its own model's evaluation, the shared model's evaluation)}``."""
+    here = run_dir / SUBJECTS_DIR
+    return {
+        k: (
+            run_dir / "evaluate" if k == 1 else here / f"subject{k}" / "evaluate",
+            here / SHARED_DIR / f"evaluate-subject{k}",
+        )
+        for k in range(1, subjects + 1)
+    }
+
+
+def write_subjects_comparison(run_dir: Path, subjects: int) -> Path:
+    """``RUN/subjects/compare-subjectK/`` (each subject's own model against the shared one,
+    paired over its test windows) and ``RUN/subjects/subjects.md``: one row per subject."""
+    from mindvideo.evaluation.compare import compare_runs, write_comparison
+
+    rows = []
+    for k, (own, shared) in subject_runs(run_dir, subjects).items():
+        comparison = compare_runs([own, shared], names=[f"subject{k} own", "shared"])
+        write_comparison(comparison, run_dir / SUBJECTS_DIR / f"compare-subject{k}")
+        rows.append((k, comparison))
+    lines = [
+        "## One shared model against each subject's own",
+        "",
+        "Paired over each subject's test windows (t-test); strict 50-way against the true class "
+        "where the data have labels.",
+        "",
+        "| subject | metric | own model | shared model | difference | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, comparison in rows:
+        for metric in SUBJECT_METRICS:
+            entry = comparison.metrics.get(metric)
+            if entry is None:
+                continue
+            own, shared = (entry["scores"][name]["mean"] for name in (f"subject{k} own", "shared"))
+            p = (entry["tests"].get("shared") or {}).get("pvalue")
+            lines.append(
+                f"| subject{k} | {metric} | {own:.3f} | {shared:.3f} | {shared - own:+.3f} | "
+                + ("–" if p is None else f"{p:.3g}")
+                + " |"
+            )
+    path = run_dir / SUBJECTS_DIR / "subjects.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+SUBJECT_METRICS = (
+    "frame_50way_top1_true",
+    "video_50way_top1_true",
+    "frame_2way_top1_true",
+    "pixel_50way",
+    "ssim",
+)
+"""The scores of :func:`write_subjects_comparison`'s table (those the data have)."""
+
+
+# --------------------------------------------------------------------------------------------
 # Running it
 # --------------------------------------------------------------------------------------------
 
@@ -416,17 +592,21 @@ class Recipe:
     run_dir: str
     seed: int
     ablations: bool
+    subjects: int = 1
 
 
 def stages_of(recipe: Recipe) -> list[Stage]:
     """Every stage of a run, in an order that runs them one after another: the demo's stages,
-    the generator's ceiling (``RUN/oracle``) and, with ``ablations``, the ablations' chains."""
+    the generator's ceiling (``RUN/oracle``), with ``ablations`` the ablations' chains and with
+    ``subjects`` > 1 the shared model and each subject's own (:func:`subjects_plan`)."""
     run_dir = Path(recipe.run_dir)
     stages = plan(recipe.preset, run_dir, recipe.seed)
     everything = [*stages, *oracle_plan(stages, run_dir)]
     if recipe.ablations:
         for chain in ablation_plan(stages, run_dir).values():
             everything += chain
+    if recipe.subjects > 1:
+        everything += subjects_plan(stages, run_dir, recipe.subjects)
     return everything
 
 
@@ -580,10 +760,12 @@ def run_demo(
     ablations: bool = False,
     jobs: int | None = None,
     threads: int | None = None,
+    subjects: int = 1,
 ) -> Path:
     """Run every stage into ``out`` (and the ablations with ``ablations=True``, compared with
-    the full run in ``out/compare``), ``jobs`` stages at a time (default :func:`default_jobs`);
-    returns the path of the HTML report."""
+    the full run in ``out/compare``; with ``subjects`` > 1, a shared model of that many
+    simulated subjects against each one's own, in ``out/subjects``), ``jobs`` stages at a time
+    (default :func:`default_jobs`); returns the path of the HTML report."""
     from rich.console import Console
 
     from mindvideo.report import build_report, write_run_info
@@ -594,17 +776,21 @@ def run_demo(
     jobs = default_jobs(threads) if jobs is None else jobs
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1 (got {jobs}).")
+    if subjects < 1:
+        raise UserError(f"--subjects must be at least 1 (got {subjects}).")
     choice = current_choice()
     if choice is not None:
         console.print(f"torch threads: {choice.describe()}")
     console.print(f"stages: {jobs} at a time" + (" (each in its own process)" if jobs > 1 else ""))
     out.mkdir(parents=True, exist_ok=True)
-    recipe = Recipe(preset, str(out), seed, ablations)
+    recipe = Recipe(preset, str(out), seed, ablations, subjects)
     total = time.perf_counter()
     run_stages(recipe, console, jobs, threads)
     write_information(out)
     if ablations:
         write_ablation_comparison(out, list(ablation_plan(plan(preset, out, seed), out)))
+    if subjects > 1:
+        write_subjects_comparison(out, subjects)
     command = ["mindvideo", "demo", *(argv or [])]
     write_run_info(out, command, preset=preset, seed=seed)
     report = build_report(out, out / "report.html", command=" ".join(command))

@@ -25,6 +25,7 @@ from mindvideo.pipeline.reconstruct import (
     _check_checkpoint,
     _check_config,
     _finished,
+    _lowlevel_data,
     _plan_windows,
     _Windows,
     open_data,
@@ -85,7 +86,8 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         folder = decoder_folder(cfg.lowlevel)
         decoder = empty_model(LowLevelDecoder, folder)
         low = decoder.config
-        if prepared is not None and prepared.n_voxels != low.num_voxels:
+        read = None if prepared is None else _lowlevel_data(cfg, prepared, low.num_voxels)
+        if read is not None and read.n_voxels != low.num_voxels:
             raise UserError(
                 f"The low-level decoder was fitted on {low.num_voxels} voxels per TR, but "
                 f"{cfg.data} has {prepared.n_voxels}; fit it on this subject's prepared data."
@@ -140,6 +142,12 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
         "data": (
             f"{cfg.data}: prepared subject, {cfg.split} split"
             + (f", through the subject adapter {cfg.adapter}" if cfg.adapter else "")
+            + (
+                f", {prepared.manifest['aligned']['adapter']} of the shared pipeline through its "
+                "adapter"
+                if prepared is not None and not cfg.adapter and "aligned" in prepared.manifest
+                else ""
+            )
             if prepared is not None
             else f"{len(cfg.fmri or [])} raw run(s) through the pipeline's fmri_input/"
         ),

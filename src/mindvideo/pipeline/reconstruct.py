@@ -60,6 +60,7 @@ from mindvideo.pipeline.oracle import (
 )
 from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
 from mindvideo.pipeline.schedulers import describe_sampler, sampler_for
+from mindvideo.pipeline.shared import load_subjects, match_subject
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
 from mindvideo.utils.freshness import files_present, npy_shape, stale_fields
 from mindvideo.utils.io import open_memmap_allocated, read_json
@@ -97,6 +98,7 @@ SETTINGS = (
     "lowlevel",
     "strength",
     "adapter",
+    "subject",
 )
 #: What an index written before a setting existed means by its absence.
 SETTINGS_BEFORE = {
@@ -107,6 +109,7 @@ SETTINGS_BEFORE = {
     "lowlevel": None,
     "strength": None,
     "adapter": None,
+    "subject": None,
 }
 RECONSTRUCTIONS = "reconstructions.npy"
 GROUND_TRUTH = "ground_truth.npy"
@@ -203,6 +206,16 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
             "A subject adapter (adapter) reads the new subject's prepared folder; it cannot run "
             "on raw runs (--fmri): pass --data instead."
         )
+    if cfg.subject is not None and cfg.fmri:
+        raise UserError(
+            "--subject reads that subject's prepared folder through its adapter; raw runs "
+            "(--fmri) are the pipeline's reference subject's: pass --data instead."
+        )
+    if cfg.subject is not None and cfg.adapter is not None:
+        raise UserError(
+            "Pass either --subject (one of the subjects the pipeline was trained on) or adapter "
+            "(a new subject's adapter from mindvideo adapt), not both."
+        )
     if cfg.lowlevel is not None and not 0.0 < cfg.strength <= 1.0:
         raise UserError(f"Config key strength must be in (0, 1], not {cfg.strength}.")
     if cfg.lowlevel is not None and int(cfg.num_inference_steps * cfg.strength) < 1:
@@ -230,12 +243,24 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
 
 
 def open_data(cfg: ReconstructConfig) -> PreparedData | None:
-    """The prepared subject ``cfg.data`` (``None`` for raw runs); with ``cfg.adapter``, read
-    through that subject adapter in the pipeline subject's voxel space."""
+    """The prepared subject ``cfg.data`` (``None`` for raw runs), in the voxel space of the
+    pipeline's encoder: with ``cfg.adapter``, read through that (new) subject's adapter; with a
+    pipeline trained on several subjects (``pipeline/subjects/``), through the adapter of the
+    subject ``cfg.subject`` (unset: the subject whose prepared data it is)."""
     if cfg.data is None:
         return None
     adapter = load_adapter(cfg.adapter) if cfg.adapter is not None else None
     prepared = PreparedData.open(cfg.data)
+    subjects = load_subjects(cfg.checkpoint) if cfg.checkpoint is not None else None
+    if cfg.subject is not None and subjects is None:
+        raise UserError(
+            f"--subject {cfg.subject}: the pipeline {cfg.checkpoint} was trained on one subject "
+            "(it has no subjects/ folder); leave --subject out."
+        )
+    if adapter is None and subjects is not None:
+        subject = match_subject(subjects, prepared, cfg.subject, Path(cfg.checkpoint))  # type: ignore[arg-type]
+        logger.info("subject %s of the shared pipeline", subject.name)
+        adapter = subject.adapter
     if adapter is None:
         return prepared
     logger.info(
@@ -540,9 +565,10 @@ def _conditions(
     conditions = _condition_args(cfg, pipe, prepared, run)
     if cfg.lowlevel is None:
         return conditions
+    decoder = load_lowlevel(cfg.lowlevel)
     low = LowLevelVideos(
-        load_lowlevel(cfg.lowlevel),
-        prepared,  # type: ignore[arg-type]  # checked: the low-level path needs --data
+        decoder,
+        _lowlevel_data(cfg, prepared, decoder.config.num_voxels),  # type: ignore[arg-type]
         cfg.split,
         cfg.frames_per_tr,
     )
@@ -551,6 +577,38 @@ def _conditions(
         "video": low.videos(batch),
         "strength": cfg.strength,
     }
+
+
+def _lowlevel_data(cfg: ReconstructConfig, prepared: PreparedData, voxels: int) -> PreparedData:
+    """What the low-level decoder reads: the fMRI in the voxel space it was fitted in. A subject
+    read through an adapter (a new subject, or one of a shared pipeline's) keeps its own
+    decoder when it has one — fitted on its own prepared folder (``mindvideo lowlevel --data``
+    of that folder), it reads the subject's own voxels; else the reference's decoder reads the
+    aligned fMRI."""
+    if "aligned" not in prepared.manifest or cfg.data is None:
+        return prepared
+    own = PreparedData.open(cfg.data)
+    fitted_on = _lowlevel_fitted_on(cfg.lowlevel)  # type: ignore[arg-type]
+    mine = fitted_on is not None and Path(fitted_on).resolve() == Path(cfg.data).resolve()
+    if voxels == own.n_voxels and (voxels != prepared.n_voxels or mine):
+        logger.info("low-level path: the subject's own decoder reads its own %d voxels", voxels)
+        return own
+    return prepared
+
+
+def _lowlevel_fitted_on(path: str) -> str | None:
+    """The prepared folder a ``mindvideo lowlevel`` output was fitted on (its config.yaml)."""
+    from omegaconf import OmegaConf
+
+    for folder in (Path(path), decoder_folder(path).parent):
+        config = folder / "config.yaml"
+        if config.is_file():
+            try:
+                data = OmegaConf.load(config).get("data")
+            except Exception:  # an unreadable config says nothing: fall back to the voxels
+                return None
+            return str(data) if data else None
+    return None
 
 
 def _condition_args(

@@ -463,6 +463,49 @@ def finetune_adapter(
     }
 
 
+def fit_subject_adapter(
+    data: PreparedData,
+    reference: PreparedData,
+    segments: list[int],
+    alphas: list[float],
+    folds: int,
+    neighbours: int,
+    name: str,
+) -> tuple[SubjectAdapter, Any, np.ndarray, np.ndarray | None]:
+    """The ridge adapter from ``data``'s voxels to ``reference``'s, fitted on training
+    ``segments`` (repetitions averaged): the local stage on ``neighbours`` surface neighbours
+    (0 or no grayordinates: the global stage alone), penalties cross-validated over ``folds``
+    folds of whole segments (0: one per segment). Returns the adapter, the
+    :class:`~mindvideo.data.alignment.Alignment`, the reference's training TRs ``[N, V_ref]``
+    it was fitted to and the local stage's neighbours (``None``: global only)."""
+    rows = segment_rows(segments)
+    x = mean_repetitions(data.fmri_train[rows])  # [K, T, Vs]
+    y = mean_repetitions(reference.fmri_train[rows])  # [K, T, Vr]
+    k, n_tr = x.shape[:2]
+    groups = np.repeat(np.arange(k), n_tr)
+    logger.info(
+        "subject adapter of %s: %d training TRs (%d segments × %d TRs), %d voxels → %d",
+        name,
+        k * n_tr,
+        k,
+        n_tr,
+        x.shape[-1],
+        y.shape[-1],
+    )
+    x2, y2 = x.reshape(k * n_tr, -1), y.reshape(k * n_tr, -1)
+    nb = _neighbours(data, reference, neighbours)
+    fit = fit_alignment(x2, y2, groups, alphas, folds or k, nb)
+    adapter = SubjectAdapter(
+        in_voxels=data.n_voxels,
+        out_voxels=reference.n_voxels,
+        subject=name,
+        reference=_name(reference, None),
+        segments=segments,
+    )
+    adapter.set_linear_map(fit.weight, fit.bias)
+    return adapter, fit, y2, nb
+
+
 def adapt(cfg: AdaptConfig, out: str | os.PathLike) -> Path:
     """Fit the new subject's adapter on its first ``cfg.segments`` training segments; write
     ``OUT/adapter/``, ``OUT/adapt.json`` and ``OUT/config.yaml``. Returns the adapter's folder."""
@@ -471,30 +514,10 @@ def adapt(cfg: AdaptConfig, out: str | os.PathLike) -> Path:
     data, reference, segments = check_adapt_config(cfg)
     out = Path(out)
     start = time.perf_counter()
-    rows = segment_rows(segments)
-    x = mean_repetitions(data.fmri_train[rows])  # [K, T, Vs]
-    y = mean_repetitions(reference.fmri_train[rows])  # [K, T, Vr]
-    k, n_tr = x.shape[:2]
-    groups = np.repeat(np.arange(k), n_tr)
-    logger.info(
-        "subject adapter: %d training TRs (%d segments × %d TRs), %d voxels → %d",
-        k * n_tr,
-        k,
-        n_tr,
-        x.shape[-1],
-        y.shape[-1],
+    adapter, fit, y2, neighbours = fit_subject_adapter(
+        data, reference, segments, cfg.alphas, cfg.folds, cfg.neighbours, _name(data, cfg.subject)
     )
-    x2, y2 = x.reshape(k * n_tr, -1), y.reshape(k * n_tr, -1)
-    neighbours = _neighbours(data, reference, cfg.neighbours)
-    fit = fit_alignment(x2, y2, groups, cfg.alphas, cfg.folds or k, neighbours)
-    adapter = SubjectAdapter(
-        in_voxels=data.n_voxels,
-        out_voxels=reference.n_voxels,
-        subject=_name(data, cfg.subject),
-        reference=_name(reference, None),
-        segments=segments,
-    )
-    adapter.set_linear_map(fit.weight, fit.bias)
+    k, n_tr = len(segments), data.n_trs
     finetuned = None
     if cfg.finetune_steps:
         finetuned = finetune_adapter(adapter, data, reference, segments, cfg)

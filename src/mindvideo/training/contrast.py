@@ -514,6 +514,8 @@ class ContrastSetup:
         dataset: the augmented training triplets (:class:`ContrastiveDataset`).
         sampler: scene-aware batches of ``train.batch_size`` (full batches only).
         evaluator: retrieval on the test windows.
+        shared: with ``subjects``: the subjects and their pooled training data
+            (:mod:`mindvideo.training.shared`); else ``None``.
     """
 
     towers: ClipTowers
@@ -521,6 +523,7 @@ class ContrastSetup:
     dataset: ContrastiveDataset
     sampler: Any
     evaluator: RetrievalEvaluator
+    shared: Any = None
 
 
 def build_contrast(cfg: ContrastConfig, empty_weights: bool = False) -> ContrastSetup:
@@ -535,9 +538,15 @@ def build_contrast(cfg: ContrastConfig, empty_weights: bool = False) -> Contrast
     check_contrast_config(cfg)
     towers = load_clip(cfg.pretrained.clip, empty_weights)
     mbm = load_mbm(cfg.encoder, "encoder", empty_weights)  # type: ignore[arg-type]
+    shared, data = None, cfg.data
+    if cfg.subjects:
+        from mindvideo.training.shared import open_subjects
+
+        shared = open_subjects(cfg.data, cfg.subjects, fit=not empty_weights)  # type: ignore[arg-type]
+        data = shared.pooled
     windows = {
         split: FMRIWindowDataset(
-            cfg.data,  # type: ignore[arg-type]
+            data,  # type: ignore[arg-type]
             split=split,
             window=cfg.window,
             patch_size=int(mbm.config.patch_size),
@@ -581,7 +590,7 @@ def build_contrast(cfg: ContrastConfig, empty_weights: bool = False) -> Contrast
         sum(p.numel() for p in encoder.parameters()) / 1e6,
     )
     model = ContrastiveModel(encoder, temperature)
-    return ContrastSetup(towers, model, dataset, sampler, evaluator)
+    return ContrastSetup(towers, model, dataset, sampler, evaluator, shared)
 
 
 def contrast(
@@ -604,6 +613,10 @@ def contrast(
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+        if setup.shared is not None:  # the adapters, for cotrain and the pipeline folder
+            from mindvideo.pipeline.shared import save_subjects
+
+            save_subjects(setup.shared.subjects, out)
     evaluator = setup.evaluator
 
     # Retrieval of the freshly inflated encoder (deterministic, so a resumed run gets the same).

@@ -28,6 +28,7 @@ Output folder::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -352,6 +353,8 @@ class CotrainInputs:
     latent_size: int
     pad_mode: str
     windows: Any
+    shared: Any = None
+    """With ``subjects``: the :class:`~mindvideo.training.shared.SharedData`; else ``None``."""
 
 
 def load_cotrain_inputs(cfg: CotrainConfig, prepared: Any, empty_weights: bool = False):
@@ -370,15 +373,39 @@ def load_cotrain_inputs(cfg: CotrainConfig, prepared: Any, empty_weights: bool =
     check_condition_width(encoder, unet, folder, Path(cfg.generator) / "unet")  # type: ignore[arg-type]
     latent_size = check_generator_size(cfg.size, unet, generator.vae)
     pad_mode = _pad_mode_for(folder, prepared.n_voxels, encoder, cfg.data, cfg.pad_mode)
+    shared = _shared_subjects(cfg, folder, empty_weights)
     windows = FMRIWindowDataset(
-        prepared,
+        prepared if shared is None else shared.pooled,
         "train",
         window=cfg.window,
         patch_size=int(encoder.config.patch_size),
         pad_mode=pad_mode,  # type: ignore[arg-type]
         with_captions=False,
     )
-    return CotrainInputs(generator, encoder, folder, kind, latent_size, pad_mode, windows)
+    return CotrainInputs(generator, encoder, folder, kind, latent_size, pad_mode, windows, shared)
+
+
+def _shared_subjects(cfg: CotrainConfig, encoder_folder: Path, empty_weights: bool) -> Any:
+    """The subjects of a shared encoder, with their adapters as ``contrast`` saved them; ``None``
+    for a single-subject encoder. A :class:`UserError` when ``data`` and ``subjects`` are not the
+    subjects the encoder was trained on."""
+    from mindvideo.training.shared import open_subjects, subjects_folder
+
+    saved = subjects_folder(cfg.encoder, encoder_folder)
+    if saved is None and not cfg.subjects:
+        return None
+    if saved is None:
+        raise UserError(
+            f"The fMRI encoder {cfg.encoder} was trained on one subject, not on the "
+            f"{1 + len(cfg.subjects)} given with --data: train a shared encoder with `mindvideo "
+            "contrast --data` on the same folders first."
+        )
+    if not cfg.subjects:
+        raise UserError(
+            f"The fMRI encoder {cfg.encoder} was trained on several subjects ({saved}/subjects/"
+            "subjects.json): pass all of them with --data, in the order contrast was given them."
+        )
+    return open_subjects(cfg.data, cfg.subjects, adapters_from=saved, fit=not empty_weights)  # type: ignore[arg-type]
 
 
 def cotrain(
@@ -390,9 +417,11 @@ def cotrain(
     """
     from accelerate import PartialState
 
+    from mindvideo.data.datasets import FMRINormalizer
     from mindvideo.data.prepared import PreparedData
     from mindvideo.pipeline import MindVideoPipeline, make_scheduler
     from mindvideo.pipeline.fmri_input import FmriInput
+    from mindvideo.pipeline.shared import SegmentStack, save_subjects
 
     check_cotrain_config(cfg)
     check_engine_config(cfg.train)
@@ -425,7 +454,17 @@ def cotrain(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+        if inputs.shared is not None:  # every subject watched the reference's clips
+            copies = len(inputs.shared.subjects)
+            latents = dataclasses.replace(
+                latents,
+                mean=SegmentStack([latents.mean] * copies),
+                std=SegmentStack([latents.std] * copies),
+            )
         dataset = CotrainDataset(windows, latents)
+        reference_normaliser = windows.normalizer
+        if inputs.shared is not None:
+            reference_normaliser = FMRINormalizer(windows.normalizer.mode).fit(prepared.fmri_train)
         model = VideoDenoiser(unet, generator.noise_scheduler, fmri_encoder=encoder)
         params = _encoder_parameters(encoder) + trainable_parameters(unet, cfg.trainable)
 
@@ -454,8 +493,11 @@ def cotrain(
                     pipe.save_light(tmp, generator.base, keys)
                 else:
                     pipe.save_pretrained(tmp)
-                # The normaliser, ROI, window and pairing: the folder decodes raw runs alone.
-                FmriInput.from_prepared(windows.prepared, windows.normalizer, cfg.window).save(tmp)
+                # The normaliser, ROI, window and pairing: the folder decodes raw runs alone
+                # (of the reference subject, normalised with its own statistics).
+                FmriInput.from_prepared(prepared, reference_normaliser, cfg.window).save(tmp)
+                if inputs.shared is not None:
+                    save_subjects(inputs.shared.subjects, tmp)
             logger.info("wrote the co-trained pipeline to %s", folder / PIPELINE_DIR)
 
         train_video_denoiser(

@@ -319,7 +319,13 @@ def plan_contrast(
         settings={"batches": "scene-aware: no two samples of one scene in a batch"},
     )
     checked = {
-        "data": f"{cfg.data}: prepared subject (train and test windows)",
+        "data": f"{cfg.data}: prepared subject (train and test windows)"
+        + (", the reference of a shared encoder" if cfg.subjects else ""),
+        **_subjects_line(
+            setup.shared,
+            "adapters fitted before training (ridge on every "
+            "training segment), saved in OUT/subjects/",
+        ),
         "encoder": f"{cfg.encoder}: MBM folder",
         "pretrained.clip": f"{cfg.pretrained.clip}: CLIP model, tokenizer and image processor",
         "out": out_status(out_path),
@@ -401,6 +407,14 @@ def plan_tune_video(
     return RunPlan("tune-video", checked, [phase], notes)
 
 
+def _subjects_line(shared: Any, how: str) -> dict[str, str]:
+    """The ``subjects`` line of a shared model's plan (none for one subject)."""
+    if shared is None:
+        return {}
+    names = ", ".join(f"{s.name} ({s.voxels:,} voxels)" for s in shared.subjects[1:])
+    return {"subjects": f"{names}: read through subject adapters; {how}"}
+
+
 def plan_cotrain(
     cfg: CotrainConfig, out: str | os.PathLike | None = None, resume: Resume = None
 ) -> RunPlan:
@@ -454,7 +468,11 @@ def plan_cotrain(
     )
     what = "spatiotemporal encoder" if kind == "SpatiotemporalEncoder" else "MBM, to be inflated"
     checked = {
-        "data": f"{cfg.data}: prepared subject",
+        "data": f"{cfg.data}: prepared subject"
+        + (", the reference of a shared encoder" if cfg.subjects else ""),
+        **_subjects_line(
+            inputs.shared, "adapters read from beside the encoder, saved in OUT/pipeline/subjects/"
+        ),
         "encoder": f"{encoder_folder}: {what} ({int(encoder.config.num_voxels):,} voxels)",
         "generator": f"{cfg.generator}: unet/, vae/, scheduler/",
         "out": out_status(out_path),
