@@ -232,3 +232,38 @@ def test_cli_without_data_exits_2_with_one_line(cli, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith("mindvideo pretrain: error:") and "--data" in err
+
+
+def test_fine_tuning_on_several_subjects_saves_their_adapters_for_contrast(target, tmp_path):
+    """``--finetune-data S1 S2``: subject 2's adapter is fitted onto subject 1's voxels, the MBM
+    fine-tunes on both subjects' training frames, and ``contrast --data S1 S2`` from that MBM
+    reads the same adapter instead of fitting another."""
+    import numpy as np
+    from helpers.pipeline import write_mixed_subject
+
+    from mindvideo.cli.main import main
+    from mindvideo.pipeline.shared import load_subjects
+    from mindvideo.training.shared import open_subjects, subjects_folder
+
+    other, _ = write_mixed_subject(target, tmp_path / "subject-b", 90)
+    out = tmp_path / "run"
+    argv = ["pretrain", "--out", str(out), "--finetune-data", str(target), str(other)]
+    argv += ["encoder.preset=tiny", "finetune.max_steps=2", "finetune.batch_size=32"]
+    argv += ["finetune.checkpoint_every=0", "finetune.cpu=true"]
+    assert main(argv) == 0
+    cfg = load_config(PretrainConfig, out / "config.yaml")
+    assert (cfg.finetune_data, cfg.finetune_subjects) == (str(target), [str(other)])
+    log = (out / "finetune" / "logs" / "metrics.jsonl").read_text()
+    assert json.loads(log.splitlines()[-1])["step"] == 2
+    saved = load_subjects(out)
+    assert [s.voxels for s in saved] == [100, 90] and saved[1].adapter is not None
+    assert subjects_folder(out / "mbm") == out  # found from the MBM folder contrast is given
+    shared = open_subjects(str(target), [str(other)], adapters_from=subjects_folder(out))
+    np.testing.assert_array_equal(
+        shared.subjects[1].adapter.linear.weight.numpy(), saved[1].adapter.linear.weight.numpy()
+    )
+    assert shared.pooled.fmri_train.shape[0] == 2 * 3  # both subjects' 3 training segments
+    with pytest.raises(UserError, match="not on subject1 as given"):
+        open_subjects(str(target), [], adapters_from=subjects_folder(out))
+    with pytest.raises(UserError, match="set finetune_data"):
+        pretrain(PretrainConfig(finetune_subjects=[str(other)], data="x"), tmp_path / "no")

@@ -69,11 +69,14 @@ class CommandParser:
         keys = self.parser.get_default("config_keys")
         self.parser.set_defaults(config_keys={**keys, action.dest: key or action.dest})
 
-    def add_data_option(self, help: str) -> None:
+    def add_data_option(
+        self, help: str, flag: str = "--data", first: str = "data", rest: str = "subjects"
+    ) -> None:
         """``--data S1 [S2 ...]``: one prepared subject (config key ``data``) or several for a
-        shared model (``data: S1``, ``subjects: [S2, ...]``)."""
+        shared model (``data: S1``, ``subjects: [S2, ...]``); other keys with ``first`` and
+        ``rest``."""
         self.add_key_option(
-            "--data", help, key=SUBJECTS_KEY, nargs="+", metavar="PREPARED", type=Path
+            flag, help, key=f"{first}{SUBJECTS_KEY}{rest}", nargs="+", metavar="PREPARED", type=Path
         )
 
     def add_stage_arguments(self, dry_run: bool = False, resume: str | None = None) -> None:
@@ -119,7 +122,7 @@ def _split_overrides_from_data(args: argparse.Namespace) -> None:
     ``--data``'s folders to ``--data``; hand them back to the overrides."""
     for dest, key in args.config_keys.items():
         value = getattr(args, dest, None)
-        if key != SUBJECTS_KEY or not value:
+        if SUBJECTS_KEY not in key or not value:
             continue
         paths = list(value)
         moved = []
@@ -139,9 +142,10 @@ def resolve_config(args: argparse.Namespace, base: Any = None) -> Any:
     cfg = load_config(STAGES[args.stage].config, args.config, args.overrides, base=base)
     for dest, key in args.config_keys.items():
         value = getattr(args, dest)
-        if value is not None and key == SUBJECTS_KEY:  # --data S1 S2 ...
+        if value is not None and SUBJECTS_KEY in key:  # --data S1 S2 ...
             first, *rest = (os.fspath(v) for v in value)
-            cfg = dataclasses.replace(cfg, data=first, subjects=rest)
+            first_key, rest_key = key.split(SUBJECTS_KEY)
+            cfg = dataclasses.replace(cfg, **{first_key: first, rest_key: rest})
         elif value is not None:
             value = os.fspath(value) if isinstance(value, os.PathLike) else value
             cfg = _replace_key(cfg, key.split("."), value)
@@ -169,8 +173,9 @@ _WRITTEN_BY = {
 _ENCODER_WRITTEN_BY = {"contrast": "pretrain", "cotrain": "contrast", "explain": "contrast"}
 
 
-SUBJECTS_KEY = "data+subjects"
-"""The config keys ``--data S1 S2 ...`` sets (:meth:`CommandParser.add_data_option`)."""
+SUBJECTS_KEY = "+"
+"""Joins the two config keys ``--data S1 S2 ...`` sets (:meth:`CommandParser.add_data_option`):
+the first folder's and the list of the others'."""
 
 
 def input_paths(cfg: Any, stage: str, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -182,7 +187,7 @@ def input_paths(cfg: Any, stage: str, prefix: str = "") -> list[tuple[str, str, 
         key = prefix + f.name
         if dataclasses.is_dataclass(value):
             found += input_paths(value, stage, f"{key}.")
-        elif isinstance(value, list) and f.name == "subjects":  # a shared model's subjects
+        elif isinstance(value, list) and f.name.endswith("subjects"):  # a shared model's
             found += [
                 (f"the {key} input", v, "re-run mindvideo prepare to write it again")
                 for v in value

@@ -24,10 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/heldout.json.",
     )
     parser.add_key_option("--data", "HCP corpus for phase 1; sets config key data", type=Path)
-    parser.add_key_option(
-        "--finetune-data",
-        "prepared subject for phase 2 (training fMRI only); sets config key finetune_data",
-        type=Path,
+    parser.add_data_option(
+        "prepared subject for phase 2 (training fMRI only); key: finetune_data. Several (S1 S2 "
+        "...): every subject's training fMRI in S1's voxel space through subject adapters (keys "
+        "finetune_data and finetune_subjects)",
+        flag="--finetune-data",
+        first="finetune_data",
+        rest="finetune_subjects",
     )
     parser.add_stage_arguments(dry_run=True, resume="OUT/{pretrain,finetune}/checkpoints/step_N")
     parser.set_output(estimate=_estimate.pretrain)

@@ -245,6 +245,10 @@ class PretrainConfig:
     """Pre-training corpus (``mindvideo prepare --dataset hcp``); unset: skip to fine-tuning."""
     finetune_data: str | None = None
     """Prepared target subject; only its *training* fMRI is used. Unset: no fine-tuning."""
+    finetune_subjects: list[str] = field(default_factory=list)
+    """Further subjects of a shared model (``--finetune-data S1 S2 S3``): the fine-tuning reads
+    every subject's training fMRI in ``finetune_data``'s voxel space, through subject adapters
+    fitted here and saved in ``OUT/subjects/``, where ``contrast --data S1 S2 S3`` finds them."""
     init: str | None = None
     """An MBM folder to start from (e.g. an earlier pre-training) instead of random weights."""
     encoder: EncoderSizeConfig = field(default_factory=EncoderSizeConfig)

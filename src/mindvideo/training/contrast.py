@@ -540,9 +540,14 @@ def build_contrast(cfg: ContrastConfig, empty_weights: bool = False) -> Contrast
     mbm = load_mbm(cfg.encoder, "encoder", empty_weights)  # type: ignore[arg-type]
     shared, data = None, cfg.data
     if cfg.subjects:
-        from mindvideo.training.shared import open_subjects
+        from mindvideo.training.shared import open_subjects, subjects_folder
 
-        shared = open_subjects(cfg.data, cfg.subjects, fit=not empty_weights)  # type: ignore[arg-type]
+        shared = open_subjects(
+            cfg.data,  # type: ignore[arg-type]
+            cfg.subjects,
+            adapters_from=subjects_folder(cfg.encoder),  # a shared pretrain's, when it was one
+            fit=not empty_weights,
+        )
         data = shared.pooled
     windows = {
         split: FMRIWindowDataset(

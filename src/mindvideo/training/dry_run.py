@@ -186,6 +186,7 @@ def plan_pretrain(
         check_pretrain_config,
         mbm_loss,
         resize_mbm,
+        shared_finetune_data,
     )
 
     check_pretrain_config(cfg)
@@ -206,6 +207,12 @@ def plan_pretrain(
     if cfg.init:
         checked["init"] = f"{cfg.init}: MBM folder ({model.config.num_voxels:,} voxels)"
     patch_size = int(model.config.patch_size) if model is not None else cfg.encoder.patch_size
+    shared = shared_finetune_data(cfg, fit=False)
+    checked |= _subjects_line(
+        shared,
+        "adapters fitted before fine-tuning (ridge on every training segment), saved "
+        "in OUT/subjects/",
+    )
 
     plans = []
     for i, (name, data, train, _) in enumerate(phases):
@@ -219,7 +226,8 @@ def plan_pretrain(
             notes.append(f"The {name} phase has finished ({target}); the next one starts there.")
             model = load_mbm(target, "init", empty_weights=True)
             continue
-        dataset = _phase_dataset(name, data, patch_size, cfg.pad_mode)
+        pooled = None if shared is None or name != "finetune" else shared.pooled
+        dataset = _phase_dataset(name, data, patch_size, cfg.pad_mode, pooled)
         padded = _num_voxels(dataset, data)
         voxels = getattr(dataset, "n_voxels", None) or dataset.prepared.n_voxels
         if out_path is not None and resume is None:  # the engine's check of a fresh run
@@ -321,11 +329,7 @@ def plan_contrast(
     checked = {
         "data": f"{cfg.data}: prepared subject (train and test windows)"
         + (", the reference of a shared encoder" if cfg.subjects else ""),
-        **_subjects_line(
-            setup.shared,
-            "adapters fitted before training (ridge on every "
-            "training segment), saved in OUT/subjects/",
-        ),
+        **_subjects_line(setup.shared, _contrast_adapters(cfg)),
         "encoder": f"{cfg.encoder}: MBM folder",
         "pretrained.clip": f"{cfg.pretrained.clip}: CLIP model, tokenizer and image processor",
         "out": out_status(out_path),
@@ -405,6 +409,17 @@ def plan_tune_video(
         "VAE and text encoder then leave the device."
     )
     return RunPlan("tune-video", checked, [phase], notes)
+
+
+def _contrast_adapters(cfg: ContrastConfig) -> str:
+    from mindvideo.training.shared import subjects_folder
+
+    saved = subjects_folder(cfg.encoder)
+    if saved is not None:
+        return f"adapters read from {saved}/subjects/ (the shared MBM's), saved in OUT/subjects/"
+    return (
+        "adapters fitted before training (ridge on every training segment), saved in OUT/subjects/"
+    )
 
 
 def _subjects_line(shared: Any, how: str) -> dict[str, str]:

@@ -171,15 +171,35 @@ def open_corpus(path: str | os.PathLike, patch_size: int, pad_mode: str = "zero"
     return HCPCorpus(path, patch_size=patch_size, pad_mode=pad_mode)
 
 
-def _phase_dataset(name: str, data: str, patch_size: int, pad_mode: str) -> Dataset:
+def _phase_dataset(
+    name: str, data: str, patch_size: int, pad_mode: str, pooled: Any = None
+) -> Dataset:
     """The frames one phase trains on: the fine-tuning phase reads a prepared subject's training
-    fMRI only; pre-training reads any corpus :func:`open_corpus` opens."""
+    fMRI only (``pooled``: a shared model's subjects, :func:`shared_finetune_data`);
+    pre-training reads any corpus :func:`open_corpus` opens."""
     if name == "finetune":
         from mindvideo.data.datasets import FMRIFramesDataset
 
         mode: Any = pad_mode
-        return FMRIFramesDataset(data, patch_size=patch_size, pad_mode=mode)
+        source = data if pooled is None else pooled
+        return FMRIFramesDataset(source, patch_size=patch_size, pad_mode=mode)
     return open_corpus(data, patch_size, pad_mode)
+
+
+def shared_finetune_data(cfg: PretrainConfig, fit: bool = True) -> Any:
+    """With ``finetune_subjects``: the subjects and their pooled training fMRI
+    (:func:`mindvideo.training.shared.open_subjects`; ``fit=False``: unfitted adapters, for a
+    dry run); else ``None``."""
+    if not cfg.finetune_subjects:
+        return None
+    if not cfg.finetune_data:
+        raise UserError(
+            "finetune_subjects are the further subjects of a shared model: set finetune_data "
+            "too (--finetune-data S1 S2 ...)."
+        )
+    from mindvideo.training.shared import open_subjects
+
+    return open_subjects(cfg.finetune_data, cfg.finetune_subjects, fit=fit)
 
 
 def _num_voxels(dataset: Dataset, where: str) -> int:
@@ -314,10 +334,11 @@ def _train_phase(
     target: Path,
     resume: str | os.PathLike | None,
     result: PretrainResult,
+    pooled: Any = None,
 ) -> MBMAutoencoder:
     """Train one phase on the engine; the trained MBM is saved to ``target``."""
     patch_size = model.config.patch_size if model is not None else cfg.encoder.patch_size
-    dataset = _phase_dataset(name, data, patch_size, cfg.pad_mode)
+    dataset = _phase_dataset(name, data, patch_size, cfg.pad_mode, pooled)
     num_voxels = _num_voxels(dataset, data)
     if model is None:
         torch.manual_seed(train_cfg.seed)  # a reproducible initialisation
@@ -415,10 +436,12 @@ def pretrain(
     # Every input is checked before anything is written (a typo in finetune_data must not
     # surface only after days of phase 1), and a refused run leaves no output folder.
     patch_size = model.config.patch_size if model is not None else cfg.encoder.patch_size
+    shared = shared_finetune_data(cfg)
+    pooled = None if shared is None else shared.pooled
     for i, (name, data, _) in enumerate(phases):
         finished = i < len(phases) - 1 and (out / name / MBM_DIR / "config.json").is_file()
         if resume is None or not finished:  # a resumed run needs no data of finished phases
-            _num_voxels(_phase_dataset(name, data, patch_size, cfg.pad_mode), data)
+            _num_voxels(_phase_dataset(name, data, patch_size, cfg.pad_mode, pooled), data)
         if resume is None and list_checkpoints(out / name):
             raise UserError(
                 f"{out / name / CHECKPOINTS_DIR} already holds checkpoints of an earlier run; "
@@ -427,6 +450,10 @@ def pretrain(
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+        if shared is not None:  # the adapters, for contrast (--data S1 S2 ...)
+            from mindvideo.pipeline.shared import save_subjects
+
+            save_subjects(shared.subjects, out)
 
     result = PretrainResult(mbm_dir=out / MBM_DIR)
     for i, (name, data, train_cfg) in enumerate(phases):
@@ -445,7 +472,7 @@ def pretrain(
                     f"({target} is missing); resume with --resume latest."
                 )
         model = _train_phase(
-            cfg, name, data, train_cfg, model, phase_out, target, resume_at[name], result
+            cfg, name, data, train_cfg, model, phase_out, target, resume_at[name], result, pooled
         )
         result.phases.append(name)
     return result

@@ -50,13 +50,17 @@ class SharedData:
 
 
 def subjects_folder(*candidates: str | os.PathLike | None) -> Path | None:
-    """The first of ``candidates`` (and its parent) that holds ``subjects/subjects.json``."""
+    """The first of ``candidates`` that holds ``subjects/subjects.json`` — a stage's output
+    folder, or the folder around a model folder given (``OUT/mbm``, ``OUT/fmri_encoder``)."""
     from mindvideo.pipeline.shared import SUBJECTS_DIR, SUBJECTS_JSON
 
     for c in candidates:
         if c is None:
             continue
-        for folder in (Path(c), Path(c).parent):
+        folders = [Path(c)]
+        if (Path(c) / "config.json").is_file():  # a model folder: its stage's output around it
+            folders.append(Path(c).parent)
+        for folder in folders:
             if (folder / SUBJECTS_DIR / SUBJECTS_JSON).is_file():
                 return folder
     return None
