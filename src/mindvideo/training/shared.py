@@ -66,6 +66,15 @@ def subjects_folder(*candidates: str | os.PathLike | None) -> Path | None:
     return None
 
 
+def held_out_voxel_r(pred: np.ndarray, target: np.ndarray) -> float:
+    """The median over columns of the Pearson r of ``[N, V]`` predictions with ``target``."""
+    p = pred - pred.mean(0)
+    t = target - target.mean(0)
+    denom = np.sqrt((p * p).sum(0) * (t * t).sum(0))
+    r = np.where(denom > 0, (p * t).sum(0) / np.where(denom > 0, denom, 1.0), 0.0)
+    return float(np.median(r))
+
+
 def _check_same_stimuli(reference: PreparedData, others: Sequence[PreparedData]) -> None:
     for other in others:
         if (
@@ -125,9 +134,17 @@ def open_subjects(
         spec = AdaptConfig()
         for prepared, name in zip(others, names[1:], strict=True):
             if fit:
-                adapter = fit_subject_adapter(
+                adapter, alignment, target, _ = fit_subject_adapter(
                     prepared, reference, segments, spec.alphas, spec.folds, spec.neighbours, name
-                )[0]
+                )
+                logger.info(
+                    "adapter of %s (%s): held-out voxel r %.3f (median over %s's voxels, each "
+                    "segment predicted by the maps fitted without it)",
+                    name,
+                    alignment.method,
+                    held_out_voxel_r(alignment.held_out, target),
+                    names[0],
+                )
             else:
                 adapter = SubjectAdapter(
                     in_voxels=prepared.n_voxels,
