@@ -82,27 +82,6 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tiny_demo, tmp_path, capsys)
     assert "window-1" in out.out and "no-contrast" in out.out  # the comparison table
     assert "window-1" in (run / "report.html").read_text()
 
-    # Two subjects: one shared model beside subject 2's own, both scoring each subject.
-    assert main(["demo", "--preset", "tiny", "--out", str(run), "--subjects", "2"]) == 0
-    out = capsys.readouterr()
-    assert out.err.count("reused") == len(STAGES) + 2  # subject 1's own model is the run
-    subjects = run / "subjects"
-    for folder in ("subject2/contrast", "subject2/evaluate", "shared/contrast", "shared/cotrain"):
-        assert (subjects / folder / DONE).is_file(), folder
-    assert yaml_value(subjects / "shared" / "contrast" / "config.yaml", "subjects") == [
-        str((subjects / "prepare-2").resolve())
-    ]
-    shared = subjects / "shared" / "cotrain" / "pipeline" / "subjects" / "subjects.json"
-    assert [s["name"] for s in json.loads(shared.read_text())["subjects"]] == [
-        "subject1",
-        "subject2",
-    ]
-    for k in (1, 2):
-        comparison = json.loads((subjects / f"compare-subject{k}" / "comparison.json").read_text())
-        assert comparison["runs"][1]["paired_with_reference"]
-    table = (subjects / "subjects.md").read_text()
-    assert "| subject2 | frame_2way_top1_true |" in table and table in out.out
-
 
 def yaml_value(path: Path, key: str):
     from omegaconf import OmegaConf
@@ -207,3 +186,61 @@ def test_jobs_must_be_at_least_one(tmp_path):
     with pytest.raises(UserError, match="--jobs must be at least 1"):
         run_demo("tiny", tmp_path / "run", jobs=0)
     assert not (tmp_path / "run").exists()
+
+
+def test_subjects_plan_trains_each_subjects_own_model_and_one_shared_model(tmp_path):
+    """``--subjects 3``: the run's simulation with 3 subjects, each further subject prepared and
+    trained alone, one shared contrast and cotrain on all, and every subject reconstructed by
+    both with its own low-level decoder; the graph runs each after what it reads."""
+    run = tmp_path / "run"
+    base = stages_of(Recipe("tiny", str(run), 0, ablations=False))
+    stages = stages_of(Recipe("tiny", str(run), 0, ablations=False, subjects=3))
+    by = {s.folder: s for s in stages}
+    assert [s.folder for s in stages[: len(base)]] == [s.folder for s in base]
+    r = run.resolve()
+    assert by["subjects/simulate"].config.subjects == 3
+    assert by["subjects/prepare-3"].config.subject == 3
+    own = by["subjects/subject3/contrast"].config
+    assert own.data == str(r / "subjects/prepare-3") and own.subjects == []
+    shared = by["subjects/shared/contrast"].config
+    assert shared.data == str(r / "prepare")
+    assert shared.subjects == [str(r / "subjects/prepare-2"), str(r / "subjects/prepare-3")]
+    assert by["subjects/shared/cotrain"].config.subjects == shared.subjects
+    for k, data in ((1, r / "prepare"), (3, r / "subjects/prepare-3")):
+        recon = by[f"subjects/shared/reconstruct-subject{k}"].config
+        assert recon.data == str(data)
+        assert recon.checkpoint == str(r / "subjects/shared/cotrain/pipeline")
+        low = r / ("lowlevel" if k == 1 else f"subjects/subject{k}/lowlevel")
+        assert recon.lowlevel == str(low)  # each subject's own decoder
+    order = [s.folder for s in stages]
+    for stage in stages:
+        for need in needs(stage, stages, run):
+            assert order.index(need) < order.index(stage.folder), (need, stage.folder)
+    assert "subjects/shared/contrast" in needs(by["subjects/shared/cotrain"], stages, run)
+
+
+@pytest.mark.slow
+def test_subjects_comparison_pairs_each_subjects_own_model_with_the_shared_one(tiny_demo, tmp_path):
+    """``RUN/subjects/subjects.md`` and ``compare-subjectK/``: per subject, its own model's
+    evaluation against the shared model's, paired over the same windows (here the tiny demo's
+    evaluation stands in for all four, so every difference is 0)."""
+    import shutil
+
+    from mindvideo.demo.run import subject_runs, write_subjects_comparison
+
+    assert tiny_demo.returncode == 0, tiny_demo.err
+    run = tmp_path / "run"
+    for own, shared in subject_runs(run, 2).values():
+        for folder in (own, shared):
+            if not folder.exists():
+                shutil.copytree(tiny_demo.run / "evaluate", folder)
+    table = write_subjects_comparison(run, 2).read_text()
+    assert "| subject | metric | own model | shared model | difference | p |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| subject2 |")]
+    assert rows and all("| +0.000 |" in row for row in rows)
+    for k in (1, 2):
+        comparison = json.loads(
+            (run / "subjects" / f"compare-subject{k}" / "comparison.json").read_text()
+        )
+        assert [r["name"] for r in comparison["runs"]] == [f"subject{k} own", "shared"]
+        assert comparison["runs"][1]["paired_with_reference"]

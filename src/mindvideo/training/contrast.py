@@ -89,6 +89,18 @@ __all__ = [
 ENCODER_DIR = "fmri_encoder"
 """The trained encoder's folder inside the output directory."""
 RETRIEVAL_FILE = "retrieval.json"
+RETRIEVAL_DEFINITION = (
+    "One query per test TR: its fMRI window (repetitions averaged). caption: candidates "
+    "are the unique captions of the test windows' middle frames (CLIP text embeddings); "
+    "image: candidates are the test scenes, each the mean CLIP image embedding of its "
+    "windows' middle frames. A query is right when its own caption / scene is among the "
+    "k most cosine-similar candidates (ties count against it). condition: the "
+    "encoder's [77, d] conditioning tokens against each candidate caption's text "
+    "condition (the text encoder's last hidden state, what the generator reads), both "
+    "flattened and centred on the candidates' mean condition; condition_mse: the mean "
+    "squared error against the query's own caption's condition, its 'chance' the error "
+    "of the best constant condition."
+)
 CROP_SCALE = (0.5, 1.0)
 """Area fraction of the frame kept by the random crop (uniform in this range, aspect kept)."""
 
@@ -628,7 +640,35 @@ def contrast(
     setup.model.to(_training_device(cfg.train.cpu))
     before = evaluator(setup.model.encoder)
 
+    def retrieval_report(model: nn.Module) -> dict[str, Any]:
+        if evaluator.last is not None and evaluator.last[0] == cfg.train.max_steps:
+            after = evaluator.last[1]
+        else:  # resumed at max_steps: no evaluation ran
+            after = evaluator(model.encoder)  # type: ignore[arg-type]
+        report = {
+            "split": "test",
+            "queries": len(evaluator),
+            "window": cfg.window,
+            "mode": cfg.mode,
+            "steps": cfg.train.max_steps,
+            "candidates": {
+                "caption": len(evaluator.unique_captions),
+                "image": len(evaluator.unique_scenes),
+            },
+            "chance": evaluator.chance,
+            "before": before,
+            "after": after,
+            "definition": RETRIEVAL_DEFINITION,
+        }
+        return report
+
+    written: dict[str, Any] = {}
+
     def save_fn(m: nn.Module, _out: Path) -> None:
+        # The report first: the encoder's folder marks the stage finished, so an interrupt
+        # between the two cannot leave a finished-looking run without its report.
+        written["report"] = retrieval_report(m)
+        atomic_write_text(out / RETRIEVAL_FILE, json.dumps(written["report"], indent=2) + "\n")
         save_model_atomically(m.encoder, out / ENCODER_DIR)  # type: ignore[arg-type]
         logger.info("Saved the fMRI encoder to %s.", out / ENCODER_DIR)
 
@@ -643,38 +683,9 @@ def contrast(
         save_fn=save_fn,
     )
     trained = trainer.train(resume=resume)
-    if evaluator.last is not None and evaluator.last[0] == cfg.train.max_steps:
-        after = evaluator.last[1]
-    else:  # resumed at max_steps: no evaluation ran
-        after = evaluator(trained.encoder)  # type: ignore[arg-type]
-    report = {
-        "split": "test",
-        "queries": len(evaluator),
-        "window": cfg.window,
-        "mode": cfg.mode,
-        "steps": cfg.train.max_steps,
-        "candidates": {
-            "caption": len(evaluator.unique_captions),
-            "image": len(evaluator.unique_scenes),
-        },
-        "chance": evaluator.chance,
-        "before": before,
-        "after": after,
-        "definition": (
-            "One query per test TR: its fMRI window (repetitions averaged). caption: candidates "
-            "are the unique captions of the test windows' middle frames (CLIP text embeddings); "
-            "image: candidates are the test scenes, each the mean CLIP image embedding of its "
-            "windows' middle frames. A query is right when its own caption / scene is among the "
-            "k most cosine-similar candidates (ties count against it). condition: the "
-            "encoder's [77, d] conditioning tokens against each candidate caption's text "
-            "condition (the text encoder's last hidden state, what the generator reads), both "
-            "flattened and centred on the candidates' mean condition; condition_mse: the mean "
-            "squared error against the query's own caption's condition, its 'chance' the error "
-            "of the best constant condition."
-        ),
-    }
+    report = written.get("report") or retrieval_report(trained)  # the other processes'
+    after = report["after"]
     if trainer.is_main_process:
-        atomic_write_text(out / RETRIEVAL_FILE, json.dumps(report, indent=2) + "\n")
         logger.info(
             "fMRI → caption top-1 on %d test windows: %.3f before, %.3f after (chance %.3f); "
             "fMRI → image (scene) top-1: %.3f before, %.3f after (chance %.3f).",

@@ -375,7 +375,18 @@ def _train_phase(
             last_eval.update(heldout(m), step=step)  # type: ignore[arg-type]
             return {"heldout_masked_mse": last_eval["masked_mse"]}
 
+    def held_out_after(m: torch.nn.Module) -> None:
+        if last_eval.get("step") != train_cfg.max_steps:  # resumed at the end: no eval ran
+            last_eval.update(heldout(m))  # type: ignore[arg-type]
+        result.heldout["masked_mse_after"] = last_eval["masked_mse"]  # type: ignore[index]
+
     def save_fn(m: torch.nn.Module, _out: Path) -> None:
+        if result.heldout is not None and name == "finetune":
+            # The report first: the MBM's folder marks the stage finished, so an interrupt
+            # between the two cannot leave a finished-looking run without its report.
+            held_out_after(m)
+            path = phase_out.parent / HELDOUT_FILE
+            atomic_write_text(path, json.dumps(result.heldout, indent=2) + "\n")
         save_model_atomically(m, target)
         logger.info("Saved the MBM to %s.", target)
 
@@ -390,13 +401,12 @@ def _train_phase(
         project_name=f"{phase_out.parent.resolve().name}-{name}",
     )
     model = trainer.train(resume=resume)  # type: ignore[assignment]
-    if result.heldout is not None and name == "finetune":
-        if last_eval.get("step") != train_cfg.max_steps:  # resumed at the end: no eval ran
-            last_eval.update(heldout(model))
-        result.heldout["masked_mse_after"] = last_eval["masked_mse"]
-        if trainer.is_main_process:
-            path = phase_out.parent / HELDOUT_FILE
-            atomic_write_text(path, json.dumps(result.heldout, indent=2) + "\n")
+    if (
+        result.heldout is not None
+        and name == "finetune"
+        and "masked_mse_after" not in result.heldout
+    ):
+        held_out_after(model)  # the other processes (the main one wrote the report)
     return model
 
 
