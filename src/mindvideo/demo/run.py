@@ -127,11 +127,6 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
             cfg["clip"] = str(standins / "clip")
         return cfg
 
-    def _simulate(out: Path) -> None:
-        from mindvideo.sim.simulate import simulate_wen2018
-
-        simulate_wen2018(sim, out)
-
     def _simulate_rest(out: Path) -> None:
         from mindvideo.sim.simulate import simulate_hcp_rest
 
@@ -161,16 +156,6 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
 
         run_baseline(baseline, out)
 
-    def _lowlevel(out: Path) -> None:
-        from mindvideo.training.lowlevel import lowlevel
-
-        lowlevel(low, out)
-
-    def _pretrain(out: Path) -> None:
-        from mindvideo.training.pretrain import pretrain as run_pretrain
-
-        run_pretrain(pretrain, out)
-
     def _explain(out: Path) -> None:
         from mindvideo.interpretation.run import explain as run_explain
 
@@ -180,14 +165,14 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
     # takes the first stage whose inputs are ready, so the longest chain (stand-in Stable
     # Diffusion → tune-video → cotrain) comes first and the classifiers fill the gaps.
     return [
-        Stage("simulate", sim, _simulate),
+        model_stage("simulate", sim),
         Stage("simulate-rest", sim.rest, _simulate_rest),
         Stage("prepare-hcp", prepare_hcp, _prepare(prepare_hcp)),
-        Stage("prepare", prepare, _prepare(prepare)),
+        model_stage("prepare", prepare),
         standin_stage("clip"),
         standin_stage("stable_diffusion"),
-        Stage("pretrain", pretrain, _pretrain),
-        Stage("lowlevel", low, _lowlevel),
+        model_stage("pretrain", pretrain),
+        model_stage("lowlevel", low),
         model_stage("contrast", contrast),
         model_stage("tune-video", tune),
         model_stage("cotrain", cotrain),
@@ -201,10 +186,27 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
 
 
 def model_stage(name: str, cfg: Any, folder: str = "") -> Stage:
-    """A stage from contrast to evaluate, run through the function its command calls."""
+    """A stage run through the function its command calls (simulate, prepare, pretrain,
+    lowlevel, contrast, tune-video, cotrain, reconstruct, evaluate)."""
 
     def go(out: Path) -> None:
-        if name == "contrast":
+        if name == "simulate":
+            from mindvideo.sim.simulate import simulate_wen2018
+
+            simulate_wen2018(cfg, out)
+        elif name == "prepare":
+            from mindvideo.data.prepare import prepare
+
+            prepare(cfg, out)
+        elif name == "pretrain":
+            from mindvideo.training.pretrain import pretrain
+
+            pretrain(cfg, out)
+        elif name == "lowlevel":
+            from mindvideo.training.lowlevel import lowlevel
+
+            lowlevel(cfg, out)
+        elif name == "contrast":
             from mindvideo.training.contrast import contrast
 
             contrast(cfg, out)
@@ -345,41 +347,11 @@ def subjects_plan(stages: list[Stage], run_dir: Path, subjects: int) -> list[Sta
     prepared = {1: str(r / "prepare")}
     chain: list[Stage] = []
 
-    def go_simulate(out: Path) -> None:
-        from mindvideo.sim.simulate import simulate_wen2018
-
-        simulate_wen2018(sim, out)
-
-    chain.append(Stage(f"{SUBJECTS_DIR}/simulate", sim, go_simulate))
-
-    def go_prepare(cfg: Any) -> Callable[[Path], Any]:
-        def go(out: Path) -> None:
-            from mindvideo.data.prepare import prepare as prepare_any
-
-            prepare_any(cfg, out)
-
-        return go
-
-    def go_pretrain(cfg: Any) -> Callable[[Path], Any]:
-        def go(out: Path) -> None:
-            from mindvideo.training.pretrain import pretrain
-
-            pretrain(cfg, out)
-
-        return go
-
-    def go_lowlevel(cfg: Any) -> Callable[[Path], Any]:
-        def go(out: Path) -> None:
-            from mindvideo.training.lowlevel import lowlevel
-
-            lowlevel(cfg, out)
-
-        return go
-
+    chain.append(model_stage("simulate", sim, f"{SUBJECTS_DIR}/simulate"))
     for k in range(2, subjects + 1):
         cfg = dataclasses.replace(by["prepare"], root=str(here / "simulate"), subject=k)
         prepared[k] = str(here / f"prepare-{k}")
-        chain.append(Stage(f"{SUBJECTS_DIR}/prepare-{k}", cfg, go_prepare(cfg)))
+        chain.append(model_stage("prepare", cfg, f"{SUBJECTS_DIR}/prepare-{k}"))
     scenes = str(here / "simulate" / "scenes.json")
 
     def scored(name: str, folder: str, recon: Any) -> list[Stage]:
@@ -406,8 +378,8 @@ def subjects_plan(stages: list[Stage], run_dir: Path, subjects: int) -> list[Sta
             lowlevel=None if by["reconstruct"].lowlevel is None else str(r / own / "lowlevel"),
         )
         chain += [
-            Stage("pretrain", pretrain, go_pretrain(pretrain), f"{own}/pretrain"),
-            Stage("lowlevel", low, go_lowlevel(low), f"{own}/lowlevel"),
+            model_stage("pretrain", pretrain, f"{own}/pretrain"),
+            model_stage("lowlevel", low, f"{own}/lowlevel"),
             model_stage("contrast", contrast, f"{own}/contrast"),
             model_stage("cotrain", cotrain, f"{own}/cotrain"),
             *scored("", own, recon),

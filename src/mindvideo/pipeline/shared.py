@@ -176,7 +176,6 @@ def pooled_data(
         ids = _scene_ids(reference, "train")
     return dataclasses.replace(
         reference,
-        root=reference.root,
         manifest=manifest,
         fmri_train=np.concatenate(parts),
         fmri_test=test,

@@ -30,7 +30,7 @@ from mindvideo.pipeline.shared import (
     pooled_data,
     subject_name,
 )
-from mindvideo.training.adapt import fit_subject_adapter
+from mindvideo.training.adapt import _voxel_r, fit_subject_adapter
 from mindvideo.utils import UserError
 
 logger = logging.getLogger(__name__)
@@ -64,15 +64,6 @@ def subjects_folder(*candidates: str | os.PathLike | None) -> Path | None:
             if (folder / SUBJECTS_DIR / SUBJECTS_JSON).is_file():
                 return folder
     return None
-
-
-def held_out_voxel_r(pred: np.ndarray, target: np.ndarray) -> float:
-    """The median over columns of the Pearson r of ``[N, V]`` predictions with ``target``."""
-    p = pred - pred.mean(0)
-    t = target - target.mean(0)
-    denom = np.sqrt((p * p).sum(0) * (t * t).sum(0))
-    r = np.where(denom > 0, (p * t).sum(0) / np.where(denom > 0, denom, 1.0), 0.0)
-    return float(np.median(r))
 
 
 def _check_same_stimuli(reference: PreparedData, others: Sequence[PreparedData]) -> None:
@@ -142,7 +133,7 @@ def open_subjects(
                     "segment predicted by the maps fitted without it)",
                     name,
                     alignment.method,
-                    held_out_voxel_r(alignment.held_out, target),
+                    float(np.median(_voxel_r(alignment.held_out, target))),
                     names[0],
                 )
             else:
