@@ -112,6 +112,17 @@ def headline(results: dict) -> list[str]:
                     "—",
                 )
             )
+            if "ratio_authors_over_ours_demo" in tiny:
+                rows.append(
+                    (
+                        "sampling per clip, authors' way / ours as the demo samples (a start "
+                        "video at the preset's strength; tiny model)",
+                        f"{tiny['ratio_authors_over_ours_demo']:.1f}× "
+                        f"({tiny['ours_demo_s']:.3f} s, {tiny['unet_calls']['ours_demo']} "
+                        f"steps at strength {tiny['ours_demo_strength']})",
+                        "—",
+                    )
+                )
     thr = results.get("threads")
     if thr:
         r = thr["ratios"]
