@@ -96,7 +96,14 @@ def headline(results: dict) -> list[str]:
                     f"inflated UNet step at SD-1.5 size (32² latents × 6 frames, batch 2), "
                     f"{row['precision']}",
                     f"{row['step_s']:.2f} s (a clip: authors' way {row['clip_authors_s']:.0f} s, "
-                    f"ours {row['clip_ours_s']:.0f} s)",
+                    f"ours {row['clip_ours_s']:.0f} s)"
+                    + (
+                        f"; diffusers' plain 2-D UNet on the same 12 frames "
+                        f"{row['plain_2d_step_s']:.2f} s: inflated / plain "
+                        f"{row['inflated_over_plain']:.2f}× (target ≤ 1.15×)"
+                        if "plain_2d_step_s" in row
+                        else ""
+                    ),
                     f"{row['peak_rss_gib']:.2f} GiB",
                 )
             )

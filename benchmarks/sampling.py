@@ -232,6 +232,7 @@ def sd_step_worker(precision: str, repeats: int) -> dict:
     wall = timed.wall
     single = timed(lambda: step(1), repeats)  # one branch: the authors' way calls this twice
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    plain = plain_unet_step(precision, repeats)  # after the peak: its own model is not counted
     return {
         "precision": "bf16 autocast" if precision == "bf16" else "fp32",
         "time": "best CPU seconds of the process (time.process_time)",
@@ -241,11 +242,33 @@ def sd_step_worker(precision: str, repeats: int) -> dict:
         "clip_authors_s": 200 * 2 * single,  # DDIM 200, two calls per step (UNet only)
         "clip_ours_s": demo_sampler()[1] * seconds,  # the demo's steps, one batched call each
         "clip_ours_demo_s": demo_steps_run() * seconds,  # from the low-level start video
+        "plain_2d_step_s": plain,  # diffusers' UNet on the same 12 frames, one call
+        "inflated_over_plain": seconds / plain,
         "parameters": sum(p.numel() for p in unet.parameters()),
         "build_s": build,
         "peak_rss_gib": rss_peak / 2**20,
         "peak_above_model_gib": (rss_peak - rss_model) / 2**20,
     }
+
+
+def plain_unet_step(precision: str, repeats: int) -> float:
+    """Best CPU seconds of one step of diffusers' plain 2-D SD-1.5 UNet on the same frames: the
+    2 × 6 frames as a batch of 12 images, 77 condition tokens each (the inflated UNet's overhead
+    is its temporal layers and the sparse-causal attention's doubled keys)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=32).eval()
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(12, 4, 32, 32, generator=g)
+    cond = torch.randn(12, 77, 768, generator=g)
+    t = torch.tensor(500)
+
+    def step():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            unet(latents, t, cond)
+
+    return timed(step, repeats)
 
 
 def sd_step(precision: str, repeats: int, threads: int | None) -> dict:
@@ -284,16 +307,31 @@ def _sd_table(rows: list[dict]) -> list[str]:
         "",
         "| precision | CPU s / step (batch 2) | CPU s / step (batch 1) | peak RSS (GiB) | "
         "above the model (GiB) | UNet s / clip, authors | UNet s / clip, ours | "
-        "UNet s / clip, ours as the demo samples |",
-        "|---|---|---|---|---|---|---|---|",
+        "UNet s / clip, ours as the demo samples | plain 2-D UNet, same 12 frames | "
+        "inflated / plain |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['precision']} | {r['step_s']:.2f} | {r['step_batch1_s']:.2f} | "
             f"{r['peak_rss_gib']:.2f} | {r['peak_above_model_gib']:.2f} | "
             f"{r['clip_authors_s']:.0f} | {r['clip_ours_s']:.0f} | "
-            f"{r.get('clip_ours_demo_s', float('nan')):.0f} |"
+            f"{r.get('clip_ours_demo_s', float('nan')):.0f} | "
+            f"{r.get('plain_2d_step_s', float('nan')):.2f} | "
+            f"{r.get('inflated_over_plain', float('nan')):.2f} |"
         )
+    if len(rows) == 2:
+        fp32, bf16 = rows
+        lines += [
+            "",
+            f"bf16 autocast / fp32 per step: inflated UNet "
+            f"**{fp32['step_s'] / bf16['step_s']:.2f}x**"
+            + (
+                f", plain 2-D UNet {fp32['plain_2d_step_s'] / bf16['plain_2d_step_s']:.2f}x."
+                if "plain_2d_step_s" in fp32 and "plain_2d_step_s" in bf16
+                else "."
+            ),
+        ]
     return [
         *lines,
         "",
