@@ -116,10 +116,16 @@ def headline(results: dict) -> list[str]:
                 if "plain_2d_step_s" in fp32 and "plain_2d_step_s" in bf16
                 else ""
             )
+            error = bf16.get("error_vs_fp32")
+            checked = (
+                f"; the noise prediction within relative L2 {error['relative_l2']:.4f} of fp32's"
+                if error
+                else ""
+            )
             rows.append(
                 (
                     "bf16 autocast / fp32, inflated UNet step at SD-1.5 size",
-                    f"{fp32['step_s'] / bf16['step_s']:.2f}× (target ≥ 3×){plain}",
+                    f"{fp32['step_s'] / bf16['step_s']:.2f}× (target ≥ 3×){plain}{checked}",
                     "—",
                 )
             )

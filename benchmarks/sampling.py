@@ -37,6 +37,10 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# bf16 autocast's UNet noise prediction may differ from float32's by this relative L2 norm:
+# bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ≈ 0.002 per value), accumulated over the
+# UNet's ~100 layers.
+BF16_TOLERANCE = 0.02
 
 # The tiny components of the pipeline tests (tests/helpers/pipeline.py), repeated here so the
 # benchmark does not import test code.
@@ -224,14 +228,22 @@ def sd_step_worker(precision: str, repeats: int) -> dict:
     cond = torch.randn(2, 77, 768, generator=g)
     t = torch.tensor(500)
 
-    def step(batch: int):
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-            unet(latents[:batch], t, cond[:batch])
+    def step(batch: int, bf16: bool = precision == "bf16") -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            return unet(latents[:batch], t, cond[:batch]).sample.float()
 
     seconds = timed(lambda: step(2), repeats)
     wall = timed.wall
     single = timed(lambda: step(1), repeats)  # one branch: the authors' way calls this twice
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    error = None
+    if precision == "bf16":  # the noise prediction against float32's, untimed
+        out, ref = step(2), step(2, bf16=False)
+        error = {
+            "relative_l2": float((out - ref).norm() / ref.norm()),
+            "max_abs": float((out - ref).abs().max()),
+            "reference_std": float(ref.std()),
+        }
     plain = plain_unet_step(precision, repeats)  # after the peak: its own model is not counted
     return {
         "precision": "bf16 autocast" if precision == "bf16" else "fp32",
@@ -244,6 +256,7 @@ def sd_step_worker(precision: str, repeats: int) -> dict:
         "clip_ours_demo_s": demo_steps_run() * seconds,  # from the low-level start video
         "plain_2d_step_s": plain,  # diffusers' UNet on the same 12 frames, one call
         "inflated_over_plain": seconds / plain,
+        "error_vs_fp32": error,  # bf16: relative L2 and max |difference| of the noise prediction
         "parameters": sum(p.numel() for p in unet.parameters()),
         "build_s": build,
         "peak_rss_gib": rss_peak / 2**20,
@@ -332,6 +345,14 @@ def _sd_table(rows: list[dict]) -> list[str]:
                 else "."
             ),
         ]
+        error = bf16.get("error_vs_fp32")
+        if error:
+            verdict = "within" if error["relative_l2"] <= BF16_TOLERANCE else "OUTSIDE"
+            lines.append(
+                f"bf16's noise prediction against fp32's: relative L2 {error['relative_l2']:.4f} "
+                f"({verdict} the tolerance {BF16_TOLERANCE}), max |difference| "
+                f"{error['max_abs']:.4f} (the prediction's std {error['reference_std']:.3f})."
+            )
     return [
         *lines,
         "",
