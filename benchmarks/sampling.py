@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -147,29 +148,30 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
-def demo_sampler() -> tuple[str, int]:
-    """The sampler and step count of the demo preset's reconstruct recipe: ours."""
+def demo_recipe() -> Any:
+    """The demo preset's reconstruct recipe: ours."""
     from mindvideo.config import reconstruct_preset
 
-    cfg = reconstruct_preset("demo")
+    return reconstruct_preset("demo")
+
+
+def demo_sampler() -> tuple[str, int]:
+    """The sampler and step count of the demo preset's reconstruct recipe."""
+    cfg = demo_recipe()
     return cfg.scheduler, cfg.num_inference_steps
 
 
 def demo_steps_run() -> int:
     """The denoising steps the demo runs from its start video: ``int(steps × strength)``, as
     diffusers' video-to-video pipelines count them."""
-    from mindvideo.config import reconstruct_preset
-
-    cfg = reconstruct_preset("demo")
+    cfg = demo_recipe()
     return min(int(cfg.num_inference_steps * cfg.strength), cfg.num_inference_steps)
 
 
 def demo_start() -> dict:
     """The demo's low-level start: its strength and guidance, and a 16 × 16 start video of the
     clip's 6 frames (the low-level decoder's size; its content does not change the cost)."""
-    from mindvideo.config import reconstruct_preset
-
-    cfg = reconstruct_preset("demo")
+    cfg = demo_recipe()
     g = torch.Generator().manual_seed(2)
     video = torch.randint(0, 256, (1, 6, 16, 16, 3), generator=g, dtype=torch.uint8).numpy()
     return {"video": video, "strength": cfg.strength, "guidance_scale": cfg.guidance_scale}

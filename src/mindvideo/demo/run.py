@@ -185,49 +185,31 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
     ]
 
 
+#: The function each model stage's command calls: stage name → (module, function), imported
+#: only when the stage runs (a worker process imports what its stage needs).
+MODEL_STAGES = {
+    "simulate": ("mindvideo.sim.simulate", "simulate_wen2018"),
+    "prepare": ("mindvideo.data.prepare", "prepare"),
+    "pretrain": ("mindvideo.training.pretrain", "pretrain"),
+    "lowlevel": ("mindvideo.training.lowlevel", "lowlevel"),
+    "contrast": ("mindvideo.training.contrast", "contrast"),
+    "tune-video": ("mindvideo.training.tune_video", "tune_video"),
+    "cotrain": ("mindvideo.training.cotrain", "cotrain"),
+    "reconstruct": ("mindvideo.pipeline.reconstruct", "reconstruct"),
+    "evaluate": ("mindvideo.evaluation.runner", "evaluate_reconstructions"),
+}
+
+
 def model_stage(name: str, cfg: Any, folder: str = "") -> Stage:
-    """A stage run through the function its command calls (simulate, prepare, pretrain,
-    lowlevel, contrast, tune-video, cotrain, reconstruct, evaluate)."""
+    """A stage run through the function its command calls (:data:`MODEL_STAGES`)."""
+    if name not in MODEL_STAGES:
+        raise ValueError(f"no model stage called {name!r}")
+    module, function = MODEL_STAGES[name]
 
     def go(out: Path) -> None:
-        if name == "simulate":
-            from mindvideo.sim.simulate import simulate_wen2018
+        import importlib
 
-            simulate_wen2018(cfg, out)
-        elif name == "prepare":
-            from mindvideo.data.prepare import prepare
-
-            prepare(cfg, out)
-        elif name == "pretrain":
-            from mindvideo.training.pretrain import pretrain
-
-            pretrain(cfg, out)
-        elif name == "lowlevel":
-            from mindvideo.training.lowlevel import lowlevel
-
-            lowlevel(cfg, out)
-        elif name == "contrast":
-            from mindvideo.training.contrast import contrast
-
-            contrast(cfg, out)
-        elif name == "tune-video":
-            from mindvideo.training.tune_video import tune_video
-
-            tune_video(cfg, out)
-        elif name == "cotrain":
-            from mindvideo.training.cotrain import cotrain
-
-            cotrain(cfg, out)
-        elif name == "reconstruct":
-            from mindvideo.pipeline.reconstruct import reconstruct
-
-            reconstruct(cfg, out)
-        elif name == "evaluate":
-            from mindvideo.evaluation.runner import evaluate_reconstructions
-
-            evaluate_reconstructions(cfg, out)
-        else:
-            raise ValueError(f"no model stage called {name!r}")
+        getattr(importlib.import_module(module), function)(cfg, out)
 
     return Stage(name, cfg, go, folder)
 
