@@ -531,3 +531,89 @@ def test_models_one_at_a_time_and_the_summary_once_all_are_finished(
     for name, stamp in before.items():  # the other models untouched
         if name.startswith(("clip/", "stable_diffusion/", "video_classifier/")):
             assert after[name] == stamp, name
+
+
+def test_smooth_frames_blurs_in_blocks_and_mixes_toward_the_mean_image():
+    from mindvideo.demo.standins.sd import smooth_frames
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g)
+    mean = torch.rand(3, 16, 16, generator=g)
+    torch.testing.assert_close(smooth_frames(x, mean, 1, 0.0), x)
+    torch.testing.assert_close(smooth_frames(x, mean, 4, 1.0), mean.expand_as(x))
+    blurred = smooth_frames(x, mean, 4, 0.0)
+    # The blur keeps each 4 × 4 block's mean colour (up to the bilinear interpolation between
+    # blocks) and loses the detail inside it.
+    pooled, kept = (torch.nn.functional.avg_pool2d(v, 4).flatten() for v in (x, blurred))
+    assert torch.corrcoef(torch.stack([pooled, kept]))[0, 1] > 0.9
+    assert blurred.diff(dim=-1).abs().mean() < 0.5 * x.diff(dim=-1).abs().mean()
+
+
+def test_smoothed_crops_depend_only_on_seed_epoch_and_index_and_half_are_smoothed():
+    from mindvideo.demo.standins.sd import SmoothedCrops
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    mean = frames.astype(np.float32).mean(0)
+
+    def crops(seed, epoch):
+        ds = SmoothedCrops(frames, 16, seed, mean, (2, 4), 0.7)
+        ds.set_epoch(epoch)
+        return torch.stack([ds[i] for i in range(len(ds))])
+
+    a = crops(0, 0)
+    assert a.shape == (64, 16, 16, 3) and a.dtype == torch.uint8
+    assert torch.equal(a, crops(0, 0))
+    assert not torch.equal(a, crops(0, 1)) and not torch.equal(a, crops(1, 0))
+    # Random pixels: a crop's horizontal detail falls several times when it is smoothed.
+    detail = a.float().diff(dim=2).abs().mean(dim=(1, 2, 3))
+    smoothed = detail < 0.5 * detail.max()
+    assert 16 <= int(smoothed.sum()) <= 48
+
+
+def test_vae_encoder_phase_trains_the_encoder_alone_and_fits_smoothed_frames(tmp_path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from mindvideo.demo.standins.base import standin_preset
+    from mindvideo.demo.standins.sd import (
+        SmoothedCrops,
+        _train_vae_encoder,
+        build_vae,
+        mean_image,
+        to_pixels,
+    )
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    # Smooth colour fields: something a small VAE can learn in a few steps.
+    base = rng.integers(0, 256, (128, 4, 4, 3)).astype(np.float32)
+    frames = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(base).permute(0, 3, 1, 2), size=(16, 16), mode="bilinear"
+        )
+        .permute(0, 2, 3, 1)
+        .round()
+        .to(torch.uint8)
+        .numpy()
+    )
+    spec = dataclasses.replace(standin_preset("tiny").vae, encoder_steps=60)
+    vae = build_vae(spec, 16)
+    decoder = {k: v.clone() for k, v in vae.state_dict().items() if "decoder" in k}
+    encoder = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith("encoder")}
+    probe = SmoothedCrops(frames, 16, 1, mean_image(frames), spec.smooth_blocks, spec.smooth_mix)
+    x = to_pixels(torch.stack([probe[i] for i in range(64)]))
+
+    def mse() -> float:
+        with torch.no_grad():
+            return float((vae.decode(vae.encode(x).latent_dist.mean).sample - x).pow(2).mean())
+
+    before = mse()
+    vae = _train_vae_encoder(
+        vae, SimpleNamespace(train_frames=frames), spec, 0, torch.device("cpu"), tmp_path
+    )
+    state = vae.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in decoder.items())
+    assert any(not torch.equal(state[k], v) for k, v in encoder.items())
+    assert all(p.requires_grad for p in vae.parameters())
+    assert mse() < 0.75 * before  # seed 0: 0.231 → 0.146, the decoder untrained and frozen

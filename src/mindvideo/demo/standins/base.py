@@ -90,6 +90,16 @@ class VaePreset:
     layers_per_block: int = 0
     """ResNet layers per encoder block (the decoder has one more): 0 trains several times
     faster on these simple frames than SD's 2 (measured: PSNR after a few hundred steps)."""
+    encoder_steps: int = 0
+    """After training, the encoder alone (the decoder frozen, so the latent space stays) is
+    fine-tuned this many steps on half sharp, half *smoothed* crops — box-blurred in blocks of
+    ``smooth_blocks`` pixels and mixed toward the training frames' mean image — so that it
+    encodes blurry, low-contrast images, what a regression decoder of fMRI gives, as faithfully
+    as SD's encoder does (docs/lowlevel.md). 0: no such phase."""
+    smooth_blocks: tuple[int, ...] = (2, 4)
+    """Block sizes (pixels) of the smoothed crops' box blur."""
+    smooth_mix: float = 0.7
+    """Largest weight of the mean image in a smoothed crop (drawn uniformly from 0 to it)."""
 
 
 #: How a diffusion stand-in may draw its training timesteps (:class:`UnetPreset`).
@@ -185,6 +195,7 @@ def _preset(
             crop=vae_crop,
             kl_weight=1e-6,
             train=budget("vae", 32, schedule="constant"),
+            encoder_steps=steps["vae_encoder"],
         ),
         unet=UnetPreset(
             channels=(32, 64),
@@ -210,7 +221,9 @@ PRESETS: dict[str, StandinPreset] = {
         "tiny",
         vae_crop=16,
         unet_frame_stride=1,
-        steps=dict(clip=120, vae=400, unet=200, image_classifier=200, video_classifier=200),
+        steps=dict(
+            clip=120, vae=400, vae_encoder=100, unet=200, image_classifier=200, video_classifier=200
+        ),
         eval_frames=480,
     ),
     # The CPU demo: the demo simulated subject (18 training segments, 64 × 64 frames);
@@ -219,7 +232,14 @@ PRESETS: dict[str, StandinPreset] = {
         "demo",
         vae_crop=32,
         unet_frame_stride=2,
-        steps=dict(clip=300, vae=600, unet=500, image_classifier=1600, video_classifier=1500),
+        steps=dict(
+            clip=300,
+            vae=600,
+            vae_encoder=200,
+            unet=500,
+            image_classifier=1600,
+            video_classifier=1500,
+        ),
         eval_frames=1024,
     ),
 }

@@ -6,8 +6,9 @@ co-training conditions on fMRI). The folder is a ``StableDiffusionPipeline`` fol
     stable_diffusion/
       model_index.json   StableDiffusionPipeline; safety_checker and feature_extractor null
       vae/               AutoencoderKL, 4 latent channels, downsampling factor 4, trained on the
-                         training frames (L1 reconstruction + a small KL term); its
-                         ``scaling_factor`` makes the latents unit-variance (SD's 0.18215)
+                         training frames (L1 reconstruction + a small KL term), then its encoder
+                         alone on blurred, low-contrast ones too; its ``scaling_factor`` makes
+                         the latents unit-variance (SD's 0.18215)
       text_encoder/      the CLIP stand-in's text tower as a CLIPTextModel (frozen)
       tokenizer/         its CLIPTokenizer (vocab.json, merges.txt, ...)
       unet/              UNet2DConditionModel, cross_attention_dim = the text encoder's width,
@@ -41,6 +42,7 @@ from mindvideo.demo.standins.base import (
     EpochDataset,
     StandinData,
     StandinJob,
+    TrainBudget,
     UnetPreset,
     VaePreset,
     epoch_rng,
@@ -158,6 +160,79 @@ class FrameCrops(EpochDataset):
         return torch.from_numpy(np.ascontiguousarray(crop))
 
 
+def smooth_frames(
+    frames: torch.Tensor, mean_image: torch.Tensor, block: int, mix: float
+) -> torch.Tensor:
+    """Float frames ``[N, 3, h, w]`` box-blurred in ``block`` × ``block`` pixels (area
+    downsampling, bilinear back up) and mixed with weight ``mix`` toward ``mean_image``
+    (``[3, h, w]``): the blurry, low-contrast kind of image a regression decoder of fMRI gives."""
+    h, w = frames.shape[-2:]
+    small = F.avg_pool2d(frames, block, ceil_mode=True)
+    blurred = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return (1 - mix) * blurred + mix * mean_image
+
+
+class SmoothedCrops(EpochDataset):
+    """Random crops (and flips) of training frames as :class:`FrameCrops` gives them, half of
+    them smoothed (:func:`smooth_frames`: a block of ``blocks``, a mix up to ``max_mix`` toward
+    the same crop of ``mean_image``), uint8 ``[crop, crop, 3]``; item ``i`` depends only on
+    (seed, epoch, i)."""
+
+    def __init__(
+        self,
+        frames: np.ndarray,
+        crop: int,
+        seed: int,
+        mean_image: np.ndarray,
+        blocks: tuple[int, ...],
+        max_mix: float,
+    ) -> None:
+        self.frames = frames
+        self.crop = min(crop, frames.shape[1])
+        self.seed = seed
+        self.mean_image = torch.from_numpy(np.ascontiguousarray(mean_image)).float()
+        self.blocks = tuple(int(b) for b in blocks)
+        self.max_mix = float(max_mix)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = epoch_rng(self.seed, self.epoch, index, 5)
+        size, c = self.frames.shape[1], self.crop
+        top, left = rng.integers(0, size - c + 1, size=2)
+        flip = rng.random() < 0.5
+        crop = torch.from_numpy(np.array(self.frames[index, top : top + c, left : left + c]))
+        if rng.random() < 0.5:
+            mean = self.mean_image[top : top + c, left : left + c]
+            block = self.blocks[int(rng.integers(len(self.blocks)))]
+            mix = float(rng.uniform(0.0, self.max_mix))
+            x = crop.permute(2, 0, 1)[None].float()
+            x = smooth_frames(x, mean.permute(2, 0, 1), block, mix)
+            crop = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+        if flip:
+            crop = crop.flip(1)
+        return crop.contiguous()
+
+
+class VaeEncoderObjective(nn.Module):
+    """The VAE's round trip through its posterior mean, ``forward(x) -> reconstruction``: what
+    the encoder phase trains (the decoder frozen)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(self.vae.encode(x).latent_dist.mean).sample
+
+
+def _vae_encoder_loss(model: nn.Module, frames: torch.Tensor):
+    x = to_pixels(frames)
+    mse = (model(x).float() - x).pow(2).mean()
+    return mse, {"mse": mse.detach()}
+
+
 def _vae_loss_fn(kl_weight: float):
     def loss_fn(model: nn.Module, frames: torch.Tensor):
         x = to_pixels(frames)
@@ -223,12 +298,59 @@ def train_vae(
         seed,
         device,
     )
-    vae = objective.vae.eval()
+    vae = objective.vae
+    if spec.encoder_steps > 0:
+        vae = _train_vae_encoder(vae, data, spec, seed, device, log_dir / "encoder")
+    vae = vae.eval()
     means, _ = encode_frames(
         vae, data.train_frames[:: max(1, len(data.train_frames) // 2048)], device
     )
     vae.register_to_config(scaling_factor=latent_scaling_factor(means))
     return vae.cpu()
+
+
+def _train_vae_encoder(
+    vae: Any, data: StandinData, spec: VaePreset, seed: int, device: torch.device, log_dir: Path
+) -> Any:
+    """The encoder phase (:attr:`VaePreset.encoder_steps`): the encoder and its ``quant_conv``
+    fine-tuned on :class:`SmoothedCrops` (MSE of the posterior mean's reconstruction); the
+    decoder's weights are left exactly as they are, so the latent space does not move."""
+    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    trainable = [*vae.encoder.parameters(), *vae.quant_conv.parameters()]
+    for p in decoder:
+        p.requires_grad_(False)
+    budget = TrainBudget(
+        spec.encoder_steps, spec.train.batch_size, learning_rate=spec.train.learning_rate / 2
+    )
+    crops = SmoothedCrops(
+        data.train_frames,
+        spec.crop,
+        seed,
+        mean_image(data.train_frames),
+        spec.smooth_blocks,
+        spec.smooth_mix,
+    )
+    objective = fit(
+        "VAE encoder",
+        VaeEncoderObjective(vae),
+        crops,
+        _vae_encoder_loss,
+        budget,
+        log_dir,
+        seed,
+        device,
+        trainable_params=trainable,
+    )
+    for p in decoder:
+        p.requires_grad_(True)
+    return objective.vae
+
+
+def mean_image(frames: np.ndarray, max_frames: int = 4096) -> np.ndarray:
+    """The mean of uint8 frames ``[N, H, W, 3]`` (at most ``max_frames``, evenly spaced) as
+    float ``[H, W, 3]`` in 0–255."""
+    step = max(1, len(frames) // max_frames)
+    return np.asarray(frames[::step], dtype=np.float64).mean(axis=0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,13 +707,23 @@ def _train_vae_part(
     vae = train_vae(data, spec, seed, device, log_dir)
     vae_s = time.perf_counter() - t0
     psnr = reconstruction_psnr(vae, data.test_frames, torch.device("cpu"))
+    smoothed = smooth_frames(
+        to_pixels(torch.from_numpy(np.array(data.test_frames))) / 2 + 0.5,
+        torch.from_numpy(mean_image(data.train_frames)).permute(2, 0, 1) / 255,
+        block=4,
+        mix=0.5,
+    )
+    smooth_psnr = reconstruction_psnr(vae, to_uint8(smoothed * 2 - 1), torch.device("cpu"))
     metrics = {
         "vae_psnr_db": psnr,
+        "vae_smoothed_psnr_db": smooth_psnr,
         "scaling_factor": vae.config.scaling_factor,
         "vae_final_train_loss": final_loss(log_dir),
     }
     _save_part(sd / "vae", vae, key, spec.train, vae_s, metrics)
-    logger.info("VAE stand-in: test PSNR %.2f dB (%.1f s).", psnr, vae_s)
+    logger.info(
+        "VAE stand-in: test PSNR %.2f dB, smoothed %.2f dB (%.1f s).", psnr, smooth_psnr, vae_s
+    )
 
 
 def _train_unet_part(
