@@ -94,8 +94,8 @@ class VaePreset:
     """After training, the encoder alone (the decoder frozen, so the latent space stays) is
     fine-tuned this many steps on half sharp, half *smoothed* crops — box-blurred in blocks of
     ``smooth_blocks`` pixels and mixed toward the training frames' mean image — so that it
-    encodes blurry, low-contrast images, what a regression decoder of fMRI gives, as faithfully
-    as SD's encoder does (docs/lowlevel.md). 0: no such phase."""
+    also encodes blurry, low-contrast images faithfully: what a regression decoder of fMRI
+    gives and the low-level path feeds it (docs/lowlevel.md). 0: no such phase."""
     smooth_blocks: tuple[int, ...] = (2, 4)
     """Block sizes (pixels) of the smoothed crops' box blur."""
     smooth_mix: float = 0.7
