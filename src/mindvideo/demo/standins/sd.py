@@ -142,6 +142,9 @@ class FrameCrops(EpochDataset):
     """Random ``crop`` × ``crop`` crops (and horizontal flips) of training frames, uint8
     ``[crop, crop, 3]``; the crop of item ``i`` depends only on (seed, epoch, i)."""
 
+    purpose = 2
+    """The :func:`epoch_rng` stream of the crops."""
+
     def __init__(self, frames: np.ndarray, crop: int, seed: int) -> None:
         self.frames = frames
         self.crop = min(crop, frames.shape[1])
@@ -150,12 +153,17 @@ class FrameCrops(EpochDataset):
     def __len__(self) -> int:
         return len(self.frames)
 
+    def _draw(self, index: int) -> tuple[np.random.Generator, int, int, bool]:
+        """Item ``index``'s generator (for further draws), its crop's top-left corner and its
+        flip."""
+        rng = epoch_rng(self.seed, self.epoch, index, self.purpose)
+        top, left = rng.integers(0, self.frames.shape[1] - self.crop + 1, size=2)
+        return rng, int(top), int(left), bool(rng.random() < 0.5)
+
     def __getitem__(self, index: int) -> torch.Tensor:
-        rng = epoch_rng(self.seed, self.epoch, index, 2)
-        size, c = self.frames.shape[1], self.crop
-        top, left = rng.integers(0, size - c + 1, size=2)
-        crop = self.frames[index, top : top + c, left : left + c]
-        if rng.random() < 0.5:
+        _, top, left, flip = self._draw(index)
+        crop = self.frames[index, top : top + self.crop, left : left + self.crop]
+        if flip:
             crop = crop[:, ::-1]
         return torch.from_numpy(np.ascontiguousarray(crop))
 
@@ -172,11 +180,21 @@ def smooth_frames(
     return (1 - mix) * blurred + mix * mean_image
 
 
-class SmoothedCrops(EpochDataset):
-    """Random crops (and flips) of training frames as :class:`FrameCrops` gives them, half of
-    them smoothed (:func:`smooth_frames`: a block of ``blocks``, a mix up to ``max_mix`` toward
-    the same crop of ``mean_image``), uint8 ``[crop, crop, 3]``; item ``i`` depends only on
-    (seed, epoch, i)."""
+def smooth_uint8(
+    frames: torch.Tensor, mean_image: torch.Tensor, block: int, mix: float
+) -> torch.Tensor:
+    """:func:`smooth_frames` of uint8 frames ``[N, h, w, 3]`` toward a mean image ``[h, w, 3]``
+    (0–255), back to uint8 ``[N, h, w, 3]``."""
+    x = smooth_frames(frames.permute(0, 3, 1, 2).float(), mean_image.permute(2, 0, 1), block, mix)
+    return x.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8)
+
+
+class SmoothedCrops(FrameCrops):
+    """The crops (and flips) of :class:`FrameCrops`, half of them smoothed
+    (:func:`smooth_frames`: a block of ``blocks``, a mix up to ``max_mix`` toward the same crop
+    of ``mean_image``), uint8 ``[crop, crop, 3]``; item ``i`` depends only on (seed, epoch, i)."""
+
+    purpose = 5
 
     def __init__(
         self,
@@ -187,29 +205,19 @@ class SmoothedCrops(EpochDataset):
         blocks: tuple[int, ...],
         max_mix: float,
     ) -> None:
-        self.frames = frames
-        self.crop = min(crop, frames.shape[1])
-        self.seed = seed
+        super().__init__(frames, crop, seed)
         self.mean_image = torch.from_numpy(np.ascontiguousarray(mean_image)).float()
         self.blocks = tuple(int(b) for b in blocks)
         self.max_mix = float(max_mix)
 
-    def __len__(self) -> int:
-        return len(self.frames)
-
     def __getitem__(self, index: int) -> torch.Tensor:
-        rng = epoch_rng(self.seed, self.epoch, index, 5)
-        size, c = self.frames.shape[1], self.crop
-        top, left = rng.integers(0, size - c + 1, size=2)
-        flip = rng.random() < 0.5
-        crop = torch.from_numpy(np.array(self.frames[index, top : top + c, left : left + c]))
+        rng, top, left, flip = self._draw(index)
+        window = (slice(top, top + self.crop), slice(left, left + self.crop))
+        crop = torch.from_numpy(np.array(self.frames[index][window]))
         if rng.random() < 0.5:
-            mean = self.mean_image[top : top + c, left : left + c]
             block = self.blocks[int(rng.integers(len(self.blocks)))]
             mix = float(rng.uniform(0.0, self.max_mix))
-            x = crop.permute(2, 0, 1)[None].float()
-            x = smooth_frames(x, mean.permute(2, 0, 1), block, mix)
-            crop = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+            crop = smooth_uint8(crop[None], self.mean_image[window], block, mix)[0]
         if flip:
             crop = crop.flip(1)
         return crop.contiguous()
@@ -707,13 +715,13 @@ def _train_vae_part(
     vae = train_vae(data, spec, seed, device, log_dir)
     vae_s = time.perf_counter() - t0
     psnr = reconstruction_psnr(vae, data.test_frames, torch.device("cpu"))
-    smoothed = smooth_frames(
-        to_pixels(torch.from_numpy(np.array(data.test_frames))) / 2 + 0.5,
-        torch.from_numpy(mean_image(data.train_frames)).permute(2, 0, 1) / 255,
+    smoothed = smooth_uint8(
+        torch.from_numpy(np.array(data.test_frames)),
+        torch.from_numpy(mean_image(data.train_frames)),
         block=4,
         mix=0.5,
     )
-    smooth_psnr = reconstruction_psnr(vae, to_uint8(smoothed * 2 - 1), torch.device("cpu"))
+    smooth_psnr = reconstruction_psnr(vae, smoothed.numpy(), torch.device("cpu"))
     metrics = {
         "vae_psnr_db": psnr,
         "vae_smoothed_psnr_db": smooth_psnr,
