@@ -164,8 +164,10 @@ def demo_sampler() -> tuple[str, int]:
 def demo_steps_run() -> int:
     """The denoising steps the demo runs from its start video: ``int(steps × strength)``, as
     diffusers' video-to-video pipelines count them."""
+    from mindvideo.pipeline import steps_from_video
+
     cfg = demo_recipe()
-    return min(int(cfg.num_inference_steps * cfg.strength), cfg.num_inference_steps)
+    return steps_from_video(cfg.num_inference_steps, cfg.strength)
 
 
 def demo_start() -> dict:

@@ -280,6 +280,7 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
     variants["cfg"] = tail("cfg", None, dataclasses.replace(recon, negative="null"))
     if recon.lowlevel is not None:
         from mindvideo.config import ReconstructConfig
+        from mindvideo.pipeline import steps_from_video
 
         # The low-level path off: the paper's sampling, from noise at the paper's guidance.
         paper = dataclasses.replace(
@@ -290,7 +291,7 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
         # Other strengths: those that run another number of steps (the same number starts at
         # the same timestep: the same clips), and at least one.
         def steps(strength: float) -> int:
-            return min(int(recon.num_inference_steps * strength), recon.num_inference_steps)
+            return steps_from_video(recon.num_inference_steps, strength)
 
         seen = {steps(recon.strength)}
         for strength in LOWLEVEL_STRENGTHS:

@@ -19,7 +19,7 @@ from mindvideo.pipeline.guidance import (
     null_condition,
 )
 from mindvideo.pipeline.output import MindVideoPipelineOutput
-from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
+from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline, steps_from_video
 from mindvideo.pipeline.reconstruct import ReconstructionResult, reconstruct, window_seed
 from mindvideo.pipeline.schedulers import SCHEDULERS, make_scheduler
 
@@ -38,5 +38,6 @@ __all__ = [
     "negative_fmri_from_prepared",
     "null_condition",
     "reconstruct",
+    "steps_from_video",
     "window_seed",
 ]

@@ -19,7 +19,7 @@ import torch
 from mindvideo.config import ReconstructConfig
 from mindvideo.encoder.lowlevel import LowLevelDecoder
 from mindvideo.pipeline.lowlevel_video import decoder_folder
-from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
+from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline, steps_from_video
 from mindvideo.pipeline.reconstruct import (
     _autocast,
     _check_checkpoint,
@@ -93,7 +93,7 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
                 f"{cfg.data} has {prepared.n_voxels}; fit it on this subject's prepared data."
             )
         models.append(ModelPart.of("lowlevel", decoder, trainable=(), resident=False))
-        steps_run = min(int(cfg.num_inference_steps * cfg.strength), cfg.num_inference_steps)
+        steps_run = steps_from_video(cfg.num_inference_steps, cfg.strength)
     memory = _memory_estimate(cfg, pipe, run, models)
     cond = enc.config
     n_voxels = prepared.n_voxels if prepared is not None else run.dataset.fmri_input.n_voxels

@@ -43,11 +43,17 @@ from mindvideo.utils.base_folder import component_dir, write_base
 from mindvideo.utils.io import follow_umask
 from mindvideo.utils.threads import adapt_threads
 
-__all__ = ["MindVideoPipeline"]
+__all__ = ["MindVideoPipeline", "steps_from_video"]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("np", "pt", "latent")
+
+
+def steps_from_video(num_inference_steps: int, strength: float) -> int:
+    """The denoising steps a start video at ``strength`` leaves of ``num_inference_steps``:
+    ``int(steps × strength)``, as diffusers' video-to-video pipelines count them (0: none)."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -560,7 +566,7 @@ class MindVideoPipeline(DiffusionPipeline):
         timesteps)``. ``noise`` is unit-variance noise of the latents' shape."""
         if not 0.0 < strength <= 1.0:
             raise UserError(f"strength must be in (0, 1], not {strength}.")
-        steps = min(int(num_inference_steps * strength), num_inference_steps)
+        steps = steps_from_video(num_inference_steps, strength)
         if steps < 1:
             raise UserError(
                 f"strength {strength} of {num_inference_steps} steps leaves no denoising step; "

@@ -58,7 +58,7 @@ from mindvideo.pipeline.oracle import (
     add_window_captions,
     check_condition,
 )
-from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline
+from mindvideo.pipeline.pipeline_mindvideo import MindVideoPipeline, steps_from_video
 from mindvideo.pipeline.schedulers import describe_sampler, sampler_for
 from mindvideo.pipeline.shared import load_subjects, match_subject
 from mindvideo.utils import UserError, atomic_path, atomic_write_text
@@ -218,7 +218,7 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
         )
     if cfg.lowlevel is not None and not 0.0 < cfg.strength <= 1.0:
         raise UserError(f"Config key strength must be in (0, 1], not {cfg.strength}.")
-    if cfg.lowlevel is not None and int(cfg.num_inference_steps * cfg.strength) < 1:
+    if cfg.lowlevel is not None and steps_from_video(cfg.num_inference_steps, cfg.strength) < 1:
         raise UserError(
             f"strength {cfg.strength} of {cfg.num_inference_steps} steps leaves no denoising "
             "step; raise the strength or num_inference_steps."
@@ -467,7 +467,7 @@ def reconstruct(
             "strength %g (%d of the %d steps run)",
             decoder_folder(cfg.lowlevel),
             cfg.strength,
-            min(int(cfg.num_inference_steps * cfg.strength), cfg.num_inference_steps),
+            steps_from_video(cfg.num_inference_steps, cfg.strength),
             cfg.num_inference_steps,
         )
     if cfg.checkpoint is not None:
