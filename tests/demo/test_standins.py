@@ -7,7 +7,10 @@ tests check the pieces on constructed inputs in a few seconds.
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from mindvideo.demo.standins.clip import (
     caption_words,
     clip_contrastive_loss,
     image_processor_for,
+    learn_bpe_merges,
     train_clip_standin,
 )
 from mindvideo.demo.standins.sd import colour_of, draw_timesteps, latent_scaling_factor
@@ -113,6 +117,48 @@ def test_tokenizer_makes_every_caption_word_one_token_and_pads_to_77(prepared, t
     ids = reloaded("a zebra xylophone")["input_ids"][1:-1]
     assert len(ids) > 3 and vocab["<|endoftext|>"] not in ids
     assert reloaded.decode(ids).replace(" ", "") == "azebraxylophone"
+
+
+def test_bpe_merges_take_the_most_frequent_pair_ties_in_text_order_until_words_are_whole():
+    # Sennrich et al.'s example. Pair counts: (e, s) and (s, t</w>) 9 (a tie: text order),
+    # then (es, t</w>) 9, (l, o) 7, then (e, w), (n, e) and (w, est</w>) 6 (a tie).
+    words = {"low": 5, "lower": 2, "newest": 6, "widest": 3}
+    merges = learn_bpe_merges(words)
+    assert merges[:4] == [("e", "s"), ("es", "t</w>"), ("l", "o"), ("e", "w")]
+    assert learn_bpe_merges(dict(reversed(words.items()))) == merges  # order-free
+    for word in words:  # replaying the merges in order leaves every word one symbol
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        for a, b in merges:
+            i = 0
+            while i + 1 < len(symbols):
+                if (symbols[i], symbols[i + 1]) == (a, b):
+                    symbols[i : i + 2] = [a + b]
+                i += 1
+        assert symbols == [word + "</w>"]
+    assert len(merges) == len(set(merges))
+
+
+def test_the_tokenizer_is_the_same_in_every_process(prepared, tmp_path):
+    """The ``tokenizers`` BPE trainer learned different merges from the same texts in different
+    processes (ties broken in hash-map order), so the same seed gave different CLIP stand-ins."""
+    texts = sorted({c for seg in prepared.captions("train") for tr in seg for c in tr})
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = (
+        "import json, sys; from mindvideo.demo.standins.clip import build_clip_tokenizer; "
+        "build_clip_tokenizer(json.load(open(sys.argv[1])), sys.argv[2])"
+    )
+    for name, hash_seed in (("a", "1"), ("b", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "texts.json"), str(tmp_path / name)],
+            check=True,
+            env=env,
+        )
+    build_clip_tokenizer(texts, tmp_path / "c")
+    for file in ("vocab.json", "merges.txt"):
+        here = (tmp_path / "c" / file).read_bytes()
+        assert (tmp_path / "a" / file).read_bytes() == here
+        assert (tmp_path / "b" / file).read_bytes() == here
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 (``config.json`` + safetensors, tokenizer files, ``preprocessor_config.json``), so the stage loads
 it through the same code a user's downloaded CLIP goes through. Sizes: text and vision towers
 2 layers × 32 wide, 77 tokens, 32 × 32 images in 8 × 8 patches, projection 16. The tokenizer is
-a byte-level BPE (CLIP's pre-tokenisation, ``</w>`` word ends) trained on the given texts, so
+a byte-level BPE (CLIP's pre-tokenisation, ``</w>`` word ends) learned from the given texts, so
 their words are whole tokens; any other word falls back to smaller pieces, never to unknowns. Given
 (frame, caption) pairs it is trained for a few seconds with CLIP's own loss, so that it separates
 captions and pictures as a trained CLIP does.
@@ -18,7 +18,6 @@ plus noise. Contrastive learning can then lift retrieval far above chance within
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -31,29 +30,13 @@ IMAGE_SIZE = 32
 MAX_TOKENS = 77
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
-    """A ``CLIPTokenizer`` whose BPE merges are learned from ``texts`` (with the ``tokenizers``
-    trainer on CLIP's own normaliser and pre-tokeniser)."""
-    from tokenizers import pre_tokenizers
-    from tokenizers.trainers import BpeTrainer
-    from transformers import CLIPTokenizer
+def train_tokenizer(texts: Iterable[str]):
+    """A ``CLIPTokenizer`` whose BPE merges make every word of ``texts`` one token, learned the
+    way the demo's CLIP stand-in learns its own (deterministic: the same texts give the same
+    tokenizer in every process)."""
+    from mindvideo.demo.standins.clip import build_clip_tokenizer
 
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    backend = CLIPTokenizer().backend_tokenizer
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    backend.train_from_iterator(list(texts), trainer=trainer)
-    model = json.loads(backend.to_str())["model"]
-    return CLIPTokenizer(
-        vocab=model["vocab"],
-        merges=[tuple(m) for m in model["merges"]],
-        model_max_length=MAX_TOKENS,
-    )
+    return build_clip_tokenizer(list(texts))
 
 
 def build_tiny_clip(

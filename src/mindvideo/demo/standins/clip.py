@@ -15,11 +15,14 @@ of all its frames: the loss is CLIP's with soft targets).
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,7 @@ __all__ = [
     "caption_words",
     "clip_contrastive_loss",
     "evaluate_retrieval",
+    "learn_bpe_merges",
     "text_encoder_from_clip",
     "train_clip_standin",
 ]
@@ -80,33 +84,81 @@ def caption_words(texts: Sequence[str]) -> list[str]:
     return words
 
 
+def learn_bpe_merges(word_counts: Mapping[str, int]) -> list[tuple[str, str]]:
+    """Byte-pair merges learned from pre-tokenised words and their counts, until every word is
+    one symbol. A word's symbols are its characters, the last marked ``</w>``; each step merges
+    the pair with the highest count (summed over the words that hold it), ties broken by the
+    pair's text order.
+
+    The result depends on ``word_counts`` alone. The ``tokenizers`` BPE trainer breaks ties by
+    ids it assigns in hash-map order, so two processes given the same texts can learn different
+    merges (huggingface/tokenizers#1794), and with them a different vocabulary and model.
+    """
+    ordered = sorted(w for w, c in word_counts.items() if w and c > 0)
+    words = [[*w[:-1], w[-1] + "</w>"] for w in ordered]
+    weight = [word_counts[w] for w in ordered]
+    counts: Counter[tuple[str, str]] = Counter()
+    holders: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, symbols in enumerate(words):
+        for pair in pairwise(symbols):
+            counts[pair] += weight[i]
+            holders[pair].add(i)
+    heap = [(-n, pair) for pair, n in counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[str, str]] = []
+    while heap:
+        negative, pair = heapq.heappop(heap)
+        if counts.get(pair, 0) != -negative:
+            continue  # an entry from before its count changed
+        merges.append(pair)
+        first, second = pair
+        touched: set[tuple[str, str]] = set()
+        for i in sorted(holders.pop(pair)):
+            symbols = words[i]
+            for old in pairwise(symbols):
+                counts[old] -= weight[i]
+                touched.add(old)
+            merged, j = [], 0
+            while j < len(symbols):
+                if j + 1 < len(symbols) and symbols[j] == first and symbols[j + 1] == second:
+                    merged.append(first + second)
+                    j += 2
+                else:
+                    merged.append(symbols[j])
+                    j += 1
+            words[i] = merged
+            for new in pairwise(merged):
+                counts[new] += weight[i]
+                holders[new].add(i)
+                touched.add(new)
+        for other in touched:
+            if counts[other] > 0:
+                heapq.heappush(heap, (-counts[other], other))
+            else:
+                del counts[other]
+                holders.pop(other, None)
+        counts.pop(pair, None)
+    return merges
+
+
 def build_clip_tokenizer(texts: Sequence[str], folder: str | os.PathLike | None = None) -> Any:
     """A CLIP byte-level BPE tokenizer whose merges make every word of ``texts`` one token.
 
     The vocabulary is laid out as CLIP's: the 256 byte characters, the same with the end-of-word
-    mark ``</w>``, one entry per merge (learned from ``texts`` by the ``tokenizers`` BPE trainer
-    until every word is whole), then ``<|startoftext|>`` and ``<|endoftext|>`` (also the padding
-    token, as in Stable Diffusion 1.5). A word not in ``texts`` falls back to smaller pieces,
-    never to an unknown token. Captions pad to ``model_max_length`` = 77.
+    mark ``</w>``, one entry per merge (learned from the words of ``texts`` by
+    :func:`learn_bpe_merges` until every word is whole: the same texts give the same tokenizer
+    in every process), then ``<|startoftext|>`` and ``<|endoftext|>`` (also the padding token,
+    as in Stable Diffusion 1.5). A word not in ``texts`` falls back to smaller pieces, never to
+    an unknown token. Captions pad to ``model_max_length`` = 77.
 
     With ``folder``, ``vocab.json`` + ``merges.txt`` (Stable Diffusion's ``tokenizer/`` files)
     and the tokenizer's own files are written there. Returns the ``CLIPTokenizer``.
     """
-    from tokenizers import pre_tokenizers
-    from tokenizers.trainers import BpeTrainer
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    backend = CLIPTokenizer().backend_tokenizer
-    trainer = BpeTrainer(
-        vocab_size=1_000_000,  # never the limit: merging stops when every word is one token
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    backend.train_from_iterator(sorted(set(texts)), trainer=trainer)
-    merges = [tuple(m) for m in json.loads(backend.to_str())["model"]["merges"]]
+    words = Counter(w for w in caption_words(sorted(set(texts))) if w not in SPECIAL_TOKENS)
+    merges = learn_bpe_merges(words)
     base = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for token in [*base, *(b + "</w>" for b in base), *("".join(m) for m in merges)]:
