@@ -74,6 +74,63 @@ def test_ridge_linear_map_gives_its_predictions(planted, train_segments):
     np.testing.assert_allclose(x[~train] @ weight + bias, decoder.predict(x[~train]), atol=1e-3)
 
 
+def test_pairwise_identification_counts_the_other_truths_each_prediction_beats():
+    import torch
+
+    from mindvideo.data.ridge import pairwise_identification
+
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(12, 20))
+    pred = truth + rng.normal(scale=2.0, size=truth.shape)
+    got = pairwise_identification(torch.from_numpy(pred[None]), torch.from_numpy(truth))[0]
+    for i in range(12):  # a direct count, Pearson r across the pattern
+        r = [np.corrcoef(pred[i], truth[j])[0, 1] for j in range(12)]
+        beaten = sum(r[j] < r[i] for j in range(12) if j != i)
+        assert got[i].item() == pytest.approx(beaten / 11)
+    # A perfect decoder beats every other truth; a constant one beats none (ties count against).
+    perfect = pairwise_identification(torch.from_numpy(truth), torch.from_numpy(truth))
+    assert torch.all(perfect == 1)
+    flat = pairwise_identification(torch.ones(12, 20, dtype=torch.float64), torch.from_numpy(truth))
+    assert torch.all(flat == 0)
+
+
+def test_identification_selection_shares_the_penalty_that_identifies_best():
+    """The penalty chosen is the one whose held-out predictions identify their own samples best
+    (recomputed from each penalty's held-out predictions), the same for every target."""
+    import torch
+
+    from mindvideo.data.ridge import pairwise_identification
+
+    rng = np.random.default_rng(0)  # 8 segments of 40 TRs; 200 features, weak and noisy
+    x = window_features(rng.normal(size=(8, 40, 100)).astype(np.float32), 2).reshape(320, -1)
+    y = x @ (rng.normal(size=(200, 12)) * np.linspace(0.05, 1.0, 12))
+    y += 12.0 * rng.normal(size=y.shape) + 40.0 * np.sin(np.arange(12))  # + a shared pattern
+    groups = np.repeat(np.arange(8), 40)
+    alphas = [1.0, 10.0, 100.0, 1000.0, 1e4, 1e5]
+    fold = groups % 3  # how 3 folds deal these segments
+    totals = []
+    for alpha in alphas:
+        held = RidgeDecoder(alphas=[alpha], folds=3).fit(x, y, groups, held_out=True).held_out_
+        totals.append(
+            sum(
+                pairwise_identification(
+                    torch.from_numpy(held[fold == k][None]), torch.from_numpy(y[fold == k])
+                ).sum()
+                for k in range(3)
+            )
+        )
+    best = int(np.argmax(totals))
+    assert 0 < best < len(alphas) - 1  # an optimum inside the grid (100)
+    decoder = RidgeDecoder(alphas=alphas, folds=3, selection="identification").fit(x, y, groups)
+    assert np.all(decoder.alphas_ == alphas[best])
+    # Squared error chooses per target, and shrinks more (median 1000 here).
+    by_mse = RidgeDecoder(alphas=alphas, folds=3).fit(x, y, groups)
+    assert len(set(by_mse.alphas_.tolist())) > 1
+    assert np.median(by_mse.alphas_) > alphas[best]
+    with pytest.raises(UserError, match="Unknown penalty selection"):
+        RidgeDecoder(selection="r2").fit(x, y, groups)
+
+
 def test_ridge_needs_two_segments():
     x = np.zeros((10, 3), dtype=np.float32)
     with pytest.raises(UserError, match="at least 2 training segments"):

@@ -67,6 +67,9 @@ def test_the_decoder_reads_the_layout_and_colours_of_unseen_windows(prepared, tm
     assert (distance.argmin(axis=1) == np.arange(len(keep))).mean() > 0.9
     report = json.loads((tmp_path / "out" / LOWLEVEL_JSON).read_text())
     assert report["training_windows"] == 6 * TRS and report["targets"] == 6 * 4 * 4 * 3
+    # One penalty for every target, chosen by held-out identification (the default).
+    assert report["selection"] == "identification"
+    assert report["alpha_range"][0] == report["alpha_range"][1]
 
 
 def test_nothing_fitted_reads_the_test_split(prepared, tmp_path):
@@ -126,6 +129,7 @@ def test_the_refiner_learns_and_is_saved_in_the_decoder(prepared, tmp_path):
         (dict(frame_size=5), "must divide them"),
         (dict(folds=1), "folds must be at least 2"),
         (dict(alphas=[]), "positive ridge penalties"),
+        (dict(selection="r2"), "selection must be one of mse, identification"),
         (dict(data=None), "needs a prepared subject"),
     ],
 )

@@ -515,9 +515,13 @@ class BaselineConfig:
     tr_stride: int = 1
     """Score every ``tr_stride``-th test TR (8: the demo's reconstructed windows)."""
     folds: int = 5
-    """Cross-validation folds over whole training segments (alpha per target)."""
+    """Cross-validation folds over whole training segments."""
     alphas: list[float] = field(default_factory=lambda: [10 ** (e / 2) for e in range(15)])
-    """Ridge penalties tried per target (1 to 10⁷ in half decades; the fMRI is z-scored)."""
+    """Ridge penalties tried (1 to 10⁷ in half decades; the fMRI is z-scored)."""
+    selection: str = "identification"
+    """How the penalty of the frames and embeddings is chosen on the held-out folds:
+    ``identification`` (one per target set, the one whose held-out predictions identify their
+    own windows best) or ``mse`` (per target, the least squared error). Labels: always ``mse``."""
     seed: int = 0
 
 
@@ -541,7 +545,11 @@ class LowLevelConfig:
     """Cross-validation folds over whole training segments (the penalty per target, and the
     held-out predictions the refiner learns from)."""
     alphas: list[float] = field(default_factory=lambda: [10 ** (e / 2) for e in range(15)])
-    """Ridge penalties tried per target (1 to 10⁷ in half decades; the fMRI is z-scored)."""
+    """Ridge penalties tried (1 to 10⁷ in half decades; the fMRI is z-scored)."""
+    selection: str = "identification"
+    """How the penalty is chosen on the held-out folds: ``identification`` (one penalty, the one
+    whose held-out videos identify their own window best among the fold's others) or ``mse``
+    (per target, the least held-out squared error)."""
     refiner_steps: int = 0
     """Training steps of the convolutional refiner (0: none; the linear map alone)."""
     refiner_channels: int = 64

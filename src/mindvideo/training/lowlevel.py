@@ -33,7 +33,7 @@ import torch
 
 from mindvideo.config.stages import LowLevelConfig
 from mindvideo.data.prepared import PreparedData
-from mindvideo.data.ridge import RidgeDecoder, mean_repetitions, window_features
+from mindvideo.data.ridge import SELECTIONS, RidgeDecoder, mean_repetitions, window_features
 from mindvideo.data.video import area_frames
 from mindvideo.encoder.lowlevel import LowLevelDecoder, ssim_loss
 from mindvideo.pipeline.lowlevel_video import DECODER_DIR
@@ -83,6 +83,10 @@ def check_lowlevel_config(cfg: LowLevelConfig) -> PreparedData:
         )
     if not cfg.alphas or min(cfg.alphas) <= 0:
         raise UserError("Config key alphas must list positive ridge penalties.")
+    if cfg.selection not in SELECTIONS:
+        raise UserError(
+            f"Config key selection must be one of {', '.join(SELECTIONS)}, not {cfg.selection!r}."
+        )
     prepared = PreparedData.open(cfg.data)
     size = prepared.frames_train.shape[-3:-1]
     for side in (cfg.frame_size, out_size):
@@ -146,7 +150,9 @@ def lowlevel(cfg: LowLevelConfig, out: str | os.PathLike) -> Path:
         y.shape[1],
     )
     refine = cfg.refiner_steps > 0
-    ridge = RidgeDecoder(alphas=cfg.alphas, folds=cfg.folds).fit(x, y, groups, held_out=refine)
+    ridge = RidgeDecoder(alphas=cfg.alphas, folds=cfg.folds, selection=cfg.selection).fit(
+        x, y, groups, held_out=refine
+    )
     weight, bias = ridge.linear_map()
     torch.manual_seed(cfg.seed)  # the refiner's initial weights
     decoder = LowLevelDecoder(
@@ -162,6 +168,7 @@ def lowlevel(cfg: LowLevelConfig, out: str | os.PathLike) -> Path:
         "training_windows": len(x),
         "features": int(x.shape[1]),
         "targets": int(y.shape[1]),
+        "selection": cfg.selection,
         "alpha_median": float(np.median(ridge.alphas_)),
         "alpha_range": [float(ridge.alphas_.min()), float(ridge.alphas_.max())],
     }
@@ -271,6 +278,9 @@ def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> 
     r = min(n, d)
     folds_kept = cfg.folds if refine else 1
     ridge_bytes = 4 * (n * d + 2 * n * k + folds_kept * (r * r + r * k) + d * k)
+    if cfg.selection == "identification":  # one held-out fold's correlation matrix
+        ridge_bytes += 8 * (n // cfg.folds + 1) ** 2
+    scope = "one for all targets" if cfg.selection == "identification" else "per target"
     phases = [
         PhasePlan(
             "linear map (ridge, closed form, host memory)",
@@ -286,7 +296,10 @@ def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> 
                 activations_how="design, targets and the folds' eigendecompositions",
             ),
             settings={
-                "penalties": f"{len(cfg.alphas)} per target, {cfg.folds} folds of whole segments"
+                "penalties": (
+                    f"{len(cfg.alphas)} tried, chosen by held-out {cfg.selection} ({scope}), "
+                    f"{cfg.folds} folds of whole segments"
+                )
             },
         )
     ]
