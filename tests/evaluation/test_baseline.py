@@ -130,6 +130,18 @@ def test_identification_selection_shares_the_penalty_that_identifies_best():
     with pytest.raises(UserError, match="Unknown penalty selection"):
         RidgeDecoder(selection="r2").fit(x, y, groups)
 
+    # Several target sets in one fit: each identified range its own penalty, as if fitted
+    # alone; the other columns theirs by squared error.
+    labels = np.eye(4, dtype=np.float32)[groups % 4]
+    both = RidgeDecoder(alphas=alphas, folds=3).fit(
+        x, np.hstack([y, labels]), groups, identify=[(0, 12)]
+    )
+    np.testing.assert_array_equal(both.alphas_[:12], decoder.alphas_)
+    alone = RidgeDecoder(alphas=alphas, folds=3).fit(x, labels, groups)
+    np.testing.assert_array_equal(both.alphas_[12:], alone.alphas_)
+    with pytest.raises(UserError, match="not within"):
+        RidgeDecoder(alphas=alphas, folds=3).fit(x, y, groups, identify=[(0, 13)])
+
 
 def test_ridge_needs_two_segments():
     x = np.zeros((10, 3), dtype=np.float32)

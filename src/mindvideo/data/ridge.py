@@ -158,9 +158,20 @@ class RidgeDecoder:
     _weights: Any = field(default=None, repr=False)
 
     def fit(
-        self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray, held_out: bool = False
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        groups: np.ndarray,
+        held_out: bool = False,
+        identify: Sequence[tuple[int, int]] | None = None,
     ) -> RidgeDecoder:
         """Fit on ``X`` ``[N, D]`` → ``Y`` ``[N, K]`` (``groups`` ``[N]``: the segments).
+
+        ``identify``: column ranges ``(start, stop)`` of ``Y`` (target sets, e.g. frames beside
+        labels) each of which gets one penalty, chosen by held-out identification; the other
+        columns get theirs by squared error. Default: all of ``Y`` with
+        ``selection="identification"``, none with ``"mse"``. One fit serves every set: the
+        folds' decompositions are shared.
 
         ``held_out``: also keep ``held_out_`` ``[N, K]``, every sample predicted by the fold's
         map that never saw its segment, each target at its chosen penalty — what the decoder
@@ -192,7 +203,14 @@ class RidgeDecoder:
         x = torch.from_numpy(self._x(X))
         y = torch.from_numpy(Y - self.y_mean_)
         alphas = torch.as_tensor(np.asarray(self.alphas, dtype=np.float32))
-        error = torch.zeros(len(alphas), Y.shape[1])
+        if identify is None:
+            identify = [(0, Y.shape[1])] if self.selection == "identification" else []
+        for start, stop in identify:
+            if not 0 <= start < stop <= Y.shape[1]:
+                raise UserError(f"identify range {start}:{stop} is not within 0:{Y.shape[1]}.")
+        error = torch.zeros(len(alphas), Y.shape[1])  # held-out squared error per target
+        hits = torch.zeros(len(alphas), len(identify), dtype=torch.float64)
+        offset = torch.from_numpy(self.y_mean_)
         fold_maps = []
         for k in np.unique(fold):
             train, held = torch.from_numpy(fold != k), torch.from_numpy(fold == k)
@@ -200,16 +218,17 @@ class RidgeDecoder:
             x_mean, y_mean = x[train].mean(0), y[train].mean(0)
             predict = _ridge_solver(x[train] - x_mean, alphas)(y[train] - y_mean)
             pred = predict(x[held] - x_mean) + y_mean  # [A, m, K]
-            if self.selection == "mse":
-                error += ((pred - y[held]) ** 2).sum(dim=1)
-            else:  # one penalty for every target: the one whose patterns identify best, as
-                # they are scored (the training mean added back: it is part of every pattern)
-                offset = torch.from_numpy(self.y_mean_)
-                hits = pairwise_identification(pred + offset, y[held] + offset)  # [A, m]
-                error -= hits.sum(dim=1).float()[:, None]
+            error += ((pred - y[held]) ** 2).sum(dim=1)
+            for i, (start, stop) in enumerate(identify):
+                # Patterns as they are scored: the training mean added back (part of each).
+                part = slice(start, stop)
+                truth = y[held][:, part] + offset[part]
+                hits[:, i] += pairwise_identification(pred[..., part] + offset[part], truth).sum(1)
             if held_out:
                 fold_maps.append((held, x_mean, y_mean, predict))
         best = error.argmin(dim=0)  # [K]
+        for i, (start, stop) in enumerate(identify):  # one penalty per identified range
+            best[start:stop] = hits[:, i].argmax()
         self.alphas_ = alphas[best].numpy().astype(np.float64)
         if held_out:
             out = torch.empty_like(y)

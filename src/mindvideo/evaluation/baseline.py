@@ -212,8 +212,9 @@ def run_baseline(
         tr_e = np.asarray(split["train"], dtype=np.float32)
         te_e = np.asarray(split["test"], dtype=np.float32)
         targets[name] = _Target(tr_e.reshape(n_seg * n_tr, -1), te_e[keep])
-    # With selection="mse", one decoder for every target set (the folds' decompositions are
-    # shared, alphas are not); with "identification", one per pattern set (its own penalty).
+    # One decoder for every target set: the folds' decompositions are shared. Labels take their
+    # penalty per target by squared error; with selection="identification" each pattern set
+    # (frames, embeddings) takes one penalty, by held-out identification.
     columns = [
         t.train if t.n_classes is None else np.eye(t.n_classes, dtype=np.float32)[t.train]
         for t in targets.values()
@@ -222,20 +223,16 @@ def run_baseline(
     logger.info(
         "ridge: %d windows → %d targets (%s) ...", len(X_train), edges[-1], ", ".join(targets)
     )
-    own = [name for name, t in targets.items() if t.n_classes is None and selection != "mse"]
-    shared = [i for i, name in enumerate(targets) if name not in own]
-    decoded = np.empty((len(X_test), edges[-1]), dtype=np.float32)
-    alphas_ = np.empty(edges[-1])
-    fits = [([i], "identification") for i, name in enumerate(targets) if name in own]
-    if shared:
-        fits.append((shared, "mse"))
-    for indices, how in fits:
-        cols = np.concatenate([np.arange(edges[i], edges[i + 1]) for i in indices])
-        decoder = RidgeDecoder(alphas=alphas, folds=folds, selection=how).fit(
-            X_train, np.hstack([columns[i] for i in indices]), groups
-        )
-        decoded[:, cols] = decoder.predict(X_test)
-        alphas_[cols] = decoder.alphas_
+    identify = [
+        (int(lo), int(hi))
+        for t, lo, hi in zip(targets.values(), edges[:-1], edges[1:], strict=True)
+        if t.n_classes is None and selection == "identification"
+    ]
+    decoder = RidgeDecoder(alphas=alphas, folds=folds).fit(
+        X_train, np.hstack(columns), groups, identify=identify
+    )
+    decoded = decoder.predict(X_test)
+    alphas_ = decoder.alphas_
     scores: list[dict[str, Any]] = []
     chosen: dict[str, float] = {}
     n_test = int(keep.sum())
