@@ -280,8 +280,8 @@ def test_a_start_video_is_noised_to_the_strength_and_denoised_from_there(pipe, f
     with torch.no_grad():
         frames = torch.from_numpy(video).permute(0, 1, 4, 2, 3).float().flatten(0, 1) / 255
         frames = torch.nn.functional.interpolate(
-            frames, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear"
-        )
+            frames, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic"
+        ).clamp(0, 1)
         x0 = pipe.vae.encode(frames * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
         x0 = x0.unflatten(0, (2, 6)).transpose(1, 2)
     noise = torch.randn(x0.shape, generator=seeded(0))

@@ -527,7 +527,8 @@ class MindVideoPipeline(DiffusionPipeline):
 
         ``video``: uint8 ``[N, F, H', W', 3]`` or float ``[N, F, 3, H', W']`` in ``[0, 1]``
         (numpy or torch), any ``H' × W'``: frames are resized to ``height × width``
-        (bilinear) — a low-resolution video decoded from the fMRI, for instance. The VAE's
+        (bicubic, clamped to ``[0, 1]``) — a low-resolution video decoded from the fMRI, for
+        instance. The VAE's
         posterior mean is used, so the start does not depend on a generator.
         """
         x = _as_tensor(video, "video")
@@ -546,9 +547,11 @@ class MindVideoPipeline(DiffusionPipeline):
         device, dtype = self._execution_device, self.vae.dtype
         frames = x.flatten(0, 1).to(device, torch.float32)
         if tuple(frames.shape[-2:]) != (height, width):
+            # Bicubic keeps more of a low-resolution video's layout than bilinear, which blurs
+            # it (clamped: the cubic kernel overshoots at edges).
             frames = torch.nn.functional.interpolate(
-                frames, size=(height, width), mode="bilinear", align_corners=False
-            )
+                frames, size=(height, width), mode="bicubic", align_corners=False
+            ).clamp(0, 1)
         latents = self.vae.encode((frames * 2 - 1).to(dtype)).latent_dist.mean
         latents = latents * self.vae.config.scaling_factor
         return latents.unflatten(0, (batch, num_frames)).transpose(1, 2)
