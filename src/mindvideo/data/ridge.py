@@ -138,9 +138,9 @@ class RidgeDecoder:
     penalty whose held-out predictions identify their own sample best among the fold's others
     (:func:`pairwise_identification`, averaged over every held-out sample) — for a decoder of
     patterns scored by identification. X is z-scored and Y centred with training statistics
-    only. Learned
-    attributes end in ``_``: ``x_mean_``, ``x_scale_``, ``y_mean_``, ``alphas_`` ``[K]``
-    (and with ``fit(..., held_out=True)`` the cross-validated predictions ``held_out_``).
+    only. Learned attributes end in ``_``: ``x_mean_``, ``x_scale_``, ``y_mean_``, ``alphas_``
+    ``[K]`` (and with ``fit(..., held_out=True)`` the cross-validated predictions
+    ``held_out_``).
 
     The closed form comes from one eigendecomposition per fold (PyTorch), shared by every
     target and penalty: decoding thousands of targets costs about as much as decoding one.
