@@ -30,15 +30,6 @@ IMAGE_SIZE = 32
 MAX_TOKENS = 77
 
 
-def train_tokenizer(texts: Iterable[str]):
-    """A ``CLIPTokenizer`` whose BPE merges make every word of ``texts`` one token, learned the
-    way the demo's CLIP stand-in learns its own (deterministic: the same texts give the same
-    tokenizer in every process)."""
-    from mindvideo.demo.standins.clip import build_clip_tokenizer
-
-    return build_clip_tokenizer(list(texts))
-
-
 def build_tiny_clip(
     folder: str | Path,
     texts: Iterable[str],
@@ -48,15 +39,19 @@ def build_tiny_clip(
 ) -> Path:
     """Write a tiny CLIP (model, tokenizer, image processor) to ``folder``; returns ``folder``.
 
-    ``texts`` train the tokenizer. With ``pairs`` = (uint8 frames ``[H, W, 3]``, their captions)
-    the model is first trained ``steps`` steps with CLIP's own contrastive loss (batches of up to
-    32 pairs with distinct captions), so that, like a real CLIP, it embeds different captions and
-    pictures apart (a random CLIP of this size embeds all captions of one length almost alike).
+    ``texts`` are what the tokenizer learns its merges from, as the demo's CLIP stand-in does
+    (:func:`~mindvideo.demo.standins.clip.build_clip_tokenizer`). With ``pairs`` = (uint8
+    frames ``[H, W, 3]``, their captions) the model is first trained ``steps`` steps with CLIP's
+    own contrastive loss (batches of up to 32 pairs with distinct captions), so that, like a
+    real CLIP, it embeds different captions and pictures apart (a random CLIP of this size
+    embeds all captions of one length almost alike).
     """
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+    from mindvideo.demo.standins.clip import build_clip_tokenizer
+
     folder = Path(folder)
-    tokenizer = train_tokenizer(texts)
+    tokenizer = build_clip_tokenizer(list(texts))
     vocab = tokenizer.get_vocab()
     config = CLIPConfig(
         text_config=dict(

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_ALPHAS",
     "SELECTIONS",
     "RidgeDecoder",
+    "check_selection",
     "mean_repetitions",
     "pairwise_identification",
     "window_features",
@@ -45,6 +46,15 @@ DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(0, 7, 15))
 
 SELECTIONS = ("mse", "identification")
 """How :class:`RidgeDecoder` chooses its penalty from the held-out folds."""
+
+
+def check_selection(selection: str) -> None:
+    """A :class:`UserError` unless ``selection`` is one of :data:`SELECTIONS`."""
+    if selection not in SELECTIONS:
+        raise UserError(
+            f"Unknown penalty selection {selection!r}: selection must be one of "
+            f"{', '.join(SELECTIONS)}."
+        )
 
 
 def mean_repetitions(fmri: np.ndarray) -> np.ndarray:
@@ -187,10 +197,7 @@ class RidgeDecoder:
                 f"Ridge needs X [N, D], Y [N, K] and groups [N]; got {X.shape}, {Y.shape}, "
                 f"{groups.shape}."
             )
-        if self.selection not in SELECTIONS:
-            raise UserError(
-                f"Unknown penalty selection {self.selection!r}; choose one of {SELECTIONS}."
-            )
+        check_selection(self.selection)
         segments = np.unique(groups)
         if len(segments) < 2:
             raise UserError("Cross-validation over segments needs at least 2 training segments.")

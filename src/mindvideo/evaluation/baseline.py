@@ -42,8 +42,8 @@ import numpy as np
 
 from mindvideo.data.ridge import (
     DEFAULT_ALPHAS,
-    SELECTIONS,
     RidgeDecoder,
+    check_selection,
     mean_repetitions,
     window_features,
 )
@@ -188,8 +188,7 @@ def run_baseline(
     Returns a JSON-able dict: ``scores`` (a list of :meth:`Score.to_dict`), ``alphas`` (median
     chosen alpha per target set), and the settings.
     """
-    if selection not in SELECTIONS:
-        raise UserError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}.")
+    check_selection(selection)
     train_x = window_features(prepared.fmri("train"), window)  # [S, T, w·V]
     test_x = window_features(mean_repetitions(prepared.fmri("test")), window)
     n_seg, n_tr = train_x.shape[:2]
@@ -232,14 +231,13 @@ def run_baseline(
         X_train, np.hstack(columns), groups, identify=identify
     )
     decoded = decoder.predict(X_test)
-    alphas_ = decoder.alphas_
     scores: list[dict[str, Any]] = []
     chosen: dict[str, float] = {}
     n_test = int(keep.sum())
     for (name, target), lo, hi in zip(targets.items(), edges[:-1], edges[1:], strict=True):
         n_cls, y_test = target.n_classes, target.test
         kind = "pattern" if n_cls is None else "label"
-        chosen[name] = float(np.median(alphas_[lo:hi]))
+        chosen[name] = float(np.median(decoder.alphas_[lo:hi]))
         pred = decoded[:, lo:hi]
         if kind == "label":
             top1 = (pred.argmax(axis=1) == y_test).astype(np.float64)
@@ -373,10 +371,7 @@ def baseline(cfg: Any, out: str | Path) -> dict[str, Any]:
         raise UserError("mindvideo baseline needs a prepared subject: --data PREPARED.")
     if cfg.window < 1 or cfg.tr_stride < 1 or cfg.frame_size < 1:
         raise UserError("window, tr_stride and frame_size must be at least 1.")
-    if cfg.selection not in SELECTIONS:
-        raise UserError(
-            f"Config key selection must be one of {', '.join(SELECTIONS)}, not {cfg.selection!r}."
-        )
+    check_selection(cfg.selection)  # before the CLIP embeddings are computed
     prepared = PreparedData.open(cfg.data)
     labels = _scene_labels(prepared, cfg.scenes_json)
     clip = cfg.pretrained.clip

@@ -33,7 +33,7 @@ import torch
 
 from mindvideo.config.stages import LowLevelConfig
 from mindvideo.data.prepared import PreparedData
-from mindvideo.data.ridge import SELECTIONS, RidgeDecoder, mean_repetitions, window_features
+from mindvideo.data.ridge import RidgeDecoder, check_selection, mean_repetitions, window_features
 from mindvideo.data.video import area_frames
 from mindvideo.encoder.lowlevel import LowLevelDecoder, ssim_loss
 from mindvideo.pipeline.lowlevel_video import DECODER_DIR
@@ -83,10 +83,7 @@ def check_lowlevel_config(cfg: LowLevelConfig) -> PreparedData:
         )
     if not cfg.alphas or min(cfg.alphas) <= 0:
         raise UserError("Config key alphas must list positive ridge penalties.")
-    if cfg.selection not in SELECTIONS:
-        raise UserError(
-            f"Config key selection must be one of {', '.join(SELECTIONS)}, not {cfg.selection!r}."
-        )
+    check_selection(cfg.selection)
     prepared = PreparedData.open(cfg.data)
     size = prepared.frames_train.shape[-3:-1]
     for side in (cfg.frame_size, out_size):
