@@ -153,8 +153,8 @@ def argv(stage: str, f: dict[str, Path], out: Path) -> list[str]:
     resume = ["--resume", "latest"] if stage in TRAINING else []
     run = f["run"]
     args = {
-        "simulate": [
-            *("train_segments=1", "test_segments=1", "test_repetitions=2"),
+        "simulate": [  # two processes render the two segments' stimuli
+            *("--threads", "2", "train_segments=1", "test_segments=1", "test_repetitions=2"),
             *("visual_vertices=400", "other_vertices=50"),
         ],
         "prepare": ["--root", f["sim"]],

@@ -1,8 +1,15 @@
 """The simulated Wen 2018 dataset and HCP rest corpus: layout, formats, determinism, signal."""
 
 import dataclasses
+import hashlib
 import itertools
 import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import av
 import nibabel as nib
@@ -13,6 +20,7 @@ from nibabel import cifti2
 from mindvideo.data import atlas
 from mindvideo.data.cifti import cortex_indices, read_dtseries
 from mindvideo.sim.simulate import (
+    _stimuli,
     simulate_hcp_rest,
     simulate_wen2018,
     simulated_axis,
@@ -271,3 +279,88 @@ def test_rest_is_deterministic(simulated_rest, sim_config, tmp_path):
         assert (simulated_rest / rel).read_bytes() == (again / rel).read_bytes(), rel
     a, b = np.load(simulated_rest / "ground_truth.npz"), np.load(again / "ground_truth.npz")
     assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def _digests(root):
+    """Every file of a dataset but its config, the mp4s by their encoded stream (the container
+    header holds a timestamp)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != "config.yaml":
+            data = _packets(path) if path.suffix == ".mp4" else path.read_bytes()
+            out[str(path.relative_to(root))] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def test_stimuli_rendered_by_several_processes_give_the_same_dataset(sim_config, tmp_path):
+    small = dataclasses.replace(sim_config, train_segments=1, test_segments=1)
+    one = _digests(simulate_wen2018(small, tmp_path / "one", workers=1))
+    assert len(one) == 2 + 2 + 3 + 2  # 2 mp4s, 5 runs, scenes.json, ground_truth.npz
+    assert _digests(simulate_wen2018(small, tmp_path / "two", workers=2)) == one
+    assert multiprocessing.active_children() == []
+
+
+def test_a_render_process_that_fails_raises_its_error_here(sim_config, tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    segments = wen2018_segments(sim_config)[:3]
+    with pytest.raises(FileExistsError, match=str(not_a_folder)):
+        list(_stimuli(sim_config, segments, not_a_folder, workers=2))
+    assert multiprocessing.active_children() == []
+
+
+def _children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    try:
+        return [int(p) for p in open(path, encoding="ascii").read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_while_processes_render_none_is_left_running(sig, tmp_path):
+    """Ctrl-C: one line, status 130, the render processes stopped, nothing written; kill -9:
+    the render processes die with the command (they would go on writing otherwise)."""
+    out = tmp_path / "sim"
+    command = ["simulate", "--preset", "tiny", "--threads", "2", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mindvideo", "-q", *command, "visual_vertices=400"],
+        env={**os.environ, "TQDM_DISABLE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    renderers: list[int] = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        renderers = [c for c in _children(proc.pid) if "spawn" in _cmdline(c)]
+        if len(renderers) == 2:
+            break
+        time.sleep(0.01)
+    assert len(renderers) == 2, proc.stderr.read()
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    code, err = proc.wait(), proc.stderr.read()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, renderers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, renderers))
+    if sig == signal.SIGINT:
+        assert (code, err.strip()) == (130, "mindvideo simulate: interrupted")
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

@@ -23,6 +23,7 @@ Both are deterministic for a seed and write the dataset into a temporary directo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -32,7 +33,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,6 +56,7 @@ __all__ = [
     "TR_S",
     "SegmentTiming",
     "estimate_simulate_bytes",
+    "render_workers",
     "simulate_hcp_rest",
     "simulate_wen2018",
     "simulated_axis",
@@ -250,8 +252,143 @@ def _stimulus(
     return scenes, extractor.result()
 
 
-def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
+def render_workers() -> int:
+    """How many processes render stimuli: the command's fixed thread count (``--threads``,
+    ``MINDVIDEO_THREADS``), else every usable CPU. Rendering and encoding are single-threaded
+    work in separate processes, which share a busy CPU without the stalls that oversubscribed
+    torch threads suffer (:mod:`mindvideo.utils.threads`), so automatic mode takes them all."""
+    from mindvideo.utils.threads import current_choice, fixed_request, usable_cpus
+
+    choice = current_choice()
+    if choice is None:
+        fixed = fixed_request(None)[1]
+        return fixed if fixed is not None else usable_cpus()
+    return choice.cpus if choice.automatic else choice.threads
+
+
+def _stimuli(
+    cfg: SimulateConfig, segments: Sequence[SegmentTiming], folder: Path, workers: int | None
+) -> Iterator[tuple[list[Scene], brain_sim.StimulusFeatures]]:
+    """Each segment's :func:`_stimulus` (``folder/NAME.mp4``), in order; with more than one
+    worker, rendered by that many processes while the caller simulates the fMRI of the
+    segments already done."""
+    n = min(render_workers() if workers is None else int(workers), len(segments))
+    jobs = [(cfg, seg, folder / f"{seg.name}.mp4") for seg in segments]
+    if n <= 1:
+        for job in jobs:
+            yield _render_job(job)
+        return
+    yield from _in_processes(jobs, n)
+
+
+def _in_processes(jobs: list, n: int) -> Iterator[tuple[list[Scene], brain_sim.StimulusFeatures]]:
+    """:func:`_render_job` of every job in ``n`` spawned processes, each fed the next job as it
+    finishes one; results in the jobs' order. Pipes, not a ``multiprocessing.Pool``: a pool's
+    semaphores outlive a command that ends at once on Ctrl-C (:mod:`mindvideo.cli.main`), and
+    the resource tracker then warns about them on stderr."""
+    import multiprocessing
+    import signal
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("spawn")
+    workers: list = []
+    finished = False
+    # The workers start with SIGINT blocked (the mask is inherited), so a Ctrl-C reaches this
+    # process alone, which stops them; they die with it when it is killed (Linux).
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for _ in range(n):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_render_worker, args=(theirs, os.getpid()), daemon=True)
+            proc.start()
+            theirs.close()
+            workers.append((proc, mine))
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        done: dict[int, tuple] = {}
+        busy: dict = {}  # connection → job index
+        queued = iter(range(len(jobs)))
+        for _, conn in workers:
+            i = next(queued, None)
+            if i is not None:
+                conn.send((i, jobs[i]))
+                busy[conn] = i
+        for want in range(len(jobs)):
+            while want not in done:
+                for conn in wait(list(busy)):
+                    try:
+                        ok, value = conn.recv()
+                    except EOFError:
+                        raise RuntimeError(
+                            "A stimulus render process ended without an answer (killed, or out "
+                            "of memory?); run again, with --threads 1 to render in this process."
+                        ) from None
+                    if not ok:
+                        raise value
+                    done[busy.pop(conn)] = value
+                    i = next(queued, None)
+                    if i is not None:
+                        conn.send((i, jobs[i]))
+                        busy[conn] = i
+            yield done.pop(want)
+        for _, conn in workers:
+            conn.send(None)
+        finished = True
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for proc, conn in workers:
+            if not finished:
+                proc.kill()  # nothing is written into the output after this returns
+            proc.join()
+            conn.close()
+
+
+def _render_worker(conn: Any, parent: int) -> None:
+    """A stimulus process: renders the jobs it is sent until it is sent ``None``; answers
+    ``(True, result)`` or ``(False, exception)``. It ignores Ctrl-C (its parent stops it), dies
+    with its parent (Linux) and uses one BLAS thread."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        return
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        try:
+            answer = (True, _render_job(message[1]))
+        except Exception as error:  # the parent raises it
+            answer = (False, error)
+        try:
+            conn.send(answer)
+        except Exception as error:  # an exception that does not pickle
+            conn.send((False, RuntimeError(f"rendering a stimulus failed: {error!r}")))
+
+
+def _render_job(
+    job: tuple[SimulateConfig, SegmentTiming, Path],
+) -> tuple[list[Scene], brain_sim.StimulusFeatures]:
+    with brain_sim.single_thread_blas():
+        return _stimulus(*job)
+
+
+def simulate_wen2018(
+    cfg: SimulateConfig, out: str | os.PathLike, workers: int | None = None
+) -> Path:
     """Write a simulated dataset in the raw Wen 2018 layout to ``out``; return ``out``.
+
+    ``workers``: processes rendering the segments' stimuli side by side (None:
+    :func:`render_workers`). Each segment has its own seed, so the dataset is the same, byte
+    for byte, whatever the count.
 
     Raises a UserError if ``out`` exists and is not empty (unless it is this command's finished
     dataset, which is written again), or for an invalid config value.
@@ -278,11 +415,10 @@ def simulate_wen2018(cfg: SimulateConfig, out: str | os.PathLike) -> Path:
     with (
         atomic_dir(out) as tmp,
         tqdm(total=total, unit="run", desc="simulate", disable=None) as bar,
+        # closed first: the workers stop before the staging folder is cleaned up
+        contextlib.closing(_stimuli(cfg, segments, tmp / "stimuli", workers)) as stimuli,
     ):
-        for seg in segments:
-            bar.set_postfix_str(f"{seg.name} stimulus")
-            with brain_sim.single_thread_blas():
-                scenes, features = _stimulus(cfg, seg, tmp / "stimuli" / f"{seg.name}.mp4")
+        for seg, (scenes, features) in zip(segments, stimuli, strict=True):
             scenes_by_segment[seg.name] = [_scene_dict(s) for s in scenes]
             bar.set_postfix_str(f"{seg.name} fMRI")
             for s, brain in enumerate(brains):
