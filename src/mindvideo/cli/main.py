@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help=(
                     "torch intra-op threads (default: the usable CPUs not busy with other "
                     "work, re-checked as the run goes on; or MINDVIDEO_THREADS)"
+                    + (
+                        "; also the processes rendering the stimuli (default: every usable CPU)"
+                        if name == "simulate"
+                        else ""
+                    )
                 ),
             )
     return parser
