@@ -12,14 +12,16 @@ Runs, each in its own process and one after the other (so they do not share the 
   the sampling cost per clip the authors' way (DDIM 200, two UNet calls per step) against ours
   (batched guidance, the demo preset's sampler);
 - ``threads.py`` — the tiny demo from scratch, idle and beside one competing busy thread, with
-  torch's threads chosen automatically and fixed to every CPU (about 10 minutes).
+  torch's threads chosen automatically and fixed to every CPU (about 10 minutes);
+- ``simulate.py`` — `mindvideo simulate` of the demo dataset with one render process and with
+  one per CPU, and whether both builds are the same.
 
 Each writes ``benchmarks/results/NAME.{json,md}``; this script then writes
 ``benchmarks/results/suite.json`` (every result, the machine, versions, the wall time of each
 benchmark) and ``benchmarks/results/suite.md`` (the headline figures, with the peak memory of
 each, followed by every benchmark's own table).
 
-Run:  python benchmarks/run.py [--data DIR] [--only prepare_full,detrend,encoder,sampling,threads]
+Run:  python benchmarks/run.py [--data DIR] [--only NAME,...]  (names: the files above)
 Not part of the test suite.
 """
 
@@ -36,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SUITE = ("prepare_full", "detrend", "encoder", "sampling", "threads")
+SUITE = ("prepare_full", "detrend", "encoder", "sampling", "threads", "simulate")
 
 
 def _run(name: str, extra: list[str]) -> float:
@@ -61,6 +63,20 @@ def headline(results: dict) -> list[str]:
                 f"prepare, full scale: fMRI of one subject ({prep['runs']} runs)",
                 f"{prep['fmri_s']:.1f} s (target ≤ 30 s); frames {prep['frames_s']:.1f} s",
                 f"{prep['peak_rss_gb']:.2f} GB (target ≤ 4)",
+            )
+        )
+    sim = results.get("simulate")
+    if sim:
+        rows.append(
+            (
+                f"simulate, {sim['preset']} preset",
+                ", ".join(
+                    f"{r['workers']} process{'es' if r['workers'] > 1 else ''} "
+                    f"{r['wall_s']:.0f} s" + (f" ({r['speedup']:.2f}×)" if r["workers"] > 1 else "")
+                    for r in sim["rows"]
+                )
+                + ("; the same dataset" if sim["passed"] else "; **the datasets differ**"),
+                "—",
             )
         )
     det = results.get("detrend")
@@ -210,6 +226,7 @@ def main() -> int:
         "encoder": ["--threads", "1"],
         "sampling": ["--threads", "1", "--repeats", "2"],
         "threads": [],
+        "simulate": [],
     }
     wall = {name: round(_run(name, extra[name]), 1) for name in chosen}
     results = {name: _load(name) for name in chosen}
