@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import av
 import nibabel as nib
@@ -310,11 +311,16 @@ def test_a_render_process_that_fails_raises_its_error_here(sim_config, tmp_path)
 
 
 def _children(pid: int) -> list[int]:
-    path = f"/proc/{pid}/task/{pid}/children"
-    try:
-        return [int(p) for p in open(path, encoding="ascii").read().split()]
-    except OSError:
-        return []
+    """The processes whose parent is ``pid`` (from every ``/proc/N/stat``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _alive(pid: int) -> bool:

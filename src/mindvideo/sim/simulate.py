@@ -295,7 +295,8 @@ def _in_processes(jobs: list, n: int) -> Iterator[tuple[list[Scene], brain_sim.S
     finished = False
     # The workers start with SIGINT blocked (the mask is inherited), so a Ctrl-C reaches this
     # process alone, which stops them; they die with it when it is killed (Linux).
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    mask = getattr(signal, "pthread_sigmask", lambda how, signals: set())  # not on Windows
+    blocked = mask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         for _ in range(n):
             mine, theirs = ctx.Pipe()
@@ -303,7 +304,7 @@ def _in_processes(jobs: list, n: int) -> Iterator[tuple[list[Scene], brain_sim.S
             proc.start()
             theirs.close()
             workers.append((proc, mine))
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        mask(signal.SIG_SETMASK, blocked)
         done: dict[int, tuple] = {}
         busy: dict = {}  # connection → job index
         queued = iter(range(len(jobs)))
@@ -334,7 +335,7 @@ def _in_processes(jobs: list, n: int) -> Iterator[tuple[list[Scene], brain_sim.S
             conn.send(None)
         finished = True
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        mask(signal.SIG_SETMASK, blocked)
         for proc, conn in workers:
             if not finished:
                 proc.kill()  # nothing is written into the output after this returns
