@@ -225,11 +225,12 @@ class RidgeDecoder:
             x_mean, y_mean = x[train].mean(0), y[train].mean(0)
             predict = _ridge_solver(x[train] - x_mean, alphas)(y[train] - y_mean)
             pred = predict(x[held] - x_mean) + y_mean  # [A, m, K]
-            error += ((pred - y[held]) ** 2).sum(dim=1)
+            held_y = y[held]
+            error += ((pred - held_y) ** 2).sum(dim=1)
             for i, (start, stop) in enumerate(identify):
                 # Patterns as they are scored: the training mean added back (part of each).
                 part = slice(start, stop)
-                truth = y[held][:, part] + offset[part]
+                truth = held_y[:, part] + offset[part]
                 hits[:, i] += pairwise_identification(pred[..., part] + offset[part], truth).sum(1)
             if held_out:
                 fold_maps.append((held, x_mean, y_mean, predict))
