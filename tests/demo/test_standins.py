@@ -617,6 +617,67 @@ def test_smoothed_crops_depend_only_on_seed_epoch_and_index_and_half_are_smoothe
     assert 16 <= int(smoothed.sum()) <= 48
 
 
+def test_clips_are_flipped_and_reversed_by_seed_epoch_and_index_with_their_labels_kept():
+    from mindvideo.demo.standins.classifiers import LabelledClips
+
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, (40, 6, 8, 8, 3), dtype=np.uint8)
+    classes, motions = np.arange(40) % 7, np.arange(40) % 3
+
+    def items(seed, epoch):
+        ds = LabelledClips(clips, classes, motions, seed)
+        ds.set_epoch(epoch)
+        return [ds[i] for i in range(len(ds))]
+
+    a = items(0, 0)
+    assert all(torch.equal(x["clips"], y["clips"]) for x, y in zip(a, items(0, 0), strict=True))
+    assert any(not torch.equal(x["clips"], y["clips"]) for x, y in zip(a, items(0, 1), strict=True))
+    assert any(not torch.equal(x["clips"], y["clips"]) for x, y in zip(a, items(1, 0), strict=True))
+    seen = set()
+    for i, item in enumerate(a):
+        assert item["clips"].dtype == torch.uint8 and item["clips"].shape == (6, 8, 8, 3)
+        assert (int(item["class"]), int(item["motion"])) == (classes[i], motions[i])
+        match = []
+        for flip in (False, True):
+            for reverse in (False, True):
+                clip = clips[i][:, :, ::-1] if flip else clips[i]  # [F, H, W, 3]
+                clip = torch.from_numpy(np.ascontiguousarray(clip[::-1] if reverse else clip))
+                if torch.equal(item["clips"], clip):
+                    match.append((flip, reverse))
+        assert len(match) == 1, i
+        seen.add(match[0])
+    assert len(seen) == 4  # as is, flipped, reversed, both
+
+
+def test_training_clips_add_the_single_scene_clips_across_tr_boundaries(prepared, labels):
+    data = StandinData.build(prepared, labels, standin_preset("tiny"))
+    clips, cls, mot = video_clips(data, "train")
+    more, more_cls, more_mot = video_clips(data, "train", boundaries=True)
+    n = len(clips)
+    assert np.array_equal(more[:n], clips) and np.array_equal(more_cls[:n], cls)
+    assert np.array_equal(more_mot[:n], mot) and len(more) > n
+    frames = np.asarray(prepared.frames("train"))  # [S, T, 6, H, W, 3]
+    c, m = labels.class_id["train"], labels.motion_id["train"]
+    # Every frame of the TR-aligned and straddling windows, by its own label, in time order.
+    flat = frames.reshape(frames.shape[0], -1, *frames.shape[3:])
+    fc, fm = c.reshape(len(c), -1), m.reshape(len(m), -1)
+    starts = {}
+    for s in range(len(flat)):
+        for a in range(3, flat.shape[1] - 6, 6):
+            starts.setdefault(flat[s, a : a + 6].tobytes(), []).append((s, a))
+    for clip, k, j in zip(more[n:], more_cls[n:], more_mot[n:], strict=True):
+        (s, a), *_ = starts[clip.tobytes()]  # the last 3 frames of a TR, the first 3 of the next
+        assert (fc[s, a : a + 6] == k).all() and (fm[s, a : a + 6] == j).all()
+    # and none of the straddling windows that show one scene is left out
+    one = [
+        (s, a)
+        for s in range(len(flat))
+        for a in range(3, flat.shape[1] - 6, 6)
+        if (fc[s, a : a + 6] == fc[s, a]).all() and (fm[s, a : a + 6] == fm[s, a]).all()
+    ]
+    assert len(more) - n == len(one)
+
+
 def test_vae_encoder_phase_trains_the_encoder_alone_and_fits_smoothed_frames(tmp_path):
     import dataclasses
     from types import SimpleNamespace

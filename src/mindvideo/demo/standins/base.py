@@ -208,7 +208,7 @@ def _preset(
             stem=32, channels=(32, 64, 128), depths=(1, 1, 1), train=budget("image_classifier", 64)
         ),
         video_classifier=ClassifierPreset(
-            width=64, layers=2, heads=4, grid=4, train=budget("video_classifier", 32)
+            width=64, layers=2, heads=4, grid=8, train=budget("video_classifier", 32)
         ),
         eval_frames=eval_frames,
     )
@@ -238,7 +238,7 @@ PRESETS: dict[str, StandinPreset] = {
             vae_encoder=200,
             unet=500,
             image_classifier=1600,
-            video_classifier=1500,
+            video_classifier=2000,
         ),
         eval_frames=1024,
     ),

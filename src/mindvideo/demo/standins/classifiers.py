@@ -11,8 +11,11 @@ on the training segments' ground truth (``scenes.json``):
   CPU budget learn colour but not shape (measured in docs/standins.md). The evaluation loads it
   with the same auto class as the real ViT, so the code path is the GPU one.
 - ``video_classifier/``: ``VideoMAEForVideoClassification`` over class × motion (73 × 9 = 657
-  labels ``"red circle, zoom-fast"``), 6 frames, tubelets of 2 frames, + a
-  ``VideoMAEImageProcessor`` (ImageNet mean/std, as the Kinetics model).
+  labels ``"red circle, zoom-fast"``), 6 frames in one tubelet (every patch token sees the
+  whole clip, so its embedding reads the patch's motion), + a ``VideoMAEImageProcessor``
+  (ImageNet mean/std, as the Kinetics model). Trained on the single-scene clips of the training
+  TRs and of the TR boundaries (the last 3 frames of one TR and the first 3 of the next),
+  flipped left-right and played backwards at random: no label names a direction.
 
 Both load with ``ImageClassifier.from_pretrained`` / ``VideoClassifier.from_pretrained(...,
 num_frames=6)`` (``mindvideo.evaluation``) like the real folders. Their scores are not ImageNet
@@ -76,7 +79,7 @@ VIT_MEAN = VIT_STD = (0.5, 0.5, 0.5)  # google/vit-base-patch16-224's preprocess
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the Kinetics VideoMAE's
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NUM_FRAMES = 6
-TUBELET = 2
+TUBELET = 6
 #: Kept in ``config.json`` (transformers keeps extra keys): the evaluation recognises a stand-in
 #: by it even when only the model files are copied, and says its scores are not ImageNet's.
 STANDIN_NOTE = {
@@ -158,8 +161,8 @@ class WordLinear(nn.Module):
 
 
 def build_video_classifier(spec: ClassifierPreset, size: int, labels: list[str]) -> Any:
-    """A randomly initialised ``VideoMAEForVideoClassification`` over ``labels`` (6 frames,
-    tubelets of 2, mean pooling as the Kinetics model)."""
+    """A randomly initialised ``VideoMAEForVideoClassification`` over ``labels`` (6 frames in
+    one tubelet, mean pooling as the Kinetics model)."""
     from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 
     config = VideoMAEConfig(
@@ -237,28 +240,41 @@ class LabelledFrames(EpochDataset):
 
 
 class LabelledClips(EpochDataset):
-    """Clips (uint8 ``[6, H, W, 3]``) with their class and motion (no flips: a direction is
-    part of a motion's look)."""
+    """Clips (uint8 ``[6, H, W, 3]``) with their class and motion, each flipped left-right and
+    played backwards at random (by ``seed``, the epoch and the index). Neither changes a label:
+    a motion's label names its kind and speed, not its direction — a pan or a translation either
+    way, a zoom in or out, a rotation either way (the simulator draws the direction apart)."""
 
-    def __init__(self, clips: np.ndarray, classes: np.ndarray, motions: np.ndarray) -> None:
+    def __init__(
+        self, clips: np.ndarray, classes: np.ndarray, motions: np.ndarray, seed: int
+    ) -> None:
         self.clips = clips
         self.classes = torch.from_numpy(np.asarray(classes, dtype=np.int64))
         self.motions = torch.from_numpy(np.asarray(motions, dtype=np.int64))
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        clip = torch.from_numpy(np.ascontiguousarray(self.clips[index]))
+        clip = self.clips[index]  # [F, H, W, 3]
+        rng = epoch_rng(self.seed, self.epoch, index, 6)
+        if rng.random() < 0.5:
+            clip = clip[:, :, ::-1]
+        if rng.random() < 0.5:
+            clip = clip[::-1]
+        clip = torch.from_numpy(np.ascontiguousarray(clip))
         return {"clips": clip, "class": self.classes[index], "motion": self.motions[index]}
 
 
 def video_clips(
-    data: StandinData, split: str, limit: int | None = None
+    data: StandinData, split: str, limit: int | None = None, boundaries: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The clips of one split whose 6 frames show one scene (a TR with a cut has no single
     label): uint8 ``[N, 6, H, W, 3]``, class ``[N]``, motion ``[N]``; ``limit`` keeps that many,
-    evenly spread."""
+    evenly spread. ``boundaries``: after them, the single-scene clips that straddle two TRs of a
+    segment (the last half of one TR's frames and the first half of the next's) — more clips of
+    the same footage for training; the evaluation judges TR-aligned clips."""
     labels = data.labels
     cls, mot = labels.class_id[split], labels.motion_id[split]  # [S, T, F]
     one_scene = (cls == cls[..., :1]).all(-1) & (mot == mot[..., :1]).all(-1)
@@ -267,8 +283,20 @@ def video_clips(
         keep = np.unique(np.linspace(0, len(seg) - 1, limit).round().astype(np.int64))
         seg, tr = seg[keep], tr[keep]
     frames = data.prepared.frames(split)
-    clips = np.stack([np.asarray(frames[s, t]) for s, t in zip(seg, tr, strict=True)])
-    return clips, cls[seg, tr, 0], mot[seg, tr, 0]
+    clips = [np.asarray(frames[s, t]) for s, t in zip(seg, tr, strict=True)]
+    classes, motions = list(cls[seg, tr, 0]), list(mot[seg, tr, 0])
+    if boundaries:
+        n_frames = cls.shape[2]
+        half = n_frames // 2
+        # [S, T-1, F]: the frames of TR t from ``half`` on, then those of TR t+1 before it
+        c = np.concatenate([cls[:, :-1, half:], cls[:, 1:, :half]], axis=-1)
+        m = np.concatenate([mot[:, :-1, half:], mot[:, 1:, :half]], axis=-1)
+        one = (c == c[..., :1]).all(-1) & (m == m[..., :1]).all(-1)
+        for s, t in zip(*np.nonzero(one), strict=True):
+            clips.append(np.concatenate([frames[s, t, half:], frames[s, t + 1, :half]]))
+            classes.append(c[s, t, 0])
+            motions.append(m[s, t, 0])
+    return np.stack(clips), np.asarray(classes), np.asarray(motions)
 
 
 def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -451,7 +479,7 @@ def train_video_standin(job: StandinJob) -> dict[str, Any]:
     preset: ClassifierPreset = spec.video_classifier
     labels = data.labels.video_labels
     n_classes, n_motions = len(data.labels.classes), len(data.labels.motions)
-    clips, cls, mot = video_clips(data, "train")
+    clips, cls, mot = video_clips(data, "train", boundaries=True)
     seeded(seed, 5)
     model = build_video_classifier(preset, data.frame_size, labels)
     processor = VideoMAEImageProcessorPil(
@@ -463,7 +491,7 @@ def train_video_standin(job: StandinJob) -> dict[str, Any]:
     trained = fit(
         "video classifier",
         FactorisedVideoClassifier(model, n_classes, n_motions, data.labels.classes),
-        LabelledClips(clips, cls, mot),
+        LabelledClips(clips, cls, mot, seed),
         _video_loss_fn(IMAGENET_MEAN, IMAGENET_STD),
         preset.train,
         log_dir,
