@@ -1,7 +1,7 @@
 """The scientific check (docs/scientific-check.md): the `demo` preset, trained from scratch on the
 simulated dataset, identifies the test videos well above chance.
 
-This is the default `mindvideo demo` — every stage at its demo size, about 14 minutes on an idle
+This is the default `mindvideo demo` — every stage at its demo size, 12 to 14 minutes on an idle
 2-core CPU, two stages at a time — so it is the slowest test of the suite, and the one that says
 the system works.
 """
@@ -39,7 +39,7 @@ def test_demo_preset_identifies_test_videos_well_above_chance(tmp_path, capsys, 
         # demo runs vary a little: multithreaded CPU training is not bitwise reproducible)
         assert score["mean"] - 1.645 * score["se"] > chance, (key, score)
     # 50-way video identification, where chance is 2%: at least twice chance (seeds 0 and 1:
-    # 0.242 and 0.309, shuffled chance 0.03)
+    # 0.265 and 0.289 with the one-tubelet video judge, shuffled chance 0.03)
     assert metrics["video_50way_top1_strict"]["mean"] > 2 / 50
     # The field's table (docs/evaluation.md): every score but FVD, the VIFI-CLIP score from the
     # CLIP stand-in with temporal pooling, marked so.
