@@ -13,10 +13,12 @@ import pytest
 from mindvideo.data.prepared import (
     PreparedData,
     PreparedWriter,
+    data_fingerprint,
     hash_sources,
     is_up_to_date,
     load_authors_arrays,
     sha256_file,
+    write_first_segments,
     write_prepared,
 )
 from mindvideo.utils import UserError
@@ -86,6 +88,37 @@ def test_write_then_open_round_trip_with_memmaps(tmp_path):
         + ["captions_train.json", "captions_test.json"]
         + ["manifest.json"]
     )
+
+
+def test_first_segments_keep_the_training_segments_asked_for_and_the_rest_as_it_is(tmp_path):
+    """A subject with less data: the first k training segments (fMRI, frames, captions, scene
+    ids), the test split, voxels and ROI unchanged; the manifest names the source and k."""
+    arrays = write_small(tmp_path / "full")
+    source = PreparedData.open(tmp_path / "full")
+    scenes = np.arange(S_TR * T * F, dtype=np.int32).reshape(S_TR, T, F)
+    w = PreparedWriter(tmp_path / "labelled")
+    for name in ("fmri_train", "fmri_test", "frames_train", "frames_test", "roi_mask"):
+        w.write_array(name, arrays[name])
+    w.write_array("scene_ids_train", scenes)
+    w.write_captions("train", source.captions("train"))
+    w.finish(None, segments={"train": ["seg1", "seg2", "seg3"], "test": ["test1", "test2"]})
+    labelled = PreparedData.open(tmp_path / "labelled")
+    for src in (source, labelled):
+        cut = write_first_segments(src.root, tmp_path / f"cut-{src.root.name}", 2)
+        for name in ("fmri_train", "frames_train"):
+            np.testing.assert_array_equal(getattr(cut, name), arrays[name][:2])
+        for name in ("fmri_test", "frames_test", "roi_mask"):
+            np.testing.assert_array_equal(getattr(cut, name), arrays[name])
+        assert cut.captions("train") == src.captions("train")[:2]
+        assert cut.captions("test") == src.captions("test")
+        assert cut.manifest["first_segments"] == {"source": data_fingerprint(src), "segments": 2}
+    np.testing.assert_array_equal(cut.scene_ids_train, scenes[:2])
+    assert cut.manifest["segments"] == {"train": ["seg1", "seg2"], "test": ["test1", "test2"]}
+    assert PreparedData.open(tmp_path / "cut-full").manifest["subject"] == 1
+    for bad in (0, S_TR + 1):
+        with pytest.raises(UserError, match=f"has {S_TR} training segments: segments must be"):
+            write_first_segments(tmp_path / "full", tmp_path / f"bad{bad}", bad)
+        assert not (tmp_path / f"bad{bad}").exists()
 
 
 def test_test_repetitions_can_be_kept(tmp_path):

@@ -219,6 +219,52 @@ def test_subjects_plan_trains_each_subjects_own_model_and_one_shared_model(tmp_p
     assert "subjects/shared/contrast" in needs(by["subjects/shared/cotrain"], stages, run)
 
 
+@pytest.mark.parametrize("subjects", [2, 3])
+def test_held_out_plan_adapts_the_last_subject_from_a_few_segments(tmp_path, subjects):
+    """``--subjects K``: subject K cut to the adapt preset's first segments, the demo's chain on
+    those alone, and its adapter onto a model of the others (subjects 1 … K−1 shared; with K = 2
+    the run's own pipeline), reconstructed through the adapter; each after what it reads."""
+    from mindvideo.config import adapt_preset
+
+    run = tmp_path / "run"
+    stages = stages_of(Recipe("tiny", str(run), 0, ablations=False, subjects=subjects))
+    by = {s.folder: s for s in stages}
+    r, base = run.resolve(), "subjects/held-out"
+    cut = str(r / base / "prepare")
+    assert by[f"{base}/prepare"].config == {
+        "source": str(r / f"subjects/prepare-{subjects}"),
+        "segments": adapt_preset("tiny").segments,
+    }
+    assert by[f"{base}/alone/pretrain"].config.finetune_data == cut
+    assert by[f"{base}/alone/lowlevel"].config.data == cut
+    alone = by[f"{base}/alone/contrast"].config
+    assert alone.data == cut and alone.subjects == []
+    assert alone.encoder == str(r / base / "alone/pretrain")
+    assert by[f"{base}/alone/reconstruct"].config.lowlevel == str(r / base / "alone/lowlevel")
+    if subjects == 3:
+        host = by[f"{base}/host/contrast"].config
+        assert host.data == str(r / "prepare") and host.subjects == [str(r / "subjects/prepare-2")]
+        pipeline = str(r / base / "host/cotrain/pipeline")
+    else:
+        assert not any(folder.startswith(f"{base}/host") for folder in by)
+        pipeline = str(r / "cotrain/pipeline")
+    adapt = by[f"{base}/adapt"].config
+    assert (adapt.data, adapt.reference, adapt.pipeline) == (cut, str(r / "prepare"), pipeline)
+    assert adapt.lowlevel == str(r / "lowlevel")
+    recon = by[f"{base}/reconstruct"].config
+    assert (recon.data, recon.checkpoint) == (cut, pipeline)
+    assert recon.adapter == str(r / base / "adapt") and recon.lowlevel == str(r / "lowlevel")
+    evaluate = by[f"{base}/evaluate"].config
+    assert evaluate.reconstructions == str(r / base / "reconstruct")
+    own = by[f"subjects/subject{subjects}/evaluate"].config
+    assert evaluate.scenes_json == own.scenes_json  # labelled as the subject's own model is
+    order = [s.folder for s in stages]
+    for stage in stages:
+        for need in needs(stage, stages, run):
+            assert order.index(need) < order.index(stage.folder), (need, stage.folder)
+    assert f"{base}/prepare" in needs(by[f"{base}/adapt"], stages, run)
+
+
 @pytest.mark.slow
 def test_subjects_comparison_pairs_each_subjects_own_model_with_the_shared_one(tiny_demo, tmp_path):
     """``RUN/subjects/subjects.md`` and ``compare-subjectK/``: per subject, its own model's
@@ -244,3 +290,29 @@ def test_subjects_comparison_pairs_each_subjects_own_model_with_the_shared_one(t
         )
         assert [r["name"] for r in comparison["runs"]] == [f"subject{k} own", "shared"]
         assert comparison["runs"][1]["paired_with_reference"]
+
+
+def test_held_out_comparison_gives_both_ratios_against_their_targets(tiny_demo, tmp_path):
+    """``RUN/subjects/held-out.md``: the adapted model beside the subject's full-data model and
+    the model of its few segments alone, the two ratios of frame 50-way against their targets
+    (0.90 and 1.5), and the paired comparison in ``held-out/compare/``."""
+    import shutil
+
+    from mindvideo.data.prepared import write_first_segments
+    from mindvideo.demo.run import held_out_runs, write_held_out_comparison
+
+    assert tiny_demo.returncode == 0, tiny_demo.err
+    run = tmp_path / "run"
+    write_first_segments(tiny_demo.run / "prepare", run / "subjects/held-out/prepare", 2)
+    for folder in held_out_runs(run, 2).values():
+        shutil.copytree(tiny_demo.run / "evaluate", folder)
+    table = write_held_out_comparison(run, 2).read_text()
+    assert "## Subject 2 as a new subject, from 2 training segments" in table
+    assert "onto subject 1's model" in table
+    row = next(line for line in table.splitlines() if line.startswith("| frame_50way_top1_true |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == cells[2] == cells[3]
+    if float(cells[1]) > 0:  # equal runs: ratio 1, the first target met and the second not
+        assert cells[4] == "1.00 (≥ 0.90: met)" and cells[5] == "1.00 (≥ 1.5: not met)"
+    comparison = json.loads((run / "subjects/held-out/compare/comparison.json").read_text())
+    assert [r["name"] for r in comparison["runs"]] == ["adapted", "full data", "alone"]

@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help=(
             "also simulate K subjects and train one model shared by all of them beside each "
-            "subject's own, each subject scored by both (RUN/subjects/subjects.md)"
+            "subject's own, each subject scored by both (RUN/subjects/subjects.md); and subject "
+            "K as a new subject, adapted from its first few training segments onto a model of "
+            "the others (RUN/subjects/held-out.md)"
         ),
     )
     parser.add_argument(
@@ -86,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluate/metrics.md",
         "compare/comparison.md",
         "subjects/subjects.md",
+        "subjects/held-out.md",
     )
     for table in (*tables, "information.md"):
         path = args.out / table

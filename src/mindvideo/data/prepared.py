@@ -299,6 +299,47 @@ def write_prepared(
 
 _RESERVED = ("format_version", "n_voxels", "arrays", "captions")
 
+TRAIN_ARRAYS = ("fmri_train", "frames_train", "scene_ids_train")
+"""The arrays of a prepared subject indexed by training segment first."""
+
+
+def write_first_segments(
+    source: str | os.PathLike, out_dir: str | os.PathLike, segments: int
+) -> PreparedData:
+    """A prepared subject that has only the first ``segments`` training segments of ``source``
+    (a subject with less data: a new subject's few recordings, a learning curve); its test
+    split, voxels and ROI are ``source``'s, unchanged. The manifest records the source's
+    fingerprint and the count (``first_segments``); returns the opened result.
+
+    The voxels are those ``source``'s ROI chose from all its training segments: the cut
+    subject's scores are those of the same voxels with fewer training segments."""
+    data = PreparedData.open(source)
+    available = int(data.fmri_train.shape[0])
+    if not 1 <= segments <= available:
+        raise UserError(
+            f"{source} has {available} training segments: segments must be 1 to {available}, "
+            f"not {segments}."
+        )
+    with PreparedWriter(out_dir, staged=True) as w:
+        for name in REQUIRED_ARRAYS + OPTIONAL_ARRAYS:
+            array = getattr(data, name)
+            if array is not None:
+                w.write_array(name, array[:segments] if name in TRAIN_ARRAYS else array)
+        for split in SPLITS:
+            caps = data.captions(split)
+            if caps is not None:
+                w.write_captions(split, caps[:segments] if split == "train" else caps)
+        extra = {k: v for k, v in data.manifest.items() if k not in _RESERVED}
+        for key in ("segments", "repetitions"):  # per-segment records of the layout
+            if isinstance(extra.get(key), dict) and isinstance(extra[key].get("train"), list):
+                extra[key] = {**extra[key], "train": extra[key]["train"][:segments]}
+        if isinstance(extra.get("n_scenes"), dict) and data.scene_ids_train is not None:
+            scenes = int(np.unique(np.asarray(data.scene_ids_train[:segments])).size)
+            extra["n_scenes"] = {**extra["n_scenes"], "train": scenes}
+        cut = {"source": data_fingerprint(data), "segments": int(segments)}
+        w.finish(None, **{**extra, "first_segments": cut})
+    return PreparedData.open(out_dir)
+
 
 # --------------------------------------------------------------------------------------------
 # Reading

@@ -197,6 +197,7 @@ MODEL_STAGES = {
     "cotrain": ("mindvideo.training.cotrain", "cotrain"),
     "reconstruct": ("mindvideo.pipeline.reconstruct", "reconstruct"),
     "evaluate": ("mindvideo.evaluation.runner", "evaluate_reconstructions"),
+    "adapt": ("mindvideo.training.adapt", "adapt"),
 }
 
 
@@ -387,7 +388,118 @@ def subjects_plan(stages: list[Stage], run_dir: Path, subjects: int) -> list[Sta
                 recon, lowlevel=str(r / SUBJECTS_DIR / f"subject{k}" / "lowlevel")
             )
         chain += scored(f"-subject{k}", shared, recon)
-    return chain
+    return chain + held_out_plan(stages, run_dir, subjects)
+
+
+def plan_preset(stages: list[Stage]) -> str:
+    """The preset (``tiny``, ``demo``) a :func:`plan` was made for."""
+    return next(s.config["preset"] for s in stages if s.name.startswith("standins/"))
+
+
+HELD_OUT_DIR = "held-out"
+"""``RUN/subjects/held-out``: the last subject as a new one, from a few training segments."""
+
+
+def held_out_plan(stages: list[Stage], run_dir: Path, subjects: int) -> list[Stage]:
+    """``--subjects K``: subject K as a new subject with only its first ``n`` training segments
+    (``n``: the ``adapt`` preset's ``segments``; 3 for ``demo``), in
+    ``RUN/subjects/held-out/``:
+
+    - ``prepare``: subject K's prepared folder cut to those segments
+      (:func:`~mindvideo.data.prepared.write_first_segments`: the same voxels and test split);
+    - ``alone/{pretrain, lowlevel, contrast, cotrain, reconstruct, evaluate}``: the demo's chain
+      trained on those segments alone;
+    - the host: with K ≥ 3 a shared model of subjects 1 … K−1 (``host/{contrast, cotrain}``,
+      from the run's MBM), with K = 2 the run's own pipeline (subject 1's);
+    - ``adapt``: subject K's adapter onto the host from those segments (the ``adapt`` preset,
+      fine-tuned through the host's encoder and subject 1's low-level decoder), then
+      ``reconstruct`` through it and ``evaluate``.
+
+    Scored against subject K's own full-data model (``RUN/subjects/subjectK``) by
+    :func:`write_held_out_comparison`.
+    """
+    from mindvideo.config import adapt_preset
+
+    by = {s.name: s.config for s in stages}
+    r = run_dir.resolve()
+    here = r / SUBJECTS_DIR
+    base = f"{SUBJECTS_DIR}/{HELD_OUT_DIR}"
+    preset = plan_preset(stages)
+    segments = adapt_preset(preset).segments
+    source, cut = str(here / f"prepare-{subjects}"), str(r / base / "prepare")
+    scenes = str(here / "simulate" / "scenes.json")
+    low = by["reconstruct"].lowlevel
+
+    def _cut(out: Path) -> None:
+        from mindvideo.data.prepared import write_first_segments
+
+        write_first_segments(source, out, segments)
+
+    def scored(folder: str, recon: Any) -> list[Stage]:
+        evaluate = dataclasses.replace(
+            by["evaluate"], reconstructions=str(r / folder / "reconstruct")
+        )
+        if evaluate.scenes_json is not None:
+            evaluate = dataclasses.replace(evaluate, scenes_json=scenes)
+        return [
+            model_stage("reconstruct", recon, f"{folder}/reconstruct"),
+            model_stage("evaluate", evaluate, f"{folder}/evaluate"),
+        ]
+
+    chain = [
+        Stage("first-segments", {"source": source, "segments": segments}, _cut, f"{base}/prepare")
+    ]
+    alone = f"{base}/alone"
+    chain += [
+        model_stage(
+            "pretrain", dataclasses.replace(by["pretrain"], finetune_data=cut), f"{alone}/pretrain"
+        ),
+        model_stage("lowlevel", dataclasses.replace(by["lowlevel"], data=cut), f"{alone}/lowlevel"),
+        model_stage(
+            "contrast",
+            dataclasses.replace(by["contrast"], data=cut, encoder=str(r / alone / "pretrain")),
+            f"{alone}/contrast",
+        ),
+        model_stage(
+            "cotrain",
+            dataclasses.replace(by["cotrain"], data=cut, encoder=str(r / alone / "contrast")),
+            f"{alone}/cotrain",
+        ),
+    ]
+    recon = dataclasses.replace(
+        by["reconstruct"],
+        data=cut,
+        checkpoint=str(r / alone / "cotrain" / "pipeline"),
+        lowlevel=None if low is None else str(r / alone / "lowlevel"),
+    )
+    chain += scored(alone, recon)
+
+    if subjects >= 3:  # a shared model of the others
+        host = f"{base}/host"
+        hosts = [str(here / f"prepare-{k}") for k in range(2, subjects)]
+        contrast = dataclasses.replace(by["contrast"], subjects=hosts)
+        cotrain = dataclasses.replace(
+            by["cotrain"], subjects=hosts, encoder=str(r / host / "contrast")
+        )
+        chain += [
+            model_stage("contrast", contrast, f"{host}/contrast"),
+            model_stage("cotrain", cotrain, f"{host}/cotrain"),
+        ]
+        pipeline = str(r / host / "cotrain" / "pipeline")
+    else:
+        pipeline = by["reconstruct"].checkpoint
+    adapt = dataclasses.replace(
+        adapt_preset(preset),
+        data=cut,
+        reference=by["reconstruct"].data,
+        pipeline=pipeline,
+        lowlevel=low,
+    )
+    chain.append(model_stage("adapt", adapt, f"{base}/adapt"))
+    recon = dataclasses.replace(
+        by["reconstruct"], data=cut, checkpoint=pipeline, adapter=str(r / base / "adapt")
+    )
+    return chain + scored(base, recon)
 
 
 def subject_runs(run_dir: Path, subjects: int) -> dict[int, tuple[Path, Path]]:
@@ -434,6 +546,86 @@ def write_subjects_comparison(run_dir: Path, subjects: int) -> Path:
                 + " |"
             )
     path = run_dir / SUBJECTS_DIR / "subjects.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+HELD_OUT_TARGETS = {"of the full-data model": 0.9, "of the model of those segments alone": 1.5}
+"""The held-out subject's targets on frame 50-way against the true class: the adapted model's
+score as a fraction of its own full-data model's, and as a multiple of the model trained on the
+same few segments alone."""
+
+
+def held_out_runs(run_dir: Path, subjects: int) -> dict[str, Path]:
+    """The held-out subject's three evaluations: ``adapted`` (its adapter onto the host),
+    ``full data`` (its own model of every training segment) and ``alone`` (the demo's chain on
+    the few segments alone)."""
+    base = run_dir / SUBJECTS_DIR / HELD_OUT_DIR
+    return {
+        "adapted": base / "evaluate",
+        "full data": run_dir / SUBJECTS_DIR / f"subject{subjects}" / "evaluate",
+        "alone": base / "alone" / "evaluate",
+    }
+
+
+def write_held_out_comparison(run_dir: Path, subjects: int) -> Path:
+    """``RUN/subjects/held-out/compare/`` (the adapted model against the subject's full-data
+    model and against the model of its few segments alone, paired over its test windows) and
+    ``RUN/subjects/held-out.md``: each score, the two ratios and their targets."""
+    import json
+
+    from mindvideo.evaluation.compare import compare_runs, write_comparison
+
+    runs = held_out_runs(run_dir, subjects)
+    base = run_dir / SUBJECTS_DIR / HELD_OUT_DIR
+    cut = json.loads((base / "prepare" / "manifest.json").read_text(encoding="utf-8"))
+    segments = cut["first_segments"]["segments"]
+    names = list(runs)
+    comparison = compare_runs(list(runs.values()), names=names)
+    write_comparison(comparison, base / "compare")
+    host = f"subjects 1–{subjects - 1}'s shared model" if subjects >= 3 else "subject 1's model"
+    lines = [
+        f"## Subject {subjects} as a new subject, from {segments} training segments",
+        "",
+        f"adapted: its adapter onto {host}, fitted on its first {segments} training segments; "
+        f"full data: its own model of every training segment; alone: the same chain trained on "
+        f"those {segments} segments alone. Paired over its test windows (t-test against the "
+        "adapted model); strict 50-way against the true class where the data have labels. "
+        "Targets (frame 50-way): adapted ≥ 0.90 × full data and ≥ 1.5 × alone.",
+        "",
+        "| metric | full data | alone | adapted | adapted / full data | adapted / alone "
+        "| p vs full data | p vs alone |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b > 0 else "–"
+
+    def p_of(entry: dict[str, Any], name: str) -> str:
+        p = (entry["tests"].get(name) or {}).get("pvalue")
+        return "–" if p is None else f"{p:.3g}"
+
+    for metric in SUBJECT_METRICS:
+        entry = comparison.metrics.get(metric)
+        if entry is None:
+            continue
+        full, alone, adapted = (
+            entry["scores"][n]["mean"] for n in ("full data", "alone", "adapted")
+        )
+        to_full, to_alone = ratio(adapted, full), ratio(adapted, alone)
+        if metric == "frame_50way_top1_true":
+            targets = list(HELD_OUT_TARGETS.values())
+            met = [
+                full > 0 and adapted / full >= targets[0],
+                alone > 0 and adapted / alone >= targets[1],
+            ]
+            to_full += f" (≥ {targets[0]:.2f}: {'met' if met[0] else 'not met'})"
+            to_alone += f" (≥ {targets[1]:.1f}: {'met' if met[1] else 'not met'})"
+        lines.append(
+            f"| {metric} | {full:.3f} | {alone:.3f} | {adapted:.3f} | {to_full} | {to_alone} "
+            f"| {p_of(entry, 'full data')} | {p_of(entry, 'alone')} |"
+        )
+    path = run_dir / SUBJECTS_DIR / "held-out.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -746,6 +938,7 @@ def run_demo(
         write_ablation_comparison(out, list(ablation_plan(plan(preset, out, seed), out)))
     if subjects > 1:
         write_subjects_comparison(out, subjects)
+        write_held_out_comparison(out, subjects)
     command = ["mindvideo", "demo", *(argv or [])]
     write_run_info(out, command, preset=preset, seed=seed)
     report = build_report(out, out / "report.html", command=" ".join(command))
