@@ -277,7 +277,11 @@ def video_clips(
     the same footage for training; the evaluation judges TR-aligned clips."""
     labels = data.labels
     cls, mot = labels.class_id[split], labels.motion_id[split]  # [S, T, F]
-    one_scene = (cls == cls[..., :1]).all(-1) & (mot == mot[..., :1]).all(-1)
+
+    def single(c: np.ndarray, m: np.ndarray) -> np.ndarray:  # [..., F] → one scene throughout
+        return (c == c[..., :1]).all(-1) & (m == m[..., :1]).all(-1)
+
+    one_scene = single(cls, mot)
     seg, tr = np.nonzero(one_scene)
     if limit is not None and len(seg) > limit:
         keep = np.unique(np.linspace(0, len(seg) - 1, limit).round().astype(np.int64))
@@ -291,8 +295,7 @@ def video_clips(
         # [S, T-1, F]: the frames of TR t from ``half`` on, then those of TR t+1 before it
         c = np.concatenate([cls[:, :-1, half:], cls[:, 1:, :half]], axis=-1)
         m = np.concatenate([mot[:, :-1, half:], mot[:, 1:, :half]], axis=-1)
-        one = (c == c[..., :1]).all(-1) & (m == m[..., :1]).all(-1)
-        for s, t in zip(*np.nonzero(one), strict=True):
+        for s, t in zip(*np.nonzero(single(c, m)), strict=True):
             clips.append(np.concatenate([frames[s, t, half:], frames[s, t + 1, :half]]))
             classes.append(c[s, t, 0])
             motions.append(m[s, t, 0])
