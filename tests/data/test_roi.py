@@ -10,7 +10,12 @@ import pytest
 from scipy import stats
 
 from mindvideo.data.preprocess import zscore
-from mindvideo.data.roi import ReproducibilityROI, reproducibility
+from mindvideo.data.roi import (
+    ReferenceROI,
+    ReproducibilityROI,
+    read_reference_rois,
+    reproducibility,
+)
 from mindvideo.utils import UserError
 
 N_T, N_V, N_SEG = 120, 1000, 18
@@ -340,3 +345,53 @@ def test_prepare_per_area_keeps_the_simulators_motion_voxels(
     motion = truth["responsive"] & (truth["role_names"][truth["role"]] == "motion")
     assert (new.roi_mask & motion).sum() >= (old.roi_mask & motion).sum()
     assert (new.roi_mask & motion).sum() > 0
+
+
+# --------------------------------------------------------------------------------------------
+# a group ROI from other subjects' prepared folders
+
+
+def _references(*kept):
+    return [({"path": f"ref{k}", "subject": k}, np.array(g)) for k, g in enumerate(kept, 1)]
+
+
+def test_reference_roi_keeps_the_vertices_enough_references_kept():
+    grayordinates = np.array([14, 10, 12, 11, 13, 99])  # this subject's vertices, file order
+    refs = _references([10, 11, 500], [11, 12])
+    union = ReferenceROI.from_references(grayordinates, refs)
+    np.testing.assert_array_equal(union.mask_, [False, True, True, True, False, False])
+    both = ReferenceROI.from_references(grayordinates, refs, min_subjects=2)
+    np.testing.assert_array_equal(both.indices_, [3])
+    x = np.arange(12.0).reshape(2, 6)
+    np.testing.assert_array_equal(union.transform(x), x[:, [1, 2, 3]])
+    assert union.summary() == {
+        "rule": "reference",
+        "references": [{"path": "ref1", "subject": 1}, {"path": "ref2", "subject": 2}],
+        "reference_min": 1,
+        "n_vertices": 6,
+        "n_reference_grayordinates": 4,
+        "n_kept": 3,
+    }
+
+
+def test_reference_roi_errors_name_the_setting():
+    grayordinates = np.array([1, 2, 3])
+    with pytest.raises(UserError, match=r"reference_min must be between 1 and .* \(2\), got 3"):
+        ReferenceROI.from_references(grayordinates, _references([1], [2]), min_subjects=3)
+    with pytest.raises(UserError, match=r"None of this subject.s 3 vertices .* same grayordinates"):
+        ReferenceROI.from_references(grayordinates, _references([7, 8]))
+    with pytest.raises(UserError, match="at least one reference"):
+        ReferenceROI.from_references(grayordinates, [])
+
+
+def test_a_folder_that_is_not_a_prepared_subject_is_named(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"subject": 2}')
+    with pytest.raises(UserError, match=f"roi.reference {tmp_path} is not a prepared subject"):
+        read_reference_rois([tmp_path])
+    np.save(tmp_path / "voxel_grayordinates.npy", np.array([5, 7, 9], dtype=np.int32))
+    [(info, kept)] = read_reference_rois([tmp_path])
+    assert info["subject"] == 2 and info["n_voxels"] == 3 and len(info["sha256"]) == 64
+    np.testing.assert_array_equal(kept, [5, 7, 9])
+    np.save(tmp_path / "voxel_grayordinates.npy", np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(UserError, match="must hold a 1-D integer array"):
+        read_reference_rois([tmp_path])

@@ -413,3 +413,85 @@ def test_authors_arrays_missing_file_is_a_user_error(tmp_path):
     )
     with pytest.raises(UserError, match=r"fmri_test_subject2\.npy was not found"):
         prepare_wen2018_preprocessed(cfg, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------------------------
+# a new subject's ROI from other subjects' (roi.reference)
+
+
+def test_a_subject_with_one_segment_takes_its_roi_from_the_reference_subjects(
+    prepared_dataset, simulated_dataset, tmp_path
+):
+    """One training segment is too few for the t-test (it needs 2); the reference's ROI is
+    taken whole, so the voxels and their values are the reference's own on that segment."""
+    root = copy_dataset(simulated_dataset, tmp_path / "one", train=(1,))
+    with pytest.raises(UserError, match="at least 2 training segments"):
+        prepare_wen2018(tiny_config(root), tmp_path / "tested")
+    cfg = tiny_config(root)
+    cfg.roi.reference = [str(prepared_dataset)]
+    out = prepare_wen2018(cfg, tmp_path / "prepared")
+    new, ref = PreparedData.open(out), PreparedData.open(prepared_dataset)
+    np.testing.assert_array_equal(new.roi_mask, ref.roi_mask)
+    np.testing.assert_array_equal(new.voxel_grayordinates, ref.voxel_grayordinates)
+    np.testing.assert_allclose(new.fmri_train[0], ref.fmri_train[0], atol=1e-6)
+    np.testing.assert_allclose(new.fmri_test, ref.fmri_test, atol=1e-6)
+    roi = new.manifest["roi"]
+    assert roi["rule"] == "reference" and roi["n_kept"] == ref.n_voxels
+    [info] = roi["references"]
+    assert info["path"] == str(prepared_dataset) and info["subject"] == 1
+
+    # the reference's ROI is part of the inputs: another selection prepares again
+    other = tmp_path / "other"
+    shutil.copytree(prepared_dataset, other)
+    np.save(other / "voxel_grayordinates.npy", ref.voxel_grayordinates[::2])
+    cfg.roi.reference = [str(other)]
+    prepare_wen2018(cfg, out)
+    assert PreparedData.open(out).n_voxels == len(ref.voxel_grayordinates[::2])
+
+
+def test_bad_reference_settings_fail_before_anything_is_written(
+    prepared_dataset, simulated_dataset, tmp_path
+):
+    cfg = tiny_config(simulated_dataset)
+    cfg.roi.reference = [str(prepared_dataset)]
+    cfg.roi.reference_min = 2
+    with pytest.raises(UserError, match=r"reference_min must be between 1 and .* \(1\), not 2"):
+        prepare_wen2018(cfg, tmp_path / "a")
+    cfg.roi.reference, cfg.roi.reference_min = [str(tmp_path)], 1
+    with pytest.raises(UserError, match="is not a prepared subject with an ROI"):
+        prepare_wen2018(cfg, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_reference_roi_is_refused_for_datasets_that_fit_no_roi(prepared_dataset, tmp_path):
+    from mindvideo.data.prepare import prepare
+
+    for dataset in ("wen2018-preprocessed", "hcp"):
+        cfg = PrepareConfig(root=str(tmp_path), dataset=dataset)
+        cfg.roi.reference = [str(prepared_dataset)]
+        with pytest.raises(UserError, match=f"--dataset {dataset} fits no ROI"):
+            prepare(cfg, tmp_path / "out")
+
+
+def test_train_segments_prepares_the_first_segments_alone(
+    prepared_dataset, simulated_dataset, tmp_path
+):
+    """A subject recorded for less: the first 2 of the 4 training segments, with the reference
+    subject's ROI (2 segments would give the t-test 1 degree of freedom). Arrays, captions and
+    the manifest's segments are the first two; the test split is whole."""
+    cfg = tiny_config(simulated_dataset, train_segments=2)
+    cfg.roi.reference = [str(prepared_dataset)]
+    new = PreparedData.open(prepare_wen2018(cfg, tmp_path / "two"))
+    ref = PreparedData.open(prepared_dataset)
+    np.testing.assert_allclose(new.fmri_train, ref.fmri_train[:2], atol=1e-6)
+    np.testing.assert_array_equal(new.frames_train, ref.frames_train[:2])
+    np.testing.assert_array_equal(new.frames_test, ref.frames_test)
+    np.testing.assert_allclose(new.fmri_test, ref.fmri_test, atol=1e-6)
+    assert new.captions("train") == ref.captions("train")[:2]
+    assert new.manifest["segments"]["train"] == ["seg1", "seg2"]
+    assert new.manifest["segments"]["test"] == ref.manifest["segments"]["test"]
+    for bad in (0, 5):
+        cfg.train_segments = bad
+        with pytest.raises(UserError, match=f"between 1 and the 4 training segments .*, not {bad}"):
+            prepare_wen2018(cfg, tmp_path / f"bad{bad}")
+        assert not (tmp_path / f"bad{bad}").exists()

@@ -1,5 +1,6 @@
 """`mindvideo demo --preset tiny`: every stage end to end, then a re-run that reuses them all."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -231,10 +232,17 @@ def test_held_out_plan_adapts_the_last_subject_from_a_few_segments(tmp_path, sub
     by = {s.folder: s for s in stages}
     r, base = run.resolve(), "subjects/held-out"
     cut = str(r / base / "prepare")
-    assert by[f"{base}/prepare"].config == {
-        "source": str(r / f"subjects/prepare-{subjects}"),
-        "segments": adapt_preset("tiny").segments,
-    }
+    prepare = by[f"{base}/prepare"].config  # from its first segments, the others' ROI
+    own = by[f"subjects/prepare-{subjects}"].config
+    assert (
+        (prepare.root, prepare.subject)
+        == (own.root, own.subject)
+        == (str(r / "subjects/simulate"), subjects)
+    )
+    assert prepare.train_segments == adapt_preset("tiny").segments and own.train_segments is None
+    others = [str(r / "prepare"), *(str(r / f"subjects/prepare-{k}") for k in range(2, subjects))]
+    assert prepare.roi.reference == others and own.roi.reference == []
+    assert dataclasses.replace(prepare, train_segments=None, roi=own.roi) == own
     assert by[f"{base}/alone/pretrain"].config.finetune_data == cut
     assert by[f"{base}/alone/lowlevel"].config.data == cut
     alone = by[f"{base}/alone/contrast"].config
@@ -263,6 +271,11 @@ def test_held_out_plan_adapts_the_last_subject_from_a_few_segments(tmp_path, sub
         for need in needs(stage, stages, run):
             assert order.index(need) < order.index(stage.folder), (need, stage.folder)
     assert f"{base}/prepare" in needs(by[f"{base}/adapt"], stages, run)
+    assert set(needs(by[f"{base}/prepare"], stages, run)) >= {
+        "prepare",
+        "subjects/simulate",
+        *(f"subjects/prepare-{k}" for k in range(2, subjects)),
+    }
 
 
 @pytest.mark.slow

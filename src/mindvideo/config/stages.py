@@ -163,6 +163,13 @@ class RoiConfig:
     ``per-area``: the ``top_fraction`` most significant of each atlas area's significant
     vertices, so that every responsive visual area (MT+ and its motion signal too) keeps its
     share."""
+    reference: list[str] = field(default_factory=list)
+    """Prepared folders of other subjects on the same grayordinates. When given, no test is run
+    on this subject: its ROI is the vertices that at least ``reference_min`` of their ROIs kept
+    (a group ROI, for a new subject with too few training segments for the t-test;
+    docs/cross-subject.md). Empty: the reproducibility test above."""
+    reference_min: int = 1
+    """With ``reference``: how many of the reference subjects' ROIs must hold a vertex."""
 
 
 @dataclass
@@ -214,6 +221,9 @@ class PrepareConfig:
     """Accept a stimulus that lasts more than one TR longer than its runs' kept TRs × TR (the
     rest is never paired with fMRI). Off: that is an error with both figures, since it is what
     a wrong TR in the runs' headers looks like. A stimulus too short is always an error."""
+    train_segments: int | None = None
+    """Prepare only the first this many training segments found (``wen2018``; a subject
+    recorded for less, as a new subject with little data); ``None``: all of them."""
     roi: RoiConfig = field(default_factory=RoiConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)
     hcp: HcpConfig = field(default_factory=HcpConfig)

@@ -18,6 +18,16 @@ DATASETS = ("wen2018", "wen2018-preprocessed", "hcp")
 
 def prepare(cfg: Any, out: Path) -> str:
     """Run the preparation ``cfg.dataset`` asks for; return a one-paragraph summary."""
+    if cfg.roi.reference and cfg.dataset != "wen2018":
+        raise UserError(
+            f"roi.reference selects the voxels of a raw Wen 2018 subject (--dataset wen2018); "
+            f"--dataset {cfg.dataset} fits no ROI."
+        )
+    if cfg.train_segments is not None and cfg.dataset != "wen2018":
+        raise UserError(
+            f"train_segments chooses among a raw Wen 2018 subject's segments (--dataset "
+            f"wen2018); --dataset {cfg.dataset} takes every file it finds."
+        )
     if cfg.dataset == "hcp":
         from mindvideo.data.hcp import prepare_hcp
 
@@ -78,7 +88,13 @@ def _subject_summary(out: Path) -> str:
     data = PreparedData.open(out)
     m = data.manifest
     roi = m.get("roi")
-    if roi:
+    if roi and roi.get("rule") == "reference":
+        subjects = ", ".join(str(r.get("subject")) for r in roi["references"])
+        kept = (
+            f"{data.n_voxels} voxels kept by the reference subjects' ROIs (subjects {subjects}; "
+            f"in at least {roi['reference_min']} of them; no test on this subject)"
+        )
+    elif roi:
         kept = (
             f"{data.n_voxels} voxels kept by the reproducibility ROI ({roi['n_significant']} of "
             f"{roi['n_vertices']} cortical vertices significant at P < {roi['alpha']}, "

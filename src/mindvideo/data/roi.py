@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -366,3 +367,124 @@ def _area_counts(
     n_sig = np.bincount(group, minlength=len(names))
     n_kept = np.bincount(group, weights=mask[significant], minlength=len(names))
     return {name.item(): (int(a), int(b)) for name, a, b in zip(names, n_sig, n_kept, strict=True)}
+
+
+# --------------------------------------------------------------------------------------------
+# A group ROI from other subjects' prepared folders
+# --------------------------------------------------------------------------------------------
+
+
+class ReferenceROI(ReproducibilityROI):
+    """A new subject's ROI taken from other subjects' ROIs, with no test on its own data.
+
+    The paper's test needs many training segments: over 3 segments a t-test has 2 degrees of
+    freedom, and Bonferroni over ~59k vertices then keeps almost nothing. Subjects prepared on
+    the same grayordinates (fsLR-32k, as Wen 2018's CIFTI files and the simulator's) share the
+    vertex numbering, so the vertices the other subjects' tests found reliable can define the
+    ROI of a subject recorded for less: the vertices kept by at least ``min_subjects`` of the
+    references (the union by default). Built with :meth:`from_references`; it transforms like
+    any fitted ROI, and :meth:`summary` names the references.
+    """
+
+    references_: list[dict[str, Any]]
+    min_subjects_: int
+    n_reference_grayordinates_: int
+
+    @classmethod
+    def from_references(
+        cls,
+        grayordinates: np.ndarray,
+        references: Sequence[tuple[dict[str, Any], np.ndarray]],
+        min_subjects: int = 1,
+    ) -> ReferenceROI:
+        """``grayordinates``: the 91k-grayordinate index of each of this subject's vertices
+        ``[V]`` (the vertices :meth:`transform` sees); ``references``: per reference subject,
+        a description (JSON-ready: its folder, subject, fingerprint) and the grayordinate
+        indices its ROI kept. A vertex is kept when at least ``min_subjects`` references hold
+        it; a :class:`UserError` if none is."""
+        if not references:
+            raise UserError("A reference ROI needs at least one reference subject.")
+        if not 1 <= min_subjects <= len(references):
+            raise UserError(
+                f"roi.reference_min must be between 1 and the number of references "
+                f"({len(references)}), got {min_subjects}."
+            )
+        grayordinates = np.asarray(grayordinates)
+        votes = np.zeros(grayordinates.shape[0], dtype=np.int64)
+        for _, kept in references:
+            votes += np.isin(grayordinates, kept)
+        mask = votes >= min_subjects
+        if not mask.any():
+            raise UserError(
+                f"None of this subject's {grayordinates.shape[0]} vertices is in at least "
+                f"{min_subjects} of the reference ROIs: the references must be prepared on the "
+                "same grayordinates (fsLR-32k)."
+            )
+        roi = cls.from_mask(mask)
+        roi.references_ = [dict(info) for info, _ in references]
+        roi.min_subjects_ = int(min_subjects)
+        union = np.unique(np.concatenate([np.asarray(kept) for _, kept in references]))
+        roi.n_reference_grayordinates_ = int(union.size)
+        logger.info(
+            "ROI from %d reference subject(s): %d of %d vertices kept (in at least %d of their "
+            "ROIs); no test on this subject's data",
+            len(references),
+            int(mask.sum()),
+            grayordinates.shape[0],
+            min_subjects,
+        )
+        return roi
+
+    def summary(self) -> dict[str, Any]:
+        """The references (as given), the vote and the counts, for a manifest."""
+        self._check_fitted()
+        return {
+            "rule": "reference",
+            "references": self.references_,
+            "reference_min": self.min_subjects_,
+            "n_vertices": int(self.n_features_in_),
+            "n_reference_grayordinates": self.n_reference_grayordinates_,
+            "n_kept": self.n_voxels_,
+        }
+
+
+def read_reference_rois(
+    folders: Sequence[str | os.PathLike],
+) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Each prepared folder's description (path, subject, the sha256 of its
+    ``voxel_grayordinates.npy``) and its ROI's grayordinate indices; a :class:`UserError`
+    naming a folder that is not a prepared subject with an ROI."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    out = []
+    for folder in folders:
+        root = Path(folder)
+        path = root / "voxel_grayordinates.npy"
+        manifest = root / "manifest.json"
+        if not path.is_file() or not manifest.is_file():
+            raise UserError(
+                f"roi.reference {root} is not a prepared subject with an ROI (no "
+                f"{'manifest.json' if path.is_file() else 'voxel_grayordinates.npy'}); pass "
+                "folders written by `mindvideo prepare --dataset wen2018`."
+            )
+        raw = path.read_bytes()
+        try:
+            kept = np.load(path)
+            subject = json.loads(manifest.read_text(encoding="utf-8")).get("subject")
+        except (ValueError, OSError) as err:
+            raise UserError(f"roi.reference {root}: cannot read {path.name}: {err}") from err
+        if kept.ndim != 1 or not np.issubdtype(kept.dtype, np.integer):
+            raise UserError(
+                f"roi.reference {path} must hold a 1-D integer array, got {kept.dtype} "
+                f"{kept.shape}."
+            )
+        info = {
+            "path": str(root),
+            "subject": subject,
+            "n_voxels": int(kept.size),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        }
+        out.append((info, kept))
+    return out

@@ -294,13 +294,18 @@ def _workers() -> Iterator[ThreadPoolExecutor]:
 
 
 def _prepare_fmri(
-    layout: Wen2018Layout, cfg: PrepareConfig, reader: _RunReader
+    layout: Wen2018Layout,
+    cfg: PrepareConfig,
+    reader: _RunReader,
+    references: list[tuple[dict[str, Any], np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ReproducibilityROI]:
     """Training runs → ROI fit → (fmri_train ``[S, T, V]``, fmri_test ``[S, T, V]`` or
-    ``[S, R, T, V]``, the fitted ROI). Test runs are read only after the ROI is fitted."""
+    ``[S, R, T, V]``, the fitted ROI). Test runs are read only after the ROI is fitted. With
+    ``references`` (:func:`~mindvideo.data.roi.read_reference_rois`), the ROI is theirs
+    (:class:`~mindvideo.data.roi.ReferenceROI`) and no test is run."""
     from tqdm.auto import tqdm
 
-    from mindvideo.data.roi import ReproducibilityROI
+    from mindvideo.data.roi import ReferenceROI, ReproducibilityROI
 
     with (
         tqdm(total=len(layout.runs()), desc="fMRI runs", unit="run", disable=None) as bar,
@@ -327,13 +332,18 @@ def _prepare_fmri(
         train_runs = [(name, [next(runs) for _ in reps]) for name, reps in layout.train.items()]
         _check_lengths(train_runs, layout.train)
         t0 = time.perf_counter()
-        roi = ReproducibilityROI(
-            alpha=cfg.roi.alpha,
-            top_fraction=cfg.roi.top_fraction,
-            correction=cfg.roi.correction,  # type: ignore[arg-type]
-            alternative=cfg.roi.alternative,  # type: ignore[arg-type]
-            rule=cfg.roi.rule,  # type: ignore[arg-type]
-        ).fit((reps for _, reps in train_runs), areas=_cortex_areas(reader))
+        if references:
+            roi: ReproducibilityROI = ReferenceROI.from_references(
+                _cortex_grayordinates(reader), references, cfg.roi.reference_min
+            )
+        else:
+            roi = ReproducibilityROI(
+                alpha=cfg.roi.alpha,
+                top_fraction=cfg.roi.top_fraction,
+                correction=cfg.roi.correction,  # type: ignore[arg-type]
+                alternative=cfg.roi.alternative,  # type: ignore[arg-type]
+                rule=cfg.roi.rule,  # type: ignore[arg-type]
+            ).fit((reps for _, reps in train_runs), areas=_cortex_areas(reader))
         # Training repetitions averaged: 18 segments x 240 TRs = the paper's 4,320 pairs.
         fmri_train = np.stack(
             [
@@ -360,6 +370,14 @@ def _prepare_fmri(
             seg = np.stack(selected)  # [R, T, V]
             test.append(seg if keep else seg.mean(axis=0, dtype=np.float32))
     return fmri_train, np.stack(test).astype(np.float32, copy=False), roi
+
+
+def _cortex_grayordinates(reader: _RunReader) -> np.ndarray:
+    """The 91k-grayordinate index of each cortical vertex read, in file order."""
+    from mindvideo.data import atlas
+
+    assert reader.axis is not None and reader.cortex is not None
+    return atlas.grayordinate_index(reader.axis)[reader.cortex]
 
 
 def _cortex_areas(reader: _RunReader) -> np.ndarray:
@@ -493,6 +511,16 @@ def _scene_table(
 # The stage
 
 
+def _roi_inputs(cfg: PrepareConfig) -> dict[str, Any]:
+    """The ROI settings that decide the selection: the reference folders and their vote, or the
+    test's (a subject prepared before ``reference`` existed stays up to date)."""
+    roi = dataclasses.asdict(cfg.roi)
+    if cfg.roi.reference:
+        return {"reference": list(roi["reference"]), "reference_min": roi["reference_min"]}
+    del roi["reference"], roi["reference_min"]
+    return roi
+
+
 def _inputs_config(cfg: PrepareConfig) -> dict[str, Any]:
     """The parts of the config that decide what prepare writes (compared on a re-run)."""
     out = {
@@ -504,9 +532,11 @@ def _inputs_config(cfg: PrepareConfig) -> dict[str, Any]:
         "test_repetitions": cfg.test_repetitions,
         "detrend_order": int(cfg.detrend_order),
         "nan_policy": cfg.nan_policy,
-        "roi": dataclasses.asdict(cfg.roi),
+        "roi": _roi_inputs(cfg),
         "blip": cfg.pretrained.blip,
     }
+    if cfg.train_segments is not None:  # absent otherwise: earlier subjects stay up to date
+        out["train_segments"] = int(cfg.train_segments)
     if cfg.pretrained.blip:
         c = cfg.captions
         out["captions"] = {
@@ -537,6 +567,11 @@ def check_prepare_config(cfg: PrepareConfig) -> None:
         problems.append(f"subject must be at least 1, not {cfg.subject}")
     if cfg.roi.rule not in RULES:  # before the runs are read (the ROI checks its other options)
         problems.append(f"roi.rule must be {' or '.join(map(repr, RULES))}, not {cfg.roi.rule!r}")
+    if cfg.roi.reference and not 1 <= cfg.roi.reference_min <= len(cfg.roi.reference):
+        problems.append(
+            f"roi.reference_min must be between 1 and the number of roi.reference folders "
+            f"({len(cfg.roi.reference)}), not {cfg.roi.reference_min}"
+        )
     if problems:
         raise UserError(f"Invalid prepare config: {problems[0]}.")
 
@@ -569,9 +604,16 @@ def prepare_wen2018(
     start = time.perf_counter()
     out = Path(out)
     layout, scenes = _find_inputs(cfg)
+    references = None
+    if cfg.roi.reference:  # a bad reference fails here, before the long part
+        from mindvideo.data.roi import read_reference_rois
+
+        references = read_reference_rois(cfg.roi.reference)
     with timed(times, "hash"):
         inputs = {"sources": hash_inputs(layout.sources(), layout.root)}
     inputs["config"] = _inputs_config(cfg)
+    if references:  # what the references kept, not only where they are
+        inputs["config"]["roi_reference_sha256"] = [info["sha256"] for info, _ in references]
     if is_up_to_date(out, inputs):
         log.info("%s is up to date (same inputs and config): nothing to do", out)
         times["total"] = time.perf_counter() - start
@@ -585,7 +627,7 @@ def prepare_wen2018(
         captioner = BlipCaptioner.from_config(cfg.pretrained.blip, cfg.captions)
     reader = _RunReader(order=cfg.detrend_order, nan_policy=cfg.nan_policy, root=layout.root)
     with timed(times, "fmri"):  # wall time; "read" and "preprocess" add up each run's time
-        fmri_train, fmri_test, roi = _prepare_fmri(layout, cfg, reader)
+        fmri_train, fmri_test, roi = _prepare_fmri(layout, cfg, reader, references)
     times.update(reader.timings)
     n_trs = fmri_train.shape[1]
     index = _frame_index(n_trs, cfg.fps, reader.tr_s)  # [T, F]
@@ -610,12 +652,13 @@ def prepare_wen2018(
             )
     times["total"] = time.perf_counter() - start
     log.info(
-        "prepared subject %d: %d of %d cortical vertices kept (%d significant), train %s, test "
-        "%s, in %.1f s",
+        "prepared subject %d: %d of %d cortical vertices kept (%s), train %s, test %s, in %.1f s",
         cfg.subject,
         manifest["n_voxels"],
         reader.n_cortex,
-        int(roi.significant_.sum()),
+        "the reference subjects' ROI"
+        if references
+        else f"{int(roi.significant_.sum())} significant",
         list(fmri_train.shape),
         list(fmri_test.shape),
         times["total"],
@@ -627,6 +670,8 @@ def _find_inputs(cfg: PrepareConfig) -> tuple[Wen2018Layout, dict[str, Any] | No
     """The subject's files and the simulator's ``scenes.json`` (None for real data); a
     :class:`UserError` when there is no source of captions."""
     layout = find_wen2018_runs(cfg.root, cfg.subject)  # type: ignore[arg-type]
+    if cfg.train_segments is not None:
+        layout = _first_train_segments(layout, cfg.train_segments)
     scenes = _scenes_meta(layout)  # None for real data
     if scenes is None and not cfg.pretrained.blip:
         raise UserError(
@@ -635,6 +680,19 @@ def _find_inputs(cfg: PrepareConfig) -> tuple[Wen2018Layout, dict[str, Any] | No
             "wen2018-preprocessed with the authors' arrays and their captions."
         )
     return layout, scenes
+
+
+def _first_train_segments(layout: Wen2018Layout, n: int) -> Wen2018Layout:
+    """``layout`` with only its first ``n`` training segments (their runs and stimuli)."""
+    if not 1 <= n <= len(layout.train):
+        raise UserError(
+            f"train_segments must be between 1 and the {len(layout.train)} training segments "
+            f"found in {layout.root}, not {n}."
+        )
+    train = dict(list(layout.train.items())[:n])
+    dropped = set(layout.train) - set(train)
+    stimuli = {k: v for k, v in layout.stimuli.items() if k not in dropped}
+    return dataclasses.replace(layout, train=train, stimuli=stimuli)
 
 
 def _splits(layout: Wen2018Layout) -> dict[str, list[str]]:

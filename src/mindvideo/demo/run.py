@@ -428,8 +428,9 @@ def held_out_plan(stages: list[Stage], run_dir: Path, subjects: int, preset: str
     (``n``: the ``adapt`` preset's ``segments``; 3 for ``demo``), in
     ``RUN/subjects/held-out/``:
 
-    - ``prepare``: subject K's prepared folder cut to those segments
-      (:func:`~mindvideo.data.prepared.write_first_segments`: the same voxels and test split);
+    - ``prepare``: subject K prepared from those segments alone (``train_segments``), its ROI
+      the voxels subjects 1 … K−1's ROIs kept (``roi.reference``: a t-test over so few
+      segments keeps almost nothing); the same test split;
     - ``alone/{pretrain, lowlevel, contrast, cotrain, reconstruct, evaluate}``: the demo's chain
       trained on those segments alone;
     - the host: with K ≥ 3 a shared model of subjects 1 … K−1 (``host/{contrast, cotrain}``,
@@ -448,16 +449,18 @@ def held_out_plan(stages: list[Stage], run_dir: Path, subjects: int, preset: str
     here = r / SUBJECTS_DIR
     base = f"{SUBJECTS_DIR}/{HELD_OUT_DIR}"
     segments = adapt_preset(preset).segments
-    source, cut = str(here / f"prepare-{subjects}"), str(r / base / "prepare")
+    cut = str(r / base / "prepare")
     scenes = str(here / "simulate" / "scenes.json")
-
-    def _cut(out: Path) -> None:
-        from mindvideo.data.prepared import write_first_segments
-
-        write_first_segments(source, out, segments)
-
+    others = [str(r / "prepare"), *(str(here / f"prepare-{k}") for k in range(2, subjects))]
+    prepare = dataclasses.replace(
+        by["prepare"],
+        root=str(here / "simulate"),
+        subject=subjects,
+        train_segments=segments,
+        roi=dataclasses.replace(by["prepare"].roi, reference=others),
+    )
     chain = [
-        Stage("first-segments", {"source": source, "segments": segments}, _cut, f"{base}/prepare"),
+        model_stage("prepare", prepare, f"{base}/prepare"),
         *_own_chain(by, r, f"{base}/alone", cut, scenes),
     ]
     if subjects >= 3:  # a shared model of the others
@@ -552,14 +555,12 @@ def write_held_out_comparison(run_dir: Path, subjects: int) -> Path:
     """``RUN/subjects/held-out/compare/`` (the adapted model against the subject's full-data
     model and against the model of its few segments alone, paired over its test windows) and
     ``RUN/subjects/held-out.md``: each score, the two ratios and their targets."""
-    import json
-
+    from mindvideo.data.prepared import PreparedData
     from mindvideo.evaluation.compare import compare_runs, write_comparison
 
     runs = held_out_runs(run_dir, subjects)
     base = run_dir / SUBJECTS_DIR / HELD_OUT_DIR
-    cut = json.loads((base / "prepare" / "manifest.json").read_text(encoding="utf-8"))
-    segments = cut["first_segments"]["segments"]
+    segments = int(PreparedData.open(base / "prepare").fmri_train.shape[0])
     names = list(runs)
     comparison = compare_runs(list(runs.values()), names=names)
     write_comparison(comparison, base / "compare")
