@@ -321,6 +321,7 @@ def test_held_out_comparison_gives_both_ratios_against_their_targets(tiny_demo, 
         shutil.copytree(tiny_demo.run / "evaluate", folder)
     table = write_held_out_comparison(run, 2).read_text()
     assert "## Subject 2 as a new subject, from 2 training segments" in table
+    assert "its ROI the voxels subject 1's ROI kept (roi.reference)" in table
     assert "onto subject 1's model" in table
     row = next(line for line in table.splitlines() if line.startswith("| frame_50way_top1_true |"))
     cells = [c.strip() for c in row.strip("|").split("|")]

@@ -565,12 +565,15 @@ def write_held_out_comparison(run_dir: Path, subjects: int) -> Path:
     comparison = compare_runs(list(runs.values()), names=names)
     write_comparison(comparison, base / "compare")
     host = f"subjects 1–{subjects - 1}'s shared model" if subjects >= 3 else "subject 1's model"
+    others = f"subjects 1–{subjects - 1}'s ROIs" if subjects >= 3 else "subject 1's ROI"
     lines = [
         f"## Subject {subjects} as a new subject, from {segments} training segments",
         "",
-        f"adapted: its adapter onto {host}, fitted on its first {segments} training segments; "
-        f"full data: its own model of every training segment; alone: the same chain trained on "
-        f"those {segments} segments alone. Paired over its test windows (t-test against the "
+        f"Subject {subjects} prepared from its first {segments} training segments alone, its "
+        f"ROI the voxels {others} kept (roi.reference). adapted: its "
+        f"adapter onto {host}, fitted on those segments; full data: its own model of every "
+        f"training segment (its own ROI); alone: the same chain trained on those {segments} "
+        f"segments alone. Paired over its test windows (t-test against the "
         "adapted model); strict 50-way against the true class where the data have labels. "
         f"Targets (frame 50-way): adapted ≥ {HELD_OUT_TARGETS[0]:.2f} × full data and "
         f"≥ {HELD_OUT_TARGETS[1]:.1f} × alone.",
