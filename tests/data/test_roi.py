@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -384,14 +385,16 @@ def test_reference_roi_errors_name_the_setting():
         ReferenceROI.from_references(grayordinates, [])
 
 
-def test_a_folder_that_is_not_a_prepared_subject_is_named(tmp_path):
+def test_a_folder_that_is_not_a_prepared_subject_is_named(tmp_path, prepared_dataset):
     (tmp_path / "manifest.json").write_text('{"subject": 2}')
     with pytest.raises(UserError, match=f"roi.reference {tmp_path} is not a prepared subject"):
         read_reference_rois([tmp_path])
-    np.save(tmp_path / "voxel_grayordinates.npy", np.array([5, 7, 9], dtype=np.int32))
-    [(info, kept)] = read_reference_rois([tmp_path])
-    assert info["subject"] == 2 and info["n_voxels"] == 3 and len(info["sha256"]) == 64
-    np.testing.assert_array_equal(kept, [5, 7, 9])
-    np.save(tmp_path / "voxel_grayordinates.npy", np.zeros((2, 2), dtype=np.float32))
-    with pytest.raises(UserError, match="must hold a 1-D integer array"):
-        read_reference_rois([tmp_path])
+    [(info, kept)] = read_reference_rois([prepared_dataset])
+    grayordinates = np.load(prepared_dataset / "voxel_grayordinates.npy")
+    assert info["subject"] == 1 and info["n_voxels"] == grayordinates.size
+    assert info["path"] == str(prepared_dataset) and len(info["sha256"]) == 64
+    np.testing.assert_array_equal(kept, grayordinates)
+    damaged = shutil.copytree(prepared_dataset, tmp_path / "damaged")
+    np.save(damaged / "voxel_grayordinates.npy", np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(UserError, match=r"is not a prepared subject: .*voxel_grayordinates\.npy"):
+        read_reference_rois([damaged])

@@ -440,13 +440,18 @@ def test_a_subject_with_one_segment_takes_its_roi_from_the_reference_subjects(
     [info] = roi["references"]
     assert info["path"] == str(prepared_dataset) and info["subject"] == 1
 
-    # the reference's ROI is part of the inputs: another selection prepares again
+    # the reference's ROI is part of the inputs: a reference re-prepared with another
+    # selection (its top quarter) prepares this subject again
     other = tmp_path / "other"
     shutil.copytree(prepared_dataset, other)
-    np.save(other / "voxel_grayordinates.npy", ref.voxel_grayordinates[::2])
+    quarter = tiny_config(simulated_dataset)
+    quarter.roi.top_fraction = 0.25
+    prepare_wen2018(quarter, other)
+    kept = PreparedData.open(other).voxel_grayordinates
+    assert len(kept) < ref.n_voxels
     cfg.roi.reference = [str(other)]
     prepare_wen2018(cfg, out)
-    assert PreparedData.open(out).n_voxels == len(ref.voxel_grayordinates[::2])
+    assert PreparedData.open(out).n_voxels == len(kept)
 
 
 def test_bad_reference_settings_fail_before_anything_is_written(
@@ -458,7 +463,7 @@ def test_bad_reference_settings_fail_before_anything_is_written(
     with pytest.raises(UserError, match=r"reference_min must be between 1 and .* \(1\), not 2"):
         prepare_wen2018(cfg, tmp_path / "a")
     cfg.roi.reference, cfg.roi.reference_min = [str(tmp_path)], 1
-    with pytest.raises(UserError, match="is not a prepared subject with an ROI"):
+    with pytest.raises(UserError, match=f"roi.reference {tmp_path} is not a prepared subject"):
         prepare_wen2018(cfg, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

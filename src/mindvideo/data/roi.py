@@ -451,40 +451,32 @@ class ReferenceROI(ReproducibilityROI):
 def read_reference_rois(
     folders: Sequence[str | os.PathLike],
 ) -> list[tuple[dict[str, Any], np.ndarray]]:
-    """Each prepared folder's description (path, subject, the sha256 of its
-    ``voxel_grayordinates.npy``) and its ROI's grayordinate indices; a :class:`UserError`
-    naming a folder that is not a prepared subject with an ROI."""
+    """Each prepared folder's description (path, subject, voxel count, the sha256 of its ROI's
+    grayordinate indices) and those indices, read through
+    :meth:`~mindvideo.data.prepared.PreparedData.open` (which checks the folder whole); a
+    :class:`UserError` naming a folder that is not a prepared subject with an ROI."""
     import hashlib
-    import json
-    from pathlib import Path
+
+    from mindvideo.data.prepared import PreparedData
 
     out = []
     for folder in folders:
-        root = Path(folder)
-        path = root / "voxel_grayordinates.npy"
-        manifest = root / "manifest.json"
-        if not path.is_file() or not manifest.is_file():
-            raise UserError(
-                f"roi.reference {root} is not a prepared subject with an ROI (no "
-                f"{'manifest.json' if path.is_file() else 'voxel_grayordinates.npy'}); pass "
-                "folders written by `mindvideo prepare --dataset wen2018`."
-            )
-        raw = path.read_bytes()
         try:
-            kept = np.load(path)
-            subject = json.loads(manifest.read_text(encoding="utf-8")).get("subject")
-        except (ValueError, OSError) as err:
-            raise UserError(f"roi.reference {root}: cannot read {path.name}: {err}") from err
-        if kept.ndim != 1 or not np.issubdtype(kept.dtype, np.integer):
+            data = PreparedData.open(folder)
+        except UserError as err:
+            raise UserError(f"roi.reference {folder} is not a prepared subject: {err}") from err
+        if data.voxel_grayordinates is None:
             raise UserError(
-                f"roi.reference {path} must hold a 1-D integer array, got {kept.dtype} "
-                f"{kept.shape}."
+                f"roi.reference {folder} is not a prepared subject with an ROI (no "
+                "voxel_grayordinates.npy: the authors' arrays have none); pass folders written "
+                "by `mindvideo prepare --dataset wen2018`."
             )
+        kept = np.asarray(data.voxel_grayordinates, dtype=np.int64)
         info = {
-            "path": str(root),
-            "subject": subject,
+            "path": str(folder),
+            "subject": data.subject,
             "n_voxels": int(kept.size),
-            "sha256": hashlib.sha256(raw).hexdigest(),
+            "sha256": hashlib.sha256(kept.tobytes()).hexdigest(),
         }
         out.append((info, kept))
     return out
