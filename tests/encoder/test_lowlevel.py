@@ -6,7 +6,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from mindvideo.data.video import area_frames
-from mindvideo.encoder.lowlevel import LowLevelDecoder, ssim_loss
+from mindvideo.encoder.lowlevel import LowLevelDecoder, identification_loss, ssim_loss
 from mindvideo.utils import UserError
 
 
@@ -32,6 +32,24 @@ def test_ssim_loss_is_one_minus_the_evaluations_ssim():
     got = 1 - float(ssim_loss(as_t(a), as_t(b)))
     assert got == pytest.approx(expected, abs=1e-6)
     assert float(ssim_loss(as_t(a), as_t(a))) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_identification_loss_is_cross_entropy_over_the_mean_frames_correlations():
+    """The refiner's identification term scores what pixel identification compares: the
+    Pearson correlation of each video's mean frame (pooled to 16 × 16) with every target's."""
+    gen = torch.Generator().manual_seed(2)
+    target = torch.rand(6, 3, 3, 32, 32, generator=gen)
+    pred = target + 0.3 * torch.randn(target.shape, generator=gen)
+    mean16 = lambda v: torch.nn.functional.avg_pool2d(v.mean(1), 2).flatten(1).numpy()  # noqa: E731
+    corr = np.corrcoef(mean16(pred), mean16(target))[:6, 6:]
+    logits = corr / 0.2
+    expected = np.mean(np.log(np.exp(logits).sum(1)) - np.diag(logits))
+    got = float(identification_loss(pred, target, temperature=0.2))
+    assert got == pytest.approx(expected, rel=1e-5)
+    # a correlation: any positive gain and offset of the prediction leaves it unchanged
+    assert float(identification_loss(3 * pred + 1, target, 0.2)) == pytest.approx(got, rel=1e-5)
+    # each video nearest its own target scores below chance's log(6); paired wrongly, above
+    assert got < np.log(6) < float(identification_loss(pred.roll(1, 0), target, 0.2))
 
 
 def decoder(refiner_channels=0, out_size=None) -> LowLevelDecoder:

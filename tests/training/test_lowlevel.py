@@ -108,11 +108,11 @@ def test_held_out_predictions_come_from_maps_that_never_saw_their_segment():
     assert alone.held_out_ is None  # only kept when asked for
 
 
-def test_the_refiner_learns_and_is_saved_in_the_decoder(prepared, tmp_path):
-    folder = lowlevel(
-        cfg(prepared, out_size=8, refiner_steps=60, refiner_channels=8, refiner_batch_size=16),
-        tmp_path / "out",
-    )
+@pytest.mark.parametrize("identification_weight", [0.0, 0.5])
+def test_the_refiner_learns_and_is_saved_in_the_decoder(prepared, tmp_path, identification_weight):
+    settings = dict(out_size=8, refiner_steps=60, refiner_channels=8, refiner_batch_size=16)
+    config = cfg(prepared, identification_weight=identification_weight, **settings)
+    folder = lowlevel(config, tmp_path / "out")
     report = json.loads((tmp_path / "out" / LOWLEVEL_JSON).read_text())
     assert report["refiner"]["loss_last"] < report["refiner"]["loss_first"]
     assert 0 < report["held_out_linear"]["r2"] <= 1
@@ -130,6 +130,8 @@ def test_the_refiner_learns_and_is_saved_in_the_decoder(prepared, tmp_path):
         (dict(folds=1), "folds must be at least 2"),
         (dict(alphas=[]), "positive ridge penalties"),
         (dict(selection="r2"), "selection must be one of mse, identification"),
+        (dict(identification_weight=-1.0), "must be 0 or more, not 1.0 and -1.0"),
+        (dict(identification_temperature=0.0), "identification_temperature must be positive"),
         (dict(data=None), "needs a prepared subject"),
     ],
 )

@@ -567,6 +567,10 @@ class LowLevelConfig:
     refiner_lr: float = 1e-3
     ssim_weight: float = 1.0
     """The refiner's loss: MSE + ``ssim_weight`` × (1 − SSIM) against the training frames."""
+    identification_weight: float = 0.0
+    """Plus this × a contrastive loss over the batch: each video's 16 × 16 mean frame must
+    correlate more with its own frames' than with the batch's others (0: none)."""
+    identification_temperature: float = 0.1
     seed: int = 0
     device: str | None = None
 

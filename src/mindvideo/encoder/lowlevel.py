@@ -32,7 +32,7 @@ from torch import nn
 
 from mindvideo.utils import UserError
 
-__all__ = ["LowLevelDecoder", "LowLevelRefiner", "ssim_loss"]
+__all__ = ["LowLevelDecoder", "LowLevelRefiner", "identification_loss", "ssim_loss"]
 
 
 def _box_mean(z: torch.Tensor, window: int, dim: int) -> torch.Tensor:
@@ -63,6 +63,28 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, window: int = 7) -> torc
         (mu_p * mu_p + mu_t * mu_t + c1) * (var_p + var_t + c2)
     )
     return 1 - ssim.mean()
+
+
+def identification_loss(
+    pred: torch.Tensor, target: torch.Tensor, temperature: float = 0.1, size: int = 16
+) -> torch.Tensor:
+    """Contrastive loss of videos ``[B, F, 3, S, S]`` against their targets ``[B, F, 3, S, S]``:
+    the Pearson correlations of every video's mean frame (area-pooled to ``size × size`` when
+    larger) with every target's — what pixel identification compares — over ``temperature``
+    as logits, cross-entropy toward each video's own target (InfoNCE, the batch's other
+    windows the distractors). Squared error and SSIM reward shrinking a video toward the
+    frames every window resembles; this rewards what tells the window apart."""
+
+    def features(v: torch.Tensor) -> torch.Tensor:
+        m = v.mean(dim=1)
+        if m.shape[-1] > size:
+            m = F.adaptive_avg_pool2d(m, size)
+        m = m.flatten(1)
+        m = m - m.mean(dim=1, keepdim=True)
+        return m / m.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    logits = features(pred) @ features(target).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
 class LowLevelRefiner(nn.Module):

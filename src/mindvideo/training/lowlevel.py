@@ -35,7 +35,7 @@ from mindvideo.config.stages import LowLevelConfig
 from mindvideo.data.prepared import PreparedData
 from mindvideo.data.ridge import RidgeDecoder, check_selection, mean_repetitions, window_features
 from mindvideo.data.video import area_frames
-from mindvideo.encoder.lowlevel import LowLevelDecoder, ssim_loss
+from mindvideo.encoder.lowlevel import LowLevelDecoder, identification_loss, ssim_loss
 from mindvideo.pipeline.lowlevel_video import DECODER_DIR
 from mindvideo.utils import UserError
 from mindvideo.utils.dry_run import (
@@ -83,6 +83,16 @@ def check_lowlevel_config(cfg: LowLevelConfig) -> PreparedData:
         )
     if not cfg.alphas or min(cfg.alphas) <= 0:
         raise UserError("Config key alphas must list positive ridge penalties.")
+    if cfg.ssim_weight < 0 or cfg.identification_weight < 0:
+        raise UserError(
+            "Config keys ssim_weight and identification_weight must be 0 or more, not "
+            f"{cfg.ssim_weight} and {cfg.identification_weight}."
+        )
+    if cfg.identification_temperature <= 0:
+        raise UserError(
+            "Config key identification_temperature must be positive, not "
+            f"{cfg.identification_temperature}."
+        )
     check_selection(cfg.selection)
     prepared = PreparedData.open(cfg.data)
     size = prepared.frames_train.shape[-3:-1]
@@ -222,6 +232,10 @@ def _train_refiner(
         mse = torch.nn.functional.mse_loss(pred, y)
         ssim = ssim_loss(pred.clamp(0, 1).flatten(0, 1), y.flatten(0, 1))
         loss = mse + cfg.ssim_weight * ssim
+        if cfg.identification_weight:
+            loss = loss + cfg.identification_weight * identification_loss(
+                pred, y, cfg.identification_temperature
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -248,6 +262,16 @@ def _train_refiner(
         "loss_first": float(np.mean(losses[:window])),
         "loss_last": float(np.mean(losses[-window:])),
     }
+
+
+def _refiner_loss_text(cfg: LowLevelConfig) -> str:
+    text = f"MSE + {cfg.ssim_weight:g} × (1 − SSIM)"
+    if cfg.identification_weight:
+        text += (
+            f" + {cfg.identification_weight:g} × identification "
+            f"(temperature {cfg.identification_temperature:g})"
+        )
+    return text
 
 
 def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> RunPlan:
@@ -318,7 +342,7 @@ def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> 
                 steps=cfg.refiner_steps,
                 batching=Batching(cfg.refiner_batch_size),
                 samples=n,
-                settings={"loss": f"MSE + {cfg.ssim_weight:g} × (1 − SSIM)"},
+                settings={"loss": _refiner_loss_text(cfg)},
             )
         )
     checked = {
