@@ -571,6 +571,7 @@ class LowLevelConfig:
     """Plus this × a contrastive loss over the batch: each video's 16 × 16 mean frame must
     correlate more with its own frames' than with the batch's others (0: none)."""
     identification_temperature: float = 0.1
+    """The identification term's logits are the correlations divided by this."""
     seed: int = 0
     device: str | None = None
 
