@@ -30,6 +30,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from mindvideo.encoder.losses import clip_loss
 from mindvideo.utils import UserError
 
 __all__ = ["LowLevelDecoder", "LowLevelRefiner", "identification_loss", "ssim_loss"]
@@ -75,16 +76,15 @@ def identification_loss(
     windows the distractors). Squared error and SSIM reward shrinking a video toward the
     frames every window resembles; this rewards what tells the window apart."""
 
-    def features(v: torch.Tensor) -> torch.Tensor:
+    def centred(v: torch.Tensor) -> torch.Tensor:  # [B, size² · 3]
         m = v.mean(dim=1)
         if m.shape[-1] > size:
             m = F.adaptive_avg_pool2d(m, size)
         m = m.flatten(1)
-        m = m - m.mean(dim=1, keepdim=True)
-        return m / m.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return m - m.mean(dim=1, keepdim=True)
 
-    logits = features(pred) @ features(target).T / temperature
-    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+    # cosine of centred patterns = Pearson r; clip_loss normalises and takes the cross-entropy
+    return clip_loss(centred(pred), centred(target), 1.0 / temperature, symmetric=False)
 
 
 class LowLevelRefiner(nn.Module):
