@@ -176,7 +176,7 @@ def argv(stage: str, f: dict[str, Path], out: Path) -> list[str]:
         ],
         "report": [run],
         "baseline": ["--data", f["prepared"], "n_ways=[2]", "trials=10", "shuffles=2"],
-        "lowlevel": ["--data", f["prepared"]],
+        "lowlevel": ["--data", f["prepared"], "--clip", f["clip"]],
         # The subject aligned onto itself (the same stimuli), fine-tuned through the pipeline.
         "adapt": [
             *("--data", f["data"], "--reference", f["data"], "--pipeline", f["pipeline"]),

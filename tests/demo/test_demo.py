@@ -108,7 +108,8 @@ def test_demo_plan_runs_in_order_and_each_stage_after_what_it_reads(tmp_path):
     assert inputs["contrast"] == {"prepare", "pretrain", "standins/clip"}
     assert inputs["tune-video"] == {"prepare", "standins/stable_diffusion"}
     assert inputs["cotrain"] == {"prepare", "contrast", "tune-video"}
-    assert inputs["lowlevel"] == {"prepare"}  # the training split alone
+    # the training split, and the CLIP stand-in whose image embeddings its semantic map decodes
+    assert inputs["lowlevel"] == {"prepare", "standins/clip"}
     assert inputs["reconstruct"] == {"prepare", "cotrain", "lowlevel"}
     classifiers = {"standins/image_classifier", "standins/video_classifier"}
     assert inputs["evaluate"] == {"reconstruct", "standins/clip", *classifiers}

@@ -52,7 +52,7 @@ def test_identification_loss_is_cross_entropy_over_the_mean_frames_correlations(
     assert got < np.log(6) < float(identification_loss(pred.roll(1, 0), target, 0.2))
 
 
-def decoder(refiner_channels=0, out_size=None) -> LowLevelDecoder:
+def decoder(refiner_channels=0, out_size=None, **semantic) -> LowLevelDecoder:
     torch.manual_seed(0)
     return LowLevelDecoder(
         num_voxels=5,
@@ -61,6 +61,7 @@ def decoder(refiner_channels=0, out_size=None) -> LowLevelDecoder:
         frame_size=4,
         out_size=out_size,
         refiner_channels=refiner_channels,
+        **semantic,
     )
 
 
@@ -105,3 +106,36 @@ def test_save_pretrained_and_back_decodes_the_same(tmp_path):
     x = torch.randn(3, 10)
     torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
     assert back.config.refiner_channels == 8 and back.config.out_size == 8
+
+
+def test_the_semantic_map_feeds_the_refiner_and_is_saved(tmp_path):
+    """With a semantic map the refiner reads the decoded embedding beside the video: the map is
+    ``x W + b``, the output changes with it, and the folder round-trips bit for bit."""
+    model = decoder(refiner_channels=8, out_size=8, semantic_dim=5, semantic_channels=2)
+    rng = np.random.default_rng(4)
+    weight = rng.normal(size=(10, 5)).astype(np.float32)
+    bias = rng.normal(size=5).astype(np.float32)
+    model.set_semantic_map(weight, bias)
+    with torch.no_grad():  # a trained refiner: its residual and templates are not zero
+        for p in model.refiner.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.from_numpy(rng.normal(size=(3, 10)).astype(np.float32))
+    np.testing.assert_allclose(
+        model.semantic_embedding(x).detach().numpy(), x.numpy() @ weight + bias, atol=1e-5
+    )
+    video = model(x)
+    assert video.shape == (3, 3, 3, 8, 8)
+    other = model.refine(model.linear_video(x), model.semantic_embedding(x) + 1.0)
+    assert (other - video).abs().max() > 1e-3  # the refiner reads the embedding
+    with pytest.raises(ValueError, match="reads a condition vector"):
+        model.refiner(model.linear_video(x).flatten(1, 2))
+    with pytest.raises(UserError, match=r"\[10, 5\]"):
+        model.set_semantic_map(weight[:4], bias)
+    model.save_pretrained(tmp_path / "decoder")
+    back = LowLevelDecoder.from_pretrained(tmp_path / "decoder")
+    torch.testing.assert_close(back(x), video, rtol=0, atol=0)
+    assert back.config.semantic_dim == 5 and back.config.semantic_channels == 2
+    # without a refiner nothing could read it
+    with pytest.raises(UserError, match="read by the refiner"):
+        decoder(semantic_dim=5, semantic_channels=2)
+    assert decoder(refiner_channels=8, out_size=8).semantic is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers.cli import assert_one_line_error, run_quiet
 
-from mindvideo.config import LowLevelConfig
+from mindvideo.config import LowLevelConfig, PretrainedPaths
 from mindvideo.data.prepared import PreparedData, PreparedWriter
 from mindvideo.data.ridge import RidgeDecoder, window_features
 from mindvideo.data.video import area_frames
@@ -121,6 +121,63 @@ def test_the_refiner_learns_and_is_saved_in_the_decoder(prepared, tmp_path, iden
     assert decoder(torch.zeros(1, 2 * VOXELS)).shape == (1, 6, 3, 8, 8)
 
 
+@pytest.fixture(scope="module")
+def clip(prepared, tmp_path_factory):
+    """A tiny CLIP trained a few steps on the training frames (32 × 32) and their colours."""
+    from helpers.clip import IMAGE_SIZE, build_tiny_clip
+
+    frames = np.asarray(PreparedData.open(prepared).frames_train)[:, :, 3].reshape(
+        -1, SIZE, SIZE, 3
+    )
+    images = [
+        np.kron(f, np.ones((IMAGE_SIZE // SIZE, IMAGE_SIZE // SIZE, 1), np.uint8)) for f in frames
+    ]
+
+    def word(half: np.ndarray) -> str:
+        return "bright" if half.mean() > 127 else "dark"
+
+    captions = [f"{word(f[:, : SIZE // 2])} left {word(f[:, SIZE // 2 :])} right" for f in frames]
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", captions, (images, captions))
+
+
+def test_the_semantic_map_decodes_clip_embeddings_for_the_refiner(prepared, clip, tmp_path):
+    """``semantic_channels``: ridge to the CLIP image embedding of each TR's middle frame; its
+    held-out predictions train the refiner, and the decoder carries the map."""
+    settings = dict(out_size=8, refiner_steps=60, refiner_channels=8, refiner_batch_size=16)
+    config = cfg(
+        prepared, semantic_channels=4, pretrained=PretrainedPaths(clip=str(clip)), **settings
+    )
+    folder = lowlevel(config, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / LOWLEVEL_JSON).read_text())
+    assert report["semantic"]["dim"] == 16
+    assert report["semantic"]["held_out"]["pattern_r"] > 0.5  # the colours are in the fMRI
+    assert report["refiner"]["loss_last"] < report["refiner"]["loss_first"]
+    decoder = LowLevelDecoder.from_pretrained(folder)
+    assert decoder.semantic is not None and decoder.config.semantic_channels == 4
+    # the decoded embedding of test windows is nearest the CLIP embedding of their own frame
+    from mindvideo.training.clip_towers import load_clip
+
+    data = PreparedData.open(prepared)
+    x = window_features(np.asarray(data.fmri_test), 2)[:, :-1].reshape(-1, 2 * VOXELS)
+    middle = np.asarray(data.frames_test)[:, :-1, 3].reshape(-1, SIZE, SIZE, 3)
+    truth = load_clip(clip).encode_images(list(middle)).numpy()
+    decoded = decoder.semantic_embedding(torch.from_numpy(x)).detach().numpy()
+    truth = truth / np.linalg.norm(truth, axis=1, keepdims=True)  # as the map's targets
+    centre = truth.mean(axis=0)  # what every frame's embedding shares
+    r = np.corrcoef(decoded - centre, truth - centre)[: len(x), len(x) :]
+    two_way = (r < np.diag(r)[:, None]).sum(axis=1) / (len(x) - 1)  # own against each other
+    assert two_way.mean() > 0.7  # chance 0.5; 0.78 measured
+    # the map is ridge on the training windows, each dimension's penalty by held-out error
+    train = window_features(np.asarray(data.fmri_train), 2).reshape(-1, 2 * VOXELS)
+    middle = np.asarray(data.frames_train)[:, :, 3].reshape(-1, SIZE, SIZE, 3)
+    z = load_clip(clip).encode_images(list(middle)).numpy()
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    ridge = RidgeDecoder(alphas=config.alphas, folds=3, selection="mse")
+    ridge.fit(train, z, np.repeat(np.arange(6), TRS))
+    np.testing.assert_allclose(decoded, ridge.predict(x), rtol=1e-4, atol=1e-4)
+    assert decoder(torch.from_numpy(x[:2])).shape == (2, 6, 3, 8, 8)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -132,6 +189,12 @@ def test_the_refiner_learns_and_is_saved_in_the_decoder(prepared, tmp_path, iden
         (dict(selection="r2"), "selection must be one of mse, identification"),
         (dict(identification_weight=-1.0), "must be 0 or more, not 1.0 and -1.0"),
         (dict(identification_temperature=0.0), "identification_temperature must be positive"),
+        (dict(semantic_channels=-1), "semantic_channels must be 0 or more"),
+        (dict(semantic_channels=4), "read by the refiner, but refiner_steps is 0"),
+        (
+            dict(semantic_channels=4, refiner_steps=5, out_size=8),
+            r"set pretrained.clip \(flag --clip\)",
+        ),
         (dict(data=None), "needs a prepared subject"),
     ],
 )
@@ -143,13 +206,23 @@ def test_bad_settings_are_refused_before_any_work(prepared, tmp_path, changes, m
     assert not (tmp_path / "out").exists()
 
 
-def test_dry_run_plans_the_map_and_the_refiner_and_writes_nothing(prepared, tmp_path, capsys):
+def test_dry_run_plans_the_map_and_the_refiner_and_writes_nothing(prepared, clip, tmp_path, capsys):
     plan = plan_lowlevel(cfg(prepared, out_size=8, refiner_steps=10), tmp_path / "out")
     text = plan.format()
     assert "144 = 6 segments × 24 TRs" in text and "60 = 2 TRs × 30 voxels" in text
     assert "288 = 6 frames × 4² × 3" in text and "phase 2/2: refiner" in text
     assert plan.phases[0].models[0].parameters == 60 * 288 + 288
     assert not (tmp_path / "out").exists()
+    semantic = cfg(
+        prepared,
+        out_size=8,
+        refiner_steps=10,
+        semantic_channels=4,
+        pretrained=PretrainedPaths(clip=str(clip)),
+    )
+    text = plan_lowlevel(semantic, tmp_path / "out").format()
+    assert "phase 2/3: semantic map" in text and "16 = the CLIP image embedding" in text
+    assert "phase 3/3: refiner" in text
     code, err = run_quiet(
         ["lowlevel", "--data", str(prepared), "--dry-run", "window=2", "frame_size=5"], capsys
     )

@@ -572,6 +572,12 @@ class LowLevelConfig:
     correlate more with its own frames' than with the batch's others (0: none)."""
     identification_temperature: float = 0.1
     """The identification term's logits are the correlations divided by this."""
+    semantic_channels: int = 0
+    """With a refiner: also decode (ridge, the penalty per dimension by held-out squared error)
+    the CLIP image embedding of each TR's middle frame (``pretrained.clip``) and let the refiner
+    read it, through a learned map to this many template channels at ``frame_size`` (0: none)."""
+    pretrained: PretrainedPaths = field(default_factory=PretrainedPaths)
+    """``pretrained.clip``: the CLIP model whose image embeddings the semantic map decodes."""
     seed: int = 0
     device: str | None = None
 

@@ -79,6 +79,8 @@ def plan(preset: str, run_dir: Path, seed: int = 0) -> list[Stage]:
         generator=str(r / "tune-video"),
     )
     low = dataclasses.replace(C.lowlevel_preset(preset), data=prepared)
+    if low.semantic_channels:  # the semantic map decodes the CLIP stand-in's image embeddings
+        low = dataclasses.replace(low, pretrained=C.PretrainedPaths(clip=str(standins / "clip")))
     recon = dataclasses.replace(
         C.reconstruct_preset(preset),
         checkpoint=str(r / "cotrain" / "pipeline"),

@@ -13,7 +13,11 @@ sub-task. This is that path, in the form the field starts from:
   frames stacked as channels) to ``out_size × out_size``: a bilinear upsampling plus a learned
   residual, trained on the linear map's *held-out* predictions of the training split (each
   segment predicted by a map fitted without it) against the training frames, so it learns the
-  errors the map makes on unseen fMRI.
+  errors the map makes on unseen fMRI;
+- optionally a **semantic map** (ridge again) from the same window to the CLIP image embedding
+  of the TR's middle frame, which the refiner reads beside the video through a learned map to a
+  few channels of templates: a second, independently regularised readout of the fMRI that the
+  refiner can use nonlinearly (what kind of scene, not only which pixels).
 
 Its video starts the sampler (``MindVideoPipeline(video=…, strength=s)``, SDEdit;
 ``mindvideo reconstruct lowlevel=DIR``). The model is a diffusers ``ModelMixin``: saved with
@@ -90,13 +94,35 @@ def identification_loss(
 class LowLevelRefiner(nn.Module):
     """``[N, F·3, s, s]`` → ``[N, F·3, S, S]``: bilinear upsampling plus a learned residual
     (a convolution stem, residual blocks at ``s``, then upsampling convolutions). The residual's
-    last convolution starts at zero, so an untrained refiner is the bilinear upsampling."""
+    last convolution starts at zero, so an untrained refiner is the bilinear upsampling.
 
-    def __init__(self, channels: int, width: int, factor: int, blocks: int = 4) -> None:
+    With ``condition_dim`` > 0 it also reads a vector per video (the decoded semantic
+    embedding): a linear map turns it into ``condition_channels`` maps at ``s × s`` — a learned
+    template per direction of the embedding — that the stem reads beside the video."""
+
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        factor: int,
+        blocks: int = 4,
+        size: int = 0,
+        condition_dim: int = 0,
+        condition_channels: int = 0,
+    ) -> None:
         super().__init__()
         self.factor = factor
         groups = 8 if width % 8 == 0 else 1
-        self.stem = nn.Conv2d(channels, width, 3, padding=1)
+        conditioned = condition_dim > 0 and condition_channels > 0
+        if conditioned and size <= 0:
+            raise ValueError("A conditioned refiner needs the input's side (size).")
+        self.template = (
+            nn.Linear(condition_dim, condition_channels * size * size) if conditioned else None
+        )
+        self.condition_shape = (condition_channels, size, size)
+        self.stem = nn.Conv2d(
+            channels + (condition_channels if conditioned else 0), width, 3, padding=1
+        )
         self.blocks = nn.ModuleList(
             nn.Sequential(
                 nn.GroupNorm(groups, width), nn.SiLU(), nn.Conv2d(width, width, 3, padding=1)
@@ -113,9 +139,15 @@ class LowLevelRefiner(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         up = F.interpolate(x, scale_factor=self.factor, mode="bilinear", align_corners=False)
-        h = self.stem(x)
+        if self.template is not None:
+            if condition is None:
+                raise ValueError("This refiner reads a condition vector beside the video.")
+            maps = self.template(condition.to(x)).view(-1, *self.condition_shape)
+            h = self.stem(torch.cat([x, maps], dim=1))
+        else:
+            h = self.stem(x)
         for block in self.blocks:
             h = h + block(h)
         h = F.interpolate(h, scale_factor=self.factor, mode="bilinear", align_corners=False)
@@ -135,6 +167,9 @@ class LowLevelDecoder(ModelMixin, ConfigMixin):
             of it: upsampled by the refiner).
         refiner_channels: width of the convolutional refiner; ``0``: no refiner (bilinear
             upsampling to ``out_size``).
+        semantic_dim: width of the semantic embedding the semantic map decodes (CLIP's
+            projection width); ``0``: none.
+        semantic_channels: template channels the refiner makes of the decoded embedding.
     """
 
     @register_to_config
@@ -146,6 +181,8 @@ class LowLevelDecoder(ModelMixin, ConfigMixin):
         frame_size: int = 16,
         out_size: int | None = None,
         refiner_channels: int = 0,
+        semantic_dim: int = 0,
+        semantic_channels: int = 0,
     ) -> None:
         super().__init__()
         out_size = out_size or frame_size
@@ -156,8 +193,25 @@ class LowLevelDecoder(ModelMixin, ConfigMixin):
             )
         self.linear = nn.Linear(window * num_voxels, frames * frame_size * frame_size * 3)
         self.refiner = (
-            LowLevelRefiner(frames * 3, refiner_channels, out_size // frame_size)
+            LowLevelRefiner(
+                frames * 3,
+                refiner_channels,
+                out_size // frame_size,
+                size=frame_size,
+                condition_dim=semantic_dim if semantic_channels else 0,
+                condition_channels=semantic_channels if semantic_dim else 0,
+            )
             if refiner_channels and out_size > frame_size
+            else None
+        )
+        if semantic_dim and semantic_channels and self.refiner is None:
+            raise UserError(
+                "A semantic map is read by the refiner: set refiner_channels and an out_size "
+                "larger than frame_size, or semantic_channels=0."
+            )
+        self.semantic = (
+            nn.Linear(window * num_voxels, semantic_dim)
+            if semantic_dim and semantic_channels
             else None
         )
 
@@ -175,8 +229,28 @@ class LowLevelDecoder(ModelMixin, ConfigMixin):
             self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).T)
             self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
 
-    def linear_video(self, fmri: torch.Tensor) -> torch.Tensor:
-        """The linear map's video ``[N, F, 3, frame_size, frame_size]`` (not clamped)."""
+    def set_semantic_map(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Set the semantic map from a fitted ridge decoder's ``(W [D, E], b [E])``."""
+        if self.semantic is None:
+            raise UserError("This decoder has no semantic map (semantic_dim=0).")
+        expected = (self.semantic.in_features, self.semantic.out_features)
+        if tuple(weight.shape) != expected or tuple(bias.shape) != expected[1:]:
+            raise UserError(
+                f"The semantic map must be [{expected[0]}, {expected[1]}] with a bias of "
+                f"{expected[1]}; got {list(weight.shape)} and {list(bias.shape)}."
+            )
+        with torch.no_grad():
+            self.semantic.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).T)
+            self.semantic.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def semantic_embedding(self, fmri: torch.Tensor) -> torch.Tensor | None:
+        """The semantic map's decoded embedding ``[N, semantic_dim]``, or ``None`` without one."""
+        if self.semantic is None:
+            return None
+        x = self._windows(fmri)
+        return self.semantic(x.to(self.semantic.weight))
+
+    def _windows(self, fmri: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         x = torch.as_tensor(fmri)
         if x.ndim == 3:
@@ -187,21 +261,28 @@ class LowLevelDecoder(ModelMixin, ConfigMixin):
                 f"(or [N, {cfg.window * cfg.num_voxels}]); got {list(x.shape)}. It decodes the "
                 "prepared subject it was fitted on, with its window."
             )
+        return x
+
+    def linear_video(self, fmri: torch.Tensor) -> torch.Tensor:
+        """The linear map's video ``[N, F, 3, frame_size, frame_size]`` (not clamped)."""
+        cfg = self.config
+        x = self._windows(fmri)
         y = self.linear(x.to(self.linear.weight))
         s = cfg.frame_size
         return y.unflatten(1, (cfg.frames, s, s, 3)).permute(0, 1, 4, 2, 3)
 
-    def refine(self, video: torch.Tensor) -> torch.Tensor:
-        """A linear video ``[N, F, 3, s, s]`` → ``[N, F, 3, out_size, out_size]`` in ``[0, 1]``."""
+    def refine(self, video: torch.Tensor, semantic: torch.Tensor | None = None) -> torch.Tensor:
+        """A linear video ``[N, F, 3, s, s]`` (and, with a semantic map, the decoded embedding
+        ``[N, semantic_dim]``) → ``[N, F, 3, out_size, out_size]`` in ``[0, 1]``."""
         f = video.shape[1]
         size = self.config.out_size or self.config.frame_size
         x = video.flatten(1, 2)  # [N, F·3, s, s]
         if self.refiner is not None:
-            x = self.refiner(x)
+            x = self.refiner(x, semantic if self.semantic is not None else None)
         elif size != x.shape[-1]:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return x.unflatten(1, (f, 3)).clamp(0, 1)
 
     def forward(self, fmri: torch.Tensor) -> torch.Tensor:
         """fMRI windows → videos ``[N, F, 3, out_size, out_size]`` in ``[0, 1]``."""
-        return self.refine(self.linear_video(fmri))
+        return self.refine(self.linear_video(fmri), self.semantic_embedding(fmri))

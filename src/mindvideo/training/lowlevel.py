@@ -12,6 +12,11 @@
    the training split (each fold's segments predicted by the map fitted on the other folds) to
    the training frames at ``out_size``. Trained on the map's output for the fMRI it fits, it
    would learn to expect predictions far better than unseen fMRI gives.
+3. **The semantic map** (``semantic_channels`` > 0, ``pretrained.clip``): ridge from the same
+   windows to the CLIP image embedding (L2-normalised) of each training TR's middle frame, the
+   penalty per dimension by held-out squared error. The refiner reads its held-out predictions
+   beside the video (a learned map to ``semantic_channels`` template channels), and at
+   decoding the map's prediction for the window.
 
 Only the training split is read; nothing fitted sees the test split. Writes ``OUT/decoder/``
 (:class:`~mindvideo.encoder.lowlevel.LowLevelDecoder`, ``save_pretrained``), ``OUT/lowlevel.json``
@@ -93,6 +98,20 @@ def check_lowlevel_config(cfg: LowLevelConfig) -> PreparedData:
             "Config key identification_temperature must be positive, not "
             f"{cfg.identification_temperature}."
         )
+    if cfg.semantic_channels < 0:
+        raise UserError(
+            f"Config key semantic_channels must be 0 or more, not {cfg.semantic_channels}."
+        )
+    if cfg.semantic_channels and not cfg.refiner_steps:
+        raise UserError(
+            f"semantic_channels={cfg.semantic_channels} is read by the refiner, but "
+            "refiner_steps is 0; train a refiner or set semantic_channels=0."
+        )
+    if cfg.semantic_channels and not cfg.pretrained.clip:
+        raise UserError(
+            f"semantic_channels={cfg.semantic_channels} decodes CLIP image embeddings: set "
+            "pretrained.clip (flag --clip) to a CLIP model folder, or semantic_channels=0."
+        )
     check_selection(cfg.selection)
     prepared = PreparedData.open(cfg.data)
     size = prepared.frames_train.shape[-3:-1]
@@ -161,6 +180,19 @@ def lowlevel(cfg: LowLevelConfig, out: str | os.PathLike) -> Path:
         x, y, groups, held_out=refine
     )
     weight, bias = ridge.linear_map()
+    semantic = None
+    if cfg.semantic_channels:
+        embeddings = _middle_frame_embeddings(prepared, cfg.pretrained.clip, device)
+        semantic = RidgeDecoder(alphas=cfg.alphas, folds=cfg.folds, selection="mse").fit(
+            x, embeddings, groups, held_out=True
+        )
+        logger.info(
+            "semantic map: %d training windows → CLIP image embeddings (%d), held-out "
+            "pattern r %.3f",
+            len(x),
+            embeddings.shape[1],
+            _held_out_scores(semantic.held_out_, embeddings)["pattern_r"],
+        )
     torch.manual_seed(cfg.seed)  # the refiner's initial weights
     decoder = LowLevelDecoder(
         num_voxels=prepared.n_voxels,
@@ -169,6 +201,8 @@ def lowlevel(cfg: LowLevelConfig, out: str | os.PathLike) -> Path:
         frame_size=cfg.frame_size,
         out_size=cfg.out_size or cfg.frame_size,
         refiner_channels=cfg.refiner_channels if refine else 0,
+        semantic_dim=0 if semantic is None else int(embeddings.shape[1]),
+        semantic_channels=cfg.semantic_channels,
     )
     decoder.set_linear_map(weight, bias)
     report: dict[str, Any] = {
@@ -179,14 +213,39 @@ def lowlevel(cfg: LowLevelConfig, out: str | os.PathLike) -> Path:
         "alpha_median": float(np.median(ridge.alphas_)),
         "alpha_range": [float(ridge.alphas_.min()), float(ridge.alphas_.max())],
     }
+    held_out_semantic = None
+    if semantic is not None:
+        decoder.set_semantic_map(*semantic.linear_map())
+        held_out_semantic = semantic.held_out_
+        report["semantic"] = {
+            "targets": f"CLIP image embedding of each TR's middle frame ({cfg.pretrained.clip})",
+            "dim": int(embeddings.shape[1]),
+            "alpha_median": float(np.median(semantic.alphas_)),
+            "held_out": _held_out_scores(semantic.held_out_, embeddings),
+        }
     if refine:
         report["held_out_linear"] = _held_out_scores(ridge.held_out_, y)
-        report["refiner"] = _train_refiner(decoder, ridge.held_out_, prepared, cfg, device)
+        report["refiner"] = _train_refiner(
+            decoder, ridge.held_out_, prepared, cfg, device, held_out_semantic
+        )
     decoder.to("cpu").save_pretrained(out / DECODER_DIR)
     (out / LOWLEVEL_JSON).write_text(json.dumps(report, indent=2) + "\n")
     save_config(cfg, out / "config.yaml")
     logger.info("low-level decoder fitted in %.1f s", time.perf_counter() - start)
     return out / DECODER_DIR
+
+
+def _middle_frame_embeddings(prepared: PreparedData, clip: str, device: torch.device) -> Any:
+    """L2-normalised CLIP image embeddings ``[S·T, E]`` of every training TR's middle frame,
+    in the order of :func:`_training_arrays`."""
+    from mindvideo.training.clip_towers import load_clip
+
+    towers = load_clip(clip).to(device)
+    frames = prepared.frames("train")
+    s, t, f = frames.shape[:3]
+    middle = np.asarray(frames[:, :, f // 2]).reshape(s * t, *frames.shape[3:])
+    z = towers.encode_images(list(middle)).cpu().numpy().astype(np.float32)
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
 def _train_refiner(
@@ -195,9 +254,11 @@ def _train_refiner(
     prepared: PreparedData,
     cfg: LowLevelConfig,
     device: torch.device,
+    held_out_semantic: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Train ``decoder.refiner`` from the linear map's held-out training predictions to the
-    training frames at ``out_size``; returns its loss before and after."""
+    """Train ``decoder.refiner`` from the linear map's held-out training predictions (and
+    the semantic map's) to the training frames at ``out_size``; returns its loss before and
+    after."""
     refiner = decoder.refiner
     assert refiner is not None
     c = decoder.config
@@ -216,6 +277,11 @@ def _train_refiner(
         1, (c.frames, c.frame_size, c.frame_size, 3)
     )
     inputs = inputs.permute(0, 1, 4, 2, 3).flatten(1, 2)  # [N, F·3, s, s]
+    semantic = (
+        None
+        if held_out_semantic is None
+        else torch.from_numpy(held_out_semantic.astype(np.float32))
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     refiner.to(device).train()
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=cfg.refiner_lr, weight_decay=1e-4)
@@ -228,7 +294,8 @@ def _train_refiner(
         batch = torch.randint(0, len(inputs), (cfg.refiner_batch_size,), generator=generator)
         x = inputs[batch].to(device)
         y = target[batch].to(device).float().div(255).permute(0, 1, 4, 2, 3)
-        pred = refiner(x).unflatten(1, (c.frames, 3))
+        condition = None if semantic is None else semantic[batch].to(device)
+        pred = refiner(x, condition).unflatten(1, (c.frames, 3))
         mse = torch.nn.functional.mse_loss(pred, y)
         ssim = ssim_loss(pred.clamp(0, 1).flatten(0, 1), y.flatten(0, 1))
         loss = mse + cfg.ssim_weight * ssim
@@ -274,6 +341,19 @@ def _refiner_loss_text(cfg: LowLevelConfig) -> str:
     return text
 
 
+def _clip_width(cfg: LowLevelConfig) -> int:
+    """The projection width of ``pretrained.clip`` (its config alone; no weights are read)."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(cfg.pretrained.clip).projection_dim)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(
+            f"Could not read the CLIP model's config in {cfg.pretrained.clip} ({exc}); set "
+            "pretrained.clip to a CLIP model folder."
+        ) from exc
+
+
 def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> RunPlan:
     """A dry run of :func:`lowlevel`: the checks, the shapes, the decoder's parameters and a
     memory estimate of the ridge fit (host memory) and of the refiner's training."""
@@ -293,6 +373,8 @@ def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> 
             frame_size=cfg.frame_size,
             out_size=out_size,
             refiner_channels=cfg.refiner_channels if refine else 0,
+            semantic_dim=_clip_width(cfg) if cfg.semantic_channels else 0,
+            semantic_channels=cfg.semantic_channels,
         )
     # Ridge: the design and targets, one eigendecomposition (r × r) per fold, and the folds'
     # decompositions kept for the held-out predictions when a refiner is trained.
@@ -324,11 +406,34 @@ def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> 
             },
         )
     ]
+    if decoder.semantic is not None:
+        e = decoder.semantic.out_features
+        phases.append(
+            PhasePlan(
+                "semantic map (ridge, closed form, host memory)",
+                data={
+                    "targets": f"{e} = the CLIP image embedding of each TR's middle frame "
+                    f"({n:,} frames through {cfg.pretrained.clip})",
+                },
+                models=[ModelPart("semantic map", d * e + e, 0)],
+                memory=MemoryEstimate(
+                    weights=4 * (d * e + e),
+                    activations=4 * (n * d + 2 * n * e + cfg.folds * (r * r + r * e)),
+                    activations_how="design, targets and the folds' eigendecompositions",
+                ),
+                settings={"penalties": "per dimension, by held-out squared error"},
+            )
+        )
     if refine:
         refiner = decoder.refiner
         s = cfg.frame_size
         batch = meta_like((cfg.refiner_batch_size, frames * 3, s, s))
-        traced = trace_activations(lambda: refiner(batch))
+        condition = (
+            None
+            if decoder.semantic is None
+            else meta_like((cfg.refiner_batch_size, decoder.semantic.out_features))
+        )
+        traced = trace_activations(lambda: refiner(batch, condition))
         parts = [ModelPart.of("refiner", refiner)]
         phases.append(
             PhasePlan(
@@ -349,4 +454,6 @@ def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> 
         "data": f"{cfg.data}: prepared subject (training split only)",
         "out": out_status(out),
     }
+    if cfg.semantic_channels:
+        checked["clip"] = f"{cfg.pretrained.clip}: CLIP model (its config read)"
     return RunPlan("lowlevel", checked, phases)
