@@ -176,22 +176,27 @@ def lowlevel(cfg: LowLevelConfig, out: str | os.PathLike) -> Path:
         y.shape[1],
     )
     refine = cfg.refiner_steps > 0
+    k = y.shape[1]
+    targets, identify, embeddings = y, None, None
+    if cfg.semantic_channels:
+        # One fit for both maps: the folds' decompositions of the design serve every target.
+        # The frames keep their selection; each embedding dimension gets its penalty by
+        # held-out squared error.
+        embeddings = _middle_frame_embeddings(prepared, cfg.pretrained.clip, device)
+        targets = np.concatenate([y, embeddings], axis=1)
+        identify = [(0, k)] if cfg.selection == "identification" else []
     ridge = RidgeDecoder(alphas=cfg.alphas, folds=cfg.folds, selection=cfg.selection).fit(
-        x, y, groups, held_out=refine
+        x, targets, groups, held_out=refine, identify=identify
     )
     weight, bias = ridge.linear_map()
-    semantic = None
-    if cfg.semantic_channels:
-        embeddings = _middle_frame_embeddings(prepared, cfg.pretrained.clip, device)
-        semantic = RidgeDecoder(alphas=cfg.alphas, folds=cfg.folds, selection="mse").fit(
-            x, embeddings, groups, held_out=True
-        )
+    held_out = ridge.held_out_
+    if embeddings is not None:
         logger.info(
             "semantic map: %d training windows → CLIP image embeddings (%d), held-out "
             "pattern r %.3f",
             len(x),
             embeddings.shape[1],
-            _held_out_scores(semantic.held_out_, embeddings)["pattern_r"],
+            _held_out_scores(held_out[:, k:], embeddings)["pattern_r"],
         )
     torch.manual_seed(cfg.seed)  # the refiner's initial weights
     decoder = LowLevelDecoder(
@@ -201,32 +206,33 @@ def lowlevel(cfg: LowLevelConfig, out: str | os.PathLike) -> Path:
         frame_size=cfg.frame_size,
         out_size=cfg.out_size or cfg.frame_size,
         refiner_channels=cfg.refiner_channels if refine else 0,
-        semantic_dim=0 if semantic is None else int(embeddings.shape[1]),
+        semantic_dim=0 if embeddings is None else int(embeddings.shape[1]),
         semantic_channels=cfg.semantic_channels,
     )
-    decoder.set_linear_map(weight, bias)
+    decoder.set_linear_map(weight[:, :k], bias[:k])
+    alphas = ridge.alphas_[:k]
     report: dict[str, Any] = {
         "training_windows": len(x),
         "features": int(x.shape[1]),
-        "targets": int(y.shape[1]),
+        "targets": int(k),
         "selection": cfg.selection,
-        "alpha_median": float(np.median(ridge.alphas_)),
-        "alpha_range": [float(ridge.alphas_.min()), float(ridge.alphas_.max())],
+        "alpha_median": float(np.median(alphas)),
+        "alpha_range": [float(alphas.min()), float(alphas.max())],
     }
     held_out_semantic = None
-    if semantic is not None:
-        decoder.set_semantic_map(*semantic.linear_map())
-        held_out_semantic = semantic.held_out_
+    if embeddings is not None:
+        decoder.set_semantic_map(weight[:, k:], bias[k:])
+        held_out_semantic = held_out[:, k:]
         report["semantic"] = {
             "targets": f"CLIP image embedding of each TR's middle frame ({cfg.pretrained.clip})",
             "dim": int(embeddings.shape[1]),
-            "alpha_median": float(np.median(semantic.alphas_)),
-            "held_out": _held_out_scores(semantic.held_out_, embeddings),
+            "alpha_median": float(np.median(ridge.alphas_[k:])),
+            "held_out": _held_out_scores(held_out_semantic, embeddings),
         }
     if refine:
-        report["held_out_linear"] = _held_out_scores(ridge.held_out_, y)
+        report["held_out_linear"] = _held_out_scores(held_out[:, :k], y)
         report["refiner"] = _train_refiner(
-            decoder, ridge.held_out_, prepared, cfg, device, held_out_semantic
+            decoder, held_out[:, :k], prepared, cfg, device, held_out_semantic
         )
     decoder.to("cpu").save_pretrained(out / DECODER_DIR)
     (out / LOWLEVEL_JSON).write_text(json.dumps(report, indent=2) + "\n")
@@ -410,7 +416,7 @@ def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> 
         e = decoder.semantic.out_features
         phases.append(
             PhasePlan(
-                "semantic map (ridge, closed form, host memory)",
+                "semantic map (ridge, in the linear map's fit, host memory)",
                 data={
                     "targets": f"{e} = the CLIP image embedding of each TR's middle frame "
                     f"({n:,} frames through {cfg.pretrained.clip})",
@@ -418,8 +424,9 @@ def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> 
                 models=[ModelPart("semantic map", d * e + e, 0)],
                 memory=MemoryEstimate(
                     weights=4 * (d * e + e),
-                    activations=4 * (n * d + 2 * n * e + cfg.folds * (r * r + r * e)),
-                    activations_how="design, targets and the folds' eigendecompositions",
+                    activations=4 * (2 * n * e + cfg.folds * r * e),
+                    activations_how="its targets and projections beside the linear map's "
+                    "(the folds' eigendecompositions are shared)",
                 ),
                 settings={"penalties": "per dimension, by held-out squared error"},
             )
