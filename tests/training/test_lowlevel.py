@@ -222,7 +222,7 @@ def test_dry_run_plans_the_map_and_the_refiner_and_writes_nothing(prepared, clip
     )
     text = plan_lowlevel(semantic, tmp_path / "out").format()
     assert "phase 2/3: semantic map" in text and "16 = the CLIP image embedding" in text
-    assert "phase 3/3: refiner" in text
+    assert "phase 3/3: refiner" in text and "semantic map's embedding (4 template" in text
     code, err = run_quiet(
         ["lowlevel", "--data", str(prepared), "--dry-run", "window=2", "frame_size=5"], capsys
     )

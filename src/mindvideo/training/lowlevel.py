@@ -454,7 +454,17 @@ def plan_lowlevel(cfg: LowLevelConfig, out: str | os.PathLike | None = None) -> 
                 steps=cfg.refiner_steps,
                 batching=Batching(cfg.refiner_batch_size),
                 samples=n,
-                settings={"loss": _refiner_loss_text(cfg)},
+                settings={
+                    "loss": _refiner_loss_text(cfg),
+                    **(
+                        {
+                            "reads": "the linear video and the semantic map's embedding "
+                            f"({cfg.semantic_channels} template channels)"
+                        }
+                        if condition is not None
+                        else {}
+                    ),
+                },
             )
         )
     checked = {
