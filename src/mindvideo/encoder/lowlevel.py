@@ -198,50 +198,31 @@ class LowLevelDecoder(ModelMixin, ConfigMixin):
                 refiner_channels,
                 out_size // frame_size,
                 size=frame_size,
-                condition_dim=semantic_dim if semantic_channels else 0,
-                condition_channels=semantic_channels if semantic_dim else 0,
+                condition_dim=semantic_dim,
+                condition_channels=semantic_channels,
             )
             if refiner_channels and out_size > frame_size
             else None
         )
-        if semantic_dim and semantic_channels and self.refiner is None:
+        has_semantic = semantic_dim > 0 and semantic_channels > 0
+        if has_semantic and self.refiner is None:
             raise UserError(
                 "A semantic map is read by the refiner: set refiner_channels and an out_size "
                 "larger than frame_size, or semantic_channels=0."
             )
-        self.semantic = (
-            nn.Linear(window * num_voxels, semantic_dim)
-            if semantic_dim and semantic_channels
-            else None
-        )
+        self.semantic = nn.Linear(window * num_voxels, semantic_dim) if has_semantic else None
 
     def set_linear_map(self, weight: np.ndarray, bias: np.ndarray) -> None:
         """Set the linear map from a fitted ridge decoder's ``(W [D, K], b [K])``
         (:meth:`~mindvideo.data.ridge.RidgeDecoder.linear_map`), targets ordered
         ``[F, size, size, 3]`` (the order :func:`mindvideo.data.video.area_frames` flattens to)."""
-        expected = (self.linear.in_features, self.linear.out_features)
-        if tuple(weight.shape) != expected or tuple(bias.shape) != expected[1:]:
-            raise UserError(
-                f"The linear map must be [{expected[0]}, {expected[1]}] with a bias of "
-                f"{expected[1]}; got {list(weight.shape)} and {list(bias.shape)}."
-            )
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).T)
-            self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        _set_affine(self.linear, "linear map", weight, bias)
 
     def set_semantic_map(self, weight: np.ndarray, bias: np.ndarray) -> None:
         """Set the semantic map from a fitted ridge decoder's ``(W [D, E], b [E])``."""
         if self.semantic is None:
             raise UserError("This decoder has no semantic map (semantic_dim=0).")
-        expected = (self.semantic.in_features, self.semantic.out_features)
-        if tuple(weight.shape) != expected or tuple(bias.shape) != expected[1:]:
-            raise UserError(
-                f"The semantic map must be [{expected[0]}, {expected[1]}] with a bias of "
-                f"{expected[1]}; got {list(weight.shape)} and {list(bias.shape)}."
-            )
-        with torch.no_grad():
-            self.semantic.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).T)
-            self.semantic.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        _set_affine(self.semantic, "semantic map", weight, bias)
 
     def semantic_embedding(self, fmri: torch.Tensor) -> torch.Tensor | None:
         """The semantic map's decoded embedding ``[N, semantic_dim]``, or ``None`` without one."""
@@ -278,7 +259,7 @@ class LowLevelDecoder(ModelMixin, ConfigMixin):
         size = self.config.out_size or self.config.frame_size
         x = video.flatten(1, 2)  # [N, F·3, s, s]
         if self.refiner is not None:
-            x = self.refiner(x, semantic if self.semantic is not None else None)
+            x = self.refiner(x, semantic)
         elif size != x.shape[-1]:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return x.unflatten(1, (f, 3)).clamp(0, 1)
@@ -286,3 +267,16 @@ class LowLevelDecoder(ModelMixin, ConfigMixin):
     def forward(self, fmri: torch.Tensor) -> torch.Tensor:
         """fMRI windows → videos ``[N, F, 3, out_size, out_size]`` in ``[0, 1]``."""
         return self.refine(self.linear_video(fmri), self.semantic_embedding(fmri))
+
+
+def _set_affine(layer: nn.Linear, name: str, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Copy a fitted ``x W + b`` (``W [in, out]``, ``b [out]``) into ``layer``."""
+    expected = (layer.in_features, layer.out_features)
+    if tuple(weight.shape) != expected or tuple(bias.shape) != expected[1:]:
+        raise UserError(
+            f"The {name} must be [{expected[0]}, {expected[1]}] with a bias of {expected[1]}; "
+            f"got {list(weight.shape)} and {list(bias.shape)}."
+        )
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).T)
+        layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
