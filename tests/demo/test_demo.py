@@ -1,7 +1,9 @@
 """`mindvideo demo --preset tiny`: every stage end to end, then a re-run that reuses them all."""
 
 import dataclasses
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,66 @@ def test_a_stage_runs_again_when_what_it_reads_ran_again_and_only_then(tmp_path)
     (run / "a" / "partial").write_text("left by a killed run")
     assert run_stages(recipe, console, stages=stages(2))["d"] is True
     assert log[6:] == ["a", "d"] and not (run / "a" / "partial").exists()
+
+
+def test_an_input_that_ran_again_in_an_earlier_invocation_makes_its_readers_run_again(tmp_path):
+    # The demo without --subjects after a change, then with it: the stages only the second
+    # plan has must not be reused from before the change.
+    from rich.console import Console
+
+    run = tmp_path / "run"
+    log: list[str] = []
+
+    def stages(b_setting: int, subjects: bool) -> list[Stage]:
+        base = [_fake_stage("a", {"n": 1}, log), _fake_stage("b", {"n": b_setting}, log)]
+        extra = [
+            _fake_stage("c", {"reads": str(run / "b" / "made")}, log),
+            _fake_stage("d", {"reads": str(run / "a")}, log),
+        ]
+        return base + extra if subjects else base
+
+    recipe = Recipe("tiny", str(run), 0, ablations=False)
+    console = Console(stderr=True, quiet=True)
+    run_stages(recipe, console, stages=stages(1, subjects=True))
+    assert run_stages(recipe, console, stages=stages(2, subjects=False)) == {"a": False, "b": True}
+    # c read the b that is gone: it runs again; d read the a that is still there
+    assert run_stages(recipe, console, stages=stages(2, subjects=True)) == {
+        "a": False,
+        "b": False,
+        "c": True,
+        "d": False,
+    }
+    assert log == ["a", "b", "c", "d", "b", "c"]
+    # the marker records which run of each input the stage read
+    marker = json.loads((run / "c" / DONE).read_text())
+    assert marker["inputs"] == {"b": hashlib.sha256((run / "b" / DONE).read_bytes()).hexdigest()}
+    # a marker that does not record its inputs (an earlier version's) is not trusted
+    del marker["inputs"]
+    (run / "c" / DONE).write_text(json.dumps(marker))
+    assert run_stages(recipe, console, stages=stages(2, subjects=True))["c"] is True
+    assert log[-1] == "c"
+
+
+def test_every_file_of_a_stage_follows_the_umask(tmp_path):
+    # save_pretrained writes weights 0600; a stage's folder is as readable as the user's umask
+    # makes a plain file
+    from rich.console import Console
+
+    run = tmp_path / "run"
+
+    def go(out: Path) -> None:
+        (out / "decoder").mkdir(parents=True)
+        weights = out / "decoder" / "weights.safetensors"
+        weights.write_bytes(b"w")
+        weights.chmod(0o600)
+
+    recipe = Recipe("tiny", str(run), 0, ablations=False)
+    old = os.umask(0o022)
+    try:
+        run_stages(recipe, Console(stderr=True, quiet=True), stages=[Stage("w", {}, go)])
+    finally:
+        os.umask(old)
+    assert (run / "w" / "decoder" / "weights.safetensors").stat().st_mode & 0o777 == 0o644
 
 
 def test_side_by_side_a_failing_stage_stops_the_run_and_leaves_the_others_unfinished(tmp_path):

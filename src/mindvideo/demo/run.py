@@ -18,7 +18,8 @@ import functools
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -684,24 +685,46 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def _marker_key(stage: Stage) -> dict[str, str]:
-    """What a finished stage's marker must hold to be reused: its configuration's hash."""
+def _input_stamp(run_dir: Path, folder: str) -> str | None:
+    """Which finished run of ``RUN/<folder>`` there is now: the sha256 of its marker (each
+    marker holds a run id of its own), ``None`` while it is unfinished."""
+    from mindvideo.utils.freshness import sha256_bytes
+
+    try:
+        return sha256_bytes((run_dir / folder / DONE).read_bytes())
+    except OSError:
+        return None
+
+
+def _marker_key(stage: Stage, run_dir: Path, inputs: Sequence[str] = ()) -> dict[str, Any]:
+    """What a finished stage's marker must hold to be reused: its configuration's hash and,
+    for a stage that reads others (``inputs``, their folders), which run of each it read. A
+    stage whose input ran again since — in this invocation or an earlier one, e.g. the demo
+    without ``--subjects`` after a change, then with it — is stale."""
     from mindvideo.utils.freshness import fingerprint
 
-    return {"config_sha256": fingerprint(stage.config)}
+    key: dict[str, Any] = {"config_sha256": fingerprint(stage.config)}
+    if inputs:
+        key["inputs"] = {need: _input_stamp(run_dir, need) for need in inputs}
+    return key
 
 
-def is_finished(stage: Stage, run_dir: Path) -> bool:
-    """Whether ``RUN/<stage folder>`` finished with the same configuration."""
+def is_finished(stage: Stage, run_dir: Path, inputs: Sequence[str] = ()) -> bool:
+    """Whether ``RUN/<stage folder>`` finished with the same configuration from the runs of
+    its ``inputs`` that are there now. A marker of an earlier version (which did not record
+    its inputs) is not trusted: the stage runs again."""
     from mindvideo.utils.freshness import read_marker
 
-    return read_marker(run_dir / stage.folder / DONE, _marker_key(stage)) is not None
+    key = _marker_key(stage, run_dir, inputs)
+    return read_marker(run_dir / stage.folder / DONE, key) is not None
 
 
-def run_stage(stage: Stage, run_dir: Path) -> float:
-    """Run one stage into ``RUN/<stage folder>`` from scratch; returns its seconds."""
+def run_stage(stage: Stage, run_dir: Path, inputs: Sequence[str] = ()) -> float:
+    """Run one stage into ``RUN/<stage folder>`` from scratch; returns its seconds. Its marker
+    records the runs of ``inputs`` (the folders of the stages it reads) it was made from."""
     from mindvideo.config import save_config
     from mindvideo.utils.freshness import write_marker
+    from mindvideo.utils.io import follow_umask
 
     folder = run_dir / stage.folder
     # A half-finished or outdated stage starts afresh: its checkpoints belong to other settings.
@@ -712,8 +735,10 @@ def run_stage(stage: Stage, run_dir: Path) -> float:
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "config.yaml").exists():
         save_config(stage.config, folder / "config.yaml")
+    follow_umask(folder)  # weights written by save_pretrained are private (0600) otherwise
     seconds = time.perf_counter() - start
-    write_marker(folder / DONE, {**_marker_key(stage), "seconds": seconds}, indent=None)
+    marker = {**_marker_key(stage, run_dir, inputs), "run": uuid.uuid4().hex, "seconds": seconds}
+    write_marker(folder / DONE, marker, indent=None)
     return seconds
 
 
@@ -770,8 +795,8 @@ def _worker_init(threads: int | None, level: int) -> None:
     configure_threads(threads)
 
 
-def _run_in_worker(recipe: Recipe, folder: str) -> float:
-    return run_stage(_worker_stages(recipe)[folder], Path(recipe.run_dir))
+def _run_in_worker(recipe: Recipe, folder: str, inputs: Sequence[str]) -> float:
+    return run_stage(_worker_stages(recipe)[folder], Path(recipe.run_dir), inputs)
 
 
 def default_jobs(threads: int | None = None) -> int:
@@ -826,20 +851,21 @@ def run_stages(
             for stage in list(pending):  # reuse what is fresh, start what is ready and fits
                 if any(need not in ran for need in inputs[stage.folder]):
                     continue
-                upstream = any(ran[need] for need in inputs[stage.folder])
-                if not upstream and is_finished(stage, run_dir):
+                reads = inputs[stage.folder]
+                upstream = any(ran[need] for need in reads)
+                if not upstream and is_finished(stage, run_dir, reads):
                     pending.remove(stage)
                     finish(stage, None)
                 elif jobs <= 1:
                     pending.remove(stage)
                     status.update(f"{stage.folder} running…")
-                    finish(stage, run_stage(stage, run_dir))
+                    finish(stage, run_stage(stage, run_dir, reads))
                     break  # look again from the top: later stages may be ready now
                 elif len(running) < jobs:
                     if pool is None:
                         pool = _worker_pool(jobs, threads)
                     pending.remove(stage)
-                    running[pool.submit(_run_in_worker, recipe, stage.folder)] = stage
+                    running[pool.submit(_run_in_worker, recipe, stage.folder, reads)] = stage
             else:
                 if not running:
                     if pending:  # cannot happen with a plan in order; say so if it does

@@ -68,6 +68,7 @@ from mindvideo.utils.dry_run import (
     trace_activations,
     training_memory,
 )
+from mindvideo.utils.io import atomic_dir
 
 __all__ = ["ADAPTER_DIR", "ADAPT_JSON", "adapt", "check_adapt_config", "pattern_identification"]
 
@@ -550,7 +551,8 @@ def adapt(cfg: AdaptConfig, out: str | os.PathLike) -> Path:
                 adapted["chance"],
                 adapted["shuffled"],
             )
-    adapter.save_pretrained(out / ADAPTER_DIR)
+    with atomic_dir(out / ADAPTER_DIR) as tmp:  # weights with the umask's modes, whole
+        adapter.save_pretrained(tmp)
     (out / ADAPT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     save_config(cfg, out / "config.yaml")
     pattern = report["test_pattern"]

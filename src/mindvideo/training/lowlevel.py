@@ -55,6 +55,7 @@ from mindvideo.utils.dry_run import (
     trace_activations,
     training_memory,
 )
+from mindvideo.utils.io import atomic_dir
 
 __all__ = ["DECODER_DIR", "LOWLEVEL_JSON", "check_lowlevel_config", "lowlevel", "plan_lowlevel"]
 
@@ -234,7 +235,8 @@ def lowlevel(cfg: LowLevelConfig, out: str | os.PathLike) -> Path:
         report["refiner"] = _train_refiner(
             decoder, held_out[:, :k], prepared, cfg, device, held_out_semantic
         )
-    decoder.to("cpu").save_pretrained(out / DECODER_DIR)
+    with atomic_dir(out / DECODER_DIR) as tmp:  # weights with the umask's modes, whole
+        decoder.to("cpu").save_pretrained(tmp)
     (out / LOWLEVEL_JSON).write_text(json.dumps(report, indent=2) + "\n")
     save_config(cfg, out / "config.yaml")
     logger.info("low-level decoder fitted in %.1f s", time.perf_counter() - start)
