@@ -391,5 +391,12 @@ def test_held_out_comparison_gives_both_ratios_against_their_targets(tiny_demo, 
     assert cells[1] == cells[2] == cells[3]
     if float(cells[1]) > 0:  # equal runs: ratio 1, the first target met and the second not
         assert cells[4] == "1.00 (≥ 0.90: met)" and cells[5] == "1.00 (≥ 1.5: not met)"
+        # alone scores what the full data score: 1.5 × alone is beyond the full-data model
+        full = float(cells[1])
+        assert (
+            f"The model of 2 segments alone already scores 1.00 of the full-data model on "
+            f"frame 50-way, so 1.5 × alone ({1.5 * full:.3f}) asks the adapted model for more "
+            f"than the subject's own full-data model scores ({full:.3f})."
+        ) in table
     comparison = json.loads((run / "subjects/held-out/compare/comparison.json").read_text())
     assert [r["name"] for r in comparison["runs"]] == ["adapted", "full data", "alone"]
