@@ -54,6 +54,7 @@ from mindvideo.data.prepared import PreparedData
 from mindvideo.data.ridge import mean_repetitions
 from mindvideo.encoder.subjects import SubjectAdapter
 from mindvideo.pipeline.aligned import ADAPTER_DIR, segment_rows
+from mindvideo.training.common import save_model_atomically
 from mindvideo.utils import UserError
 from mindvideo.utils.dry_run import (
     Batching,
@@ -68,7 +69,6 @@ from mindvideo.utils.dry_run import (
     trace_activations,
     training_memory,
 )
-from mindvideo.utils.io import atomic_dir
 
 __all__ = ["ADAPTER_DIR", "ADAPT_JSON", "adapt", "check_adapt_config", "pattern_identification"]
 
@@ -551,8 +551,7 @@ def adapt(cfg: AdaptConfig, out: str | os.PathLike) -> Path:
                 adapted["chance"],
                 adapted["shuffled"],
             )
-    with atomic_dir(out / ADAPTER_DIR) as tmp:  # weights with the umask's modes, whole
-        adapter.save_pretrained(tmp)
+    save_model_atomically(adapter, out / ADAPTER_DIR)
     (out / ADAPT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     save_config(cfg, out / "config.yaml")
     pattern = report["test_pattern"]

@@ -42,6 +42,7 @@ from mindvideo.data.ridge import RidgeDecoder, check_selection, mean_repetitions
 from mindvideo.data.video import area_frames
 from mindvideo.encoder.lowlevel import LowLevelDecoder, identification_loss, ssim_loss
 from mindvideo.pipeline.lowlevel_video import DECODER_DIR
+from mindvideo.training.common import save_model_atomically
 from mindvideo.utils import UserError
 from mindvideo.utils.dry_run import (
     Batching,
@@ -55,7 +56,6 @@ from mindvideo.utils.dry_run import (
     trace_activations,
     training_memory,
 )
-from mindvideo.utils.io import atomic_dir
 
 __all__ = ["DECODER_DIR", "LOWLEVEL_JSON", "check_lowlevel_config", "lowlevel", "plan_lowlevel"]
 
@@ -235,8 +235,7 @@ def lowlevel(cfg: LowLevelConfig, out: str | os.PathLike) -> Path:
         report["refiner"] = _train_refiner(
             decoder, held_out[:, :k], prepared, cfg, device, held_out_semantic
         )
-    with atomic_dir(out / DECODER_DIR) as tmp:  # weights with the umask's modes, whole
-        decoder.to("cpu").save_pretrained(tmp)
+    save_model_atomically(decoder.to("cpu"), out / DECODER_DIR)
     (out / LOWLEVEL_JSON).write_text(json.dumps(report, indent=2) + "\n")
     save_config(cfg, out / "config.yaml")
     logger.info("low-level decoder fitted in %.1f s", time.perf_counter() - start)
