@@ -64,6 +64,7 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tiny_demo, tmp_path, capsys)
     assert [r["name"] for r in comparison["runs"]] == [
         *("full", "window-1", "no-contrast", "cfg"),
         *("no-lowlevel", "strength-1"),  # tiny: 2 steps, so 0.15 and 0.3 run none
+        "keyframe",
     ]
     assert all(r["paired_with_reference"] for r in comparison["runs"][1:])
     assert comparison["metrics"]["video_50way_top1_strict"]["tests"]["cfg"] is not None
@@ -76,6 +77,8 @@ def test_tiny_demo_runs_every_stage_and_reuses_them(tiny_demo, tmp_path, capsys)
     paper = variant / "no-lowlevel" / "reconstruct" / "config.yaml"
     assert yaml_value(paper, "lowlevel") is None and yaml_value(paper, "guidance_scale") == 12.5
     assert yaml_value(variant / "strength-1" / "reconstruct" / "config.yaml", "strength") == 1.0
+    assert yaml_value(variant / "keyframe" / "reconstruct" / "config.yaml", "keyframe") is True
+    assert yaml_value(run / "reconstruct" / "config.yaml", "keyframe") is False
     assert yaml_value(run / "reconstruct" / "config.yaml", "lowlevel") == str(
         (run / "lowlevel").resolve()
     )
@@ -124,6 +127,7 @@ def test_demo_plan_runs_in_order_and_each_stage_after_what_it_reads(tmp_path):
     assert inputs[f"{ablation}/cotrain"] == {"prepare", f"{ablation}/contrast", "tune-video"}
     assert inputs["ablations/cfg/reconstruct"] == {"prepare", "cotrain", "lowlevel"}
     assert inputs["ablations/no-lowlevel/reconstruct"] == {"prepare", "cotrain"}
+    assert inputs["ablations/keyframe/reconstruct"] == {"prepare", "cotrain", "lowlevel"}
     assert inputs["ablations/no-contrast/cotrain"] == {"prepare", "pretrain", "tune-video"}
 
 

@@ -100,9 +100,48 @@ def test_without_the_path_sampling_is_unchanged_and_strength_is_not_a_setting(se
     )
 
 
+def test_keyframe_keeps_the_low_level_videos_first_frame(setup, tmp_path, monkeypatch):
+    """keyframe=true: the pipeline also gets the low-level video's first frame as the keyframe,
+    so every clip's first frame is that frame's VAE round trip; the setting is recorded."""
+    seen = []
+    call = MindVideoPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["video"].clone(), kwargs["keyframe"].clone()))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(MindVideoPipeline, "__call__", spy)
+    reconstruct(config(setup, keyframe=True), tmp_path / "key")
+    for video, keyframe in seen:
+        torch.testing.assert_close(keyframe, video[:, 0])
+    index = json.loads((tmp_path / "key" / "index.json").read_text())
+    assert index["settings"]["keyframe"] is True
+    monkeypatch.undo()
+    reconstruct(config(setup), tmp_path / "plain")
+    assert (
+        json.loads((tmp_path / "plain" / "index.json").read_text())["settings"]["keyframe"] is False
+    )
+    key, plain = (
+        np.load(tmp_path / d / "reconstructions.npy").astype(int) for d in ("key", "plain")
+    )
+    pipe = MindVideoPipeline.from_pretrained(setup / "checkpoint")
+    keyframes = torch.cat([k for _, k in seen])
+    with torch.no_grad():
+        size = pipe.default_size
+        latents = pipe.encode_video(keyframes[:, None], len(keyframes), 1, size, size)
+        expected = pipe.to_uint8(pipe.decode_latents(latents))[:, 0].astype(int)
+    assert np.abs(key[:, 0] - expected).max() <= 1  # uint8 rounding
+    assert np.abs(plain[:, 0] - expected).mean() > 1  # without it the first frame is the model's
+    assert (
+        "its first frame kept as the keyframe"
+        in plan_reconstruct(config(setup, keyframe=True)).format()
+    )
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
+        (dict(keyframe=True, lowlevel=None), "set lowlevel too"),
         (dict(strength=0.0), "strength must be in"),
         (dict(strength=1.5), "strength must be in"),
         (dict(strength=0.2), "leaves no denoising step"),

@@ -309,6 +309,68 @@ def test_bad_start_videos_and_strengths_are_user_errors(pipe, fmri):
         run(pipe, fmri, video=np.zeros((2, 6, 16, 16), np.float32))
 
 
+def _vae_latents(pipe, images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, h, w, 3] → the VAE latents [N, 4, 8, 8] of the frames resized bicubically."""
+    frames = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    frames = torch.nn.functional.interpolate(
+        frames, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic"
+    ).clamp(0, 1)
+    with torch.no_grad():
+        return pipe.vae.encode(frames * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm-solver++"])
+def test_a_keyframe_is_held_at_every_step_and_ends_as_the_first_frame(fmri, scheduler):
+    """The replacement method: before every UNet call the first frame's latents are the
+    keyframe's noised to that step with the window's own noise, and the clip's first frame is
+    the keyframe's VAE latents; the other frames are the model's."""
+    pipe = tiny_pipeline()
+    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    rng = np.random.default_rng(1)
+    video = rng.integers(0, 256, (2, 6, 4, 4, 3), dtype=np.uint8)
+    key = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    inputs = []
+    handle = pipe.unet.register_forward_hook(lambda _m, args, _o: inputs.append(args))
+    try:
+        kwargs = {"video": video, "strength": 0.5, "num_inference_steps": 8}
+        latents = run(pipe, fmri, keyframe=key, output_type="latent", **kwargs)
+    finally:
+        handle.remove()
+    x0 = _vae_latents(pipe, key)
+    torch.testing.assert_close(latents[:, :, 0], x0, atol=1e-5, rtol=1e-5)
+    pipe.scheduler.set_timesteps(8)
+    timesteps = pipe.scheduler.timesteps[4:]
+    assert [int(a[1]) for a in inputs] == [int(t) for t in timesteps]
+    noise = torch.randn(x0.shape[0], 4, 6, 8, 8, generator=seeded(0))[:, :, 0]
+    alphas = pipe.scheduler.alphas_cumprod
+    for args, t in zip(inputs, timesteps, strict=True):
+        a = alphas[int(t)]
+        expected = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        torch.testing.assert_close(args[0][2:, :, 0], expected, atol=1e-4, rtol=1e-4)  # [c̄; c]
+    # Without a keyframe the first frame is the model's.
+    plain = run(pipe, fmri, output_type="latent", **kwargs)
+    assert (plain[:, :, 0] - x0).abs().max() > 0.1
+    # The keyframe reaches the other frames through their attention to the first frame.
+    assert (plain[:, :, 1:] - latents[:, :, 1:]).abs().max() > 1e-3
+
+
+def test_a_keyframe_works_from_noise_and_as_floats(pipe, fmri):
+    """Without a start video (keyframe-to-video), and given as float [N, 3, H, W] in [0, 1]:
+    the same clip as from uint8."""
+    key = np.random.default_rng(2).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    as_uint8 = run(pipe, fmri, keyframe=key, output_type="latent")
+    as_float = torch.from_numpy(key).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(run(pipe, fmri, keyframe=as_float, output_type="latent"), as_uint8)
+    torch.testing.assert_close(as_uint8[:, :, 0], _vae_latents(pipe, key), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_keyframes_are_user_errors(pipe, fmri):
+    with pytest.raises(UserError, match="keyframe must be uint8"):
+        run(pipe, fmri, keyframe=np.zeros((2, 6, 16, 16, 3), np.uint8))
+    with pytest.raises(UserError, match="keyframe has 1 images; the call makes 2"):
+        run(pipe, fmri, keyframe=np.zeros((1, 16, 16, 3), np.uint8))
+
+
 def test_a_start_video_works_with_a_multistep_sampler(fmri):
     """DPM-Solver++ keeps a step index: the shortened schedule starts where the video enters."""
     pipe = tiny_pipeline()

@@ -464,6 +464,11 @@ class ReconstructConfig:
     """With ``lowlevel``: the fraction of the sampler's steps run from the low-level video
     (``1`` starts from it noised to the first step, almost pure noise; small values keep it
     close to the video)."""
+    keyframe: bool = False
+    """With ``lowlevel``: the low-level video's first frame is also a keyframe the sampler keeps
+    (the replacement method: the first frame's latents are the keyframe's, noised to each step;
+    the other frames follow it through their attention to the first frame). Off: the low-level
+    video only starts the sampler."""
 
 
 @dataclass

@@ -236,7 +236,9 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
     - ``cfg``: plain classifier-free guidance (a null negative) instead of adversarial guidance;
     - ``no-lowlevel``: without the low-level path, sampling as the paper does (from noise, at the
       paper's guidance scale 12.5); and ``strength-S``: the low-level video noised to other
-      strengths (:data:`LOWLEVEL_STRENGTHS`, those that run another number of steps).
+      strengths (:data:`LOWLEVEL_STRENGTHS`, those that run another number of steps);
+      ``keyframe`` (``no-keyframe``): the low-level video's first frame kept as a keyframe, when
+      the run does not keep it (does).
 
     Every variant writes into ``RUN/ablations/NAME/STAGE`` and reads everything else from the
     full run (simulated data, stand-ins, pretrain, tune-video).
@@ -303,6 +305,10 @@ def ablation_plan(stages: list[Stage], run_dir: Path) -> dict[str, list[Stage]]:
                 seen.add(steps(strength))
                 name = f"strength-{strength:g}"
                 variants[name] = tail(name, None, dataclasses.replace(recon, strength=strength))
+
+        # The keyframe condition the other way round: on when the run has it off, and off when on.
+        name = "no-keyframe" if recon.keyframe else "keyframe"
+        variants[name] = tail(name, None, dataclasses.replace(recon, keyframe=not recon.keyframe))
     return variants
 
 

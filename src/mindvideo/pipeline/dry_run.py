@@ -130,6 +130,7 @@ def plan_reconstruct(cfg: ReconstructConfig, out: str | os.PathLike | None = Non
                 if cfg.lowlevel is None
                 else f"starts from the video {cfg.lowlevel} decodes, strength {cfg.strength:g}: "
                 f"{steps_run} of {cfg.num_inference_steps} steps run"
+                + ("; its first frame kept as the keyframe" if cfg.keyframe else "")
             ),
             "batches": f"{n_batches:,} of {cfg.batch_size} windows"
             f" → {n_batches * steps_run:,} UNet calls",

@@ -556,6 +556,44 @@ class MindVideoPipeline(DiffusionPipeline):
         latents = latents * self.vae.config.scaling_factor
         return latents.unflatten(0, (batch, num_frames)).transpose(1, 2)
 
+    def encode_keyframe(self, keyframe: Any, batch: int, height: int, width: int) -> torch.Tensor:
+        """A keyframe per video → its VAE latents ``[N, C, h, w]`` (scaled as the UNet's).
+
+        ``keyframe``: uint8 ``[N, H', W', 3]`` or float ``[N, 3, H', W']`` in ``[0, 1]`` (numpy
+        or torch), any ``H' × W'``, resized as :meth:`encode_video` resizes a start video.
+        """
+        x = _as_tensor(keyframe, "keyframe")
+        uint8 = x.dtype == torch.uint8 and x.ndim == 4 and x.shape[-1] == 3
+        floats = x.is_floating_point() and x.ndim == 4 and x.shape[1] == 3
+        if not (uint8 or floats):
+            raise UserError(
+                "keyframe must be uint8 [N, H, W, 3] or float [N, 3, H, W] in [0, 1] (one image "
+                f"per video), not {x.dtype} {list(x.shape)}."
+            )
+        if x.shape[0] != batch:
+            raise UserError(f"keyframe has {x.shape[0]} images; the call makes {batch} videos.")
+        return self.encode_video(x[:, None], batch, 1, height, width)[:, :, 0]
+
+    def hold_keyframe(
+        self,
+        latents: torch.Tensor,
+        keyframe: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The replacement method (Ho et al. 2022, *Video Diffusion Models*): the first frame's
+        latents become the keyframe's noised to timestep ``t`` with the window's own ``noise``
+        (``None``: after the last step, the keyframe's latents themselves); the other frames
+        read it through the UNet's attention to the first frame. Called, as diffusers'
+        inpainting pipelines call ``add_noise``, before the first step and after each step
+        with the next step's timestep."""
+        held = keyframe
+        if t is not None:
+            held = self.scheduler.add_noise(keyframe, noise, t.reshape(1).repeat(len(keyframe)))
+        latents = latents.clone()
+        latents[:, :, 0] = held.to(latents.dtype)
+        return latents
+
     def start_from_video(
         self,
         video_latents: torch.Tensor,
@@ -628,6 +666,7 @@ class MindVideoPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor | np.ndarray | None = None,
         video: torch.Tensor | np.ndarray | None = None,
         strength: float = 0.8,
+        keyframe: torch.Tensor | np.ndarray | None = None,
     ) -> MindVideoPipelineOutput | tuple:
         """Reconstruct one video per fMRI window (or per given condition, ``prompt_embeds``).
 
@@ -671,6 +710,13 @@ class MindVideoPipeline(DiffusionPipeline):
             strength: with ``video``, the fraction of the ``num_inference_steps`` steps run
                 (``1`` starts from the video noised to the first timestep, almost pure noise;
                 small values keep it close to the video).
+            keyframe: a first frame per video that the sampler keeps (a keyframe condition):
+                uint8 ``[N, H', W', 3]`` or float ``[N, 3, H', W']`` in ``[0, 1]``, resized to
+                ``height × width``. Before every step the first frame's latents are replaced by
+                the keyframe's VAE latents noised to that step (:meth:`hold_keyframe`), and the
+                clip ends on the keyframe's VAE round trip; the other frames follow it through
+                the attention to the first frame. With or without ``video`` — e.g. the first
+                frame of the low-level video. ``None`` (default): no keyframe.
         """
         # 1. Check inputs
         height = height or self.default_size
@@ -712,15 +758,17 @@ class MindVideoPipeline(DiffusionPipeline):
         latents = self.prepare_latents(
             batch, num_frames, height, width, latents_dtype, device, generator, latents
         )
+        noise = latents / self.scheduler.init_noise_sigma
+        key = None
+        if keyframe is not None:
+            key = self.encode_keyframe(keyframe, batch, height, width).to(latents_dtype)
         if video is not None:  # SDEdit: start part-way, from the video noised to that step
             start = self.encode_video(video, batch, num_frames, height, width).to(latents_dtype)
             latents, timesteps = self.start_from_video(
-                start,
-                latents / self.scheduler.init_noise_sigma,
-                timesteps,
-                num_inference_steps,
-                strength,
+                start, noise, timesteps, num_inference_steps, strength
             )
+        if key is not None:
+            latents = self.hold_keyframe(latents, key, noise[:, :, 0], timesteps[0])
         extra_step_kwargs = self._extra_step_kwargs(generator, eta)
 
         # 5. Denoising loop with adversarial guidance (eq. 6)
@@ -731,6 +779,9 @@ class MindVideoPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(
                     noise_pred, t, latents, **extra_step_kwargs, return_dict=False
                 )[0]
+                if key is not None:
+                    later = timesteps[i + 1] if i + 1 < len(timesteps) else None
+                    latents = self.hold_keyframe(latents, key, noise[:, :, 0], later)
                 if callback_on_step_end is not None:
                     out = callback_on_step_end(
                         self, i, t, {"latents": latents, "noise_pred": noise_pred}

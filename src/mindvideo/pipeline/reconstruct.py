@@ -19,7 +19,8 @@ or not the run was interrupted.
 With ``lowlevel`` (the low-level path, docs/lowlevel.md) every clip starts from the video the
 low-level decoder reads from the window's fMRI, noised to ``strength`` of the way back
 (:mod:`mindvideo.pipeline.lowlevel_video`); without it sampling starts from noise, the paper's
-method.
+method. With ``keyframe`` as well, the low-level video's first frame is a keyframe the sampler
+keeps (``MindVideoPipeline(keyframe=...)``).
 
 ``condition=caption`` (:mod:`mindvideo.pipeline.oracle`) generates each window from its caption
 through a text encoder instead of its fMRI — the generator's ceiling — into the same files; each
@@ -97,6 +98,7 @@ SETTINGS = (
     "average_runs",
     "lowlevel",
     "strength",
+    "keyframe",
     "adapter",
     "subject",
 )
@@ -108,6 +110,7 @@ SETTINGS_BEFORE = {
     "average_runs": False,
     "lowlevel": None,
     "strength": None,
+    "keyframe": False,
     "adapter": None,
     "subject": None,
 }
@@ -215,6 +218,11 @@ def _check_config(cfg: ReconstructConfig, have_pipeline: bool) -> None:
         raise UserError(
             "Pass either --subject (one of the subjects the pipeline was trained on) or adapter "
             "(a new subject's adapter from mindvideo adapt), not both."
+        )
+    if cfg.keyframe and cfg.lowlevel is None:
+        raise UserError(
+            "keyframe=true keeps the first frame of the low-level video as the clip's keyframe: "
+            "set lowlevel too (the output folder of `mindvideo lowlevel`)."
         )
     if cfg.lowlevel is not None and not 0.0 < cfg.strength <= 1.0:
         raise UserError(f"Config key strength must be in (0, 1], not {cfg.strength}.")
@@ -470,6 +478,8 @@ def reconstruct(
             steps_from_video(cfg.num_inference_steps, cfg.strength),
             cfg.num_inference_steps,
         )
+        if cfg.keyframe:
+            logger.info("keyframe: the sampler keeps the low-level video's first frame")
     if cfg.checkpoint is not None:
         note = authors_settings_note(cfg, pipe, Path(cfg.checkpoint))
         if note:
@@ -561,7 +571,7 @@ def _conditions(
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The pipeline's arguments for a batch of windows: their conditions
     (:func:`_condition_args`) and, with ``lowlevel``, the low-level video that starts the
-    sampler and its ``strength``."""
+    sampler and its ``strength`` (and with ``keyframe`` its first frame as the keyframe)."""
     conditions = _condition_args(cfg, pipe, prepared, run)
     if cfg.lowlevel is None:
         return conditions
@@ -572,11 +582,15 @@ def _conditions(
         cfg.split,
         cfg.frames_per_tr,
     )
-    return lambda batch: {
-        **conditions(batch),
-        "video": low.videos(batch),
-        "strength": cfg.strength,
-    }
+
+    def arguments(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        video = low.videos(batch)  # [B, F, 3, s, s]
+        args = {**conditions(batch), "video": video, "strength": cfg.strength}
+        if cfg.keyframe:
+            args["keyframe"] = video[:, 0]
+        return args
+
+    return arguments
 
 
 def _lowlevel_data(cfg: ReconstructConfig, prepared: PreparedData, voxels: int) -> PreparedData:
