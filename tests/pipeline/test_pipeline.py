@@ -262,6 +262,19 @@ def test_callback_sees_every_step_and_eta_noise_follows_the_seed(pipe, fmri):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def _vae_latents(pipe, images: np.ndarray) -> torch.Tensor:
+    """uint8 frames [..., h, w, 3] → their VAE latents [..., 4, 8, 8], each frame resized
+    bicubically to the output size and clamped, as the pipeline encodes a start video."""
+    lead = images.shape[:-3]
+    frames = torch.from_numpy(images).flatten(0, -4).permute(0, 3, 1, 2).float() / 255
+    frames = torch.nn.functional.interpolate(
+        frames, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic"
+    ).clamp(0, 1)
+    with torch.no_grad():
+        x0 = pipe.vae.encode(frames * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+    return x0.unflatten(0, lead)
+
+
 def test_a_start_video_is_noised_to_the_strength_and_denoised_from_there(pipe, fmri):
     """SDEdit: with 10 steps and strength 0.3, the last 3 steps run, starting from the video's
     VAE latents noised to the 8th timestep with the window's own noise."""
@@ -277,13 +290,7 @@ def test_a_start_video_is_noised_to_the_strength_and_denoised_from_there(pipe, f
     pipe.scheduler.set_timesteps(10)
     t_first = pipe.scheduler.timesteps[7]
     assert int(inputs[0][1]) == int(t_first)
-    with torch.no_grad():
-        frames = torch.from_numpy(video).permute(0, 1, 4, 2, 3).float().flatten(0, 1) / 255
-        frames = torch.nn.functional.interpolate(
-            frames, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic"
-        ).clamp(0, 1)
-        x0 = pipe.vae.encode(frames * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
-        x0 = x0.unflatten(0, (2, 6)).transpose(1, 2)
+    x0 = _vae_latents(pipe, video).transpose(1, 2)  # [2, 4, 6, 8, 8]
     noise = torch.randn(x0.shape, generator=seeded(0))
     alpha = pipe.scheduler.alphas_cumprod[int(t_first)]
     expected = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
@@ -307,16 +314,6 @@ def test_bad_start_videos_and_strengths_are_user_errors(pipe, fmri):
         run(pipe, fmri, video=video[:, :3])
     with pytest.raises(UserError, match="video must be uint8"):
         run(pipe, fmri, video=np.zeros((2, 6, 16, 16), np.float32))
-
-
-def _vae_latents(pipe, images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, h, w, 3] → the VAE latents [N, 4, 8, 8] of the frames resized bicubically."""
-    frames = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    frames = torch.nn.functional.interpolate(
-        frames, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic"
-    ).clamp(0, 1)
-    with torch.no_grad():
-        return pipe.vae.encode(frames * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm-solver++"])
